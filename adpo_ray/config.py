@@ -1,0 +1,344 @@
+"""Experiment specs: the pydantic models behind every YAML in ``tune_configs/``.
+
+One spec describes one grid: environments x scenarios x methods (ADPO anchor modes and baselines)
+x hidden sizes x seeds, with the budget, the ADPO hyperparameters, resources and tracking.
+Unknown keys are rejected; every error names its field path and what is allowed; nothing starts
+before the whole file validates (:func:`load_spec`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from adpo_ray.core.anchors import make_schedule
+from adpo_ray.core.losses import LOSSES
+from adpo_ray.core.noise import SCENARIOS, TWELVE, get_scenario
+from adpo_ray.core.targets import TARGETS
+from adpo_ray.envs import ENVIRONMENTS
+
+__all__ = ["ExperimentSpec", "TrialSpec", "SpecError", "load_spec", "parse_spec"]
+
+EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
+Algorithm = Literal["adpo", "ppo", "dpo"]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+assert set(EnvName.__args__) == set(ENVIRONMENTS)  # one list of environments
+assert set(LOSSES) == {"listwise", "pairwise", "dpo"} and set(TARGETS) == {"softmax", "kde", "hard"}
+
+
+class SpecError(ValueError):
+    """A spec failed validation; ``errors`` holds one ``"field.path: message"`` line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "spec"):
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _unique(values: list, field: str) -> list:
+    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {field}: {', '.join(dupes)} (each value may appear once)")
+    return values
+
+
+class Anchors(_Strict):
+    """Anchor modes of the ADPO trials and each mode's parameters."""
+
+    modes: list[str] = Field(default_factory=lambda: ["fixed", "dynamic"], min_length=1)
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "dynamic": {"every": 1},
+            "ema": {"rate": 0.05},
+            "kl_triggered": {"threshold": 0.05, "window": 1},
+        }
+    )
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        return _unique(v, "anchor modes")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> Anchors:
+        for mode in dict.fromkeys([*self.modes, *self.params]):
+            try:
+                make_schedule(mode, **self.params.get(mode, {}))
+            except ValueError as e:
+                where = f"params.{mode}" if mode in self.params else "modes"
+                raise ValueError(f"{where}: {e}") from None
+        return self
+
+    def schedule_params(self, mode: str) -> dict[str, Any]:
+        return dict(self.params.get(mode, {}))
+
+
+class Budget(_Strict):
+    """When a trial stops: after ``iterations`` training iterations or ``env_steps`` sampled env
+    steps, whichever comes first (at least one is required)."""
+
+    iterations: PosInt | None = None
+    env_steps: PosInt | None = None
+    checkpoint_every: PosInt = 10
+
+    @model_validator(mode="after")
+    def _some_stop(self) -> Budget:
+        if self.iterations is None and self.env_steps is None:
+            raise ValueError("set iterations or env_steps (positive integers)")
+        return self
+
+
+class ADPOParams(_Strict):
+    """ADPO hyperparameters (and the shared PPO-style optimisation knobs)."""
+
+    loss: Literal["listwise", "pairwise", "dpo"] = "listwise"
+    target: Literal["softmax", "kde", "hard"] = "softmax"
+    list_source: Literal["auto", "actions", "batch"] = "auto"
+    tau_anc: PosFloat = 1.0
+    beta_q: PosFloat = 1.0
+    list_size: Annotated[int, Field(ge=2)] = 8
+    lr: PosFloat = 3e-4
+    entropy_coeff: NonNegFloat = 0.0
+    vf_coeff: NonNegFloat = 0.5
+    gamma: Annotated[float, Field(ge=0, le=1)] = 0.99
+    lambda_: Annotated[float, Field(ge=0, le=1, alias="lambda")] = 0.95
+    num_epochs: PosInt = 4
+    minibatch_size: PosInt = 128
+    train_batch_size: PosInt = 512
+    grad_clip: PosFloat | None = 0.5
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _batches(self) -> ADPOParams:
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must be <= train_batch_size "
+                f"({self.train_batch_size})"
+            )
+        return self
+
+
+class BanditParams(_Strict):
+    num_items: Annotated[int, Field(ge=2)] = 8
+    context_dim: PosInt = 8
+    problem_seed: NonNegInt = 0
+    eval_contexts: PosInt = 1024
+
+
+class Resources(_Strict):
+    num_env_runners: NonNegInt = 0
+    num_envs_per_env_runner: PosInt = 1
+    num_learners: Annotated[int, Field(ge=0, le=1)] = 0
+    num_gpus_per_learner: NonNegFloat = 0.0
+    max_concurrent_trials: PosInt | None = None
+    max_failures: NonNegInt = 2
+
+
+class Tracking(_Strict):
+    tracking_uri: str | None = None  # default: sqlite:///<abs cwd>/mlflow.db
+    experiment: str | None = None  # default: the spec's name
+    artifact_location: str | None = None  # default: <abs cwd>/mlartifacts
+
+
+class Evaluation(_Strict):
+    interval: PosInt = 1  # evaluate every N iterations (and at the end)
+
+
+class ExperimentSpec(_Strict):
+    """One grid of trials. ``scenarios: all`` means the twelve (``clean`` can be listed too)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    environments: list[EnvName] = Field(min_length=1)
+    scenarios: Literal["all"] | list[str] = "all"
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["adpo"], min_length=1)
+    anchors: Anchors = Field(default_factory=Anchors)
+    hidden_sizes: list[PosInt] = Field(default_factory=lambda: [64], min_length=1)
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
+    budget: Budget
+    adpo: ADPOParams = Field(default_factory=ADPOParams)
+    bandit: BanditParams = Field(default_factory=BanditParams)
+    resources: Resources = Field(default_factory=Resources)
+    tracking: Tracking = Field(default_factory=Tracking)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios(cls, v: str | list[str]) -> str | list[str]:
+        if v == "all":
+            return v
+        if not v:
+            raise ValueError("empty list; give scenario names or 'all' for the twelve")
+        for name in v:
+            get_scenario(name)  # ValueError lists the allowed names
+        return _unique(v, "scenarios")
+
+    @field_validator("environments", "algorithms", "hidden_sizes", "seeds")
+    @classmethod
+    def _no_dupes(cls, v: list, info) -> list:
+        return _unique(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> ExperimentSpec:
+        envs = set(self.environments)
+        if self.adpo.list_source != "auto":
+            bad = [e for e in self.environments if ENVIRONMENTS[e]["list_source"] != self.adpo.list_source]
+            if bad and "adpo" in self.algorithms:
+                allowed = {e: ENVIRONMENTS[e]["list_source"] for e in bad}
+                raise ValueError(
+                    f"adpo.list_source={self.adpo.list_source!r} does not fit {', '.join(bad)}: "
+                    f"'actions' needs a discrete env with per-item feedback (PreferenceBandit), "
+                    f"'batch' fits any env; use 'auto' or the env's own ({allowed})"
+                )
+        if "dpo" in self.algorithms and not any(
+            ENVIRONMENTS[e]["list_source"] == "actions" for e in envs
+        ):
+            raise ValueError(
+                "algorithms: 'dpo' needs an environment with per-item preference feedback "
+                "(PreferenceBandit); none is listed in environments"
+            )
+        if not self.trials():
+            raise ValueError("the grid is empty: no trial results from these axes")
+        return self
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def scenario_names(self) -> list[str]:
+        return [s.name for s in TWELVE] if self.scenarios == "all" else list(self.scenarios)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def list_source(self, env: str) -> str:
+        return ENVIRONMENTS[env]["list_source"] if self.adpo.list_source == "auto" else self.adpo.list_source
+
+    def trials(self) -> list[TrialSpec]:
+        """Every trial of the grid, in a stable order."""
+        out: list[TrialSpec] = []
+        for env, scen, algo, hidden, seed in itertools.product(
+            self.environments, self.scenario_names, self.algorithms, self.hidden_sizes, self.seeds
+        ):
+            if algo == "adpo":
+                modes = self.anchors.modes
+            elif algo == "dpo":
+                if ENVIRONMENTS[env]["list_source"] != "actions":
+                    continue  # DPO needs per-item preference labels: bandit only
+                modes = ["fixed"]  # DPO's reference policy is the frozen initial policy
+            else:
+                modes = ["none"]
+            for mode in modes:
+                out.append(TrialSpec(env, scen, algo, mode, hidden, seed))
+        return out
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """The coordinates of one trial in the grid."""
+
+    env: str
+    scenario: str
+    algorithm: str
+    anchor_mode: str
+    hidden_size: int
+    seed: int
+
+    @property
+    def method(self) -> str:
+        """What a report compares: ``adpo-dynamic``, ``adpo-fixed``, ``ppo``, ``dpo``."""
+        return f"adpo-{self.anchor_mode}" if self.algorithm == "adpo" else self.algorithm
+
+    @property
+    def tag(self) -> str:
+        return f"{self.env}_{self.scenario}_{self.method}_h{self.hidden_size}_s{self.seed}"
+
+    @property
+    def noise_type(self) -> str:
+        return SCENARIOS[self.scenario].noise_type
+
+    @property
+    def severity(self) -> str:
+        return SCENARIOS[self.scenario].severity
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field path ``loc`` (for 'allowed keys' hints)."""
+    model: type[BaseModel] | None = ExperimentSpec
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return model
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("literal[", "list["))))
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = sorted(f.alias or n for n, f in parent.model_fields.items()) if parent else []
+            lines.append(f"{_fmt_loc(loc)}: unknown key; allowed keys here: {', '.join(allowed)}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{_fmt_loc(loc)}: {msg}")
+    return list(dict.fromkeys(lines))
+
+
+def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
+    """Validate a spec from a mapping; raise :class:`SpecError` listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e), source) from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a YAML spec; raise :class:`SpecError` (never starts anything)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError([f"file not found: {path}"], str(path)) from None
+    except yaml.YAMLError as e:
+        raise SpecError([f"(yaml): {e}"], str(path)) from None
+    return parse_spec(data, str(path))

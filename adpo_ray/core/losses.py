@@ -1,0 +1,124 @@
+"""ADPO losses: the whole method in a few functions (torch only).
+
+Notation (DESIGN.md §3), for a list of candidates ``i = 1..L``:
+
+* ``s_i = log pi_theta(a_i | x_i)``   policy scores (carry gradient),
+* ``r_i = log pi_anchor(a_i | x_i)``  anchor scores (no gradient),
+* ``u_i = (s_i - r_i) / tau_anc``     anchored logits,
+* ``q``                               target distribution over the list (see :mod:`targets`).
+
+Listwise:  ``L = -sum_i q_i log softmax(u)_i``; ``dL/ds_i = (softmax(u)_i - q_i) / tau_anc``.
+Pairwise (anchored soft-DPO): ``z_ij = (s_i - s_j) - (r_i - r_j)``,
+``L_ij = -[q_ij log sigmoid(beta z_ij) + (1 - q_ij) log sigmoid(-beta z_ij)]``;
+hard ``q_ij`` with the anchor as the reference policy is DPO.
+
+All functions take tensors of shape ``(..., L)`` (a batch of lists) and an optional boolean
+``mask`` of the same shape marking real candidates, so ragged lists can be padded. They return the
+loss per list, shape ``(...)``; callers reduce.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adpo_ray.core.targets import hard_pairwise_target, list_target, pair_target
+
+__all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask"]
+
+
+def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float) -> torch.Tensor:
+    """``u = (s - r) / tau_anc``; the anchor scores are detached."""
+    if tau_anc <= 0:
+        raise ValueError(f"tau_anc must be > 0, got {tau_anc}")
+    return (s - r.detach()) / tau_anc
+
+
+def listwise_loss(
+    s: torch.Tensor,
+    r: torch.Tensor,
+    q: torch.Tensor,
+    tau_anc: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Anchored listwise loss ``-sum_i q_i log softmax((s - r) / tau_anc)_i`` per list."""
+    u = anchored_logits(s, r, tau_anc)
+    if mask is not None:
+        u = u.masked_fill(~mask, float("-inf"))
+    log_p = torch.log_softmax(u, dim=-1)
+    if mask is not None:
+        # 0 * -inf would be NaN: padded slots contribute exactly nothing.
+        log_p = torch.where(mask, log_p, torch.zeros_like(log_p))
+        q = torch.where(mask, q, torch.zeros_like(q))
+    return -(q * log_p).sum(dim=-1)
+
+
+def pair_mask(mask: torch.Tensor | None, shape: torch.Size, device=None) -> torch.Tensor:
+    """Boolean ``(..., L, L)`` mask of the ordered pairs ``i < j`` between real candidates."""
+    L = shape[-1]
+    upper = torch.ones(L, L, dtype=torch.bool, device=device).triu(diagonal=1)
+    if mask is None:
+        return upper.expand(*shape[:-1], L, L)
+    return upper & mask[..., :, None] & mask[..., None, :]
+
+
+def pairwise_loss(
+    s: torch.Tensor,
+    r: torch.Tensor,
+    q_pair: torch.Tensor,
+    beta: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Anchored soft-DPO over all pairs ``i < j`` of each list, averaged over the pairs.
+
+    ``q_pair[..., i, j]`` is the target probability that candidate ``i`` beats ``j``.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    d = s - r.detach()
+    z = d[..., :, None] - d[..., None, :]  # (s_i - s_j) - (r_i - r_j)
+    per_pair = -(q_pair * F.logsigmoid(beta * z) + (1.0 - q_pair) * F.logsigmoid(-beta * z))
+    pm = pair_mask(mask, s.shape, device=s.device)
+    per_pair = torch.where(pm, per_pair, torch.zeros_like(per_pair))
+    n_pairs = pm.sum(dim=(-2, -1)).clamp(min=1)
+    return per_pair.sum(dim=(-2, -1)) / n_pairs
+
+
+def dpo_loss(
+    s: torch.Tensor,
+    r: torch.Tensor,
+    y: torch.Tensor,
+    beta: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DPO: the pairwise loss with hard labels ``1[y_i > y_j]`` (ties count 1/2)."""
+    return pairwise_loss(s, r, hard_pairwise_target(y), beta, mask)
+
+
+LOSSES: tuple[str, ...] = ("listwise", "pairwise", "dpo")
+
+
+def adpo_loss(
+    s: torch.Tensor,
+    r: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: str = "listwise",
+    target: str = "softmax",
+    tau_anc: float = 1.0,
+    beta_q: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ADPO loss of one variant per list, from scores and the raw signal ``y``.
+
+    ``loss`` is one of :data:`LOSSES`; ``target`` one of ``targets.TARGETS`` (ignored by ``dpo``,
+    which always uses hard pairs). The pairwise variants use ``beta = 1 / tau_anc`` so that one
+    temperature sets the trust region of every variant.
+    """
+    if loss == "listwise":
+        return listwise_loss(s, r, list_target(y, target, beta_q, mask), tau_anc, mask)
+    if loss == "pairwise":
+        return pairwise_loss(s, r, pair_target(y, target, beta_q, mask), 1.0 / tau_anc, mask)
+    if loss == "dpo":
+        return dpo_loss(s, r, y, 1.0 / tau_anc, mask)
+    raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")

@@ -1,0 +1,1 @@
+"""Orchestration: spec -> Tune param space, Tuner run/restore, MLflow tracking."""

@@ -1,0 +1,1 @@
+"""Reports: tables with confidence intervals and plots."""

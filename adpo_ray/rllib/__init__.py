@@ -1,0 +1,1 @@
+"""RLlib adapters: ADPOConfig, ADPO, learner, RLModule, connectors."""

@@ -1,0 +1,73 @@
+"""The preference bandit: a valid gymnasium env with clean evaluation and noisy training signal."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from adpo_ray.envs import BanditProblem, PreferenceBandit, winmass
+
+
+def test_check_env():
+    check_env(PreferenceBandit({"scenario": "gaussian-high"}), skip_render_check=True)
+
+
+def test_one_step_episode_and_info():
+    env = PreferenceBandit({"num_items": 5, "context_dim": 3, "scenario": "clean"})
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (3,) and obs.dtype == np.float32
+    _, reward, term, trunc, info = env.step(2)
+    assert term and not trunc
+    np.testing.assert_array_equal(info["utilities_noisy"], info["utilities"])
+    assert reward == pytest.approx(float(info["utilities"][2]))
+    assert info["best_item"] == int(np.argmax(info["utilities"]))
+
+
+def test_same_problem_across_copies_and_unit_scale():
+    a, b = BanditProblem(problem_seed=3), BanditProblem(problem_seed=3)
+    x = np.random.default_rng(0).standard_normal((1000, 8))
+    np.testing.assert_array_equal(a.utilities(x), b.utilities(x))
+    u = a.utilities(x)
+    assert 0.7 < u.std() < 1.3
+    assert not np.array_equal(BanditProblem(problem_seed=4).utilities(x), u)
+    # the best item varies with the context (a real contextual problem)
+    assert len(np.unique(u.argmax(-1))) >= 4
+
+
+def test_noise_only_on_training_signal():
+    env = PreferenceBandit({"scenario": "flip-high"})
+    flips = 0
+    for seed in range(200):
+        env.reset(seed=seed)
+        _, r, *_, info = env.step(0)
+        assert r == pytest.approx(float(info["utilities_noisy"][0]))
+        assert np.allclose(info["utilities"], env.problem.utilities(env._x), atol=1e-6)
+        flips += bool(np.allclose(info["utilities_noisy"], -info["utilities"]))
+    assert 50 < flips < 90  # p = 0.35 of 200
+
+
+def test_reproducible_with_seed():
+    env = PreferenceBandit({"scenario": "heavy_tailed-high"})
+    outs = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=11)
+        outs.append((obs, env.step(1)[4]["utilities_noisy"]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+def test_shift_moves_training_contexts_only():
+    env = PreferenceBandit({"scenario": "shift-high"})
+    xs = np.stack([env.reset(seed=s)[0] for s in range(500)])
+    proj = xs @ env.problem.shift_direction
+    assert abs(proj.mean() - 2.0) < 0.2
+    assert abs(env.problem.eval_contexts(2000) @ env.problem.shift_direction).mean() < 1.0
+
+
+def test_winmass_bounds():
+    p = BanditProblem(num_items=6)
+    uniform = winmass(p, lambda x: np.full((len(x), 6), 1 / 6))
+    assert uniform == pytest.approx(1 / 6)
+    oracle = winmass(p, lambda x: np.eye(6)[p.utilities(x).argmax(-1)])
+    assert oracle == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="expected"):
+        winmass(p, lambda x: np.ones((len(x), 3)))

@@ -1,0 +1,159 @@
+"""Experiment specs: the shipped presets validate; malformed specs fail naming the field."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adpo_ray.config import SpecError, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = {
+    "name": "t",
+    "environments": ["PreferenceBandit"],
+    "budget": {"iterations": 2},
+}
+
+
+def test_smoke_preset_has_24_trials():
+    spec = load_spec(ROOT / "tune_configs" / "smoke.yaml")
+    trials = spec.trials()
+    assert len(trials) == 24
+    assert {t.anchor_mode for t in trials} == {"fixed", "dynamic"}
+    assert len({t.scenario for t in trials}) == 12
+    assert len(set(trials)) == 24
+
+
+def test_every_preset_validates():
+    files = sorted((ROOT / "tune_configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        assert load_spec(f).trials(), f
+
+
+def test_defaults_and_trial_axes():
+    spec = parse_spec({**MINIMAL, "algorithms": ["adpo", "ppo", "dpo"], "scenarios": ["clean", "flip-high"],
+                       "hidden_sizes": [64, 256], "seeds": [0, 1, 2]})
+    trials = spec.trials()
+    # per (scenario, hidden, seed): adpo x 2 modes + ppo + dpo = 4
+    assert len(trials) == 2 * 2 * 3 * 4
+    assert {t.method for t in trials} == {"adpo-fixed", "adpo-dynamic", "ppo", "dpo"}
+    assert spec.adpo.lambda_ == 0.95 and spec.experiment_name == "t"
+
+
+def test_dpo_only_on_bandit_in_mixed_grid():
+    spec = parse_spec({**MINIMAL, "environments": ["PreferenceBandit", "Hopper-v5"],
+                       "algorithms": ["dpo", "ppo"], "scenarios": ["clean"]})
+    assert {(t.env, t.algorithm) for t in spec.trials()} == {
+        ("PreferenceBandit", "dpo"), ("PreferenceBandit", "ppo"), ("Hopper-v5", "ppo")}
+
+
+def test_lambda_alias_in_yaml():
+    spec = parse_spec({**MINIMAL, "adpo": {"lambda": 0.9}})
+    assert spec.adpo.lambda_ == 0.9
+
+
+def _with(path: str, value):
+    d = copy.deepcopy(MINIMAL)
+    *parents, leaf = path.split(".")
+    cur = d
+    for p in parents:
+        cur = cur.setdefault(p, {})
+    if value is _DELETE:
+        cur.pop(leaf)
+    else:
+        cur[leaf] = value
+    return d
+
+
+_DELETE = object()
+
+BAD = [
+    # (mutation path, value, expected field in the message, expected hint)
+    ("bogus", 1, "bogus", "unknown key; allowed keys here: adpo, algorithms"),
+    ("adpo.tau", 0.5, "adpo.tau", "unknown key; allowed keys here: beta_q"),
+    ("budget.iterations", -5, "budget.iterations", "greater than 0"),
+    ("budget", {}, "budget", "set iterations or env_steps"),
+    ("budget", _DELETE, "budget", "Field required"),
+    ("environments", ["CartPole-v1"], "environments[0]", "'PreferenceBandit', 'HalfCheetah-v5' or 'Hopper-v5'"),
+    ("environments", [], "environments", "at least 1 item"),
+    ("scenarios", ["gaussian-extreme"], "scenarios", "allowed: clean, gaussian-low"),
+    ("scenarios", [], "scenarios", "empty list"),
+    ("anchors.modes", ["sticky"], "anchors", "unknown anchor mode 'sticky'; allowed: fixed, dynamic"),
+    ("anchors.modes", [], "anchors.modes", "at least 1 item"),
+    ("anchors.params", {"ema": {"rate": 2.0}}, "anchors", "ema.rate must be in (0, 1]"),
+    ("hidden_sizes", [0], "hidden_sizes[0]", "greater than 0"),
+    ("hidden_sizes", [64, 64], "hidden_sizes", "duplicate hidden_sizes: 64"),
+    ("seeds", ["a"], "seeds[0]", "valid integer"),
+    ("adpo.loss", "hinge", "adpo.loss", "'listwise', 'pairwise' or 'dpo'"),
+    ("adpo.target", "soft", "adpo.target", "'softmax', 'kde' or 'hard'"),
+    ("adpo.tau_anc", 0, "adpo.tau_anc", "greater than 0"),
+    ("adpo.list_size", 1, "adpo.list_size", "greater than or equal to 2"),
+    ("adpo.minibatch_size", 4096, "adpo", "minibatch_size (4096) must be <= train_batch_size"),
+    ("algorithms", ["sac"], "algorithms[0]", "'adpo', 'ppo' or 'dpo'"),
+    ("name", "has space", "name", "should match pattern"),
+    ("resources.num_learners", 3, "resources.num_learners", "less than or equal to 1"),
+    ("resources.gpus", 1, "resources.gpus", "unknown key"),
+    ("tracking.uri", "x", "tracking.uri", "allowed keys here: artifact_location, experiment, tracking_uri"),
+]
+
+
+@pytest.mark.parametrize("path,value,field,hint", BAD, ids=[b[0] + "=" + str(b[1])[:20] for b in BAD])
+def test_malformed_spec_names_field(path, value, field, hint):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(_with(path, value))
+    text = "\n".join(exc.value.errors)
+    assert any(line.startswith(field + ":") for line in exc.value.errors), text
+    assert hint in text, text
+
+
+def test_bad_combination_list_source_actions_on_mujoco():
+    with pytest.raises(SpecError) as exc:
+        parse_spec({**MINIMAL, "environments": ["Hopper-v5"], "adpo": {"list_source": "actions"}})
+    assert "list_source='actions' does not fit Hopper-v5" in str(exc.value)
+
+
+def test_dpo_without_bandit():
+    with pytest.raises(SpecError, match="'dpo' needs an environment with per-item"):
+        parse_spec({**MINIMAL, "environments": ["Hopper-v5"], "algorithms": ["dpo"]})
+
+
+def test_all_errors_reported_together():
+    with pytest.raises(SpecError) as exc:
+        parse_spec({**MINIMAL, "bogus": 1, "hidden_sizes": [0], "seeds": [-1]})
+    assert len(exc.value.errors) == 3
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="expected a mapping"):
+        parse_spec(["a"])
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="yaml"):
+        load_spec(f)
+    with pytest.raises(SpecError, match="file not found"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "adpo_ray.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_validate_ok_and_error(tmp_path):
+    ok = _cli("validate", str(ROOT / "tune_configs" / "smoke.yaml"))
+    assert ok.returncode == 0 and "ok, 24 trials" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**MINIMAL, "anchor_modes": ["fixed"]}))
+    res = _cli("validate", str(bad))
+    assert res.returncode == 2
+    assert "anchor_modes: unknown key" in res.stderr
+
+
+def test_cli_scenarios_table():
+    res = _cli("scenarios")
+    assert res.returncode == 0
+    for name in ("gaussian-low", "heavy_tailed-high", "flip-medium", "shift-high", "clean"):
+        assert name in res.stdout
