@@ -162,7 +162,8 @@ class Tracking(_Strict):
 
 
 class Evaluation(_Strict):
-    interval: PosInt = 1  # evaluate every N iterations (and at the end)
+    interval: PosInt = 1  # MuJoCo: evaluate on the clean env every N iterations
+    episodes: PosInt = 2  # MuJoCo: clean evaluation episodes per evaluation
 
 
 class ExperimentSpec(_Strict):

@@ -1,6 +1,11 @@
 """Environments: the preference bandit (and, later, noise/shift wrappers for MuJoCo)."""
 
+from typing import Any
+
+import gymnasium as gym
+
 from adpo_ray.envs.bandit import BanditProblem, PreferenceBandit, winmass
+from adpo_ray.envs.mujoco import NoisyMujoco, make_mujoco
 
 #: Environments a spec may name. ``list_source`` says how ADPO builds its lists there.
 ENVIRONMENTS: dict[str, dict[str, str]] = {
@@ -9,4 +14,25 @@ ENVIRONMENTS: dict[str, dict[str, str]] = {
     "Hopper-v5": {"kind": "mujoco", "action_space": "continuous", "list_source": "batch"},
 }
 
-__all__ = ["ENVIRONMENTS", "BanditProblem", "PreferenceBandit", "winmass"]
+
+
+def make_env(config: dict[str, Any]) -> gym.Env:
+    """Build the env named ``config["env"]`` with the scenario ``config["scenario"]`` (training
+    signal) and, for the bandit, its problem parameters. The single env creator of the project."""
+    name = config.get("env", "PreferenceBandit")
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {name!r}; allowed: {', '.join(ENVIRONMENTS)}")
+    if ENVIRONMENTS[name]["kind"] == "bandit":
+        return PreferenceBandit(config)
+    return make_mujoco(name, config)
+
+
+__all__ = [
+    "ENVIRONMENTS",
+    "BanditProblem",
+    "NoisyMujoco",
+    "PreferenceBandit",
+    "make_env",
+    "make_mujoco",
+    "winmass",
+]

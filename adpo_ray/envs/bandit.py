@@ -115,5 +115,6 @@ class PreferenceBandit(gym.Env):
             "utilities_noisy": noisy.astype(np.float32),
             "utilities": clean.astype(np.float32),
             "best_item": int(clean.argmax()),
+            "clean_reward": float(clean[int(action)]),
         }
         return self._x.copy(), float(noisy[int(action)]), True, False, info

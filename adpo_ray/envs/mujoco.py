@@ -1,0 +1,69 @@
+"""Noise and shift for MuJoCo envs (HalfCheetah-v5, Hopper-v5): training signal only.
+
+* ``gaussian`` / ``heavy_tailed`` / ``flip`` corrupt the per-step reward, with magnitudes in units of
+  :data:`REWARD_SCALE` (a typical per-step reward magnitude of each env) so that a severity means
+  about the same on both.
+* ``shift`` leaves the reward alone and rescales the dynamics per episode: every body mass and every
+  geom's sliding friction is multiplied by its own factor drawn from
+  ``[1 - dynamics_range, 1 + dynamics_range]`` at reset (nominal values restored first).
+
+``info["clean_reward"]`` always carries the uncorrupted reward so that the clean training return
+can be reported next to the noisy one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from adpo_ray.core.noise import CLEAN, Scenario, get_scenario
+
+__all__ = ["NoisyMujoco", "REWARD_SCALE"]
+
+#: Typical per-step reward magnitude of a moving policy, the unit of reward noise.
+REWARD_SCALE: dict[str, float] = {"HalfCheetah-v5": 1.0, "Hopper-v5": 1.0}
+
+
+class NoisyMujoco(gym.Wrapper):
+    """Apply a scenario to a MuJoCo env's training signal (reward) or dynamics (shift)."""
+
+    def __init__(self, env: gym.Env, scenario: Scenario | str = CLEAN, reward_scale: float = 1.0):
+        super().__init__(env)
+        self.scenario = get_scenario(scenario) if isinstance(scenario, str) else scenario
+        self.reward_scale = float(reward_scale)
+        model = env.unwrapped.model
+        self._nominal_mass = model.body_mass.copy()
+        self._nominal_friction = model.geom_friction[:, 0].copy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        elif not hasattr(self, "_rng"):
+            self._rng = np.random.default_rng()
+        if self.scenario.noise_type == "shift":
+            self._shift_dynamics()
+        return obs, info
+
+    def _shift_dynamics(self) -> None:
+        model = self.env.unwrapped.model
+        r = self.scenario.params["dynamics_range"]
+        model.body_mass[:] = self._nominal_mass * self._rng.uniform(1 - r, 1 + r, self._nominal_mass.shape)
+        model.geom_friction[:, 0] = self._nominal_friction * self._rng.uniform(
+            1 - r, 1 + r, self._nominal_friction.shape
+        )
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info, clean_reward=float(reward))
+        noisy = self.scenario.corrupt(reward, self._rng, scale=self.reward_scale)
+        return obs, float(noisy), terminated, truncated, info
+
+
+def make_mujoco(name: str, config: dict[str, Any] | None = None) -> gym.Env:
+    """``gym.make(name)`` wrapped with the scenario from ``config["scenario"]``."""
+    config = dict(config or {})
+    env = gym.make(name)
+    return NoisyMujoco(env, config.get("scenario", CLEAN), REWARD_SCALE.get(name, 1.0))

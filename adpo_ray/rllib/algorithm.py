@@ -1,0 +1,147 @@
+"""``ADPOConfig`` / ``ADPO``: PPO's algorithm with the ADPO learner and anchored RLModule.
+
+Everything RLlib does for PPO (sampling on env runners, GAE, minibatch epochs, weight sync,
+checkpoints) is reused; ADPO adds its own knobs::
+
+    config = (
+        ADPOConfig()
+        .environment("adpo_ray_env", env_config={"env": "PreferenceBandit", "scenario": "flip-high"})
+        .training(adpo_loss="listwise", adpo_target="softmax", tau_anc=1.0, beta_q=0.5,
+                  list_source="actions", anchor_mode="dynamic", anchor_params={"every": 1})
+    )
+    algo = config.build_algo()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+from ray.rllib.algorithms.algorithm_config import NotProvided
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from adpo_ray.core.anchors import make_schedule
+from adpo_ray.core.losses import LOSSES
+from adpo_ray.core.targets import TARGETS
+from adpo_ray.rllib.connectors import AddListSignalFromInfos
+from adpo_ray.rllib.learner import ADPOTorchLearner
+from adpo_ray.rllib.module import ADPOTorchRLModule
+
+LIST_SOURCES = ("actions", "batch")
+
+
+class ADPOConfig(PPOConfig):
+    """PPOConfig plus ADPO's settings (see :meth:`training`)."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or ADPO)
+        self.adpo_loss = "listwise"
+        self.adpo_target = "softmax"
+        self.tau_anc = 1.0
+        self.beta_q = 1.0
+        self.list_source = "batch"
+        self.list_size = 8
+        self.list_info_key = "utilities_noisy"
+        self.anchor_mode = "dynamic"
+        self.anchor_params: dict[str, Any] = {}
+        self.anchor_init: str | None = None
+        # ADPO's anchor is its trust region: PPO's KL penalty is off.
+        self.use_kl_loss = False
+
+    def training(
+        self,
+        *,
+        adpo_loss=NotProvided,
+        adpo_target=NotProvided,
+        tau_anc=NotProvided,
+        beta_q=NotProvided,
+        list_source=NotProvided,
+        list_size=NotProvided,
+        list_info_key=NotProvided,
+        anchor_mode=NotProvided,
+        anchor_params=NotProvided,
+        anchor_init=NotProvided,
+        **kwargs,
+    ) -> ADPOConfig:
+        """ADPO's settings, on top of PPO's.
+
+        Args:
+            adpo_loss: ``listwise`` | ``pairwise`` | ``dpo``.
+            adpo_target: ``softmax`` | ``kde`` | ``hard`` (how ``q`` is made from ``y``).
+            tau_anc: anchor temperature (trust-region size); the pairwise beta is ``1 / tau_anc``.
+            beta_q: target temperature.
+            list_source: ``actions`` (discrete env with per-item feedback in ``info``) or
+                ``batch`` (lists of ``list_size`` transitions, ``y`` = GAE advantages).
+            list_size: candidates per list for ``list_source='batch'``.
+            list_info_key: the ``info`` key holding per-item feedback for ``list_source='actions'``.
+            anchor_mode: a registered schedule name (``fixed``, ``dynamic``, ``ema``,
+                ``kl_triggered``) or an import path ``pkg.module:Class``.
+            anchor_params: the schedule's constructor kwargs.
+            anchor_init: ``None`` (the initial policy) or a checkpoint path whose policy becomes
+                the anchor.
+        """
+        super().training(**kwargs)
+        for name, value in dict(
+            adpo_loss=adpo_loss, adpo_target=adpo_target, tau_anc=tau_anc, beta_q=beta_q,
+            list_source=list_source, list_size=list_size, list_info_key=list_info_key,
+            anchor_mode=anchor_mode, anchor_params=anchor_params, anchor_init=anchor_init,
+        ).items():
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    def get_default_learner_class(self):
+        return ADPOTorchLearner
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=ADPOTorchRLModule)
+
+    def build_learner_connector(self, input_observation_space, input_action_space, device=None):
+        pipeline = super().build_learner_connector(input_observation_space, input_action_space, device)
+        if self.list_source == "actions":
+            # First (PPO's learner later puts its extra-timestep piece before it), so the new
+            # column is batched like every other.
+            pipeline.prepend(
+                AddListSignalFromInfos(input_observation_space, input_action_space, info_key=self.list_info_key)
+            )
+        return pipeline
+
+    def validate(self) -> None:
+        super().validate()
+        if self.adpo_loss not in LOSSES:
+            self._value_error(f"adpo_loss={self.adpo_loss!r}; allowed: {', '.join(LOSSES)}")
+        if self.adpo_target not in TARGETS:
+            self._value_error(f"adpo_target={self.adpo_target!r}; allowed: {', '.join(TARGETS)}")
+        if self.list_source not in LIST_SOURCES:
+            self._value_error(f"list_source={self.list_source!r}; allowed: {', '.join(LIST_SOURCES)}")
+        if not self.tau_anc > 0 or not self.beta_q > 0:
+            self._value_error(f"tau_anc and beta_q must be > 0 (got {self.tau_anc}, {self.beta_q})")
+        if self.list_size < 2:
+            self._value_error(f"list_size must be >= 2, got {self.list_size}")
+        try:
+            make_schedule(self.anchor_mode, **(self.anchor_params or {}))
+        except ValueError as e:
+            self._value_error(f"anchor_mode / anchor_params: {e}")
+        if self.list_source == "actions":
+            space = self._env_action_space()
+            if space is not None and not isinstance(space, gym.spaces.Discrete):
+                self._value_error(
+                    f"list_source='actions' needs a discrete action space (a list is every action of "
+                    f"one context), but env {self.env!r} has {space}; use list_source='batch'"
+                )
+
+    def _env_action_space(self) -> gym.Space | None:
+        if self.action_space is not None:
+            return self.action_space
+        from adpo_ray.rllib.env import env_action_space
+
+        return env_action_space(self.env, self.env_config)
+
+
+class ADPO(PPO):
+    """PPO's training loop with ADPO's learner (loss + anchor-refresh hooks)."""
+
+    @classmethod
+    def get_default_config(cls) -> ADPOConfig:
+        return ADPOConfig()

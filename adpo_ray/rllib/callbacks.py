@@ -1,0 +1,45 @@
+"""RLlib callbacks shared by ADPO and the PPO baseline: clean evaluation metrics.
+
+* ``eval/winmass`` (bandit): the policy's mass on the truly best item over fixed held-out nominal
+  contexts, computed on the learner's own module after every training iteration.
+* ``train/clean_return``: the return of each training episode under the *clean* reward
+  (``info["clean_reward"]``), next to RLlib's noisy ``episode_return_mean``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+
+from adpo_ray.envs import ENVIRONMENTS, PreferenceBandit, winmass
+
+CLEAN_RETURN = "train_clean_return"
+
+
+def _winmass_on_learner(learner, env_config: dict) -> float:
+    module = learner.module[DEFAULT_MODULE_ID]
+    device = next(module.parameters()).device
+    problem = PreferenceBandit(env_config).problem
+
+    def probs(x: np.ndarray) -> np.ndarray:
+        out = module.forward_inference({Columns.OBS: torch.as_tensor(x, device=device)})
+        return torch.softmax(out[Columns.ACTION_DIST_INPUTS], dim=-1).cpu().numpy()
+
+    return winmass(problem, probs, n=int(env_config.get("eval_contexts", 1024)))
+
+
+class ADPOCallbacks(RLlibCallback):
+    def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
+        infos = episode.get_infos()
+        clean = [i["clean_reward"] for i in infos if isinstance(i, dict) and "clean_reward" in i]
+        if clean and metrics_logger is not None:
+            metrics_logger.log_value(CLEAN_RETURN, float(np.sum(clean)), reduce="mean", window=100)
+
+    def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
+        env_config = dict(algorithm.config.env_config or {})
+        if ENVIRONMENTS.get(env_config.get("env", ""), {}).get("kind") == "bandit":
+            values = algorithm.learner_group.foreach_learner(lambda lr: _winmass_on_learner(lr, env_config))
+            result.setdefault("eval", {})["winmass"] = float(np.mean([v.get() for v in values]))
