@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: run test install lint scenarios clean
+.PHONY: run test install lint scenarios mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the smoke grid (24 short trials) on an embedded Ray, MLflow in ./mlflow.db.
 run: $(STAMP)
-	$(BIN)/adpo-ray scenarios
-	$(BIN)/adpo-ray validate tune_configs/*.yaml
+	$(BIN)/python run_grid.py --config tune_configs/smoke.yaml
+
+# The MLflow UI over the default local store, on 127.0.0.1 only.
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

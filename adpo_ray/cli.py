@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -44,6 +45,123 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _load(path: str):
+    try:
+        return load_spec(path)
+    except SpecError as e:
+        print(f"{path}: invalid", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def print_plan(spec, plans, options) -> None:
+    """The trial table of a dry run: trials grouped by env and method."""
+    from collections import Counter
+
+    console = _console()
+    groups = Counter((p.trial.env, p.trial.method) for p in plans)
+    first = {}
+    for p in plans:
+        first.setdefault((p.trial.env, p.trial.method), p)
+    table = Table(title=f"{spec.name}: {len(plans)} trials")
+    for col in ("env", "method", "trials", "resources / trial", "env steps / trial"):
+        table.add_column(col)
+    for (env, method), n in groups.items():
+        p = first[(env, method)]
+        res = ", ".join(f"{k}={v:g}" for k, v in p.required.items())
+        table.add_row(env, method, str(n), res, f"{p.env_steps:,}")
+    console.print(table)
+    total = sum(p.env_steps for p in plans)
+    print(
+        f"trials: {len(plans)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
+        f"methods x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)\n"
+        f"total env steps: {total:,}\n"
+        f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
+    )
+
+
+def print_summary(spec, results, options) -> None:
+    from adpo_ray.orchestration.grid import headline_table, summary_frame
+
+    console = _console()
+    frame = summary_frame(results)
+    if "://" not in options.run_dir:
+        frame.to_csv(Path(options.run_dir) / "summary.csv", index=False)
+    for env in spec.environments:
+        pivot, metric = headline_table(frame, env)
+        if pivot is None:
+            continue
+        pivot = pivot.reindex([s for s in spec.scenario_names if s in pivot.index])
+        table = Table(title=f"{env}: final {metric} (mean over seeds and hidden sizes)")
+        table.add_column("scenario")
+        for col in pivot.columns:
+            table.add_column(str(col), justify="right")
+        for scenario, row in pivot.iterrows():
+            table.add_row(str(scenario), *(f"{v:.3f}" if v == v else "-" for v in row.values))
+        console.print(table)
+    errored = frame[frame["status"] == "ERROR"]
+    if len(errored):
+        console.print(f"[red]{len(errored)} trial(s) errored[/red]: {', '.join(errored['env'] + ':' + errored['scenario'] + ':' + errored['method'])}")
+    ui = f"mlflow ui --backend-store-uri {options.tracking_uri} --host 127.0.0.1 --port 5000"
+    if options.tracking_uri.startswith("sqlite:") and options.artifact_location:
+        ui += f" --default-artifact-root {options.artifact_location}"
+    print(
+        f"\nMLflow experiment '{spec.experiment_name}' at {options.tracking_uri}\n"
+        f"  open the UI:  {ui}   (or `make mlflow-ui`), then http://127.0.0.1:5000\n"
+        f"  Tune results: {options.run_dir}   (TensorBoard: tensorboard --logdir {options.run_dir})\n"
+        f"  summary CSV:  {options.run_dir}/summary.csv"
+    )
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from adpo_ray.orchestration.grid import ResourceError, plan_trials, resolve_options, run_grid
+
+    spec = _load(args.config)
+    if spec is None:
+        return 2
+    options = resolve_options(
+        spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name, address=args.address
+    )
+    try:
+        plans = plan_trials(spec)
+    except ValueError as e:
+        print(f"{args.config}: the RLlib config of a trial is invalid: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print_plan(spec, plans, options)
+        return 0
+    try:
+        results = run_grid(spec, options)
+    except (ResourceError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(spec, results, options)
+    return 0 if not results.errors else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from adpo_ray.orchestration.grid import load_grid_file, resume_grid
+
+    try:
+        results, spec = resume_grid(args.run_dir, address=args.address)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _, options = load_grid_file(args.run_dir)
+    print_summary(spec, results, options)
+    return 0 if not results.errors else 1
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="experiment spec (YAML)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--storage-path", help="Tune results folder or URI, e.g. s3://bucket/path (default: ./ray_results)")
+    p.add_argument("--name", help="name of this launch (default: <spec name>-<timestamp>)")
+    p.add_argument("--address", help="Ray cluster address ('auto' to join a running cluster; default: $RAY_ADDRESS or an embedded Ray)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial table and start nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adpo-ray",
@@ -57,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check experiment spec files; exit 2 on errors")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("grid", help="run an experiment grid on Ray Tune, tracked in MLflow")
+    add_grid_arguments(p)
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("resume", help="finish an interrupted grid from its results folder")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--address", help="Ray cluster address (default: as launched)")
+    p.set_defaults(func=cmd_resume)
     return parser
 
 

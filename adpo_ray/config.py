@@ -166,6 +166,13 @@ class Evaluation(_Strict):
     episodes: PosInt = 2  # MuJoCo: clean evaluation episodes per evaluation
 
 
+class EnvOverride(_Strict):
+    """Per-environment overrides: a bandit trial and a MuJoCo trial rarely share a budget."""
+
+    budget: Budget | None = None
+    adpo: dict[str, Any] = Field(default_factory=dict)
+
+
 class ExperimentSpec(_Strict):
     """One grid of trials. ``scenarios: all`` means the twelve (``clean`` can be listed too)."""
 
@@ -182,6 +189,7 @@ class ExperimentSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    env_overrides: dict[EnvName, EnvOverride] = Field(default_factory=dict)
 
     @field_validator("scenarios")
     @classmethod
@@ -202,15 +210,21 @@ class ExperimentSpec(_Strict):
     @model_validator(mode="after")
     def _combinations(self) -> ExperimentSpec:
         envs = set(self.environments)
-        if self.adpo.list_source != "auto":
-            bad = [e for e in self.environments if ENVIRONMENTS[e]["list_source"] != self.adpo.list_source]
-            if bad and "adpo" in self.algorithms:
-                allowed = {e: ENVIRONMENTS[e]["list_source"] for e in bad}
-                raise ValueError(
-                    f"adpo.list_source={self.adpo.list_source!r} does not fit {', '.join(bad)}: "
-                    f"'actions' needs a discrete env with per-item feedback (PreferenceBandit), "
-                    f"'batch' fits any env; use 'auto' or the env's own ({allowed})"
-                )
+        for env in self.env_overrides:
+            if env not in envs:
+                raise ValueError(f"env_overrides.{env}: not one of environments ({', '.join(self.environments)})")
+            try:
+                self.adpo_for(env)
+            except ValidationError as e:
+                msgs = "; ".join(f"{_fmt_loc(x['loc'])}: {x['msg']}" for x in e.errors())
+                raise ValueError(f"env_overrides.{env}.adpo: {msgs}") from None
+        bad = [e for e in self.environments if self.list_source(e) == "actions" != ENVIRONMENTS[e]["list_source"]]
+        if bad and "adpo" in self.algorithms:
+            raise ValueError(
+                f"adpo.list_source='actions' does not fit {', '.join(bad)}: 'actions' needs a "
+                "discrete env with per-item feedback (PreferenceBandit); 'batch' fits any env; "
+                "use 'auto' to pick each env's own"
+            )
         if "dpo" in self.algorithms and not any(
             ENVIRONMENTS[e]["list_source"] == "actions" for e in envs
         ):
@@ -231,8 +245,20 @@ class ExperimentSpec(_Strict):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    def adpo_for(self, env: str) -> ADPOParams:
+        """The ADPO/optimisation parameters of ``env``'s trials (spec values + env overrides)."""
+        override = self.env_overrides.get(env)
+        if override is None or not override.adpo:
+            return self.adpo
+        return ADPOParams.model_validate({**self.adpo.model_dump(by_alias=True), **override.adpo})
+
+    def budget_for(self, env: str) -> Budget:
+        override = self.env_overrides.get(env)
+        return override.budget if override is not None and override.budget is not None else self.budget
+
     def list_source(self, env: str) -> str:
-        return ENVIRONMENTS[env]["list_source"] if self.adpo.list_source == "auto" else self.adpo.list_source
+        source = self.adpo_for(env).list_source
+        return ENVIRONMENTS[env]["list_source"] if source == "auto" else source
 
     def trials(self) -> list[TrialSpec]:
         """Every trial of the grid, in a stable order."""

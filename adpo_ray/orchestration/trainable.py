@@ -1,0 +1,57 @@
+"""The Tune trainable of every grid trial: one RLlib algorithm (ADPO, DPO or PPO) per trial.
+
+Tune reserves the algorithm's own placement group (main process, env runners, learners) through
+:meth:`GridTrainable.default_resource_request`; results are reduced to the curated metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from adpo_ray.config import ExperimentSpec, TrialSpec
+from adpo_ray.orchestration.metrics import curate
+
+
+def trial_from_config(config: dict[str, Any]) -> tuple[ExperimentSpec, TrialSpec]:
+    return ExperimentSpec.model_validate(config["spec"]), TrialSpec(**config["trial"])
+
+
+def algo_config_from(config: dict[str, Any]):
+    from adpo_ray.rllib.factory import build_algo_config
+
+    return build_algo_config(*trial_from_config(config))
+
+
+class GridTrainable(tune.Trainable):
+    """``config = {"spec": <spec dict>, "trial": <TrialSpec dict>}``."""
+
+    @classmethod
+    def default_resource_request(cls, config: dict[str, Any]):
+        algo_config = algo_config_from(config)
+        return algo_config.algo_class.default_resource_request(algo_config)
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self.spec, self.trial = trial_from_config(config)
+        self.budget = self.spec.budget_for(self.trial.env)
+        self.algo = algo_config_from(config).build_algo()
+
+    def step(self) -> dict[str, Any]:
+        result = curate(self.algo.train())
+        it, steps = self.algo.iteration, result.get("env_steps", 0)
+        b = self.budget
+        if (b.iterations and it >= b.iterations) or (b.env_steps and steps >= b.env_steps):
+            result["done"] = True  # the trial's own budget: bandit and MuJoCo trials differ
+        elif it % b.checkpoint_every == 0:
+            result["should_checkpoint"] = True
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.algo.save_to_path(checkpoint_dir)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.algo.restore_from_path(checkpoint_dir)
+
+    def cleanup(self) -> None:
+        self.algo.stop()

@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Run an adpo-ray experiment grid: the entry that `ray submit cluster/gpu.yaml run_grid.py` copies
+to the head node. It only parses arguments and calls the installed package.
+
+    python run_grid.py --config tune_configs/smoke.yaml [--tracking-uri URI] [--storage-path DIR]
+                       [--name NAME] [--address ADDR] [--dry-run]
+"""
+
+import sys
+
+try:
+    from adpo_ray.cli import main
+except ImportError as e:  # pragma: no cover - the message is the point
+    sys.exit(
+        f"adpo-ray is not installed in this Python ({sys.executable}): {e}\n"
+        "Install it on every node (`pip install adpo-ray` or `pip install -e .` from the repo, "
+        "see cluster/*.yaml setup_commands) or use the project's Docker image."
+    )
+
+if __name__ == "__main__":
+    sys.exit(main(["grid", *sys.argv[1:]]))

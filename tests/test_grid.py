@@ -1,0 +1,287 @@
+"""The grid on real Ray Tune with real MLflow (sqlite store, and a real `mlflow server`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from adpo_ray.config import parse_spec
+from adpo_ray.orchestration.grid import (
+    GridOptions,
+    ResourceError,
+    plan_trials,
+    run_grid,
+    summary_frame,
+)
+from adpo_ray.orchestration.trainable import GridTrainable
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "name": "small",
+    "environments": ["PreferenceBandit"],
+    "scenarios": ["clean", "flip-high"],
+    "anchors": {"modes": ["fixed", "dynamic"]},
+    "budget": {"iterations": 3, "checkpoint_every": 2},
+    "adpo": {"lr": 0.003, "beta_q": 0.5, "train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+}
+
+
+def options(tmp_path: Path, name: str, uri: str | None = None) -> GridOptions:
+    return GridOptions(
+        tracking_uri=uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "mlartifacts") if uri is None else None,
+        storage_path=str(tmp_path / "ray_results"),
+        name=name,
+    )
+
+
+def children(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def steps(client: MlflowClient, run_id: str, key: str = "env_steps") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def check_grid_in_mlflow(client, spec, results, expected_iterations):
+    parents, kids = children(client, spec.experiment_name)
+    assert len(parents) == 1 and len(kids) == len(spec.trials())
+    parent = parents[0]
+    assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    by_tag = {k.data.tags["trial"]: k for k in kids}
+    batch = spec.adpo.train_batch_size
+    for r in results:
+        trial = r.config["trial"]
+        kid = by_tag[f"{trial['env']}_{trial['scenario']}_adpo-{trial['anchor_mode']}_h{trial['hidden_size']}_s{trial['seed']}"]
+        tags, params, metrics = kid.data.tags, kid.data.params, kid.data.metrics
+        for key in ("scenario", "env", "anchor_mode", "seed"):
+            assert tags[key] == str(trial[key])
+        assert tags["hidden_size"] == str(trial["hidden_size"]) and tags["algorithm"] == "adpo"
+        assert {"noise_type", "severity", "grid", "git_commit", "version.ray"} <= set(tags)
+        assert params["tau_anc"] == str(spec.adpo.tau_anc) and params["anchor_mode"] == trial["anchor_mode"]
+        assert len(params) < 40  # curated, not RLlib's ~300 keys
+        assert kid.info.status == "FINISHED"
+        # Tune and MLflow agree on the final values and on the whole history
+        assert metrics["eval/winmass"] == pytest.approx(r.metrics["eval/winmass"])
+        assert metrics["env_steps"] == r.metrics["env_steps"]
+        assert steps(client, kid.info.run_id) == [batch * i for i in range(1, expected_iterations + 1)]
+        assert steps(client, kid.info.run_id, "eval/winmass") == [batch * i for i in range(1, expected_iterations + 1)]
+        arts = [a.path for a in client.list_artifacts(kid.info.run_id)]
+        assert "metrics.csv" in arts and "checkpoint" in arts
+    return parent, kids
+
+
+def test_small_grid_tune_and_mlflow_agree(ray_local, tmp_path):
+    spec = parse_spec(SMALL)
+    opts = options(tmp_path, "e2e")
+    results = run_grid(spec, opts, verbose=0)
+    assert len(results) == 4 and not results.errors
+    client = MlflowClient(opts.tracking_uri)
+    parent, kids = check_grid_in_mlflow(client, spec, results, 3)
+    assert parent.info.status == "FINISHED"
+    # the metrics CSV artifact is the run's history
+    kid = kids[0]
+    csv = Path(client.download_artifacts(kid.info.run_id, "metrics.csv", str(tmp_path)))
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert list(table["env_steps"]) == [128, 256, 384]
+    assert table["eval/winmass"].iloc[-1] == pytest.approx(kid.data.metrics["eval/winmass"])
+    frame = summary_frame(results)
+    assert set(frame["method"]) == {"adpo-fixed", "adpo-dynamic"} and (frame["status"] == "TERMINATED").all()
+    # the artifacts really are under the configured absolute folder
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("mlflow server did not come up")
+            time.sleep(1)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_small_grid_against_mlflow_server(ray_local, tmp_path, mlflow_server):
+    spec = parse_spec({**SMALL, "name": "small_server", "scenarios": ["flip-high"]})
+    opts = options(tmp_path, "server", uri=mlflow_server)
+    results = run_grid(spec, opts, verbose=0)
+    assert not results.errors
+    check_grid_in_mlflow(MlflowClient(mlflow_server), spec, results, 3)
+    # artifacts went through the server to its destination folder
+    assert list((tmp_path / "server-artifacts").rglob("metrics.csv"))
+
+
+def make_flaky(marker_dir: Path):
+    class FlakyTrainable(GridTrainable):
+        """Raises once at iteration 3 of each trial; records the iteration it was restored at."""
+
+        def step(self):
+            result = super().step()
+            flag = marker_dir / f"{self.trial.tag}.failed"
+            if self.algo.iteration == 3 and not flag.exists():
+                flag.write_text("1")
+                raise RuntimeError("injected failure")
+            return result
+
+        def load_checkpoint(self, checkpoint_dir):
+            super().load_checkpoint(checkpoint_dir)
+            (marker_dir / f"{self.trial.tag}.restored").write_text(str(self.algo.iteration))
+
+    return FlakyTrainable
+
+
+def test_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
+    spec = parse_spec({**SMALL, "name": "flaky", "scenarios": ["clean"], "anchors": {"modes": ["dynamic"]},
+                       "budget": {"iterations": 5, "checkpoint_every": 2}, "resources": {"max_failures": 1}})
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    opts = options(tmp_path, "flaky")
+    results = run_grid(spec, opts, trainable=make_flaky(markers), verbose=0)
+    assert not results.errors
+    (trial,) = spec.trials()
+    assert (markers / f"{trial.tag}.failed").exists()
+    assert (markers / f"{trial.tag}.restored").read_text() == "2"  # from the iteration-2 checkpoint
+    assert results[0].metrics["training_iteration"] == 5
+    client = MlflowClient(opts.tracking_uri)
+    _, kids = children(client, "flaky")
+    assert len(kids) == 1
+    assert kids[0].data.tags["num_failures"] == "1" and kids[0].info.status == "FINISHED"
+    assert steps(client, kids[0].info.run_id) == [128 * i for i in range(1, 6)]
+
+
+def test_unschedulable_trial_fails_before_launch(ray_local, tmp_path):
+    spec = parse_spec({**SMALL, "name": "too_big", "resources": {"num_env_runners": 4}})
+    opts = options(tmp_path, "too_big")
+    with pytest.raises(ResourceError, match=r"can never be scheduled.*num_env_runners"):
+        run_grid(spec, opts, verbose=0)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing started, nothing recorded
+    assert plan_trials(spec)[0].required["CPU"] == 5
+
+
+def _run(*args, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=kw.pop("cwd", ROOT), **kw)
+
+
+def test_dry_run_starts_no_ray_and_counts_paper_grid(tmp_path):
+    code = (
+        "import sys, ray; from adpo_ray.cli import main; "
+        "rc = main(['grid', '--config', 'tune_configs/twelve_scenarios.yaml', '--dry-run', "
+        f"'--storage-path', '{tmp_path}']); "
+        "assert not ray.is_initialized(), 'dry run started Ray'; sys.exit(rc)"
+    )
+    res = _run("-c", code)
+    assert res.returncode == 0, res.stderr
+    assert "trials: 5760" in res.stdout
+    assert "HalfCheetah-v5" in res.stdout and "1,000,000" in res.stdout
+    assert not list(tmp_path.iterdir())  # nothing written
+    res = _run("run_grid.py", "--config", "tune_configs/smoke.yaml", "--dry-run")
+    assert res.returncode == 0 and "trials: 24" in res.stdout
+
+
+def test_run_grid_rejects_bad_spec_before_anything(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**SMALL, "anchors": {"modes": ["sticky"]}}))
+    res = _run(str(ROOT / "run_grid.py"), "--config", str(bad), "--storage-path", str(tmp_path / "rr"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "anchors: modes: unknown anchor mode 'sticky'" in res.stderr
+    assert not (tmp_path / "rr").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sigkill_driver_then_resume(tmp_path):
+    """Kill the driver mid-grid (SIGKILL), resume: each trial ends once, one child run each, the
+    whole metric history present with no step twice, finished trials not re-run."""
+    spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high"],
+                 "budget": {"iterations": 8, "checkpoint_every": 2},
+                 "adpo": {**SMALL["adpo"], "train_batch_size": 512, "minibatch_size": 128}}
+    spec_file = tmp_path / "killed.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "ray_results"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_grid.py"), "--config", str(spec_file), "--tracking-uri", uri,
+         "--storage-path", str(storage), "--name", "k"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    finished_before: dict[str, float] = {}
+    try:
+        while time.time() < deadline:
+            time.sleep(2)
+            assert proc.poll() is None, "the grid ended before it could be killed"
+            try:
+                _, kids = children(client, "killed")
+            except Exception:
+                continue
+            progressed = [k for k in kids if k.data.metrics.get("training_iteration", 0) >= 4]
+            if progressed:
+                break
+        else:
+            pytest.fail("the grid made no progress")
+        _, kids = children(client, "killed")
+        finished_before = {k.data.tags["trial"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(finished_before) < 4, "all trials finished before the kill; nothing to resume"
+
+    res = _run("-m", "adpo_ray.cli", "resume", str(storage / "k"), cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "flip-high" in res.stdout  # the summary table
+
+    parents, kids = children(client, "killed")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(k.data.tags["trial"] for k in kids) == sorted(t.tag for t in parse_spec(spec_dict).trials())
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        assert steps(client, k.info.run_id) == [512 * i for i in range(1, 9)], k.data.tags["trial"]
+        assert steps(client, k.info.run_id, "eval/winmass") == [512 * i for i in range(1, 9)]
+        if k.data.tags["trial"] in finished_before:  # not re-run
+            assert k.info.end_time == finished_before[k.data.tags["trial"]]
