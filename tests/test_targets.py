@@ -15,7 +15,15 @@ from adpo_ray.core.targets import (
     softmax_target,
 )
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in double precision, restored afterwards (RLlib tests share the process)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def test_softmax_target_values():
