@@ -5,8 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
+# Debian's Chromium drives the MLflow UI browser test (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint scenarios mlflow-ui clean
+.PHONY: run test install lint scenarios mlflow-ui report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,11 +24,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python run_grid.py --config tune_configs/smoke.yaml
 
+# The report of the latest smoke launch (tables with CIs, plots) into reports/smoke.
+report: $(STAMP)
+	$(BIN)/adpo-ray report --experiment smoke --out reports/smoke
+
 # The MLflow UI over the default local store, on 127.0.0.1 only.
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

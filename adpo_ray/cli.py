@@ -114,6 +114,52 @@ def print_summary(spec, results, options) -> None:
     )
 
 
+def write_report(args_out: str | None, data, tracking_uri: str | None) -> Path:
+    from adpo_ray.report.build import build_report, log_report
+
+    out = Path(args_out)
+    files = build_report(data, out)
+    if tracking_uri and data.parent_run_id:
+        log_report(tracking_uri, data.parent_run_id, out)
+    print(f"report: {files['report.html']}  ({files['report.md'].name}, results.csv, "
+          f"{sum(p.suffix == '.png' for p in files.values())} plots)")
+    return out
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from adpo_ray.orchestration.tracking import default_tracking_uri
+    from adpo_ray.report.data import load_mlflow, load_tune_folder
+
+    try:
+        if args.results:
+            data = load_tune_folder(args.results)
+            uri = None
+        else:
+            if not args.experiment:
+                print("error: give --experiment NAME (MLflow) or --results DIR (Tune folder)", file=sys.stderr)
+                return 2
+            uri = args.tracking_uri or default_tracking_uri()
+            data = load_mlflow(uri, args.experiment, args.run)
+    except LookupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_report(args.out, data, uri if not args.no_log else None)
+    return 0
+
+
+def _report_after_grid(spec, options) -> None:
+    import json
+
+    from adpo_ray.orchestration.tracking import PARENT_FILE
+    from adpo_ray.report.data import load_mlflow
+
+    if "://" in options.run_dir:
+        return
+    parent = json.loads((Path(options.run_dir) / PARENT_FILE).read_text())["run_id"]
+    data = load_mlflow(options.tracking_uri, spec.experiment_name, parent)
+    write_report(str(Path(options.run_dir) / "report"), data, options.tracking_uri)
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from adpo_ray.orchestration.grid import ResourceError, plan_trials, resolve_options, run_grid
 
@@ -137,6 +183,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(spec, results, options)
+    if not args.no_report:
+        _report_after_grid(spec, options)
     return 0 if not results.errors else 1
 
 
@@ -150,6 +198,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 2
     _, options = load_grid_file(args.run_dir)
     print_summary(spec, results, options)
+    _report_after_grid(spec, options)
     return 0 if not results.errors else 1
 
 
@@ -160,6 +209,7 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="name of this launch (default: <spec name>-<timestamp>)")
     p.add_argument("--address", help="Ray cluster address ('auto' to join a running cluster; default: $RAY_ADDRESS or an embedded Ray)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and start nothing")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", help="run an experiment grid on Ray Tune, tracked in MLflow")
     add_grid_arguments(p)
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("report", help="tables with confidence intervals and plots for a grid")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (the spec's name)")
+    p.add_argument("--run", help="parent run id of one launch (default: the latest launch)")
+    p.add_argument("--results", metavar="DIR", help="read a Tune results folder instead of MLflow")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
+    p.add_argument("--no-log", action="store_true", help="do not attach the report to the parent MLflow run")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("resume", help="finish an interrupted grid from its results folder")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -23,6 +26,8 @@ from adpo_ray.orchestration.grid import (
     summary_frame,
 )
 from adpo_ray.orchestration.trainable import GridTrainable
+from adpo_ray.report.build import build_report, log_report
+from adpo_ray.report.data import load_mlflow, load_tune_folder
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +92,18 @@ def check_grid_in_mlflow(client, spec, results, expected_iterations):
     return parent, kids
 
 
-def test_small_grid_tune_and_mlflow_agree(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def small_grid(ray_local, tmp_path_factory):
+    """One small real grid (4 trials), shared by the tests that read its records."""
+    tmp_path = tmp_path_factory.mktemp("small_grid")
     spec = parse_spec(SMALL)
     opts = options(tmp_path, "e2e")
     results = run_grid(spec, opts, verbose=0)
+    return spec, opts, results, tmp_path
+
+
+def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
+    spec, opts, results, _ = small_grid
     assert len(results) == 4 and not results.errors
     client = MlflowClient(opts.tracking_uri)
     parent, kids = check_grid_in_mlflow(client, spec, results, 3)
@@ -106,7 +119,25 @@ def test_small_grid_tune_and_mlflow_agree(ray_local, tmp_path):
     frame = summary_frame(results)
     assert set(frame["method"]) == {"adpo-fixed", "adpo-dynamic"} and (frame["status"] == "TERMINATED").all()
     # the artifacts really are under the configured absolute folder
-    assert (tmp_path / "mlartifacts").is_dir()
+    assert Path(parent.info.artifact_uri).is_relative_to(opts.artifact_location)
+    assert (Path(parent.info.artifact_uri) / "spec.yaml").is_file()
+
+
+def test_report_from_mlflow_and_from_tune_folder_agree(small_grid, tmp_path):
+    spec, opts, results, _ = small_grid
+    from_mlflow = load_mlflow(opts.tracking_uri, spec.experiment_name)
+    from_tune = load_tune_folder(opts.run_dir)
+    a = from_mlflow.trials.set_index("trial")["eval/winmass"].sort_index()
+    b = from_tune.trials.set_index("trial")["eval/winmass"].sort_index()
+    assert len(a) == 4 and list(a.index) == list(b.index)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy())
+    for data in (from_mlflow, from_tune):
+        assert (data.curves.groupby("trial").size() == 3).all()
+    files = build_report(from_mlflow, tmp_path / "report")
+    log_report(opts.tracking_uri, from_mlflow.parent_run_id, tmp_path / "report")
+    arts = [a.path for a in MlflowClient(opts.tracking_uri).list_artifacts(from_mlflow.parent_run_id, "report")]
+    assert "report/report.html" in arts and "report/results.csv" in arts
+    assert sum(p.suffix == ".png" for p in files.values()) >= 3
 
 
 def _free_port() -> int:
@@ -115,44 +146,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path):
+    """A real `mlflow server` subprocess on 127.0.0.1; stopped (with its workers) afterwards."""
     port = _free_port()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("mlflow server did not come up")
-            time.sleep(1)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("mlflow server did not come up")
+                time.sleep(1)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def test_small_grid_against_mlflow_server(ray_local, tmp_path, mlflow_server):
+def test_small_grid_against_mlflow_server(ray_local, tmp_path):
     spec = parse_spec({**SMALL, "name": "small_server", "scenarios": ["flip-high"]})
-    opts = options(tmp_path, "server", uri=mlflow_server)
-    results = run_grid(spec, opts, verbose=0)
-    assert not results.errors
-    check_grid_in_mlflow(MlflowClient(mlflow_server), spec, results, 3)
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
+        opts = options(tmp_path, "server", uri=uri)
+        results = run_grid(spec, opts, verbose=0)
+        assert not results.errors
+        check_grid_in_mlflow(MlflowClient(uri), spec, results, 3)
     # artifacts went through the server to its destination folder
     assert list((tmp_path / "server-artifacts").rglob("metrics.csv"))
 
@@ -275,6 +305,7 @@ def test_sigkill_driver_then_resume(tmp_path):
     res = _run("-m", "adpo_ray.cli", "resume", str(storage / "k"), cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "flip-high" in res.stdout  # the summary table
+    assert "report: " in res.stdout and (storage / "k" / "report" / "report.html").exists()
 
     parents, kids = children(client, "killed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -285,3 +316,53 @@ def test_sigkill_driver_then_resume(tmp_path):
         assert steps(client, k.info.run_id, "eval/winmass") == [512 * i for i in range(1, 9)]
         if k.data.tags["trial"] in finished_before:  # not re-run
             assert k.info.end_time == finished_before[k.data.tags["trial"]]
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
+    """The MLflow UI, served by a real `mlflow server` over the grid's store, in headless Chromium:
+    the experiment page lists the child runs, with the anchor_mode and scenario tags as columns."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    spec, opts, results, grid_dir = small_grid
+    client = MlflowClient(opts.tracking_uri)
+    exp = client.get_experiment_by_name(spec.experiment_name)
+    parents, kids = children(client, spec.experiment_name)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    with mlflow_server(opts.tracking_uri, grid_dir / "mlartifacts") as uri, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 2200, "height": 1000})
+            page.goto(f"{uri}/#/experiments/{exp.experiment_id}/runs")
+            page.get_by_text(parents[0].info.run_name, exact=True).wait_for(timeout=60_000)
+            # expand the launch's parent run to list its child runs
+            page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+            for kid in kids:
+                page.get_by_text(kid.info.run_name, exact=True).wait_for(timeout=20_000)
+            # show the two tags as columns, as a researcher comparing anchor strategies would
+            page.get_by_role("button", name="Columns", exact=True).click()
+            search = page.get_by_placeholder("Search columns")
+            for tag in ("anchor_mode", "scenario"):
+                search.fill(tag)
+                # the Tags group comes last in the column tree: its leaf is the last node
+                page.locator(".du-bois-light-tree-treenode").last.locator(".du-bois-light-tree-title").click()
+            page.keyboard.press("Escape")
+            close = page.get_by_role("button", name="Close")
+            if close.count():
+                close.first.click()  # the assistant side panel
+            cells = {}
+            for tag in ("anchor_mode", "scenario"):
+                column = page.locator(f"[role=gridcell][col-id='tags.`{tag}`']")
+                column.first.wait_for(timeout=20_000)
+                cells[tag] = set(column.all_inner_texts())
+            page.screenshot(path=str(tmp_path / "mlflow_ui.png"), full_page=True)
+        finally:
+            browser.close()
+    assert {"fixed", "dynamic"} <= cells["anchor_mode"]
+    assert {"clean", "flip-high"} <= cells["scenario"]
+    assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000

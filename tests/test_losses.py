@@ -11,7 +11,6 @@ from adpo_ray.core.losses import adpo_loss, dpo_loss, listwise_loss, pairwise_lo
 from adpo_ray.core.targets import hard_pairwise_target, pairwise_target, softmax_target
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact comparisons in double precision, restored afterwards (RLlib tests share the process)."""

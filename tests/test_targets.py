@@ -16,7 +16,6 @@ from adpo_ray.core.targets import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact comparisons in double precision, restored afterwards (RLlib tests share the process)."""

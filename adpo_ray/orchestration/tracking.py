@@ -203,7 +203,11 @@ class MLflowTracker(tune.Callback):
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+            # "custom model development": the MLflow UI opens on the runs table, not GenAI traces
+            return self.client.create_experiment(
+                name, artifact_location=self.artifact_location,
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         except Exception:  # created concurrently by another launch
             exp = self.client.get_experiment_by_name(name)
             if exp is None:

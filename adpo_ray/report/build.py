@@ -1,0 +1,126 @@
+"""Write a grid's report: report.md, report.html, results.csv and PNG plots."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from adpo_ray.core.stats import CONFIDENCE, N_RESAMPLES
+from adpo_ray.report import plots
+from adpo_ray.report.analysis import compare, group_stats, paper_claims
+from adpo_ray.report.data import COORDS, GridData
+
+METRIC_COLUMNS = ["eval/winmass", "eval/return_mean", "train/return_mean", "adpo/anchor_kl",
+                  "adpo/anchor_refreshes", "distill/kl_teacher", "env_steps"]
+
+
+def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    return out
+
+
+def _group_view(groups: pd.DataFrame) -> pd.DataFrame:
+    if groups.empty:
+        return groups
+    view = groups.copy()
+    view["95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "-" for lo, hi in zip(view["ci_low"], view["ci_high"], strict=True)]
+    return view[["env", "scenario", "hidden_size", "method", "metric", "n", "mean", "std", "iqm", "95% CI"]]
+
+
+def _compare_view(comparisons: pd.DataFrame) -> pd.DataFrame:
+    if comparisons.empty:
+        return comparisons
+    v = comparisons.copy()
+    v["rel. improvement [95% CI]"] = [
+        f"{100 * r:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]" if pd.notna(lo) else f"{100 * r:+.1f}%"
+        for r, lo, hi in zip(v["rel_improvement"], v["rel_ci_low"], v["rel_ci_high"], strict=True)
+    ]
+    v["P(a > b) [95% CI]"] = [
+        f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else f"{p:.2f}"
+        for p, lo, hi in zip(v["p_improvement"], v["p_ci_low"], v["p_ci_high"], strict=True)
+    ]
+    return v[["env", "level", "group", "hidden_size", "metric", "a", "b", "n_a", "n_b", "mean_a", "mean_b",
+              "rel. improvement [95% CI]", "P(a > b) [95% CI]"]]
+
+
+def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
+    """Write every report file into ``out_dir``; returns name -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = data.trials
+    files: dict[str, Path] = {}
+
+    cols = ["trial", *COORDS, "status", *[c for c in METRIC_COLUMNS if c in trials]]
+    trials[cols].to_csv(out / "results.csv", index=False)
+    files["results.csv"] = out / "results.csv"
+
+    groups = group_stats(trials)
+    comparisons = compare(trials)
+    claims = paper_claims(trials, comparisons)
+
+    images: list[Path] = []
+    for env in dict.fromkeys(trials["env"]):
+        for fn in (
+            lambda e=env: plots.learning_curves(trials, data.curves, e, out),
+            lambda e=env: plots.scenario_comparison(groups, e, out),
+            lambda e=env: plots.hidden_scaling(trials, e, out),
+        ):
+            path = fn()
+            if path:
+                images.append(path)
+    distill = plots.distill_return_vs_kl(trials, out)
+    if distill:
+        images.append(distill)
+    files.update({p.name: p for p in images})
+
+    claims_frame = pd.DataFrame([c.__dict__ for c in claims])
+    sections = [
+        ("Paper claims", claims_frame,
+         "Verdicts at 95%: *supported* — the CI excludes no effect and reaches the claimed size; "
+         "*contradicted* — the whole CI lies below the claimed size; *inconclusive* — otherwise."),
+        ("Dynamic vs fixed anchor", _compare_view(comparisons),
+         "Relative improvement `(mean(a) - mean(b)) / |mean(b)|` and probability of improvement "
+         "`P(a > b)` (ties 1/2), with percentile-bootstrap CIs (paired by seed when possible). "
+         "`noise_type` and `overall` rows pool the noisy scenarios (clean excluded)."),
+        ("Per group", _group_view(groups),
+         f"Final headline metric over seeds: mean, std, IQM (25% trimmed mean) and "
+         f"{int(CONFIDENCE * 100)}% bootstrap CI of the mean ({N_RESAMPLES} resamples)."),
+    ]
+    n_failed = int((trials["status"] != "FINISHED").sum())
+    header = (f"{len(trials)} trials ({n_failed} not finished) from {data.source}. "
+              f"Environments: {', '.join(dict.fromkeys(trials['env']))}; methods: "
+              f"{', '.join(sorted(trials['method'].unique()))}.")
+
+    md = ["# adpo-ray report", "", header, ""]
+    for title, frame, note in sections:
+        md += [f"## {title}", "", note, "", _fmt(frame).to_markdown(index=False) if not frame.empty else "_no data_", ""]
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    (out / "report.md").write_text("\n".join(md))
+    files["report.md"] = out / "report.md"
+
+    body = [f"<h1>adpo-ray report</h1><p>{html.escape(header)}</p>"]
+    for title, frame, note in sections:
+        table = _fmt(frame).to_html(index=False, border=0, classes="t") if not frame.empty else "<p><em>no data</em></p>"
+        body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>{table}")
+    body.append("<h2>Plots</h2>" + "".join(f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in images))
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+             "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;"
+             "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}")
+    (out / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>adpo-ray report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+    files["report.html"] = out / "report.html"
+    return files
+
+
+def log_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> None:
+    """Attach the report files to the grid's parent MLflow run (under ``report/``)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(parent_run_id, str(out_dir), artifact_path="report")

@@ -1,0 +1,126 @@
+"""Load a grid's trials into tidy tables, from MLflow or from a Tune results folder.
+
+* ``trials``: one row per trial — coordinates (env, scenario, noise_type, severity, algorithm,
+  anchor_mode, method, hidden_size, seed), status and final curated metrics.
+* ``curves``: long table of the headline metrics over training — trial, env_steps, metric, value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from adpo_ray.core.noise import SCENARIOS, TWELVE
+
+COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed"]
+CURVE_METRICS = ("eval/winmass", "eval/return_mean", "distill/kl_teacher")
+SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
+
+
+@dataclass
+class GridData:
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    source: str
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+
+
+def _coords(trial: dict) -> dict:
+    scen = SCENARIOS.get(trial["scenario"])
+    method = f"adpo-{trial['anchor_mode']}" if trial["algorithm"] == "adpo" else trial["algorithm"]
+    return {
+        "env": trial["env"],
+        "scenario": trial["scenario"],
+        "noise_type": scen.noise_type if scen else "",
+        "severity": scen.severity if scen else "",
+        "algorithm": trial["algorithm"],
+        "anchor_mode": trial["anchor_mode"],
+        "method": method,
+        "hidden_size": int(trial["hidden_size"]),
+        "seed": int(trial["seed"]),
+    }
+
+
+def _frames(rows: list[dict], curve_rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    trials = pd.DataFrame(rows)
+    curves = pd.DataFrame(curve_rows, columns=["trial", "env_steps", "metric", "value"])
+    if not trials.empty:
+        order = trials["scenario"].map(lambda s: SCENARIO_ORDER.get(s, len(SCENARIO_ORDER)))
+        trials = (trials.assign(_order=order)
+                  .sort_values(["env", "_order", "method", "hidden_size", "seed"])
+                  .drop(columns="_order").reset_index(drop=True))
+    return trials, curves
+
+
+def latest_parent_run(client, experiment_id: str) -> str | None:
+    runs = client.search_runs(
+        [experiment_id], filter_string="tags.kind = 'grid'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def load_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> GridData:
+    """The child runs of one launch (``parent_run_id``, default: the latest launch)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise LookupError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments: {', '.join(names) or 'none'}")
+    parent_run_id = parent_run_id or latest_parent_run(client, exp.experiment_id)
+    if parent_run_id is None:
+        raise LookupError(f"experiment {experiment!r} has no grid launch (parent run)")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50_000
+    )
+    rows, curve_rows = [], []
+    for run in runs:
+        tags = run.data.tags
+        if "trial" not in tags:
+            continue
+        row = {"trial": tags["trial"], **_coords(tags), "status": run.info.status, "run_id": run.info.run_id}
+        row.update(run.data.metrics)
+        rows.append(row)
+        for key in CURVE_METRICS:
+            if key in run.data.metrics:
+                for m in client.get_metric_history(run.info.run_id, key):
+                    curve_rows.append({"trial": tags["trial"], "env_steps": m.step, "metric": key, "value": m.value})
+    trials, curves = _frames(rows, curve_rows)
+    return GridData(trials, curves, f"{tracking_uri} / {experiment} / {parent_run_id}", parent_run_id, exp.experiment_id)
+
+
+def load_tune_folder(run_dir: str | Path) -> GridData:
+    """The same tables from a Tune results folder (each trial's params.json and progress.csv)."""
+    from adpo_ray.config import TrialSpec
+
+    run_dir = Path(run_dir)
+    rows, curve_rows = [], []
+    for params in sorted(run_dir.glob("*/params.json")):
+        config = json.loads(params.read_text())
+        if "trial" not in config:
+            continue
+        tag = TrialSpec(**config["trial"]).tag
+        progress = params.parent / "progress.csv"
+        history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
+        if not history.empty and "env_steps" in history:
+            history = history.drop_duplicates("env_steps", keep="last").sort_values("env_steps")
+        status = "FINISHED" if not (params.parent / "error.txt").exists() else "FAILED"
+        row = {"trial": tag, **_coords(config["trial"]), "status": status, "run_id": None}
+        if not history.empty:
+            last = history.iloc[-1]
+            row.update({k: float(last[k]) for k in history.columns if ("/" in k or k == "env_steps") and pd.notna(last[k])})
+            for key in CURVE_METRICS:
+                if key in history:
+                    for step, value in zip(history["env_steps"], history[key], strict=True):
+                        if pd.notna(value):
+                            curve_rows.append({"trial": tag, "env_steps": int(step), "metric": key, "value": float(value)})
+        rows.append(row)
+    if not rows:
+        raise LookupError(f"{run_dir} holds no adpo-ray trials (no */params.json)")
+    trials, curves = _frames(rows, curve_rows)
+    return GridData(trials, curves, str(run_dir))

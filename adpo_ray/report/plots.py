@@ -1,0 +1,150 @@
+"""Report plots (matplotlib, Agg backend): learning curves, per-scenario comparison, hidden-size
+scaling, distillation return vs KL. Every function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from adpo_ray.report.analysis import headline  # noqa: E402
+
+DPI = 100
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    return sorted(frame["method"].unique())
+
+
+def _colors(methods: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, env: str, out: Path) -> Path | None:
+    """Mean headline metric over seeds per method, with a 95% band (mean +- 1.96 SEM), one panel
+    per scenario."""
+    metric = headline(env)
+    sub = curves[curves["metric"] == metric].merge(trials[["trial", "env", "scenario", "method"]], on="trial")
+    sub = sub[sub["env"] == env]
+    if sub.empty:
+        return None
+    scenarios = list(dict.fromkeys(trials[trials["env"] == env]["scenario"]))
+    cols = min(4, len(scenarios))
+    rows = math.ceil(len(scenarios) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), dpi=DPI, squeeze=False, sharey=True)
+    colors = _colors(_methods(sub))
+    for ax, scenario in zip(axes.flat, scenarios, strict=False):
+        for method, g in sub[sub["scenario"] == scenario].groupby("method"):
+            agg = g.groupby("env_steps")["value"].agg(["mean", "std", "count"])
+            sem = (agg["std"].fillna(0) / np.sqrt(agg["count"])).to_numpy()
+            x, y = agg.index.to_numpy(), agg["mean"].to_numpy()
+            ax.plot(x, y, label=method, color=colors[method])
+            ax.fill_between(x, y - 1.96 * sem, y + 1.96 * sem, alpha=0.2, color=colors[method])
+        ax.set_title(scenario, fontsize=10)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(scenarios):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{env}: learning curves (mean over seeds, 95% band)")
+    fig.tight_layout()
+    path = out / f"curves_{env}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def scenario_comparison(groups: pd.DataFrame, env: str, out: Path) -> Path | None:
+    """Final headline metric per scenario and method (mean over seeds and hidden sizes), with the
+    95% bootstrap CI of each group as error bars (largest hidden size shown when several)."""
+    sub = groups[groups["env"] == env]
+    if sub.empty:
+        return None
+    sub = sub[sub["hidden_size"] == sub["hidden_size"].max()]
+    scenarios = list(dict.fromkeys(sub["scenario"]))
+    methods = _methods(sub)
+    colors = _colors(methods)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=DPI)
+    x = np.arange(len(scenarios))
+    for i, method in enumerate(methods):
+        g = sub[sub["method"] == method].set_index("scenario").reindex(scenarios)
+        mean = g["mean"].to_numpy()
+        err = np.vstack([mean - g["ci_low"].to_numpy(), g["ci_high"].to_numpy() - mean])
+        err = np.nan_to_num(np.clip(err, 0, None))
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+               label=method, color=colors[method])
+    ax.set_xticks(x, scenarios, rotation=45, ha="right")
+    ax.set_ylabel(f"final {headline(env)}")
+    ax.set_title(f"{env}: per-scenario comparison (hidden {int(sub['hidden_size'].max())}, 95% CI)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / f"scenarios_{env}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
+    """Final headline metric against hidden size per method, pooled over scenarios (mean and
+    95% band over trials)."""
+    metric = headline(env)
+    sub = trials[trials["env"] == env]
+    if sub.empty or metric not in sub:
+        return None
+    methods = _methods(sub)
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
+    for method in methods:
+        agg = sub[sub["method"] == method].groupby("hidden_size")[metric].agg(["mean", "std", "count"])
+        sem = (agg["std"].fillna(0) / np.sqrt(agg["count"])).to_numpy()
+        ax.errorbar(agg.index, agg["mean"], yerr=1.96 * sem, marker="o", capsize=3, label=method, color=colors[method])
+    ax.set_xscale("log", base=2)
+    hidden = sorted(sub["hidden_size"].unique())
+    ax.set_xticks(hidden, [str(h) for h in hidden])
+    ax.set_xlabel("hidden size")
+    ax.set_ylabel(f"final {metric}")
+    ax.set_title(f"{env}: hidden-size scaling (all scenarios)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / f"hidden_{env}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def distill_return_vs_kl(trials: pd.DataFrame, out: Path) -> Path | None:
+    """Distillation students: clean return against KL(teacher || student), one point per trial."""
+    if not {"distill/kl_teacher", "eval/return_mean"} <= set(trials.columns):
+        return None
+    sub = trials.dropna(subset=["distill/kl_teacher", "eval/return_mean"])
+    if sub.empty:
+        return None
+    methods = _methods(sub)
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
+    for method in methods:
+        g = sub[sub["method"] == method]
+        ax.scatter(g["distill/kl_teacher"], g["eval/return_mean"], label=method, color=colors[method])
+    ax.set_xscale("log")
+    ax.set_xlabel("KL(teacher || student)")
+    ax.set_ylabel("clean return")
+    ax.set_title("Distillation: return vs KL to the teacher")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "distill_return_vs_kl.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

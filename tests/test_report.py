@@ -1,0 +1,130 @@
+"""Report statistics on synthetic runs with known values; plots and files; MLflow/Tune loading."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from adpo_ray.core import stats
+from adpo_ray.report.analysis import compare, group_stats, paper_claims
+from adpo_ray.report.build import build_report
+from adpo_ray.report.data import GridData
+
+
+def test_iqm_and_summary_exact():
+    x = [1.0, 2.0, 3.0, 4.0, 100.0, 5.0, 6.0, 7.0]
+    # trim 25% each side of 8 values: drop 2 lowest and 2 highest -> mean(3, 4, 5, 6)
+    assert stats.iqm(x) == pytest.approx(4.5)
+    s = stats.summarize(x)
+    assert s.n == 8 and s.mean == pytest.approx(np.mean(x)) and s.std == pytest.approx(np.std(x, ddof=1))
+    ref = sps.bootstrap((np.array(x),), np.mean, confidence_level=0.95, n_resamples=2000,
+                        method="percentile", rng=np.random.default_rng(0))
+    assert (s.ci_low, s.ci_high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert s.ci_low < s.mean < s.ci_high
+
+
+def test_probability_of_improvement_constructed():
+    # pairs (a > b): 3 beats 1, 2 and ties 3 (1/2); 4 and 5 beat all three -> 8.5 / 9
+    p, low, high = stats.probability_of_improvement([3, 4, 5], [1, 2, 3])
+    assert p == pytest.approx(8.5 / 9)
+    assert 0 <= low <= p <= high <= 1
+    assert stats.probability_of_improvement([10, 11], [1, 2])[0] == 1.0
+    assert stats.probability_of_improvement([1, 2], [10, 11])[0] == 0.0
+    # equals the Mann-Whitney U statistic / (n m)
+    a, b = np.random.default_rng(1).normal(size=7), np.random.default_rng(2).normal(size=5)
+    u = sps.mannwhitneyu(a, b).statistic
+    assert stats.probability_of_improvement(a, b)[0] == pytest.approx(u / 35)
+
+
+def test_relative_improvement_and_ci():
+    a, b = np.array([1.1, 1.2, 1.3, 1.25]), np.array([1.0, 1.0, 1.1, 1.05])
+    rel, low, high = stats.relative_improvement(a, b, paired=True)
+    assert rel == pytest.approx((a.mean() - b.mean()) / b.mean())
+    ref = sps.bootstrap((a, b), lambda x, y, axis=-1: (x.mean(axis) - y.mean(axis)) / np.abs(y.mean(axis)),
+                        paired=True, confidence_level=0.95, n_resamples=2000, method="percentile",
+                        rng=np.random.default_rng(0))
+    assert (low, high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert np.isnan(stats.relative_improvement([1.0], [2.0])[1])  # one seed: no CI
+
+
+@pytest.mark.parametrize("low,high,expected", [(0.06, 0.2, "supported"), (-0.1, 0.04, "contradicted"),
+                                               (-0.05, 0.3, "inconclusive"), (float("nan"), 1, "inconclusive")])
+def test_verdicts(low, high, expected):
+    assert stats.verdict(low, high, 0.05) == expected
+
+
+def synthetic_trials(seeds=5, hidden=(64, 256)) -> pd.DataFrame:
+    """Known values: dynamic = fixed + 0.1 on every noisy scenario; DPO lower, more so at 64."""
+    rows = []
+    for scenario, noise in [("clean", "clean"), ("flip-high", "flip"), ("gaussian-low", "gaussian")]:
+        for h in hidden:
+            for seed in range(seeds):
+                base = 0.4 + 0.01 * seed
+                for method, value in [("adpo-fixed", base), ("adpo-dynamic", base + 0.1),
+                                      ("dpo", base - (0.05 if h == 64 else 0.2))]:
+                    algo, mode = (("adpo", method.split("-")[1]) if method.startswith("adpo") else ("dpo", "fixed"))
+                    rows.append({"trial": f"{scenario}_{method}_{h}_{seed}", "env": "PreferenceBandit",
+                                 "scenario": scenario, "noise_type": noise, "severity": "high", "algorithm": algo,
+                                 "anchor_mode": mode, "method": method, "hidden_size": h, "seed": seed,
+                                 "status": "FINISHED", "eval/winmass": value, "env_steps": 1000.0})
+    return pd.DataFrame(rows)
+
+
+def test_group_stats_exact():
+    trials = synthetic_trials()
+    groups = group_stats(trials)
+    assert len(groups) == 3 * 2 * 3  # scenarios x hidden x methods: every group listed
+    g = groups[(groups["scenario"] == "flip-high") & (groups["hidden_size"] == 64) & (groups["method"] == "adpo-dynamic")].iloc[0]
+    values = 0.5 + 0.01 * np.arange(5)
+    assert g["n"] == 5 and g["mean"] == pytest.approx(values.mean()) and g["iqm"] == pytest.approx(sps.trim_mean(values, 0.25))
+    ref = sps.bootstrap((values,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(0))
+    assert g["ci_low"] == pytest.approx(ref.confidence_interval.low)
+
+
+def test_compare_and_claims():
+    trials = synthetic_trials()
+    comp = compare(trials)
+    overall = comp[comp["level"] == "overall"].iloc[0]
+    fixed_noisy = trials[(trials["method"] == "adpo-fixed") & (trials["noise_type"] != "clean")]["eval/winmass"]
+    assert overall["rel_improvement"] == pytest.approx(0.1 / fixed_noisy.mean())
+    assert overall["paired"] and overall["n_a"] == 2 * 2 * 5
+    assert overall["p_improvement"] > 0.5
+    assert set(comp[comp["level"] == "noise_type"]["group"]) == {"flip", "gaussian"}
+    claims = {c.claim.split(" (")[0]: c for c in paper_claims(trials, comp)}
+    assert claims["Online RL under noise"].verdict == "supported"
+    assert claims["Offline distillation: fixed anchor = teacher beats KD"].verdict == "not measured"
+    scaling = [c for c in paper_claims(trials, comp) if c.claim.startswith("Larger models")][0]
+    assert scaling.verdict == "supported"  # the gap over DPO grows from 0.15 to 0.30
+    assert "+0.150" in scaling.measured
+
+
+def _png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_build_report_files(tmp_path):
+    trials = synthetic_trials()
+    curves = pd.DataFrame([
+        {"trial": t, "env_steps": s, "metric": "eval/winmass", "value": v * s / 1000}
+        for t, v in zip(trials["trial"], trials["eval/winmass"], strict=True) for s in (250, 500, 1000)
+    ])
+    files = build_report(GridData(trials, curves, "synthetic"), tmp_path)
+    for name in ("report.md", "report.html", "results.csv"):
+        assert files[name].exists()
+    assert _png_size(files["scenarios_PreferenceBandit.png"]) == (1200, 500)
+    assert _png_size(files["hidden_PreferenceBandit.png"]) == (600, 400)
+    assert _png_size(files["curves_PreferenceBandit.png"]) == (1200, 300)  # 3 scenarios in one row
+    md = files["report.md"].read_text()
+    for scenario in ("clean", "flip-high", "gaussian-low"):
+        for method in ("adpo-fixed", "adpo-dynamic", "dpo"):
+            assert any(scenario in line and method in line for line in md.splitlines())
+    assert "## Paper claims" in md and "supported" in md
+    results = pd.read_csv(files["results.csv"])
+    assert len(results) == len(trials) and {"scenario", "method", "seed", "eval/winmass"} <= set(results.columns)
+    assert "<img" in files["report.html"].read_text()
