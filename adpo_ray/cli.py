@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adpo_ray.config import SpecError, load_spec
+from adpo_ray.orchestration import storage
 
 
 def _console() -> Console:
@@ -45,13 +46,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+PRESETS = Path(__file__).resolve().parents[1] / "tune_configs"
+
+
+def resolve_config(path: str) -> str:
+    """A spec path as given, or the name of a shipped preset (``smoke``, ``twelve_scenarios``...),
+    so that a script copied alone to a cluster's head node finds the presets of the install."""
+    if Path(path).exists():
+        return path
+    for candidate in (PRESETS / path, PRESETS / f"{path}.yaml", PRESETS / Path(path).name):
+        if candidate.is_file():
+            return str(candidate)
+    return path
+
+
 def _load(path: str):
+    path = resolve_config(path)
     try:
         return load_spec(path)
     except SpecError as e:
         print(f"{path}: invalid", file=sys.stderr)
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
+        if not Path(path).exists():
+            names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+            print(f"  presets you can name instead: {names}", file=sys.stderr)
         return None
 
 
@@ -86,8 +105,7 @@ def print_summary(spec, results, options) -> None:
 
     console = _console()
     frame = summary_frame(results)
-    if "://" not in options.run_dir:
-        frame.to_csv(Path(options.run_dir) / "summary.csv", index=False)
+    storage.write_text(storage.join(options.run_dir, "summary.csv"), frame.to_csv(index=False))
     for env in spec.environments:
         pivot, metric = headline_table(frame, env)
         if pivot is None:
@@ -153,11 +171,11 @@ def _report_after_grid(spec, options) -> None:
     from adpo_ray.orchestration.tracking import PARENT_FILE
     from adpo_ray.report.data import load_mlflow
 
-    if "://" in options.run_dir:
-        return
-    parent = json.loads((Path(options.run_dir) / PARENT_FILE).read_text())["run_id"]
+    parent = json.loads(storage.read_text(storage.join(options.run_dir, PARENT_FILE)))["run_id"]
     data = load_mlflow(options.tracking_uri, spec.experiment_name, parent)
-    write_report(str(Path(options.run_dir) / "report"), data, options.tracking_uri)
+    # next to the Tune results when they are local; else in ./reports/<launch> (also in MLflow)
+    out = Path(options.run_dir) / "report" if not storage.is_uri(options.run_dir) else Path("reports") / options.name
+    write_report(str(out), data, options.tracking_uri)
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -203,7 +221,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="FILE", help="experiment spec (YAML)")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="experiment spec (YAML), or the name of a preset in tune_configs/ (e.g. smoke)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--storage-path", help="Tune results folder or URI, e.g. s3://bucket/path (default: ./ray_results)")
     p.add_argument("--name", help="name of this launch (default: <spec name>-<timestamp>)")

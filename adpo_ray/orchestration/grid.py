@@ -15,6 +15,7 @@ from typing import Any
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
 from adpo_ray.envs import ENVIRONMENTS
+from adpo_ray.orchestration import storage
 from adpo_ray.orchestration.metrics import HEADLINE
 
 GRID_FILE = "adpo_grid.json"
@@ -146,9 +147,7 @@ class GridOptions:
 
     @property
     def run_dir(self) -> str:
-        if "://" in self.storage_path:
-            return f"{self.storage_path.rstrip('/')}/{self.name}"
-        return str(Path(self.storage_path) / self.name)
+        return storage.join(self.storage_path, self.name)
 
 
 def resolve_options(
@@ -165,13 +164,13 @@ def resolve_options(
     artifacts = spec.tracking.artifact_location
     if artifacts is None and uri.startswith("sqlite:"):
         artifacts = default_artifact_location()
-    storage = storage_path or os.path.abspath("ray_results")
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
+    path = storage_path or os.path.abspath("ray_results")
+    if not storage.is_uri(path):
+        path = os.path.abspath(path)
     return GridOptions(
         tracking_uri=uri,
         artifact_location=artifacts,
-        storage_path=storage,
+        storage_path=path,
         name=name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         address=address or os.environ.get("RAY_ADDRESS"),
     )
@@ -212,14 +211,12 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     concurrency = max_concurrent(plans, ray.cluster_resources(), spec)
 
     run_dir = options.run_dir
-    if "://" not in run_dir:
-        if tune.Tuner.can_restore(run_dir):
-            raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / GRID_FILE).write_text(json.dumps({
-            "spec": spec.model_dump(mode="json", by_alias=True),
-            "options": options.__dict__,
-        }, indent=2))
+    if tune.Tuner.can_restore(run_dir) or storage.exists(storage.join(run_dir, GRID_FILE)):
+        raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
+    storage.write_text(storage.join(run_dir, GRID_FILE), json.dumps({
+        "spec": spec.model_dump(mode="json", by_alias=True),
+        "options": options.__dict__,
+    }, indent=2))
 
     tracker = MLflowTracker(spec, options.tracking_uri, options.artifact_location, run_dir, options.name)
     tuner = tune.Tuner(
@@ -247,11 +244,11 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     return tuner.fit()
 
 
-def load_grid_file(run_dir: str | Path) -> tuple[ExperimentSpec, GridOptions]:
-    path = Path(run_dir) / GRID_FILE
-    if not path.exists():
+def load_grid_file(run_dir: str) -> tuple[ExperimentSpec, GridOptions]:
+    path = storage.join(str(run_dir), GRID_FILE)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{run_dir} is not an adpo-ray grid folder (no {GRID_FILE})")
-    data = json.loads(path.read_text())
+    data = json.loads(storage.read_text(path))
     return ExperimentSpec.model_validate(data["spec"]), GridOptions(**data["options"])
 
 
@@ -263,7 +260,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
 
     from adpo_ray.orchestration.trainable import GridTrainable
 
-    run_dir = str(Path(run_dir).resolve())
+    run_dir = str(run_dir) if storage.is_uri(str(run_dir)) else str(Path(run_dir).resolve())
     spec, options = load_grid_file(run_dir)
     if not tune.Tuner.can_restore(run_dir):
         raise FileNotFoundError(f"{run_dir} has no Tune experiment state to resume")

@@ -25,6 +25,7 @@ import pandas as pd
 from ray import tune
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
+from adpo_ray.orchestration import storage
 
 PARENT_FILE = "adpo_mlflow_parent.json"
 
@@ -166,9 +167,9 @@ class MLflowTracker(tune.Callback):
         self._state = {"children": {}, "last_step": {}}
         spec = self.spec
         self.experiment_id = self._experiment_id(spec.experiment_name)
-        parent_file = Path(self.run_dir) / PARENT_FILE
-        if parent_file.exists():
-            self.parent_run_id = json.loads(parent_file.read_text())["run_id"]
+        parent_file = storage.join(self.run_dir, PARENT_FILE)
+        if storage.exists(parent_file):
+            self.parent_run_id = json.loads(storage.read_text(parent_file))["run_id"]
             self.client.set_terminated(self.parent_run_id, status="RUNNING")
             self.client.set_tag(self.parent_run_id, "resumed", "true")
             return
@@ -178,8 +179,7 @@ class MLflowTracker(tune.Callback):
             tags={"grid": spec.name, "run_dir": self.run_dir, "kind": "grid", **software_tags()},
         )
         self.parent_run_id = run.info.run_id
-        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-        parent_file.write_text(json.dumps({"run_id": self.parent_run_id, "experiment_id": self.experiment_id}))
+        storage.write_text(parent_file, json.dumps({"run_id": self.parent_run_id, "experiment_id": self.experiment_id}))
         self._log_params(self.parent_run_id, {
             "grid.trials": str(len(spec.trials())),
             "grid.environments": ",".join(spec.environments),

@@ -33,7 +33,8 @@ def build_algo_config(spec: ExperimentSpec, trial: TrialSpec) -> AlgorithmConfig
 
     config = ADPOConfig() if trial.algorithm in ("adpo", "dpo") else PPOConfig()
     config = (
-        config.environment(env_name, env_config=env_config_for(spec, trial))
+        config.api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
+        .environment(env_name, env_config=env_config_for(spec, trial))
         .env_runners(
             num_env_runners=res.num_env_runners,
             num_envs_per_env_runner=res.num_envs_per_env_runner,

@@ -1,0 +1,42 @@
+"""Small files next to a grid's Tune results, on a local folder or any URI Tune supports
+(``s3://``, ``gs://``, ``file://``...), through pyarrow's filesystems."""
+
+from __future__ import annotations
+
+import os
+
+from pyarrow import fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(base: str, name: str) -> str:
+    return f"{str(base).rstrip('/')}/{name}" if is_uri(base) else os.path.join(base, name)
+
+
+def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(str(path))
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+    filesystem, p = _resolve(path)
+    return filesystem.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def write_text(path: str, text: str) -> None:
+    filesystem, p = _resolve(path)
+    parent = p.rsplit("/", 1)[0]
+    if parent:
+        filesystem.create_dir(parent, recursive=True)
+    with filesystem.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def read_text(path: str) -> str:
+    filesystem, p = _resolve(path)
+    with filesystem.open_input_stream(p) as f:
+        return f.read().decode()
