@@ -5,7 +5,7 @@ from typing import Any
 import gymnasium as gym
 
 from adpo_ray.envs.bandit import BanditProblem, PreferenceBandit, winmass
-from adpo_ray.envs.mujoco import NoisyMujoco, make_mujoco
+from adpo_ray.envs.mujoco import REWARD_SCALE, NoisyMujoco, make_mujoco
 
 #: Environments a spec may name. ``list_source`` says how ADPO builds its lists there.
 ENVIRONMENTS: dict[str, dict[str, str]] = {
@@ -29,6 +29,7 @@ def make_env(config: dict[str, Any]) -> gym.Env:
 
 __all__ = [
     "ENVIRONMENTS",
+    "REWARD_SCALE",
     "BanditProblem",
     "NoisyMujoco",
     "PreferenceBandit",
