@@ -54,6 +54,7 @@ def ours_steps_per_s(runner, steps: int) -> float:
     done = 0
     while done < steps:
         episodes = runner.sample(num_timesteps=min(4096, steps - done), explore=True)
+        runner.get_metrics()  # as the training loop does after every sample (reduces the stats)
         done += sum(len(e) for e in episodes)
     return done / (time.perf_counter() - start)
 
@@ -68,7 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
+    import torch
 
+    torch.set_num_threads(1)  # one core: the policy's forward pass too
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     algo, runner = build_runner(args.env, args.num_envs, args.scenario)
     ours_steps_per_s(runner, 2_000)  # warm-up

@@ -366,3 +366,31 @@ def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
     assert {"fixed", "dynamic"} <= cells["anchor_mode"]
     assert {"clean", "flip-high"} <= cells["scenario"]
     assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
+
+
+def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
+    """A few iterations of ADPO and of PPO on each MuJoCo env through the grid entry point, with the
+    clean evaluation return logged to MLflow."""
+    spec = parse_spec({
+        "name": "mujoco_small", "environments": ["HalfCheetah-v5", "Hopper-v5"], "scenarios": ["gaussian-high"],
+        "algorithms": ["adpo", "ppo"], "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": 3},
+        "adpo": {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 1},
+        "resources": {"num_envs_per_env_runner": 4}, "evaluation": {"interval": 2, "episodes": 1},
+    })
+    opts = options(tmp_path, "mujoco")
+    results = run_grid(spec, opts, verbose=0)
+    assert len(results) == 4 and not results.errors
+    client = MlflowClient(opts.tracking_uri)
+    _, kids = children(client, "mujoco_small")
+    assert {(k.data.tags["env"], k.data.tags["algorithm"]) for k in kids} == {
+        ("HalfCheetah-v5", "adpo"), ("HalfCheetah-v5", "ppo"), ("Hopper-v5", "adpo"), ("Hopper-v5", "ppo")}
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        # evaluated at iteration 2 (interval) and once more at the end (iteration 3), never repeated
+        history = client.get_metric_history(k.info.run_id, "eval/return_mean")
+        env_steps = sorted(m.step for m in client.get_metric_history(k.info.run_id, "env_steps"))
+        assert sorted(m.step for m in history) == env_steps[1:], (history, env_steps)
+        assert np.isfinite(k.data.metrics["eval/return_mean"])
+        assert np.isfinite(k.data.metrics["loss/vf"]) and np.isfinite(k.data.metrics["policy/entropy"])
+        if k.data.tags["algorithm"] == "adpo":
+            assert k.data.metrics["adpo/anchor_refreshes"] == 3

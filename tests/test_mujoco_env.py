@@ -11,17 +11,24 @@ ENVS = ["HalfCheetah-v5", "Hopper-v5"]
 
 
 def rollout(env_name, scenario, seed=0, steps=300):
+    """Rewards of a random rollout under ``scenario`` and, step for step, of a clean twin env fed
+    the same seed and actions (reward noise does not touch the dynamics, so the twin's reward is
+    the clean one)."""
     env = make_env({"env": env_name, "scenario": scenario})
+    twin = make_env({"env": env_name, "scenario": "clean"})
     env.reset(seed=seed)
+    twin.reset(seed=seed)
     act_rng = np.random.default_rng(123)
-    noisy, clean, masses = [], [], []
+    noisy, clean = [], []
     for _ in range(steps):
-        _, r, term, trunc, info = env.step(act_rng.uniform(-1, 1, env.action_space.shape))
+        action = act_rng.uniform(-1, 1, env.action_space.shape)
+        _, r, term, trunc, _ = env.step(action)
+        _, c, *_ = twin.step(action)
         noisy.append(r)
-        clean.append(info["clean_reward"])
+        clean.append(c)
         if term or trunc:
             env.reset()
-            masses.append(env.unwrapped.model.body_mass.copy())
+            twin.reset()
     return np.array(noisy), np.array(clean), env
 
 
@@ -68,9 +75,31 @@ def test_shift_rescales_dynamics_per_episode(env_name):
         assert np.all((ratio >= 1 - r - 1e-9) & (ratio <= 1 + r + 1e-9))
         assert not np.allclose(ratio, 1.0)
     assert not np.allclose(rng_masses[0], rng_masses[1])
-    # the reward itself is not corrupted by a shift scenario
-    noisy, clean, _ = rollout(env_name, "shift-high")
-    np.testing.assert_array_equal(noisy, clean)
+    # the reward itself is not corrupted by a shift scenario: the episode's rewards sum to its
+    # clean return
+    env.reset(seed=7)
+    rewards, info = [], {}
+    for _ in range(2000):
+        _, r, term, trunc, info = env.step(np.zeros(env.action_space.shape))
+        rewards.append(r)
+        if term or trunc:
+            break
+    assert info["clean_return"] == pytest.approx(sum(rewards))
     # and the nominal env keeps its nominal masses
     nominal_env.reset()
     np.testing.assert_array_equal(nominal_env.unwrapped.model.body_mass, nominal)
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_clean_return_at_episode_end_and_actions_clipped(env_name):
+    env = make_env({"env": env_name, "scenario": "flip-high"})
+    twin = make_env({"env": env_name, "scenario": "clean"})
+    env.reset(seed=0)
+    twin.reset(seed=0)
+    total_clean, info = 0.0, {}
+    for _ in range(2000):
+        _, _, term, trunc, info = env.step(np.full(env.action_space.shape, 5.0))  # clipped to 1
+        total_clean += twin.step(np.ones(env.action_space.shape))[1]
+        if term or trunc:
+            break
+    assert info["clean_return"] == pytest.approx(total_clean)

@@ -38,14 +38,30 @@ class GridTrainable(tune.Trainable):
         self.algo = algo_config_from(config).build_algo()
 
     def step(self) -> dict[str, Any]:
-        result = curate(self.algo.train())
+        raw = self.algo.train()
+        result = curate(raw)
+        if not self._fresh_evaluation(raw):
+            result.pop("eval/return_mean", None)  # RLlib repeats the last evaluation's numbers
         it, steps = self.algo.iteration, result.get("env_steps", 0)
         b = self.budget
         if (b.iterations and it >= b.iterations) or (b.env_steps and steps >= b.env_steps):
             result["done"] = True  # the trial's own budget: bandit and MuJoCo trials differ
+            if "eval/return_mean" not in result and self.algo.config.evaluation_interval:
+                # every trial ends with a clean evaluation of its final policy
+                final = curate({"evaluation": self.algo.evaluate()})
+                result.update({k: v for k, v in final.items() if k.startswith("eval/")})
         elif it % b.checkpoint_every == 0:
             result["should_checkpoint"] = True
         return result
+
+    def _fresh_evaluation(self, raw: dict[str, Any]) -> bool:
+        """Whether this iteration ran an evaluation (its episode count moved)."""
+        episodes = raw.get("evaluation", {}).get("env_runners", {}).get("num_episodes_lifetime")
+        if episodes is None:
+            return False
+        fresh = episodes != getattr(self, "_eval_episodes", None)
+        self._eval_episodes = episodes
+        return fresh
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.algo.save_to_path(checkpoint_dir)

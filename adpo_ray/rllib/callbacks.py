@@ -2,8 +2,9 @@
 
 * ``eval/winmass`` (bandit): the policy's mass on the truly best item over fixed held-out nominal
   contexts, computed on the learner's own module after every training iteration.
-* ``train/clean_return``: the return of each training episode under the *clean* reward
-  (``info["clean_reward"]``), next to RLlib's noisy ``episode_return_mean``.
+* ``train/clean_return``: the return of each training episode under the *clean* reward (the env's
+  ``info["clean_return"]`` at the episode's end, or the sum of per-step ``info["clean_reward"]``),
+  next to RLlib's noisy ``episode_return_mean``.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def _winmass_on_learner(learner, env_config: dict) -> float:
 
 class ADPOCallbacks(RLlibCallback):
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
-        infos = episode.get_infos()
-        clean = [i["clean_reward"] for i in infos if isinstance(i, dict) and "clean_reward" in i]
-        if clean and metrics_logger is not None:
-            metrics_logger.log_value(CLEAN_RETURN, float(np.sum(clean)), reduce="mean", window=100)
+        if metrics_logger is None:
+            return
+        last = episode.get_infos(-1)
+        if isinstance(last, dict) and "clean_return" in last:
+            clean = float(last["clean_return"])
+        else:
+            steps = [i["clean_reward"] for i in episode.get_infos() if isinstance(i, dict) and "clean_reward" in i]
+            if not steps:
+                return
+            clean = float(np.sum(steps))
+        metrics_logger.log_value(CLEAN_RETURN, clean, reduce="mean", window=100)
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
         env_config = dict(algorithm.config.env_config or {})

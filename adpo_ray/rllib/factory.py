@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.rllib.algorithm import ADPOConfig
 from adpo_ray.rllib.callbacks import ADPOCallbacks
+from adpo_ray.rllib.connectors import BatchedMeanStdFilter
 from adpo_ray.rllib.env import register
 
 
@@ -80,8 +80,11 @@ def build_algo_config(spec: ExperimentSpec, trial: TrialSpec) -> AlgorithmConfig
             anchor_params=spec.anchors.schedule_params(trial.anchor_mode),
         )
     if kind == "mujoco":
-        # Observation normalisation (running mean/std) and a clean, nominal evaluation env.
-        config.env_runners(env_to_module_connector=lambda env, spaces=None, device=None: MeanStdFilter())
+        # Observation normalisation (running mean/std, batched per vector step); actions are
+        # clipped to the box inside the env (NoisyMujoco), so RLlib's per-item action connector is
+        # off; and a clean, nominal evaluation env.
+        config.env_runners(env_to_module_connector=lambda env, spaces=None, device=None: BatchedMeanStdFilter())
+        config.environment(normalize_actions=False, clip_actions=False)
         config.evaluation(
             evaluation_interval=spec.evaluation.interval,
             evaluation_duration=spec.evaluation.episodes,
