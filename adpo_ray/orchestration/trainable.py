@@ -40,7 +40,7 @@ class GridTrainable(tune.Trainable):
     def step(self) -> dict[str, Any]:
         raw = self.algo.train()
         result = curate(raw)
-        if not self._fresh_evaluation(raw):
+        if not self._evaluated_this_iteration():
             result.pop("eval/return_mean", None)  # RLlib repeats the last evaluation's numbers
         it, steps = self.algo.iteration, result.get("env_steps", 0)
         b = self.budget
@@ -54,14 +54,11 @@ class GridTrainable(tune.Trainable):
             result["should_checkpoint"] = True
         return result
 
-    def _fresh_evaluation(self, raw: dict[str, Any]) -> bool:
-        """Whether this iteration ran an evaluation (its episode count moved)."""
-        episodes = raw.get("evaluation", {}).get("env_runners", {}).get("num_episodes_lifetime")
-        if episodes is None:
-            return False
-        fresh = episodes != getattr(self, "_eval_episodes", None)
-        self._eval_episodes = episodes
-        return fresh
+    def _evaluated_this_iteration(self) -> bool:
+        """RLlib evaluates on iterations that are multiples of the interval; in between its result
+        repeats the last evaluation's numbers (and its episode counters lag by one iteration)."""
+        interval = self.algo.config.evaluation_interval
+        return bool(interval) and self.algo.iteration % interval == 0
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.algo.save_to_path(checkpoint_dir)
