@@ -10,14 +10,7 @@ from hypothesis import strategies as st
 from adpo_ray.core.losses import adpo_loss, dpo_loss, listwise_loss, pairwise_loss
 from adpo_ray.core.targets import hard_pairwise_target, pairwise_target, softmax_target
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons in double precision, restored afterwards (RLlib tests share the process)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_listwise_hand_computed():

@@ -15,14 +15,7 @@ from adpo_ray.core.targets import (
     softmax_target,
 )
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons in double precision, restored afterwards (RLlib tests share the process)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_softmax_target_values():

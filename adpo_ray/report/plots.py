@@ -18,6 +18,13 @@ from adpo_ray.report.analysis import headline  # noqa: E402
 DPI = 100
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _methods(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["method"].unique())
 
@@ -56,11 +63,7 @@ def learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, env: str, out: P
         ax.set_ylabel(metric)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{env}: learning curves (mean over seeds, 95% band)")
-    fig.tight_layout()
-    path = out / f"curves_{env}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"curves_{env}.png")
 
 
 def scenario_comparison(groups: pd.DataFrame, env: str, out: Path) -> Path | None:
@@ -88,11 +91,7 @@ def scenario_comparison(groups: pd.DataFrame, env: str, out: Path) -> Path | Non
     ax.set_title(f"{env}: per-scenario comparison (hidden {int(sub['hidden_size'].max())}, 95% CI)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out / f"scenarios_{env}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"scenarios_{env}.png")
 
 
 def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
@@ -117,11 +116,7 @@ def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     ax.set_title(f"{env}: hidden-size scaling (all scenarios)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / f"hidden_{env}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"hidden_{env}.png")
 
 
 def distill_return_vs_kl(trials: pd.DataFrame, out: Path) -> Path | None:
@@ -143,8 +138,4 @@ def distill_return_vs_kl(trials: pd.DataFrame, out: Path) -> Path | None:
     ax.set_title("Distillation: return vs KL to the teacher")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "distill_return_vs_kl.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "distill_return_vs_kl.png")
