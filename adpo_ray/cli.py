@@ -54,7 +54,10 @@ def resolve_config(path: str) -> str:
     so that a script copied alone to a cluster's head node finds the presets of the install."""
     if Path(path).exists():
         return path
-    for candidate in (PRESETS / path, PRESETS / f"{path}.yaml", PRESETS / Path(path).name):
+    candidates = [PRESETS / path, PRESETS / f"{path}.yaml"]
+    if Path(path).parent == Path("tune_configs"):  # `tune_configs/x.yaml` from another folder
+        candidates.append(PRESETS / Path(path).name)
+    for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
     return path
@@ -145,7 +148,7 @@ def write_report(args_out: str | None, data, tracking_uri: str | None) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from adpo_ray.orchestration.tracking import default_tracking_uri
+    from adpo_ray.config import default_tracking_uri
     from adpo_ray.report.data import load_mlflow, load_tune_folder
 
     try:
@@ -196,7 +199,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print_plan(spec, plans, options)
         return 0
     try:
-        results = run_grid(spec, options)
+        results = run_grid(spec, options, plans=plans)
     except (ResourceError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -207,14 +210,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from adpo_ray.orchestration.grid import load_grid_file, resume_grid
+    from adpo_ray.orchestration.grid import resume_grid
 
     try:
-        results, spec = resume_grid(args.run_dir, address=args.address)
+        results, spec, options = resume_grid(args.run_dir, address=args.address)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _, options = load_grid_file(args.run_dir)
     print_summary(spec, results, options)
     _report_after_grid(spec, options)
     return 0 if not results.errors else 1

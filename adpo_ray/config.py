@@ -9,6 +9,7 @@ before the whole file validates (:func:`load_spec`).
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -309,6 +310,15 @@ class TrialSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_tracking_uri(cwd: str | Path | None = None) -> str:
+    """``sqlite:///<absolute cwd>/mlflow.db``: absolute, because Tune changes working directories."""
+    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(cwd: str | Path | None = None) -> str:
+    return str(Path(cwd or os.getcwd()).resolve() / "mlartifacts")
 
 
 def _fmt_loc(loc: tuple) -> str:

@@ -1,4 +1,5 @@
-"""DESIGN.md §4: the core is pure math (no Ray import), layers import only downwards."""
+"""Layering: the core is pure math (no Ray import), layers import only downwards, and the
+report reads records without importing Ray or RLlib."""
 
 import ast
 from pathlib import Path
@@ -26,3 +27,9 @@ def test_core_and_envs_import_no_ray_and_no_upper_layer():
                 )
                 if sub == "core":
                     assert not name.startswith("adpo_ray.envs"), f"{f} imports {name}"
+
+
+def test_report_needs_no_ray():
+    for f in (PKG / "report").rglob("*.py"):
+        for name in _imports(f):
+            assert not name.startswith(("ray", "adpo_ray.rllib", "adpo_ray.orchestration")), f"{f} imports {name}"

@@ -40,6 +40,25 @@ def test_probability_of_improvement_constructed():
     assert stats.probability_of_improvement(a, b)[0] == pytest.approx(u / 35)
 
 
+def test_paired_probability_of_improvement():
+    # matched pairs (1, 0), (2, 3), (3, 2): a wins 2 of 3; unpaired it would be 5/9
+    assert stats.probability_of_improvement([1, 2, 3], [0, 3, 2], paired=True)[0] == pytest.approx(2 / 3)
+    assert stats.probability_of_improvement([1, 2, 3], [0, 3, 2])[0] == pytest.approx(5 / 9)
+    # a = b + 0.1 on every seed: always better when paired, whatever the spread across seeds
+    b = np.array([0.1, 0.5, 0.9, 0.3])
+    assert stats.probability_of_improvement(b + 0.1, b, paired=True) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="equal sizes"):
+        stats.probability_of_improvement([1, 2], [1], paired=True)
+
+
+def test_report_skips_unfinished_trials():
+    trials = synthetic_trials()
+    trials.loc[trials["method"] == "adpo-fixed", "status"] = "FAILED"
+    groups = group_stats(trials)
+    assert "adpo-fixed" not in set(groups["method"])
+    assert compare(trials).empty  # nothing finished to compare against
+
+
 def test_relative_improvement_and_ci():
     a, b = np.array([1.1, 1.2, 1.3, 1.25]), np.array([1.0, 1.0, 1.1, 1.05])
     rel, low, high = stats.relative_improvement(a, b, paired=True)

@@ -187,6 +187,8 @@ def test_baselines_from_same_spec(ray_local, algorithm, mode):
     finally:
         algo.stop()
     assert all(0 <= r["eval"]["winmass"] <= 1 for r in results)
+    assert all(np.isfinite(m(r, "policy_loss")) and np.isfinite(m(r, "vf_loss")) for r in results)
+    assert results[-1]["eval"]["winmass"] != results[0]["eval"]["winmass"]  # the policy moved
     if algorithm == "dpo":
         assert type(algo).__name__ == "ADPO" and algo.config.adpo_loss == "dpo"
         assert m(results[-1], "adpo/anchor_refreshes") == 0
@@ -238,13 +240,9 @@ def test_bad_anchor_mode_fails_at_config_time():
         ADPOConfig().environment("CartPole-v1").training(anchor_mode="sticky").validate()
 
 
-def test_listwise_loss_in_learner_is_core_loss():
-    """The learner has no ADPO formula of its own: it calls adpo_ray.core.losses.adpo_loss."""
-    import inspect
+def test_group_into_lists_pads_and_masks():
+    from adpo_ray.rllib.learner import group_into_lists
 
-    from adpo_ray.rllib import learner as lmod
-
-    src = inspect.getsource(lmod.ADPOTorchLearner.compute_loss_for_module)
-    assert "adpo_loss(" in src and "log_softmax((" not in src
-    assert torch.equal(lmod.group_into_lists(torch.arange(5.0), 2)[1],
-                       torch.tensor([[True, True], [True, True], [True, False]]))
+    lists, mask = group_into_lists(torch.arange(5.0), 2)
+    assert lists.tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 0.0]]
+    assert mask.tolist() == [[True, True], [True, True], [True, False]]

@@ -1,6 +1,7 @@
 """Anchor-refresh schedules: when, and how strongly, the anchor policy follows the learner.
 
-A schedule is a small pure object. After every gradient update the learner calls
+A schedule is a small pure object. After every learner update (one training iteration: all its
+epochs and minibatches) the learner calls
 ``rate = schedule.step(kl, timestep)`` with the current mean KL(policy || anchor) and then moves
 the anchor: ``anchor <- (1 - rate) * anchor + rate * policy`` (see :func:`polyak_`), where
 ``rate == 0`` leaves it alone and ``rate == 1`` is a hard copy. The schedule counts its refreshes
@@ -8,7 +9,7 @@ and keeps all of its state in :meth:`AnchorSchedule.state_dict`, so checkpoints 
 
 Built in: ``fixed`` (never), ``dynamic`` (hard copy every ``every`` updates; ``every=1`` tracks
 the policy), ``ema`` (Polyak rate ``rate`` every update), ``kl_triggered`` (hard copy once the mean
-KL over the last ``window`` updates exceeds ``threshold``).
+KL over the last ``window`` updates exceeds ``threshold``). "Update" means learner update.
 
 A new strategy is one subclass with a ``decide`` method, registered by name::
 

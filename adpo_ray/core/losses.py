@@ -1,6 +1,6 @@
 """ADPO losses: the whole method in a few functions (torch only).
 
-Notation (DESIGN.md §3), for a list of candidates ``i = 1..L``:
+Notation, for a list of candidates ``i = 1..L``:
 
 * ``s_i = log pi_theta(a_i | x_i)``   policy scores (carry gradient),
 * ``r_i = log pi_anchor(a_i | x_i)``  anchor scores (no gradient),

@@ -3,8 +3,8 @@
 * :func:`summarize`: mean, std, IQM (25% trimmed mean) and a 95% bootstrap CI of the mean.
 * :func:`relative_improvement`: ``(mean(a) - mean(b)) / |mean(b)|`` with a bootstrap CI (paired
   when both samples come from the same seeds).
-* :func:`probability_of_improvement`: ``P(A > B)`` (ties count 1/2), the Mann–Whitney statistic
-  divided by ``n_a * n_b``, with a bootstrap CI.
+* :func:`probability_of_improvement`: ``P(A > B)`` (ties count 1/2) with a bootstrap CI — over all
+  pairs (the Mann–Whitney statistic / ``n_a * n_b``), or over matched pairs when paired.
 * :func:`verdict`: how a measured interval stands against a claimed range.
 
 Bootstrap CIs use :func:`scipy.stats.bootstrap` (percentile method, fixed seed so reports are
@@ -78,9 +78,9 @@ def _rel(a, b, axis=-1):
 
 
 def relative_improvement(a, b, *, paired: bool = False) -> tuple[float, float, float]:
-    """``(mean(a) - mean(b)) / |mean(b)|`` and its 95% bootstrap CI."""
+    """``(mean(a) - mean(b)) / |mean(b)|`` and its 95% bootstrap CI (NaN when mean(b) is ~0)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) == 0 or len(b) == 0:
+    if len(a) == 0 or len(b) == 0 or abs(np.mean(b)) < 1e-12:
         return float("nan"), float("nan"), float("nan")
     value = float(_rel(a, b))
     if paired and len(a) != len(b):
@@ -95,11 +95,22 @@ def _poi(a, b, axis=-1):
     return np.mean((a > b) + 0.5 * (a == b), axis=(-2, -1))
 
 
-def probability_of_improvement(a, b) -> tuple[float, float, float]:
-    """``P(A > B) + P(A = B) / 2`` over all pairs, and its 95% bootstrap CI."""
+def _poi_paired(a, b, axis=-1):
+    return np.mean((a > b) + 0.5 * (a == b), axis=axis)
+
+
+def probability_of_improvement(a, b, *, paired: bool = False) -> tuple[float, float, float]:
+    """``P(A > B) + P(A = B) / 2`` and its 95% bootstrap CI: over all pairs (independent samples),
+    or over the matched pairs ``(a_i, b_i)`` (same seed and setting) when ``paired``."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) == 0 or len(b) == 0:
         return float("nan"), float("nan"), float("nan")
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"paired samples need equal sizes, got {len(a)} and {len(b)}")
+        value = float(_poi_paired(a, b))
+        low, high = bootstrap_ci((a, b), _poi_paired, paired=True)
+        return value, low, high
     value = float(_poi(a, b))
     low, high = bootstrap_ci((a, b), _poi)
     return value, low, high

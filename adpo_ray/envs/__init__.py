@@ -9,10 +9,13 @@ from adpo_ray.envs.mujoco import REWARD_SCALE, NoisyMujoco, make_mujoco
 
 #: Environments a spec may name. ``list_source`` says how ADPO builds its lists there.
 ENVIRONMENTS: dict[str, dict[str, str]] = {
-    "PreferenceBandit": {"kind": "bandit", "action_space": "discrete", "list_source": "actions"},
-    "HalfCheetah-v5": {"kind": "mujoco", "action_space": "continuous", "list_source": "batch"},
-    "Hopper-v5": {"kind": "mujoco", "action_space": "continuous", "list_source": "batch"},
+    "PreferenceBandit": {"kind": "bandit", "list_source": "actions"},
+    "HalfCheetah-v5": {"kind": "mujoco", "list_source": "batch"},
+    "Hopper-v5": {"kind": "mujoco", "list_source": "batch"},
 }
+
+#: The headline metric per environment kind (what summary tables and reports compare).
+HEADLINE = {"bandit": "eval/winmass", "mujoco": "eval/return_mean"}
 
 
 
@@ -29,6 +32,7 @@ def make_env(config: dict[str, Any]) -> gym.Env:
 
 __all__ = [
     "ENVIRONMENTS",
+    "HEADLINE",
     "REWARD_SCALE",
     "BanditProblem",
     "NoisyMujoco",

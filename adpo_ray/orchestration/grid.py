@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
-from adpo_ray.envs import ENVIRONMENTS
+from adpo_ray.envs import ENVIRONMENTS, HEADLINE
 from adpo_ray.orchestration import storage
-from adpo_ray.orchestration.metrics import HEADLINE
 
 GRID_FILE = "adpo_grid.json"
 
@@ -158,7 +157,7 @@ def resolve_options(
     name: str | None = None,
     address: str | None = None,
 ) -> GridOptions:
-    from adpo_ray.orchestration.tracking import default_artifact_location, default_tracking_uri
+    from adpo_ray.config import default_artifact_location, default_tracking_uri
 
     uri = tracking_uri or spec.tracking.tracking_uri or default_tracking_uri()
     artifacts = spec.tracking.artifact_location
@@ -195,8 +194,10 @@ def _tuner_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verbose: int = 1):
-    """Launch the grid of ``spec`` and return Tune's ResultGrid."""
+def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verbose: int = 1,
+             plans: list[TrialPlan] | None = None):
+    """Launch the grid of ``spec`` and return Tune's ResultGrid (``plans``: from
+    :func:`plan_trials`, if the caller has them already)."""
     _tuner_env()
     import ray
     from ray import tune
@@ -205,7 +206,7 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     from adpo_ray.orchestration.trainable import GridTrainable
 
     trainable = trainable or GridTrainable
-    plans = plan_trials(spec)  # validates every trial's RLlib config before anything starts
+    plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
     connect(options.address)
     check_fits(plans, ray.nodes())
     concurrency = max_concurrent(plans, ray.cluster_resources(), spec)
@@ -258,12 +259,15 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     _tuner_env()
     from ray import tune
 
+    from adpo_ray.orchestration.tracking import MLflowTracker
     from adpo_ray.orchestration.trainable import GridTrainable
 
-    run_dir = str(run_dir) if storage.is_uri(str(run_dir)) else str(Path(run_dir).resolve())
+    run_dir = str(run_dir).rstrip("/") if storage.is_uri(str(run_dir)) else str(Path(run_dir).resolve())
     spec, options = load_grid_file(run_dir)
     if not tune.Tuner.can_restore(run_dir):
         raise FileNotFoundError(f"{run_dir} has no Tune experiment state to resume")
+    # the folder may have moved since launch: everything follows the folder given here
+    options.storage_path, _, options.name = run_dir.rpartition("/")
     connect(address or options.address)
     tuner = tune.Tuner.restore(
         run_dir,
@@ -272,7 +276,12 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
         resume_errored=True,
         param_space=param_space(spec),
     )
-    return tuner.fit(), spec
+    # Tune restores the callbacks pickled at launch; point the tracker at the folder as it is now
+    # (Tune 2.60 has no public way to pass callbacks to a restore).
+    for callback in tuner._local_tuner.get_run_config().callbacks or []:
+        if isinstance(callback, MLflowTracker):
+            callback.run_dir = run_dir
+    return tuner.fit(), spec, options
 
 
 # -- summary -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The curated metrics (DESIGN.md §5): one list, read out of RLlib's ~300-key result."""
+"""The curated metrics: one list, read out of RLlib's ~300-key result."""
 
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ CURATED: dict[str, tuple[tuple[str, ...], ...]] = {
     "time/sample_s": (("timers", "env_runner_sampling_timer"),),
     "time/learn_s": (("timers", "learner_update_timer"),),
 }
-
-#: The headline metric per environment kind (what the summary tables show).
-HEADLINE = {"bandit": "eval/winmass", "mujoco": "eval/return_mean"}
 
 
 def _get(result: dict[str, Any], path: tuple[str, ...]) -> Any:

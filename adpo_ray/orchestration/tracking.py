@@ -15,7 +15,6 @@ trial has exactly one child run and one metric history, whatever happened to the
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +27,6 @@ from adpo_ray.config import ExperimentSpec, TrialSpec
 from adpo_ray.orchestration import storage
 
 PARENT_FILE = "adpo_mlflow_parent.json"
-
-
-def default_tracking_uri(cwd: str | Path | None = None) -> str:
-    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
-
-
-def default_artifact_location(cwd: str | Path | None = None) -> str:
-    return str(Path(cwd or os.getcwd()).resolve() / "mlartifacts")
 
 
 def run_tags(trial: TrialSpec, grid: str) -> dict[str, str]:
@@ -81,7 +72,7 @@ def trial_params(spec: ExperimentSpec, trial: TrialSpec) -> dict[str, str]:
             target="hard" if trial.algorithm == "dpo" else p.target,
             tau_anc=p.tau_anc,
             beta_q=p.beta_q,
-            list_source=spec.list_source(trial.env),
+            list_source="actions" if trial.algorithm == "dpo" else spec.list_source(trial.env),
             list_size=p.list_size,
         )
         for k, v in spec.anchors.schedule_params(trial.anchor_mode).items():
@@ -165,18 +156,19 @@ class MLflowTracker(tune.Callback):
     # -- parent run ------------------------------------------------------------------------
     def setup(self, **info) -> None:
         self._state = {"children": {}, "last_step": {}}
+        self._software_tags = software_tags()
         spec = self.spec
         self.experiment_id = self._experiment_id(spec.experiment_name)
         parent_file = storage.join(self.run_dir, PARENT_FILE)
         if storage.exists(parent_file):
             self.parent_run_id = json.loads(storage.read_text(parent_file))["run_id"]
-            self.client.set_terminated(self.parent_run_id, status="RUNNING")
+            self.client.update_run(self.parent_run_id, status="RUNNING")
             self.client.set_tag(self.parent_run_id, "resumed", "true")
             return
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.launch_name,
-            tags={"grid": spec.name, "run_dir": self.run_dir, "kind": "grid", **software_tags()},
+            tags={"grid": spec.name, "run_dir": self.run_dir, "kind": "grid", **self._software_tags},
         )
         self.parent_run_id = run.info.run_id
         storage.write_text(parent_file, json.dumps({"run_id": self.parent_run_id, "experiment_id": self.experiment_id}))
@@ -232,7 +224,7 @@ class MLflowTracker(tune.Callback):
         )
         if found:
             run_id = found[0].info.run_id
-            self.client.set_terminated(run_id, status="RUNNING")
+            self.client.update_run(run_id, status="RUNNING")
             history = self.client.get_metric_history(run_id, "env_steps")
             self._state["last_step"][run_id] = max((m.step for m in history), default=-1)
         else:
@@ -243,7 +235,7 @@ class MLflowTracker(tune.Callback):
                     "mlflow.parentRunId": self.parent_run_id,
                     "tune_trial_id": trial.trial_id,
                     **run_tags(t, spec.name),
-                    **software_tags(),
+                    **self._software_tags,
                 },
             )
             run_id = run.info.run_id

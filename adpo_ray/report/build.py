@@ -13,7 +13,7 @@ from adpo_ray.report.analysis import compare, group_stats, paper_claims
 from adpo_ray.report.data import COORDS, GridData
 
 METRIC_COLUMNS = ["eval/winmass", "eval/return_mean", "train/return_mean", "adpo/anchor_kl",
-                  "adpo/anchor_refreshes", "distill/kl_teacher", "env_steps"]
+                  "adpo/anchor_refreshes", "env_steps"]
 
 
 def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
@@ -73,9 +73,6 @@ def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
             path = fn()
             if path:
                 images.append(path)
-    distill = plots.distill_return_vs_kl(trials, out)
-    if distill:
-        images.append(distill)
     files.update({p.name: p for p in images})
 
     claims_frame = pd.DataFrame([c.__dict__ for c in claims])

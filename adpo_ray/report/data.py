@@ -16,7 +16,7 @@ import pandas as pd
 from adpo_ray.core.noise import SCENARIOS, TWELVE
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed"]
-CURVE_METRICS = ("eval/winmass", "eval/return_mean", "distill/kl_teacher")
+CURVE_METRICS = ("eval/winmass", "eval/return_mean")
 SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
 
 
@@ -90,6 +90,8 @@ def load_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = 
             if key in run.data.metrics:
                 for m in client.get_metric_history(run.info.run_id, key):
                     curve_rows.append({"trial": tags["trial"], "env_steps": m.step, "metric": key, "value": m.value})
+    if not rows:
+        raise LookupError(f"launch {parent_run_id} of experiment {experiment!r} has no trial runs")
     trials, curves = _frames(rows, curve_rows)
     return GridData(trials, curves, f"{tracking_uri} / {experiment} / {parent_run_id}", parent_run_id, exp.experiment_id)
 
@@ -109,8 +111,9 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
         if not history.empty and "env_steps" in history:
             history = history.drop_duplicates("env_steps", keep="last").sort_values("env_steps")
-        status = "FINISHED" if not (params.parent / "error.txt").exists() else "FAILED"
-        row = {"trial": tag, **_coords(config["trial"]), "status": status, "run_id": None}
+        # error.txt stays behind after a retried failure: the last result's `done` says more
+        done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
+        row = {"trial": tag, **_coords(config["trial"]), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}
         if not history.empty:
             last = history.iloc[-1]
             row.update({k: float(last[k]) for k in history.columns if ("/" in k or k == "env_steps") and pd.notna(last[k])})

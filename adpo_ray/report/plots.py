@@ -1,5 +1,5 @@
-"""Report plots (matplotlib, Agg backend): learning curves, per-scenario comparison, hidden-size
-scaling, distillation return vs KL. Every function writes one PNG and returns its path."""
+"""Report plots (matplotlib, Agg backend): learning curves, per-scenario comparison and hidden-size
+scaling. Every function writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -36,12 +36,15 @@ def _colors(methods: list[str]) -> dict[str, tuple]:
 
 def learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, env: str, out: Path) -> Path | None:
     """Mean headline metric over seeds per method, with a 95% band (mean +- 1.96 SEM), one panel
-    per scenario."""
+    per scenario (the largest hidden size when there are several)."""
     metric = headline(env)
-    sub = curves[curves["metric"] == metric].merge(trials[["trial", "env", "scenario", "method"]], on="trial")
+    keep = ["trial", "env", "scenario", "method", "hidden_size"]
+    sub = curves[curves["metric"] == metric].merge(trials[keep], on="trial")
     sub = sub[sub["env"] == env]
     if sub.empty:
         return None
+    hidden = int(sub["hidden_size"].max())
+    sub = sub[sub["hidden_size"] == hidden]
     scenarios = list(dict.fromkeys(trials[trials["env"] == env]["scenario"]))
     cols = min(4, len(scenarios))
     rows = math.ceil(len(scenarios) / cols)
@@ -62,7 +65,7 @@ def learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, env: str, out: P
     for ax in axes[:, 0]:
         ax.set_ylabel(metric)
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"{env}: learning curves (mean over seeds, 95% band)")
+    fig.suptitle(f"{env}: learning curves, hidden {hidden} (mean over seeds, 95% band)")
     return _save(fig, out / f"curves_{env}.png")
 
 
@@ -117,25 +120,3 @@ def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, out / f"hidden_{env}.png")
-
-
-def distill_return_vs_kl(trials: pd.DataFrame, out: Path) -> Path | None:
-    """Distillation students: clean return against KL(teacher || student), one point per trial."""
-    if not {"distill/kl_teacher", "eval/return_mean"} <= set(trials.columns):
-        return None
-    sub = trials.dropna(subset=["distill/kl_teacher", "eval/return_mean"])
-    if sub.empty:
-        return None
-    methods = _methods(sub)
-    colors = _colors(methods)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
-    for method in methods:
-        g = sub[sub["method"] == method]
-        ax.scatter(g["distill/kl_teacher"], g["eval/return_mean"], label=method, color=colors[method])
-    ax.set_xscale("log")
-    ax.set_xlabel("KL(teacher || student)")
-    ax.set_ylabel("clean return")
-    ax.set_title("Distillation: return vs KL to the teacher")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, out / "distill_return_vs_kl.png")

@@ -1,6 +1,6 @@
 """ADPO's torch Learner: PPO's sampling, GAE and value loss, with the policy loss replaced by the
 anchored preference loss of :mod:`adpo_ray.core.losses`, and the anchor-refresh hook run after
-every gradient update.
+every learner update (one training iteration).
 
 Lists (``config.list_source``):
 
@@ -29,7 +29,7 @@ from adpo_ray.core.losses import adpo_loss
 from adpo_ray.rllib.connectors import LIST_SIGNAL
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
 
-# Curated metric names (DESIGN.md §5), logged per module.
+# Curated metric names (README "Tracking and results"), logged per module.
 ANCHOR_KL = "adpo/anchor_kl"
 ANCHOR_REFRESHES = "adpo/anchor_refreshes"
 LAST_REFRESH_STEP = "adpo/last_refresh_step"
