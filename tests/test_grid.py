@@ -402,3 +402,17 @@ def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
         assert np.isfinite(k.data.metrics["loss/vf"]) and np.isfinite(k.data.metrics["policy/entropy"])
         if k.data.tags["algorithm"] == "adpo":
             assert k.data.metrics["adpo/anchor_refreshes"] == 5
+
+
+def test_grid_on_uri_storage(ray_local, tmp_path):
+    """--storage-path as a URI (here file://, the same code path as s3:// or gs://)."""
+    spec = parse_spec({**SMALL, "name": "uri_storage", "scenarios": ["clean"], "anchors": {"modes": ["dynamic"]}})
+    opts = options(tmp_path, "onuri")
+    opts.storage_path = f"file://{tmp_path / 'remote'}"
+    results = run_grid(spec, opts, verbose=0)
+    assert not results.errors
+    assert (tmp_path / "remote" / "onuri" / "adpo_grid.json").exists()
+    assert (tmp_path / "remote" / "onuri" / "adpo_mlflow_parent.json").exists()
+    client = MlflowClient(opts.tracking_uri)
+    _, kids = children(client, "uri_storage")
+    assert len(kids) == 1 and "checkpoint" in [a.path for a in client.list_artifacts(kids[0].info.run_id)]

@@ -13,7 +13,11 @@ def is_uri(path: str) -> bool:
 
 
 def join(base: str, name: str) -> str:
-    return f"{str(base).rstrip('/')}/{name}" if is_uri(base) else os.path.join(base, name)
+    """``base/name`` for a folder or a URI (a URI's query string, e.g. ``?region=...``, stays last)."""
+    if not is_uri(base):
+        return os.path.join(base, name)
+    path, sep, query = str(base).partition("?")
+    return f"{path.rstrip('/')}/{name}{sep}{query}"
 
 
 def _resolve(path: str) -> tuple[pafs.FileSystem, str]:

@@ -270,8 +270,13 @@ class MLflowTracker(tune.Callback):
         run_id = self._child(trial)
         try:
             self._log_history_csv(run_id)
-            if trial.checkpoint is not None and Path(trial.checkpoint.path).exists():
-                self.client.log_artifacts(run_id, trial.checkpoint.path, artifact_path="checkpoint")
+            checkpoint = trial.checkpoint
+            if checkpoint is not None:
+                if Path(checkpoint.path).exists():
+                    self.client.log_artifacts(run_id, checkpoint.path, artifact_path="checkpoint")
+                else:  # on remote storage (s3://...): fetch it first
+                    with tempfile.TemporaryDirectory() as tmp:
+                        self.client.log_artifacts(run_id, checkpoint.to_directory(tmp), artifact_path="checkpoint")
         finally:
             self.client.set_terminated(run_id, status="FINISHED")
 
