@@ -82,8 +82,9 @@ def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
          "*contradicted* — the whole CI lies below the claimed size; *inconclusive* — otherwise."),
         ("Dynamic vs fixed anchor", _compare_view(comparisons),
          "Relative improvement `(mean(a) - mean(b)) / |mean(b)|` and probability of improvement "
-         "`P(a > b)` (ties 1/2), with percentile-bootstrap CIs (paired by seed when possible). "
-         "`noise_type` and `overall` rows pool the noisy scenarios (clean excluded)."),
+         "`P(a > b)` (ties 1/2), with percentile-bootstrap CIs; paired by seed and setting when every "
+         "trial has its partner (then P is over the matched pairs). `noise_type` and `overall` rows "
+         "pool the noisy scenarios (clean excluded). Only finished trials count."),
         ("Per group", _group_view(groups),
          f"Final headline metric over seeds: mean, std, IQM (25% trimmed mean) and "
          f"{int(CONFIDENCE * 100)}% bootstrap CI of the mean ({N_RESAMPLES} resamples)."),
