@@ -182,7 +182,13 @@ def _report_after_grid(spec, options) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from adpo_ray.orchestration.grid import ResourceError, plan_trials, resolve_options, run_grid
+    from adpo_ray.orchestration.grid import (
+        ResourceError,
+        TrackingError,
+        plan_trials,
+        resolve_options,
+        run_grid,
+    )
 
     spec = _load(args.config)
     if spec is None:
@@ -200,7 +206,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         return 0
     try:
         results = run_grid(spec, options, plans=plans)
-    except (ResourceError, FileExistsError) as e:
+    except (ResourceError, TrackingError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(spec, results, options)

@@ -416,3 +416,19 @@ def test_grid_on_uri_storage(ray_local, tmp_path):
     client = MlflowClient(opts.tracking_uri)
     _, kids = children(client, "uri_storage")
     assert len(kids) == 1 and "checkpoint" in [a.path for a in client.list_artifacts(kids[0].info.run_id)]
+
+
+def test_unreachable_tracking_server_fails_fast_before_ray(tmp_path):
+    port = _free_port()  # nothing listens there
+    start = time.time()
+    code = (
+        "import sys, ray; from adpo_ray.cli import main; "
+        f"rc = main(['grid', '--config', 'smoke', '--tracking-uri', 'http://127.0.0.1:{port}', "
+        f"'--storage-path', '{tmp_path / 'rr'}']); "
+        "assert not ray.is_initialized(), 'Ray started'; sys.exit(rc)"
+    )
+    res = _run("-c", code)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"cannot reach the MLflow tracking store 'http://127.0.0.1:{port}'" in res.stderr
+    assert time.time() - start < 90
+    assert not (tmp_path / "rr").exists()

@@ -24,6 +24,34 @@ class ResourceError(RuntimeError):
     """A trial could never be scheduled on this cluster."""
 
 
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached."""
+
+
+def check_tracking(uri: str) -> None:
+    """Reach the tracking store once, quickly, before anything starts (MLflow's HTTP client would
+    otherwise retry for minutes inside the running grid)."""
+    from unittest import mock
+
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):  # a local file: its folder must be there and writable
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise TrackingError(f"cannot create the MLflow store {uri!r}: {folder} is not a writable folder")
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    try:
+        with mock.patch.dict(os.environ, quick):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not reachable", said plainly
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"cannot reach the MLflow tracking store {uri!r} ({first_line}). Start the server, or "
+            "pass another --tracking-uri (default: sqlite:///<cwd>/mlflow.db)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class TrialPlan:
     trial: TrialSpec
@@ -207,6 +235,7 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
 
     trainable = trainable or GridTrainable
     plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
+    check_tracking(options.tracking_uri)
     connect(options.address)
     check_fits(plans, ray.nodes())
     concurrency = max_concurrent(plans, ray.cluster_resources(), spec)
