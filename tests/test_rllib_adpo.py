@@ -136,15 +136,20 @@ def test_anchor_not_on_env_runner_module(ray_local):
         algo.stop()
 
 
-def test_save_restore_keeps_anchor_and_schedule(ray_local, tmp_path):
-    algo = make_algo("kl_triggered")
+def train_and_save(mode, iterations, path):
+    """Train a fresh bandit algorithm, save it; return (anchor, policy, schedule state, path)."""
+    algo = make_algo(mode)
     try:
-        train(algo, 4)
-        anchor, _ = anchor_and_policy(algo)
+        train(algo, iterations)
+        anchor, policy = anchor_and_policy(algo)
         sched = learner(algo).anchor_schedule(DEFAULT_MODULE_ID).state_dict()
-        path = algo.save_to_path(str(tmp_path / "ckpt"))
+        return anchor, policy, sched, algo.save_to_path(str(path))
     finally:
         algo.stop()
+
+
+def test_save_restore_keeps_anchor_and_schedule(ray_local, tmp_path):
+    anchor, _, sched, path = train_and_save("kl_triggered", 4, tmp_path / "ckpt")
     restored = ADPO.from_checkpoint(path)
     try:
         anchor2, _ = anchor_and_policy(restored)
@@ -161,13 +166,7 @@ def test_save_restore_keeps_anchor_and_schedule(ray_local, tmp_path):
 
 
 def test_anchor_init_from_checkpoint(ray_local, tmp_path):
-    teacher = make_algo("dynamic")
-    try:
-        train(teacher, 2)
-        _, teacher_policy = anchor_and_policy(teacher)
-        path = teacher.save_to_path(str(tmp_path / "teacher"))
-    finally:
-        teacher.stop()
+    _, teacher_policy, _, path = train_and_save("dynamic", 2, tmp_path / "teacher")
     spec = parse_spec(BANDIT)
     cfg = build_algo_config(spec, TrialSpec("PreferenceBandit", "clean", "adpo", "fixed", 64, 1))
     student = cfg.training(anchor_init=path).build_algo()

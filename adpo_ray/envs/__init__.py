@@ -4,7 +4,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from adpo_ray.envs.bandit import BanditProblem, PreferenceBandit, winmass
+from adpo_ray.envs.bandit import BanditProblem, PreferenceBandit, bandit_problem, winmass
 from adpo_ray.envs.mujoco import REWARD_SCALE, NoisyMujoco, make_mujoco
 
 #: Environments a spec may name. ``list_source`` says how ADPO builds its lists there.
@@ -13,9 +13,6 @@ ENVIRONMENTS: dict[str, dict[str, str]] = {
     "HalfCheetah-v5": {"kind": "mujoco", "list_source": "batch"},
     "Hopper-v5": {"kind": "mujoco", "list_source": "batch"},
 }
-
-#: The headline metric per environment kind (what summary tables and reports compare).
-HEADLINE = {"bandit": "eval/winmass", "mujoco": "eval/return_mean"}
 
 
 
@@ -32,11 +29,11 @@ def make_env(config: dict[str, Any]) -> gym.Env:
 
 __all__ = [
     "ENVIRONMENTS",
-    "HEADLINE",
     "REWARD_SCALE",
     "BanditProblem",
     "NoisyMujoco",
     "PreferenceBandit",
+    "bandit_problem",
     "make_env",
     "make_mujoco",
     "winmass",

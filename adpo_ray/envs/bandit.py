@@ -5,7 +5,8 @@
   ``problem_seed`` (the same problem in every env copy, on every worker), standardised to unit scale.
 * One step per episode. The reward is the chosen item's *noisy* utility; ``info`` carries the
   noisy utilities of all K items (``utilities_noisy``: the annotation a list-wise learner uses), the
-  clean ones (``utilities``) and the truly best item (``best_item``).
+  clean ones (``utilities``), the truly best item (``best_item``) and the episode's clean return
+  (``clean_return``).
 * The scenario's noise corrupts the training signal only; a ``shift`` scenario draws the training
   contexts around a shifted mean. :func:`winmass` evaluates on fixed nominal held-out contexts.
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
@@ -20,7 +22,7 @@ import numpy as np
 
 from adpo_ray.core.noise import CLEAN, Scenario, get_scenario
 
-__all__ = ["PreferenceBandit", "BanditProblem", "winmass"]
+__all__ = ["PreferenceBandit", "BanditProblem", "bandit_problem", "winmass"]
 
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -58,6 +60,22 @@ class BanditProblem:
         return rng.standard_normal((n, self.context_dim)).astype(np.float32)
 
 
+@lru_cache(maxsize=32)
+def _cached_problem(num_items: int, context_dim: int, hidden: int, problem_seed: int) -> BanditProblem:
+    return BanditProblem(num_items, context_dim, hidden, problem_seed)
+
+
+def bandit_problem(config: dict[str, Any] | None = None) -> BanditProblem:
+    """The (shared, read-only) problem an env config describes; built once per process."""
+    config = config or {}
+    return _cached_problem(
+        int(config.get("num_items", 8)),
+        int(config.get("context_dim", 8)),
+        int(config.get("hidden", 32)),
+        int(config.get("problem_seed", 0)),
+    )
+
+
 def winmass(
     problem: BanditProblem,
     policy_probs_fn: Callable[[np.ndarray], np.ndarray],
@@ -84,12 +102,7 @@ class PreferenceBandit(gym.Env):
 
     def __init__(self, config: dict[str, Any] | None = None):
         config = dict(config or {})
-        self.problem = BanditProblem(
-            num_items=int(config.get("num_items", 8)),
-            context_dim=int(config.get("context_dim", 8)),
-            hidden=int(config.get("hidden", 32)),
-            problem_seed=int(config.get("problem_seed", 0)),
-        )
+        self.problem = bandit_problem(config)
         scenario = config.get("scenario", CLEAN)
         self.scenario: Scenario = get_scenario(scenario) if isinstance(scenario, str) else scenario
         d, k = self.problem.context_dim, self.problem.num_items
@@ -115,6 +128,6 @@ class PreferenceBandit(gym.Env):
             "utilities_noisy": noisy.astype(np.float32),
             "utilities": clean.astype(np.float32),
             "best_item": int(clean.argmax()),
-            "clean_reward": float(clean[int(action)]),
+            "clean_return": float(clean[int(action)]),  # one step: the episode's clean return
         }
         return self._x.copy(), float(noisy[int(action)]), True, False, info

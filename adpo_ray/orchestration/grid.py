@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
-from adpo_ray.envs import ENVIRONMENTS, HEADLINE
+from adpo_ray.envs import ENVIRONMENTS
+from adpo_ray.metric_names import HEADLINE, is_metric_key
 from adpo_ray.orchestration import storage
 
 GRID_FILE = "adpo_grid.json"
@@ -81,14 +82,10 @@ def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
     from adpo_ray.orchestration.trainable import GridTrainable
 
     spec_dict = spec.model_dump(mode="json", by_alias=True)
-    cache: dict[tuple, list[dict[str, float]]] = {}
     plans = []
     for t in spec.trials():
-        key = (t.env, t.algorithm)  # resources depend on these only
-        if key not in cache:
-            pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": t.as_dict()})
-            cache[key] = [dict(b) for b in pgf.bundles]
-        plans.append(TrialPlan(t, cache[key], trial_env_steps(spec, t.env)))
+        pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": t.as_dict()})
+        plans.append(TrialPlan(t, [dict(b) for b in pgf.bundles], trial_env_steps(spec, t.env)))
     return plans
 
 
@@ -322,7 +319,7 @@ def summary_frame(results) -> Any:
     for r in results:
         t = TrialSpec(**r.config["trial"])
         row = {**t.as_dict(), "method": t.method, "status": "ERROR" if r.error else "TERMINATED"}
-        row.update({k: v for k, v in (r.metrics or {}).items() if "/" in k or k in ("env_steps", "training_iteration")})
+        row.update({k: v for k, v in (r.metrics or {}).items() if is_metric_key(k)})
         rows.append(row)
     return pd.DataFrame(rows)
 

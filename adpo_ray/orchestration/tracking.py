@@ -24,6 +24,7 @@ import pandas as pd
 from ray import tune
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
+from adpo_ray.metric_names import is_metric_key
 from adpo_ray.orchestration import storage
 
 PARENT_FILE = "adpo_mlflow_parent.json"
@@ -258,7 +259,7 @@ class MLflowTracker(tune.Callback):
         metrics = [
             Metric(k, float(v), now, step)
             for k, v in result.items()
-            if ("/" in k or k in ("env_steps", "training_iteration")) and isinstance(v, (int, float))
+            if is_metric_key(k) and isinstance(v, (int, float))
         ]
         self.client.log_batch(run_id, metrics=metrics)
         self._state["last_step"][run_id] = step

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from adpo_ray.core import stats
-from adpo_ray.envs import ENVIRONMENTS, HEADLINE
+from adpo_ray.envs import ENVIRONMENTS
+from adpo_ray.metric_names import HEADLINE
 
 GROUP = ["env", "scenario", "hidden_size", "method"]
 DYNAMIC, FIXED = "adpo-dynamic", "adpo-fixed"

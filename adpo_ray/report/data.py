@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from adpo_ray.core.noise import SCENARIOS, TWELVE
+from adpo_ray.metric_names import is_metric_key
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed"]
 CURVE_METRICS = ("eval/winmass", "eval/return_mean")
@@ -116,7 +117,7 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         row = {"trial": tag, **_coords(config["trial"]), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}
         if not history.empty:
             last = history.iloc[-1]
-            row.update({k: float(last[k]) for k in history.columns if ("/" in k or k == "env_steps") and pd.notna(last[k])})
+            row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})
             for key in CURVE_METRICS:
                 if key in history:
                     for step, value in zip(history["env_steps"], history[key], strict=True):

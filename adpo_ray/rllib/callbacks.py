@@ -2,9 +2,9 @@
 
 * ``eval/winmass`` (bandit): the policy's mass on the truly best item over fixed held-out nominal
   contexts, computed on the learner's own module after every training iteration.
-* ``train/clean_return``: the return of each training episode under the *clean* reward (the env's
-  ``info["clean_return"]`` at the episode's end, or the sum of per-step ``info["clean_reward"]``),
-  next to RLlib's noisy ``episode_return_mean``.
+* ``train/clean_return``: the return of each training episode under the *clean* reward (every env
+  of the project reports ``info["clean_return"]`` at the episode's end), next to RLlib's noisy
+  ``episode_return_mean``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
-from adpo_ray.envs import ENVIRONMENTS, PreferenceBandit, winmass
+from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
 
 CLEAN_RETURN = "train_clean_return"
 
@@ -23,7 +23,7 @@ CLEAN_RETURN = "train_clean_return"
 def _winmass_on_learner(learner, env_config: dict) -> float:
     module = learner.module[DEFAULT_MODULE_ID]
     device = next(module.parameters()).device
-    problem = PreferenceBandit(env_config).problem
+    problem = bandit_problem(env_config)
 
     def probs(x: np.ndarray) -> np.ndarray:
         out = module.forward_inference({Columns.OBS: torch.as_tensor(x, device=device)})
@@ -34,17 +34,9 @@ def _winmass_on_learner(learner, env_config: dict) -> float:
 
 class ADPOCallbacks(RLlibCallback):
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
-        if metrics_logger is None:
-            return
         last = episode.get_infos(-1)
-        if isinstance(last, dict) and "clean_return" in last:
-            clean = float(last["clean_return"])
-        else:
-            steps = [i["clean_reward"] for i in episode.get_infos() if isinstance(i, dict) and "clean_reward" in i]
-            if not steps:
-                return
-            clean = float(np.sum(steps))
-        metrics_logger.log_value(CLEAN_RETURN, clean, reduce="mean", window=100)
+        if metrics_logger is not None and isinstance(last, dict) and "clean_return" in last:
+            metrics_logger.log_value(CLEAN_RETURN, float(last["clean_return"]), reduce="mean", window=100)
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
         env_config = dict(algorithm.config.env_config or {})
