@@ -33,7 +33,8 @@ from adpo_ray.envs import ENVIRONMENTS
 __all__ = ["ExperimentSpec", "TrialSpec", "SpecError", "load_spec", "parse_spec"]
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
-Algorithm = Literal["adpo", "ppo", "dpo"]
+Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
+DISTILL_ALGORITHMS = ("adpo", "kd", "bc")
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -167,6 +168,45 @@ class Evaluation(_Strict):
     episodes: PosInt = 2  # MuJoCo: clean evaluation episodes per evaluation
 
 
+class TeacherParams(_Strict):
+    """The distillation teacher: RLlib PPO on the clean env (the spec's ``adpo`` optimisation knobs),
+    found again in MLflow by env, budget, seed, network and knobs — trained once, reused after."""
+
+    env_steps: PosInt = 300_000
+    seed: NonNegInt = 0
+    hidden_size: PosInt = 64
+    experiment: Annotated[str, Field(min_length=1)] = "adpo-ray-teachers"
+
+
+class DatasetParams(_Strict):
+    """Teacher rollouts with ``candidates`` teacher-sampled actions per state, rewards by state restore."""
+
+    states: Annotated[int, Field(ge=10)] = 20_000
+    candidates: Annotated[int, Field(ge=2)] = 8
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    chunks: PosInt = 4  # parallel generation tasks (each rolls out its own episodes)
+    seed: NonNegInt = 0
+
+
+class DistillParams(_Strict):
+    """Offline distillation: present, it turns the grid into students (``adpo``, ``kd``, ``bc``)
+    trained from teacher datasets; ``budget.iterations`` counts student iterations."""
+
+    teacher: TeacherParams = Field(default_factory=TeacherParams)
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    states_per_iteration: PosInt = 2048
+    minibatch_states: PosInt = 256
+
+    @model_validator(mode="after")
+    def _batches(self) -> DistillParams:
+        if self.minibatch_states > self.states_per_iteration:
+            raise ValueError(
+                f"minibatch_states ({self.minibatch_states}) must be <= states_per_iteration "
+                f"({self.states_per_iteration})"
+            )
+        return self
+
+
 class EnvOverride(_Strict):
     """Per-environment overrides: a bandit trial and a MuJoCo trial rarely share a budget."""
 
@@ -191,6 +231,7 @@ class ExperimentSpec(_Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     env_overrides: dict[EnvName, EnvOverride] = Field(default_factory=dict)
+    distill: DistillParams | None = None
 
     @field_validator("scenarios")
     @classmethod
@@ -233,9 +274,41 @@ class ExperimentSpec(_Strict):
                 "algorithms: 'dpo' needs an environment with per-item preference feedback "
                 "(PreferenceBandit); none is listed in environments"
             )
+        self._check_distill()
         if not self.trials():
             raise ValueError("the grid is empty: no trial results from these axes")
         return self
+
+    def _check_distill(self) -> None:
+        students = [a for a in self.algorithms if a in ("kd", "bc")]
+        if self.distill is None:
+            if students:
+                raise ValueError(
+                    f"algorithms: {', '.join(students)} are offline distillation students; add a "
+                    "`distill:` section (teacher, dataset) or use adpo, ppo, dpo"
+                )
+            return
+        wrong = [a for a in self.algorithms if a not in DISTILL_ALGORITHMS]
+        if wrong:
+            raise ValueError(
+                f"algorithms: {', '.join(wrong)} cannot be a distillation student; allowed with "
+                f"`distill`: {', '.join(DISTILL_ALGORITHMS)}"
+            )
+        not_mujoco = [e for e in self.environments if ENVIRONMENTS[e]["kind"] != "mujoco"]
+        if not_mujoco:
+            raise ValueError(
+                f"environments: distillation needs MuJoCo envs (state restore); "
+                f"{', '.join(not_mujoco)} is not one (allowed: HalfCheetah-v5, Hopper-v5)"
+            )
+        for env in self.environments:
+            budget = self.budget_for(env)
+            if budget.iterations is None or budget.env_steps is not None:
+                where = f"env_overrides.{env}.budget" if env in self.env_overrides and self.env_overrides[env].budget else "budget"
+                raise ValueError(
+                    f"{where}: distillation students train offline; give `iterations` (student "
+                    "iterations of distill.states_per_iteration states) and no `env_steps` "
+                    "(the teacher's budget is distill.teacher.env_steps)"
+                )
 
     # -- derived -------------------------------------------------------------------------
     @property

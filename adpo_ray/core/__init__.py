@@ -10,6 +10,13 @@ from adpo_ray.core.anchors import (
     register_schedule,
     resolve_schedule,
 )
+from adpo_ray.core.distill import (
+    DISTILL_METHODS,
+    bc_loss,
+    diag_gaussian_kl,
+    diag_gaussian_logp,
+    kd_loss,
+)
 from adpo_ray.core.losses import LOSSES, adpo_loss, dpo_loss, listwise_loss, pairwise_loss
 from adpo_ray.core.noise import CLEAN, SCENARIOS, SEVERITY_TABLE, TWELVE, Scenario, get_scenario
 from adpo_ray.core.targets import TARGETS, kde_logits, list_target, pair_target
@@ -21,6 +28,11 @@ __all__ = [
     "polyak_",
     "register_schedule",
     "resolve_schedule",
+    "DISTILL_METHODS",
+    "bc_loss",
+    "diag_gaussian_kl",
+    "diag_gaussian_logp",
+    "kd_loss",
     "LOSSES",
     "adpo_loss",
     "dpo_loss",

@@ -21,7 +21,7 @@ import numpy as np
 
 from adpo_ray.core.noise import CLEAN, Scenario, get_scenario
 
-__all__ = ["NoisyMujoco", "REWARD_SCALE"]
+__all__ = ["NoisyMujoco", "REWARD_SCALE", "ObsNorm", "make_mujoco"]
 
 #: The unit of reward noise per env: the standard deviation of the per-step reward under a
 #: uniform-random policy (20,000 steps, seed 0, measured with gymnasium 1.2.2 / mujoco 4.0.0:
@@ -74,9 +74,41 @@ class NoisyMujoco(gym.Wrapper):
         return obs, float(reward), terminated, truncated, info
 
 
+class ObsNorm:
+    """A frozen observation normalisation: ``clip((obs - mean) / (std + eps), -clip, clip)``, the
+    same arithmetic as RLlib's ``MeanStdFilter`` with its running statistics frozen. Offline
+    students see the teacher's observations through the teacher's frozen filter."""
+
+    EPS = 1e-6  # RLlib's SMALL_NUMBER
+
+    def __init__(self, mean, std, clip: float | None = 10.0):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+        self.clip = None if clip is None else float(clip)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        out = (np.asarray(obs, dtype=np.float64) - self.mean) / (self.std + self.EPS)
+        if self.clip:
+            out = np.clip(out, -self.clip, self.clip)
+        return out.astype(np.float32)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObsNorm:
+        return cls(d["mean"], d["std"], d.get("clip"))
+
+
 def make_mujoco(name: str, config: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make(name)`` with actions clipped to the action box and the scenario from
-    ``config["scenario"]`` applied."""
+    ``config["scenario"]`` applied; ``config["obs_norm"]`` (an :class:`ObsNorm` dict) adds a
+    frozen observation normalisation."""
     config = dict(config or {})
     env = gym.make(name, disable_env_checker=True)  # checked in the tests; it costs every step
-    return NoisyMujoco(env, config.get("scenario", CLEAN), REWARD_SCALE.get(name, 1.0))
+    env = NoisyMujoco(env, config.get("scenario", CLEAN), REWARD_SCALE.get(name, 1.0))
+    if config.get("obs_norm"):
+        norm = ObsNorm.from_dict(config["obs_norm"])
+        space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+        env = gym.wrappers.TransformObservation(env, norm, space)
+    return env

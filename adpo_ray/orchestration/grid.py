@@ -68,13 +68,16 @@ class TrialPlan:
         return total
 
 
-def param_space(spec: ExperimentSpec) -> dict[str, Any]:
+def param_space(spec: ExperimentSpec, tracking_uri: str) -> dict[str, Any]:
     from ray import tune
 
-    return {
+    space = {
         "spec": spec.model_dump(mode="json", by_alias=True),
         "trial": tune.grid_search([t.as_dict() for t in spec.trials()]),
     }
+    if spec.distill is not None:  # students look their teacher and dataset up there
+        space["tracking_uri"] = tracking_uri
+    return space
 
 
 def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
@@ -240,6 +243,10 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     run_dir = options.run_dir
     if tune.Tuner.can_restore(run_dir) or storage.exists(storage.join(run_dir, GRID_FILE)):
         raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
+    if spec.distill is not None:  # teachers and datasets first: found in MLflow or made now
+        from adpo_ray.orchestration.distill import prepare
+
+        prepare(spec, options.tracking_uri, options.artifact_location)
     storage.write_text(storage.join(run_dir, GRID_FILE), json.dumps({
         "spec": spec.model_dump(mode="json", by_alias=True),
         "options": options.__dict__,
@@ -248,7 +255,7 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     tracker = MLflowTracker(spec, options.tracking_uri, options.artifact_location, run_dir, options.name)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space(spec),
+        param_space=param_space(spec, options.tracking_uri),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
             trial_name_creator=_trial_name,
@@ -300,7 +307,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
         trainable=trainable or GridTrainable,
         resume_unfinished=True,
         resume_errored=True,
-        param_space=param_space(spec),
+        param_space=param_space(spec, options.tracking_uri),
     )
     # Tune restores the callbacks pickled at launch; point the tracker at the folder as it is now
     # (Tune 2.60 has no public way to pass callbacks to a restore).

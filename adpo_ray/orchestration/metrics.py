@@ -11,7 +11,11 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 CURATED: dict[str, tuple[tuple[str, ...], ...]] = {
     "env_steps": (("num_env_steps_sampled_lifetime",), ("env_runners", "num_env_steps_sampled_lifetime")),
     "eval/winmass": (("eval", "winmass"),),
-    "eval/return_mean": (("evaluation", "env_runners", "episode_return_mean"),),
+    "eval/return_mean": (("evaluation", "env_runners", "episode_return_mean"), ("distill", "eval_return_mean")),
+    "eval/return_over_teacher": (("distill", "eval_return_over_teacher"),),
+    "distill/kl_teacher": (("distill", "kl_teacher"),),
+    "distill/train_kl_teacher": (("learners", DEFAULT_MODULE_ID, "distill/train_kl_teacher"),),
+    "loss/distill": (("learners", DEFAULT_MODULE_ID, "loss/distill"),),
     "train/return_mean": (("env_runners", "train_clean_return"),),
     "train/return_noisy_mean": (("env_runners", "episode_return_mean"),),
     "adpo/anchor_kl": (("learners", DEFAULT_MODULE_ID, "adpo/anchor_kl"),),
@@ -20,7 +24,7 @@ CURATED: dict[str, tuple[tuple[str, ...], ...]] = {
     "loss/adpo": (("learners", DEFAULT_MODULE_ID, "loss/adpo"),),
     "loss/policy": (("learners", DEFAULT_MODULE_ID, "policy_loss"),),
     "loss/vf": (("learners", DEFAULT_MODULE_ID, "vf_loss"),),
-    "policy/entropy": (("learners", DEFAULT_MODULE_ID, "entropy"),),
+    "policy/entropy": (("learners", DEFAULT_MODULE_ID, "entropy"), ("learners", DEFAULT_MODULE_ID, "policy/entropy")),
     "time/sample_s": (("timers", "env_runner_sampling_timer"),),
     "time/learn_s": (("timers", "learner_update_timer"),),
 }

@@ -67,15 +67,32 @@ def trial_params(spec: ExperimentSpec, trial: TrialSpec) -> dict[str, str]:
         "entropy_coeff": p.entropy_coeff,
         "vf_coeff": p.vf_coeff,
     }
+    if spec.distill is not None:
+        from adpo_ray.orchestration.distill import dataset_key, teacher_key
+
+        d = spec.distill
+        params.update({
+            "distill.teacher_key": teacher_key(spec, trial.env),
+            "distill.dataset_key": dataset_key(spec, trial.env, trial.scenario),
+            "distill.states": d.dataset.states,
+            "distill.candidates": d.dataset.candidates,
+            "distill.states_per_iteration": d.states_per_iteration,
+            "distill.minibatch_states": d.minibatch_states,
+        })
+        for k in ("num_epochs", "minibatch_size", "train_batch_size", "gamma", "lambda", "vf_coeff", "entropy_coeff"):
+            params.pop(k)  # the teacher's knobs (in its key), not the student's
     if trial.algorithm in ("adpo", "dpo"):
         params.update(
             loss="dpo" if trial.algorithm == "dpo" else p.loss,
             target="hard" if trial.algorithm == "dpo" else p.target,
             tau_anc=p.tau_anc,
             beta_q=p.beta_q,
-            list_source="actions" if trial.algorithm == "dpo" else spec.list_source(trial.env),
-            list_size=p.list_size,
         )
+        if spec.distill is None:
+            params.update(
+                list_source="actions" if trial.algorithm == "dpo" else spec.list_source(trial.env),
+                list_size=p.list_size,
+            )
         for k, v in spec.anchors.schedule_params(trial.anchor_mode).items():
             params[f"anchor.{k}"] = v
     if trial.env == "PreferenceBandit":

@@ -28,23 +28,29 @@ def trial_from_config(config: dict[str, Any]) -> tuple[ExperimentSpec, TrialSpec
 
 
 def algo_config_from(config: dict[str, Any]):
-    from adpo_ray.rllib.factory import build_algo_config
+    from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 
-    return build_algo_config(*trial_from_config(config))
+    spec, trial = trial_from_config(config)
+    if spec.distill is None:
+        return build_algo_config(spec, trial)
+    from adpo_ray.orchestration.distill import student_inputs
+
+    return build_distill_config(spec, trial, **student_inputs(spec, trial, config["tracking_uri"]))
 
 
 @lru_cache(maxsize=64)
 def _resources(spec_json: str, env: str, algorithm: str):
-    from adpo_ray.rllib.factory import build_algo_config
+    from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 
     spec = _spec(spec_json)
     trial = next(t for t in spec.trials() if t.env == env and t.algorithm == algorithm)
-    algo_config = build_algo_config(spec, trial)
+    algo_config = build_algo_config(spec, trial) if spec.distill is None else build_distill_config(spec, trial)
     return algo_config.algo_class.default_resource_request(algo_config)
 
 
 class GridTrainable(tune.Trainable):
-    """``config = {"spec": <spec dict>, "trial": <TrialSpec dict>}``."""
+    """``config = {"spec": <spec dict>, "trial": <TrialSpec dict>}`` (distillation grids add
+    ``"tracking_uri"``, where the students find their teacher and dataset)."""
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]):
@@ -60,13 +66,17 @@ class GridTrainable(tune.Trainable):
     def step(self) -> dict[str, Any]:
         raw = self.algo.train()
         result = curate(raw)
+        if self.spec.distill is not None:
+            # offline students: "env_steps" counts the dataset states trained on
+            result["env_steps"] = float(self.algo.iteration * self.spec.distill.states_per_iteration)
         if not self._evaluated_this_iteration():
-            result.pop("eval/return_mean", None)  # RLlib repeats the last evaluation's numbers
+            for key in ("eval/return_mean", "eval/return_over_teacher"):
+                result.pop(key, None)  # RLlib repeats the last evaluation's numbers
         it, steps = self.algo.iteration, result.get("env_steps", 0)
         b = self.budget
         if (b.iterations and it >= b.iterations) or (b.env_steps and steps >= b.env_steps):
             result["done"] = True  # the trial's own budget: bandit and MuJoCo trials differ
-            if "eval/return_mean" not in result and self.algo.config.evaluation_interval:
+            if "eval/return_mean" not in result and self.spec.distill is None and self.algo.config.evaluation_interval:
                 # every trial ends with a clean evaluation of its final policy
                 final = curate({"evaluation": self.algo.evaluate()})
                 result.update({k: v for k, v in final.items() if k.startswith("eval/")})
@@ -77,6 +87,8 @@ class GridTrainable(tune.Trainable):
     def _evaluated_this_iteration(self) -> bool:
         """RLlib evaluates on iterations that are multiples of the interval; in between its result
         repeats the last evaluation's numbers (and its episode counters lag by one iteration)."""
+        if self.spec.distill is not None:  # students evaluate themselves, on a known iteration
+            return getattr(self.algo, "last_eval_iteration", None) == self.algo.iteration
         interval = self.algo.config.evaluation_interval
         return bool(interval) and self.algo.iteration % interval == 0
 

@@ -17,7 +17,7 @@ from adpo_ray.core.noise import SCENARIOS, TWELVE
 from adpo_ray.metric_names import is_metric_key
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed"]
-CURVE_METRICS = ("eval/winmass", "eval/return_mean")
+CURVE_METRICS = ("eval/winmass", "eval/return_mean", "distill/kl_teacher")
 SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
 
 

@@ -120,3 +120,30 @@ def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, out / f"hidden_{env}.png")
+
+
+def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
+    """Distillation students: final clean return against KL(teacher || student), one point per
+    trial (log KL axis); the teacher's return as a dashed line when known."""
+    kl, ret = "distill/kl_teacher", "eval/return_mean"
+    sub = trials[trials["env"] == env]
+    if sub.empty or kl not in sub or ret not in sub or sub[kl].isna().all():
+        return None
+    methods = _methods(sub)
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI)
+    for method in methods:
+        m = sub[sub["method"] == method]
+        ax.scatter(m[kl].clip(lower=1e-6), m[ret], label=method, color=colors[method], alpha=0.8)
+    if "eval/return_over_teacher" in sub:
+        ratio = sub["eval/return_over_teacher"].replace(0, np.nan)
+        teacher = (sub[ret] / ratio).dropna()
+        if len(teacher):
+            ax.axhline(float(teacher.median()), color="grey", ls="--", lw=1, label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("KL(teacher || student), held-out states")
+    ax.set_ylabel(f"final {ret}")
+    ax.set_title(f"{env}: distillation, return vs KL to teacher")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out / f"distill_{env}.png")

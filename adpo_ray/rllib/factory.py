@@ -95,3 +95,55 @@ def build_algo_config(spec: ExperimentSpec, trial: TrialSpec) -> AlgorithmConfig
             ),
         )
     return config
+
+
+def build_distill_config(
+    spec: ExperimentSpec,
+    trial: TrialSpec,
+    *,
+    dataset=None,
+    obs_norm: dict | None = None,
+    teacher_return: float | None = None,
+) -> AlgorithmConfig:
+    """The RLlib config of one offline distillation student (``adpo``, ``kd`` or ``bc``). The
+    dataset and teacher facts come from :func:`adpo_ray.orchestration.distill.student_inputs`
+    (left out, the config still sizes the trial's resources)."""
+    from adpo_ray.rllib.distill import DistillConfig
+
+    env_name = register()
+    p, res, d = spec.adpo_for(trial.env), spec.resources, spec.distill
+    is_adpo = trial.algorithm == "adpo"
+    return (
+        DistillConfig()
+        .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
+        .environment(env_name, env_config={"env": trial.env, "scenario": "clean", "obs_norm": obs_norm})
+        .env_runners(num_env_runners=0)
+        .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
+        .training(
+            lr=p.lr,
+            grad_clip=p.grad_clip,
+            distill_method=trial.algorithm,
+            adpo_loss=p.loss,
+            adpo_target=p.target,
+            tau_anc=p.tau_anc,
+            beta_q=p.beta_q,
+            anchor_mode=trial.anchor_mode if is_adpo else "fixed",
+            anchor_params=spec.anchors.schedule_params(trial.anchor_mode) if is_adpo else {},
+            dataset=dataset,
+            obs_norm=obs_norm,
+            teacher_return=teacher_return,
+            states_per_iteration=d.states_per_iteration,
+            minibatch_states=d.minibatch_states,
+            eval_interval=spec.evaluation.interval,
+            eval_episodes=spec.evaluation.episodes,
+            total_iterations=spec.budget_for(trial.env).iterations,
+        )
+        .rl_module(
+            model_config=DefaultModelConfig(
+                fcnet_hiddens=[trial.hidden_size, trial.hidden_size],
+                fcnet_activation="tanh",
+                vf_share_layers=False,
+            )
+        )
+        .debugging(seed=trial.seed)
+    )

@@ -1,0 +1,182 @@
+"""Candidate actions and their one-step rewards, read by restoring the MuJoCo simulator state.
+
+The distillation dataset (:func:`collect`) follows the teacher through the env. At every visited
+state it samples ``K`` candidate actions from the teacher, restores the simulator state
+(``qpos``, ``qvel``) before each candidate and steps once to read that candidate's reward, applies
+the scenario's noise to the ``K`` rewards (a ``flip`` flips the whole list, like a preference
+flip), then restores the state again and moves on with one teacher sample. ``shift`` scenarios
+perturb the dynamics per episode, so their candidate rewards come from the shifted simulator.
+
+Pure numpy + gymnasium: the teacher is any callable ``obs -> (mean, log_std)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from adpo_ray.envs.mujoco import REWARD_SCALE, ObsNorm, make_mujoco
+
+__all__ = ["COLUMNS", "Policy", "collect", "dataset_metadata", "probe", "read_dataset", "sim_state", "step_from", "write_dataset"]
+
+Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+#: Dataset columns (one row per visited state; ``K`` candidates, ``A`` action dims, ``O`` obs dims).
+COLUMNS: dict[str, str] = {
+    "obs": "(O,) teacher-normalised observation: the students' input",
+    "qpos": "MuJoCo qpos at the state",
+    "qvel": "MuJoCo qvel at the state",
+    "actions": "(K, A) candidate actions sampled from the teacher (before clipping)",
+    "rewards": "(K,) one-step rewards of the candidates, with the scenario's noise",
+    "rewards_clean": "(K,) the same rewards without noise",
+    "teacher_logp": "(K,) log pi_teacher(candidate | state)",
+    "teacher_mean": "(A,) the teacher's Gaussian mean",
+    "teacher_log_std": "(A,) the teacher's Gaussian log std",
+    "heldout": "True for held-out states (evaluation only)",
+    "episode": "rollout episode index within the chunk",
+}
+
+
+def sim_state(env: gym.Env) -> tuple[np.ndarray, np.ndarray]:
+    data = env.unwrapped.data
+    return data.qpos.copy(), data.qvel.copy()
+
+
+def step_from(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray) -> float:
+    """Restore ``(qpos, qvel)`` and step the bare simulator once: the clean one-step reward of
+    ``action`` (clipped to the action box) from that state. Wrappers (time limit, noise) are
+    bypassed, so probing does not advance the episode."""
+    base = env.unwrapped
+    base.set_state(qpos, qvel)
+    action = np.clip(action, base.action_space.low, base.action_space.high)
+    _, reward, *_ = base.step(action)
+    return float(reward)
+
+
+def probe(env: gym.Env, actions: np.ndarray) -> np.ndarray:
+    """The clean one-step reward of each action from the env's current state; the state is
+    restored afterwards, so the episode goes on as if nothing happened."""
+    qpos, qvel = sim_state(env)
+    rewards = np.array([step_from(env, qpos, qvel, a) for a in actions])
+    env.unwrapped.set_state(qpos, qvel)
+    return rewards
+
+
+def _gaussian_logp(x: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
+    z = (x - mean) * np.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(axis=-1)
+
+
+def collect(
+    env_name: str,
+    scenario: str,
+    policy: Policy,
+    obs_norm: ObsNorm,
+    *,
+    num_states: int,
+    num_candidates: int,
+    seed: int,
+    heldout_fraction: float,
+) -> dict[str, np.ndarray]:
+    """Roll the teacher out for ``num_states`` states and return the dataset columns
+    (:data:`COLUMNS`) as arrays. A pure function of its arguments."""
+    env = make_mujoco(env_name, {"scenario": scenario})
+    rng = np.random.default_rng(seed)
+    scale = REWARD_SCALE.get(env_name, 1.0)
+    cols: dict[str, list[Any]] = {k: [] for k in COLUMNS}
+    obs, _ = env.reset(seed=seed)
+    episode = 0
+    for _ in range(num_states):
+        x = obs_norm(obs)
+        mean, log_std = (np.asarray(v, dtype=np.float64) for v in policy(x))
+        cands = mean + np.exp(log_std) * rng.standard_normal((num_candidates, mean.shape[-1]))
+        qpos, qvel = sim_state(env)
+        clean = probe(env, cands)
+        noisy = env.scenario.corrupt(clean, rng, scale=scale, list_axis=True)
+        for key, value in (
+            ("obs", x), ("qpos", qpos), ("qvel", qvel), ("actions", cands), ("rewards", noisy),
+            ("rewards_clean", clean), ("teacher_logp", _gaussian_logp(cands, mean, log_std)),
+            ("teacher_mean", mean), ("teacher_log_std", log_std), ("episode", episode),
+        ):
+            cols[key].append(value)
+        # the rollout moves on with one more teacher sample (not a candidate: no selection bias)
+        action = mean + np.exp(log_std) * rng.standard_normal(mean.shape)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            episode += 1
+    env.close()
+    cols["heldout"] = list(rng.random(num_states) < heldout_fraction)
+    out = {k: np.asarray(v) for k, v in cols.items()}
+    for k in ("obs", "actions", "rewards", "rewards_clean", "teacher_logp", "teacher_mean", "teacher_log_std"):
+        out[k] = out[k].astype(np.float32)
+    return out
+
+
+# -- Parquet ------------------------------------------------------------------------------------
+def to_table(columns: dict[str, np.ndarray], metadata: dict[str, Any] | None = None):
+    """Columns -> a pyarrow Table: per-row arrays become fixed-size lists; their shapes and
+    ``metadata`` travel in the schema metadata (``adpo_ray`` key, JSON)."""
+    import json
+
+    import pyarrow as pa
+
+    arrays, shapes = {}, {}
+    for name, values in columns.items():
+        values = np.ascontiguousarray(values)
+        shapes[name] = list(values.shape[1:])
+        if values.ndim == 1:
+            arrays[name] = pa.array(values)
+        else:
+            width = int(np.prod(values.shape[1:]))
+            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
+    table = pa.table(arrays)
+    meta = {"shapes": shapes, **(metadata or {})}
+    return table.replace_schema_metadata({"adpo_ray": json.dumps(meta)})
+
+
+def write_dataset(folder, parts: list[dict[str, np.ndarray]], metadata: dict[str, Any]) -> None:
+    """Write ``parts`` as ``folder/part-00000.parquet``, ... (one file per generation chunk)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(parts):
+        pq.write_table(to_table(part, metadata), folder / f"part-{i:05d}.parquet")
+
+
+def dataset_metadata(folder) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    first = sorted(Path(folder).glob("part-*.parquet"))
+    if not first:
+        raise FileNotFoundError(f"no dataset parts (part-*.parquet) in {folder}")
+    return json.loads(pq.read_schema(first[0]).metadata[b"adpo_ray"])
+
+
+def read_dataset(folder) -> dict[str, np.ndarray]:
+    """Read a dataset folder back into numpy columns with their per-row shapes."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    meta = dataset_metadata(folder)
+    files = sorted(Path(folder).glob("part-*.parquet"))
+    table = pq.ParquetDataset([str(f) for f in files]).read()
+    out = {}
+    for name, shape in meta["shapes"].items():
+        col = table.column(name).combine_chunks()
+        if shape:
+            values = col.values.to_numpy(zero_copy_only=False)
+            out[name] = values.reshape(len(col), *shape)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out

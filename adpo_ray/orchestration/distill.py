@@ -1,0 +1,318 @@
+"""Offline distillation inputs: teachers and candidate datasets, kept in MLflow and reused.
+
+Before a distillation grid starts, :func:`prepare` makes sure that, for every environment of the
+spec, a teacher exists and, for every scenario, its dataset exists:
+
+* **teacher**: RLlib PPO trained on the clean env for ``distill.teacher.env_steps`` steps (as a Ray
+  task). It is one MLflow run in the experiment ``distill.teacher.experiment`` tagged with its key
+  (env, budget, seed, network, optimisation knobs): the RLlib checkpoint under ``checkpoint/``, its
+  frozen observation normalisation in ``teacher.json`` and its clean return as
+  ``teacher/return_mean``. Only FINISHED runs count, so an interrupted training is redone, never
+  half-used.
+* **dataset**: teacher rollouts with ``K`` candidates per state (:mod:`adpo_ray.envs.candidates`),
+  generated in parallel Ray tasks (``distill.dataset.chunks``), written as Parquet under the
+  teacher run's ``datasets/<key>/`` and marked complete by a run tag.
+
+A second launch finds both by key and trains nothing. Each student trial downloads its dataset once
+per node into a local cache (:func:`student_inputs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from adpo_ray.config import ExperimentSpec, TrialSpec
+
+TEACHER_TAG = "adpo_ray.teacher_key"
+DATASET_TAG_PREFIX = "dataset."
+TEACHER_FILE = "teacher.json"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def teacher_key(spec: ExperimentSpec, env: str) -> str:
+    """The teacher's identity: env, budget, seed, network and the PPO knobs it trains with."""
+    t = spec.distill.teacher
+    knobs = spec.adpo_for(env).model_dump(
+        include={"lr", "gamma", "lambda_", "num_epochs", "minibatch_size", "train_batch_size",
+                 "entropy_coeff", "vf_coeff", "grad_clip"}
+    )
+    return f"{env}_ppo_{t.env_steps}steps_h{t.hidden_size}_s{t.seed}_{_digest(knobs)}"
+
+
+def dataset_key(spec: ExperimentSpec, env: str, scenario: str) -> str:
+    d = spec.distill.dataset
+    return f"{scenario}_{d.states}x{d.candidates}_{_digest(d.model_dump())}"
+
+
+# -- MLflow lookups ------------------------------------------------------------------------------
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(
+            name, artifact_location=artifact_location,
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
+    except Exception:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_teacher(client, spec: ExperimentSpec, env: str):
+    """The newest FINISHED teacher run with this env's key, or None."""
+    exp = client.get_experiment_by_name(spec.distill.teacher.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TEACHER_TAG}` = '{teacher_key(spec, env)}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+# -- local cache of downloaded artifacts -------------------------------------------------------
+def cache_root() -> Path:
+    return Path(os.environ.get("ADPO_RAY_CACHE", Path(tempfile.gettempdir()) / "adpo_ray_cache"))
+
+
+def download(tracking_uri: str, run_id: str, artifact_path: str) -> Path:
+    """``artifact_path`` of ``run_id`` in the local cache, downloaded once per machine (atomic:
+    concurrent trials on one node never see a half-written copy)."""
+    import mlflow
+
+    final = cache_root() / run_id / artifact_path
+    if final.exists():
+        return final
+    tmp = cache_root() / run_id / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        got = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(tmp), tracking_uri=tracking_uri
+        )
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(got, final)
+        except OSError:
+            if not final.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# -- teacher -----------------------------------------------------------------------------------
+def teacher_policy(checkpoint: str | Path):
+    """A numpy callable ``obs -> (mean, log_std)`` of the teacher saved at an algorithm checkpoint."""
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    module = RLModule.from_checkpoint(
+        str(Path(checkpoint) / "learner_group" / "learner" / "rl_module" / DEFAULT_MODULE_ID)
+    )
+    module.eval()
+
+    def policy(obs):
+        with torch.no_grad():
+            out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], dtype=torch.float32)})
+        mean, log_std = torch.chunk(out[Columns.ACTION_DIST_INPUTS][0], 2, dim=-1)
+        return mean.numpy(), log_std.numpy()
+
+    policy.module = module
+    return policy
+
+
+def _teacher_obs_norm(algo) -> dict:
+    """The teacher's observation filter (running mean/std), frozen, as an ObsNorm dict."""
+    from adpo_ray.envs.mujoco import ObsNorm
+
+    for connector in algo.env_runner._env_to_module.connectors:
+        filters = getattr(connector, "_filters", None)
+        if filters:
+            filt = filters[next(iter(filters))]
+            stats = filt.running_stats
+            return ObsNorm(stats.mean, stats.std, filt.clip).as_dict()
+    raise RuntimeError("the teacher's env-to-module pipeline has no observation filter")
+
+
+def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location: str | None) -> str:
+    """Train one teacher and log it to MLflow; returns its run id (runs as a Ray task)."""
+    import torch
+    from mlflow.entities import Metric, Param, RunTag
+
+    from adpo_ray.rllib.distill import EVAL_SEED, evaluate_policy
+    from adpo_ray.rllib.factory import build_algo_config
+
+    torch.set_num_threads(1)
+    spec = ExperimentSpec.model_validate_json(spec_json)
+    t = spec.distill.teacher
+    key = teacher_key(spec, env)
+    client = _client(tracking_uri)
+    exp_id = _experiment_id(client, t.experiment, artifact_location)
+    run = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
+    try:
+        config = build_algo_config(spec, TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed))
+        config.evaluation(evaluation_interval=None)
+        algo = config.build_algo()
+        steps = 0
+        while steps < t.env_steps:
+            result = algo.train()
+            steps = int(result.get("num_env_steps_sampled_lifetime")
+                        or result["env_runners"]["num_env_steps_sampled_lifetime"])
+        obs_norm = _teacher_obs_norm(algo)
+        ret = evaluate_policy(algo.get_module(), env, obs_norm, spec.evaluation.episodes, EVAL_SEED)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp) / "checkpoint"
+            algo.save_to_path(str(ckpt))
+            algo.stop()
+            client.log_artifacts(run.info.run_id, str(ckpt), "checkpoint")
+            (Path(tmp) / TEACHER_FILE).write_text(json.dumps(
+                {"key": key, "env": env, "obs_norm": obs_norm, "return_mean": ret, "env_steps": steps}
+            ))
+            client.log_artifact(run.info.run_id, str(Path(tmp) / TEACHER_FILE))
+        params = {"env": env, "env_steps": t.env_steps, "seed": t.seed, "hidden_size": t.hidden_size,
+                  **{k: v for k, v in spec.adpo_for(env).model_dump(by_alias=True).items()}}
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric("teacher/return_mean", ret, 0, steps), Metric("env_steps", steps, 0, steps)],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag("teacher/return_mean", f"{ret:.1f}")],
+        )
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    return run.info.run_id
+
+
+def teacher_info(tracking_uri: str, run_id: str) -> dict:
+    return json.loads((download(tracking_uri, run_id, TEACHER_FILE)).read_text())
+
+
+# -- datasets ----------------------------------------------------------------------------------
+def collect_chunk(tracking_uri: str, run_id: str, env: str, scenario: str, num_states: int,
+                  num_candidates: int, seed: int, heldout_fraction: float) -> dict:
+    """One generation task: the teacher from MLflow, ``num_states`` rollout states."""
+    import torch
+
+    from adpo_ray.envs.candidates import collect
+    from adpo_ray.envs.mujoco import ObsNorm
+
+    torch.set_num_threads(1)
+    policy = teacher_policy(download(tracking_uri, run_id, "checkpoint"))
+    info = teacher_info(tracking_uri, run_id)
+    return collect(env, scenario, policy, ObsNorm.from_dict(info["obs_norm"]), num_states=num_states,
+                   num_candidates=num_candidates, seed=seed, heldout_fraction=heldout_fraction)
+
+
+def _chunk_sizes(total: int, chunks: int) -> list[int]:
+    chunks = max(1, min(chunks, total))
+    return [total // chunks + (1 if i < total % chunks else 0) for i in range(chunks)]
+
+
+def build_dataset(spec: ExperimentSpec, env: str, scenario: str, tracking_uri: str, run_id: str) -> None:
+    """Generate a scenario's dataset in parallel Ray tasks and log it to the teacher's run."""
+    import ray
+
+    from adpo_ray.envs.candidates import write_dataset
+
+    d = spec.distill.dataset
+    key = dataset_key(spec, env, scenario)
+    task = ray.remote(num_cpus=1)(collect_chunk)
+    seeds = [d.seed * 1_000_003 + i for i in range(d.chunks)]
+    parts = ray.get([
+        task.remote(tracking_uri, run_id, env, scenario, n, d.candidates, seed, d.heldout_fraction)
+        for n, seed in zip(_chunk_sizes(d.states, d.chunks), seeds, strict=False)
+    ])
+    info = teacher_info(tracking_uri, run_id)
+    meta = {"env": env, "scenario": scenario, "dataset_key": key, "teacher_run_id": run_id,
+            "teacher_key": info["key"], "obs_norm": info["obs_norm"],
+            "teacher_return": info["return_mean"], "params": d.model_dump()}
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dataset(Path(tmp) / key, parts, meta)
+        client.log_artifacts(run_id, str(Path(tmp) / key), f"datasets/{key}")
+    client.set_tag(run_id, DATASET_TAG_PREFIX + key, "complete")
+
+
+def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict:
+    """Teachers and datasets of every (env, scenario) of ``spec``: found in MLflow or made now.
+    Needs a connected Ray. Returns ``{env: {"run_id", "trained", "datasets_built"}}``."""
+    import ray
+
+    client = _client(tracking_uri)
+    out: dict[str, dict] = {}
+    pending = {}
+    for env in spec.environments:
+        run = find_teacher(client, spec, env)
+        if run is not None:
+            out[env] = {"run_id": run.info.run_id, "trained": False}
+            log(f"teacher {teacher_key(spec, env)}: reusing MLflow run {run.info.run_id} "
+                f"(clean return {run.data.metrics.get('teacher/return_mean', float('nan')):.1f})")
+        else:
+            log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
+            pending[env] = ray.remote(num_cpus=1)(train_teacher).remote(
+                spec.model_dump_json(by_alias=True), env, tracking_uri, artifact_location
+            )
+    for env, ref in pending.items():
+        out[env] = {"run_id": ray.get(ref), "trained": True}
+        info = teacher_info(tracking_uri, out[env]["run_id"])
+        log(f"teacher {info['key']}: trained, clean return {info['return_mean']:.1f}")
+    for env in spec.environments:
+        run = client.get_run(out[env]["run_id"])
+        built = []
+        for scenario in spec.scenario_names:
+            key = dataset_key(spec, env, scenario)
+            if run.data.tags.get(DATASET_TAG_PREFIX + key) == "complete":
+                continue
+            log(f"dataset {env}/{key}: generating {spec.distill.dataset.states} states x "
+                f"{spec.distill.dataset.candidates} candidates")
+            build_dataset(spec, env, scenario, tracking_uri, out[env]["run_id"])
+            built.append(scenario)
+        out[env]["datasets_built"] = built
+    return out
+
+
+def student_inputs(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str) -> dict:
+    """What a student trial needs: its local dataset folder, the teacher's frozen observation
+    normalisation and clean return."""
+    client = _client(tracking_uri)
+    run = find_teacher(client, spec, trial.env)
+    if run is None:
+        raise FileNotFoundError(
+            f"no finished teacher {teacher_key(spec, trial.env)} in MLflow experiment "
+            f"{spec.distill.teacher.experiment!r} at {tracking_uri}"
+        )
+    key = dataset_key(spec, trial.env, trial.scenario)
+    if run.data.tags.get(DATASET_TAG_PREFIX + key) != "complete":
+        raise FileNotFoundError(f"teacher run {run.info.run_id} has no complete dataset {key}")
+    info = teacher_info(tracking_uri, run.info.run_id)
+    return {
+        "dataset": str(download(tracking_uri, run.info.run_id, f"datasets/{key}")),
+        "obs_norm": info["obs_norm"],
+        "teacher_return": info["return_mean"],
+    }

@@ -1,0 +1,299 @@
+"""Offline distillation as an RLlib algorithm: ``DistillConfig`` / ``Distill`` / ``DistillTorchLearner``.
+
+A student learns from a fixed dataset of teacher states (see :mod:`adpo_ray.envs.candidates`): each
+row holds the state, ``K`` candidate actions sampled from the teacher, their (noisy) one-step
+rewards, the teacher's log-probabilities of them and the teacher's Gaussian. Methods
+(``distill_method``):
+
+* ``adpo``: the ADPO loss of :func:`adpo_ray.core.losses.adpo_loss` over each state's ``K``
+  candidates, ``y`` = their rewards. Anchor ``fixed`` = the teacher (its stored log-probs are the
+  anchor scores); any other mode is a copy of the student refreshed by its schedule, exactly as
+  online (the same hook, once per training iteration).
+* ``kd``: minimise ``KL(teacher || student)`` on the dataset states (exact, diagonal Gaussians).
+* ``bc``: maximise the likelihood of the teacher's (candidate) actions.
+
+Every iteration the learner takes ``states_per_iteration`` dataset states in minibatches of
+``minibatch_states``; then ``distill/kl_teacher`` (mean KL(teacher || student) over the held-out
+states) is measured, and every ``evaluation_interval`` iterations (and at the last one) the
+student's mean action is evaluated on the clean env: ``eval/return_mean`` and its ratio to the
+teacher's return measured the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from adpo_ray.core.anchors import AnchorSchedule, make_schedule, polyak_
+from adpo_ray.core.distill import (
+    DISTILL_METHODS,
+    bc_loss,
+    diag_gaussian_kl,
+    diag_gaussian_logp,
+    kd_loss,
+)
+from adpo_ray.core.losses import LOSSES, adpo_loss
+from adpo_ray.core.targets import TARGETS
+from adpo_ray.envs.candidates import read_dataset
+from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
+
+#: Dataset columns a learner minibatch carries (``obs`` becomes ``Columns.OBS``).
+LEARNER_COLUMNS = ("actions", "rewards", "teacher_logp", "teacher_mean", "teacher_log_std")
+
+EVAL_SEED = 10_000  # teachers and students are evaluated on the same episodes
+LOSS_DISTILL = "loss/distill"
+KL_TEACHER = "distill/kl_teacher"
+TRAIN_KL_TEACHER = "distill/train_kl_teacher"
+EVAL_RETURN = "eval_return_mean"
+EVAL_OVER_TEACHER = "eval_return_over_teacher"
+ANCHOR_KL = "adpo/anchor_kl"
+ANCHOR_REFRESHES = "adpo/anchor_refreshes"
+ENTROPY = "policy/entropy"
+
+
+def split_gaussian(dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLlib's diagonal-Gaussian inputs ``[mean, log_std]`` -> ``(mean, log_std)``."""
+    mean, log_std = torch.chunk(dist_inputs, 2, dim=-1)
+    return mean, log_std
+
+
+def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: int) -> float:
+    """Mean clean return of ``module``'s mean action over ``episodes`` episodes (seeds ``seed``,
+    ``seed + 1``, ...) of the nominal env seen through the frozen ``obs_norm``. Teachers and
+    students are measured by this one function."""
+    from adpo_ray.envs.mujoco import make_mujoco
+
+    env = make_mujoco(env_name, {"scenario": "clean", "obs_norm": obs_norm})
+    device = next(module.parameters()).device
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], device=device)})
+            mean, _ = split_gaussian(out[Columns.ACTION_DIST_INPUTS])
+            obs, reward, terminated, truncated, _ = env.step(mean[0].cpu().numpy())
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+class DistillTorchLearner(TorchLearner):
+    def build(self) -> None:
+        super().build()  # optimizer first: the anchor never trains
+        self._schedules: dict[str, AnchorSchedule] = {}
+        self._kl_sum: dict[str, float] = {}
+        self._kl_n: dict[str, int] = {}
+        self.module.foreach_module(self._attach_anchor)
+
+    def _attach_anchor(self, module_id: str, module) -> None:
+        module.make_target_networks()
+        cfg = self.config.get_config_for_module(module_id)
+        if cfg.distill_method == "adpo" and cfg.anchor_mode != "fixed":
+            self._schedules[module_id] = make_schedule(cfg.anchor_mode, **(cfg.anchor_params or {}))
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        module = self.module[module_id].unwrapped()
+        mean, log_std = split_gaussian(fwd_out[Columns.ACTION_DIST_INPUTS])
+        t_mean, t_log_std = batch["teacher_mean"], batch["teacher_log_std"]
+        cands = batch["actions"]  # (B, K, A)
+        logp = _logp(mean, log_std, cands)  # (B, K)
+        metrics: dict[str, Any] = {}
+        if config.distill_method == "adpo":
+            if config.anchor_mode == "fixed":
+                anchor_logp = batch["teacher_logp"]  # the anchor is the teacher
+            else:
+                with torch.no_grad():
+                    a_mean, a_log_std = split_gaussian(module.forward_target(batch)[ANCHOR_DIST_INPUTS])
+                    anchor_logp = _logp(a_mean, a_log_std, cands)
+                    kl = diag_gaussian_kl(mean, log_std, a_mean, a_log_std).mean()
+                self._kl_sum[module_id] = self._kl_sum.get(module_id, 0.0) + float(kl)
+                self._kl_n[module_id] = self._kl_n.get(module_id, 0) + 1
+            loss = adpo_loss(
+                logp, anchor_logp, batch["rewards"],
+                loss=config.adpo_loss, target=config.adpo_target,
+                tau_anc=config.tau_anc, beta_q=config.beta_q,
+            ).mean()
+        elif config.distill_method == "kd":
+            loss = kd_loss(t_mean, t_log_std, mean, log_std)
+        else:
+            loss = bc_loss(logp)
+        with torch.no_grad():
+            metrics[TRAIN_KL_TEACHER] = diag_gaussian_kl(t_mean, t_log_std, mean, log_std).mean()
+            metrics[ENTROPY] = (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1).mean()
+        metrics[LOSS_DISTILL] = loss.detach()
+        self.metrics.log_dict(metrics, key=module_id, window=1)
+        return loss
+
+    # the anchor-refresh hook, once per training iteration (one learner update call)
+    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        self._kl_sum.clear()
+        self._kl_n.clear()
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        step = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0)
+        for module_id, schedule in self._schedules.items():
+            module = self.module[module_id].unwrapped()
+            kl = self._kl_sum.get(module_id, 0.0) / max(1, self._kl_n.get(module_id, 0))
+            polyak_(module.anchor_parameters(), module.policy_parameters(), schedule.step(kl, timestep=step))
+            self.metrics.log_dict({ANCHOR_KL: kl, ANCHOR_REFRESHES: schedule.refreshes}, key=module_id, window=1)
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state["adpo_anchor_schedules"] = {mid: s.state_dict() for mid, s in self._schedules.items()}
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for mid, sched_state in state.get("adpo_anchor_schedules", {}).items():
+            if mid in self._schedules:
+                self._schedules[mid].load_state_dict(sched_state)
+
+    # measurements on the learner's own module
+    def heldout_kl(self, heldout: dict[str, np.ndarray], module_id: str = DEFAULT_MODULE_ID) -> float:
+        module = self.module[module_id].unwrapped()
+        with torch.no_grad():
+            out = module.forward_inference({Columns.OBS: torch.as_tensor(heldout["obs"], device=self.device)})
+            mean, log_std = split_gaussian(out[Columns.ACTION_DIST_INPUTS])
+            kl = diag_gaussian_kl(
+                torch.as_tensor(heldout["teacher_mean"], device=self.device),
+                torch.as_tensor(heldout["teacher_log_std"], device=self.device),
+                mean, log_std,
+            )
+        return float(kl.mean())
+
+    def evaluate(self, env_name: str, obs_norm: dict, episodes: int, seed: int,
+                 module_id: str = DEFAULT_MODULE_ID) -> float:
+        return evaluate_policy(self.module[module_id].unwrapped(), env_name, obs_norm, episodes, seed)
+
+
+def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Diagonal-Gaussian log-probs of ``actions`` ``(B, K, A)`` under per-state ``(B, A)`` params."""
+    return diag_gaussian_logp(actions, mean.unsqueeze(-2), log_std.unsqueeze(-2))
+
+
+class DistillConfig(AlgorithmConfig):
+    """An offline student. ``dataset`` is a dict of numpy columns (see
+    :data:`adpo_ray.envs.candidates.COLUMNS`) or a local dataset folder (:func:`read_dataset`)."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or Distill)
+        self.distill_method = "adpo"
+        self.adpo_loss = "listwise"
+        self.adpo_target = "softmax"
+        self.tau_anc = 1.0
+        self.beta_q = 1.0
+        self.anchor_mode = "fixed"
+        self.anchor_params: dict[str, Any] = {}
+        self.dataset: Any = None
+        self.obs_norm: dict | None = None
+        self.teacher_return: float | None = None
+        self.states_per_iteration = 2048
+        self.minibatch_states = 256
+        self.eval_interval = 5
+        self.eval_episodes = 3
+        self.total_iterations: int | None = None
+        self.num_env_runners = 0
+
+    def training(self, *, distill_method=NotProvided, adpo_loss=NotProvided, adpo_target=NotProvided,
+                 tau_anc=NotProvided, beta_q=NotProvided, anchor_mode=NotProvided,
+                 anchor_params=NotProvided, dataset=NotProvided, obs_norm=NotProvided,
+                 teacher_return=NotProvided, states_per_iteration=NotProvided,
+                 minibatch_states=NotProvided, eval_interval=NotProvided, eval_episodes=NotProvided,
+                 total_iterations=NotProvided, **kwargs) -> DistillConfig:
+        super().training(**kwargs)
+        for name, value in dict(
+            distill_method=distill_method, adpo_loss=adpo_loss, adpo_target=adpo_target,
+            tau_anc=tau_anc, beta_q=beta_q, anchor_mode=anchor_mode, anchor_params=anchor_params,
+            dataset=dataset, obs_norm=obs_norm, teacher_return=teacher_return,
+            states_per_iteration=states_per_iteration, minibatch_states=minibatch_states,
+            eval_interval=eval_interval, eval_episodes=eval_episodes, total_iterations=total_iterations,
+        ).items():
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    def get_default_learner_class(self):
+        return DistillTorchLearner
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=ADPOTorchRLModule)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.distill_method not in DISTILL_METHODS:
+            self._value_error(f"distill_method={self.distill_method!r}; allowed: {', '.join(DISTILL_METHODS)}")
+        if self.adpo_loss not in LOSSES or self.adpo_target not in TARGETS:
+            self._value_error(f"adpo_loss / adpo_target: allowed {LOSSES} / {TARGETS}")
+        if self.minibatch_states > self.states_per_iteration:
+            self._value_error("minibatch_states must be <= states_per_iteration")
+        make_schedule(self.anchor_mode, **(self.anchor_params or {}))
+
+
+class Distill(Algorithm):
+    """RLlib's Algorithm loop around an offline learner: the env runner only provides the spaces."""
+
+    @classmethod
+    def get_default_config(cls) -> DistillConfig:
+        return DistillConfig()
+
+    def setup(self, config) -> None:
+        super().setup(config)
+        if self.config.dataset is None or self.config.obs_norm is None:
+            raise ValueError("a distillation student needs `dataset` and `obs_norm` (DistillConfig.training)")
+        data = self.config.dataset
+        if not isinstance(data, dict):
+            data = read_dataset(data)
+        heldout = np.asarray(data["heldout"], dtype=bool)
+        self._train = {k: data[k][~heldout] for k in ("obs", *LEARNER_COLUMNS)}
+        self._heldout = {k: data[k][heldout] for k in ("obs", "teacher_mean", "teacher_log_std")}
+        if not len(self._train["obs"]) or not len(self._heldout["obs"]):
+            raise ValueError("the dataset needs training and held-out states (dataset.heldout_fraction)")
+        self.last_eval_iteration: int | None = None
+
+    def training_step(self) -> None:
+        cfg = self.config
+        it = self.iteration + 1  # Algorithm.iteration counts finished iterations
+        # each iteration's states are a pure function of (seed, iteration): restored runs go on alike
+        rng = np.random.default_rng([cfg.seed or 0, it])
+        idx = rng.integers(0, len(self._train["obs"]), cfg.states_per_iteration)
+        columns = {Columns.OBS: self._train["obs"][idx], **{k: self._train[k][idx] for k in LEARNER_COLUMNS}}
+        states_trained = it * cfg.states_per_iteration
+        batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=len(idx))
+        results = self.learner_group.update(
+            batch=batch,
+            minibatch_size=cfg.minibatch_states,
+            num_epochs=1,
+            shuffle_batch_per_epoch=False,  # the states are a fresh random draw already
+            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: states_trained},
+        )
+        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        heldout = self._heldout
+        kl = self.learner_group.foreach_learner(lambda lr: lr.heldout_kl(heldout))
+        self.metrics.log_value(("distill", "kl_teacher"), float(np.mean([v.get() for v in kl])), window=1)
+        self.metrics.log_value(("distill", "states_trained"), states_trained, window=1)
+        if it % cfg.eval_interval == 0 or (cfg.total_iterations and it >= cfg.total_iterations):
+            env_name, obs_norm, episodes = cfg.env_config["env"], cfg.obs_norm, cfg.eval_episodes
+            ret = self.learner_group.foreach_learner(
+                lambda lr: lr.evaluate(env_name, obs_norm, episodes, seed=EVAL_SEED)
+            )
+            self.last_eval_iteration = it
+            value = float(np.mean([v.get() for v in ret]))
+            self.metrics.log_value(("distill", EVAL_RETURN), value, window=1)
+            if cfg.teacher_return:
+                self.metrics.log_value(("distill", EVAL_OVER_TEACHER), value / cfg.teacher_return, window=1)

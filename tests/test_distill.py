@@ -1,0 +1,127 @@
+"""Offline distillation on real RLlib, Tune and MLflow: each student method trains and logs its
+metrics, KD closes the KL to its teacher, and a second launch reuses the teacher and datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adpo_ray.config import TrialSpec, parse_spec
+from adpo_ray.orchestration.distill import DATASET_TAG_PREFIX, TEACHER_TAG, dataset_key, teacher_key
+from adpo_ray.orchestration.grid import GridOptions, run_grid
+from adpo_ray.orchestration.metrics import curate
+from adpo_ray.report.build import build_report
+from adpo_ray.report.data import load_mlflow
+from adpo_ray.rllib.factory import build_distill_config
+
+pytestmark = pytest.mark.slow
+
+DISTILL = {
+    "name": "distill_small",
+    "environments": ["Hopper-v5"],
+    "scenarios": ["gaussian-high"],
+    "algorithms": ["adpo", "kd", "bc"],
+    "anchors": {"modes": ["fixed", "dynamic"]},
+    "hidden_sizes": [32],
+    "budget": {"iterations": 4, "checkpoint_every": 2},
+    "adpo": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 2, "lr": 0.001},
+    "distill": {
+        "teacher": {"env_steps": 1024, "hidden_size": 32, "seed": 5},
+        "dataset": {"states": 240, "candidates": 4, "chunks": 2, "heldout_fraction": 0.25},
+        "states_per_iteration": 128,
+        "minibatch_states": 64,
+    },
+    "resources": {"num_envs_per_env_runner": 4},
+    "evaluation": {"interval": 2, "episodes": 1},
+}
+
+
+def synthetic_dataset(n=600, seed=0):
+    """A teacher far from any fresh student: mean 0.8 * tanh(obs W), std exp(-1)."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, 11)).astype(np.float32)
+    mean = (0.8 * np.tanh(obs @ rng.normal(size=(11, 3)) / 3)).astype(np.float32)
+    log_std = np.full((n, 3), -1.0, np.float32)
+    actions = (mean[:, None] + np.exp(log_std)[:, None] * rng.normal(size=(n, 5, 3))).astype(np.float32)
+    z = (actions - mean[:, None]) / np.exp(log_std)[:, None]
+    logp = (-0.5 * z**2 - log_std[:, None] - 0.5 * np.log(2 * np.pi)).sum(-1).astype(np.float32)
+    rewards = -((actions - 0.5) ** 2).sum(-1).astype(np.float32)
+    return {"obs": obs, "actions": actions, "rewards": rewards, "teacher_logp": logp,
+            "teacher_mean": mean, "teacher_log_std": log_std, "heldout": rng.random(n) < 0.2}
+
+
+@pytest.mark.parametrize("algorithm,anchor", [("adpo", "fixed"), ("adpo", "dynamic"), ("kd", "none"), ("bc", "none")])
+def test_student_trains_and_logs(ray_local, algorithm, anchor):
+    spec = parse_spec({**DISTILL, "budget": {"iterations": 3}, "adpo": {"lr": 0.003}})
+    trial = TrialSpec("Hopper-v5", "clean", algorithm, anchor, 32, 0)
+    norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
+    algo = build_distill_config(spec, trial, dataset=synthetic_dataset(), obs_norm=norm, teacher_return=50.0).build_algo()
+    try:
+        results = [curate(algo.train()) for _ in range(3)]
+    finally:
+        algo.stop()
+    for r in results:
+        for key in ("distill/kl_teacher", "loss/distill", "policy/entropy", "env_steps"):
+            assert np.isfinite(r[key]), (key, r)
+    assert "eval/return_mean" in results[1] and "eval/return_mean" in results[2]  # interval 2 + the last
+    assert results[2]["eval/return_over_teacher"] == pytest.approx(results[2]["eval/return_mean"] / 50.0)
+    kl = [r["distill/kl_teacher"] for r in results]
+    if algorithm == "kd":
+        assert kl[0] > kl[1] > kl[2] and kl[2] < 0.9 * kl[0], kl  # KD closes the gap to its teacher
+    if algorithm == "adpo" and anchor == "dynamic":
+        assert results[-1]["adpo/anchor_refreshes"] == 3
+
+
+def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
+    spec = parse_spec(DISTILL)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    opts = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+                       storage_path=str(tmp_path / "ray_results"), name="first")
+    results = run_grid(spec, opts, verbose=0)
+    assert len(results) == 4 and not results.errors
+    out = capsys.readouterr().out
+    assert "training RLlib PPO" in out and "generating 240 states x 4 candidates" in out
+
+    client = MlflowClient(uri)
+    teachers = client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])
+    assert len(teachers) == 1
+    teacher = teachers[0]
+    key = dataset_key(spec, "Hopper-v5", "gaussian-high")
+    assert teacher.info.status == "FINISHED" and teacher.data.tags[TEACHER_TAG] == teacher_key(spec, "Hopper-v5")
+    assert teacher.data.tags[DATASET_TAG_PREFIX + key] == "complete"
+    assert np.isfinite(teacher.data.metrics["teacher/return_mean"])
+    top = {a.path for a in client.list_artifacts(teacher.info.run_id)}
+    assert {"checkpoint", "teacher.json", "datasets"} <= top
+    parts = client.list_artifacts(teacher.info.run_id, f"datasets/{key}")
+    assert len(parts) == 2 and all(p.path.endswith(".parquet") for p in parts)
+
+    exp = client.get_experiment_by_name("distill_small")
+    kids = [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags]
+    assert {r.data.tags["method"] for r in kids} == {"adpo-fixed", "adpo-dynamic", "kd", "bc"}
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        kl = client.get_metric_history(k.info.run_id, "distill/kl_teacher")
+        assert len(kl) == 4  # every iteration
+        evals = client.get_metric_history(k.info.run_id, "eval/return_mean")
+        assert len(evals) == 2  # iterations 2 and 4
+        ratio = k.data.metrics["eval/return_over_teacher"]
+        assert ratio == pytest.approx(k.data.metrics["eval/return_mean"] / teacher.data.metrics["teacher/return_mean"])
+        assert k.data.params["distill.teacher_key"] == teacher.data.tags[TEACHER_TAG]
+
+    # the report's distillation table and claim
+    report = build_report(load_mlflow(uri, "distill_small"), tmp_path / "report")
+    text = report["report.md"].read_text()
+    assert "## Distillation students" in text and "KL(KD) / KL(fixed)" in text
+
+    # a second launch (another grid of the same teacher) trains nothing new
+    before = {a.path for a in client.list_artifacts(teacher.info.run_id, "datasets")}
+    second = parse_spec({**DISTILL, "name": "distill_again", "algorithms": ["kd"]})
+    opts2 = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+                        storage_path=str(tmp_path / "ray_results"), name="second")
+    assert not run_grid(second, opts2, verbose=0).errors
+    out = capsys.readouterr().out
+    assert f"reusing MLflow run {teacher.info.run_id}" in out
+    assert "training RLlib PPO" not in out and "generating" not in out
+    assert len(client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])) == 1
+    assert {a.path for a in client.list_artifacts(teacher.info.run_id, "datasets")} == before

@@ -1,0 +1,128 @@
+"""Distillation math and data, no Ray: Gaussian KL/log-prob against torch.distributions, candidate
+rewards from a restored simulator state against a fresh env, the Parquet round trip."""
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from adpo_ray.core.distill import bc_loss, diag_gaussian_kl, diag_gaussian_logp, kd_loss
+from adpo_ray.envs import make_env
+from adpo_ray.envs.candidates import COLUMNS, collect, probe, read_dataset, sim_state, write_dataset
+from adpo_ray.envs.mujoco import ObsNorm
+
+ENVS = ["HalfCheetah-v5", "Hopper-v5"]
+
+
+def test_diag_gaussian_kl_matches_torch(float64):
+    g = torch.Generator().manual_seed(0)
+    mp, lp, mq, lq = (torch.randn(5, 3, generator=g) for _ in range(4))
+    expected = kl_divergence(Normal(mp, lp.exp()), Normal(mq, lq.exp())).sum(-1)
+    torch.testing.assert_close(diag_gaussian_kl(mp, lp, mq, lq), expected)
+    assert torch.all(diag_gaussian_kl(mp, lp, mp, lp).abs() < 1e-12)
+
+
+def test_diag_gaussian_kl_by_hand(float64):
+    # one dim: KL(N(1, 1) || N(0, 2^2)) = log 2 + (1 + 1) / 8 - 1/2
+    kl = diag_gaussian_kl(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([np.log(2.0)]))
+    assert kl.item() == pytest.approx(np.log(2) + 2 / 8 - 0.5, abs=1e-12)
+
+
+def test_logp_kd_bc(float64):
+    g = torch.Generator().manual_seed(1)
+    x, m, ls = (torch.randn(4, 2, generator=g) for _ in range(3))
+    torch.testing.assert_close(diag_gaussian_logp(x, m, ls), Normal(m, ls.exp()).log_prob(x).sum(-1))
+    # KD is zero at the teacher and positive elsewhere; its gradient reaches only the student
+    tm, tl = m.clone().requires_grad_(), ls.clone().requires_grad_()
+    sm, sl = (m + 0.3).requires_grad_(), ls.clone().requires_grad_()
+    assert kd_loss(m, ls, m, ls).item() == pytest.approx(0.0, abs=1e-12)
+    loss = kd_loss(tm, tl, sm, sl)
+    loss.backward()
+    assert loss.item() > 0 and tm.grad is None and sm.grad is not None
+    logp = torch.tensor([[-1.0, -3.0], [-2.0, -4.0]])
+    assert bc_loss(logp).item() == pytest.approx(2.5)
+    assert bc_loss(logp, torch.tensor([[True, False], [True, False]])).item() == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_candidate_reward_from_restored_state_equals_fresh_env(env_name):
+    env = make_env({"env": env_name, "scenario": "clean"})
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(25):  # somewhere inside an episode
+        env.step(rng.uniform(-1, 1, env.action_space.shape))
+    qpos, qvel = sim_state(env)
+    actions = rng.uniform(-1, 1, (4, *env.action_space.shape))
+    probed = probe(env, actions)
+    for action, reward in zip(actions, probed, strict=True):
+        fresh = make_env({"env": env_name, "scenario": "clean"})
+        fresh.reset(seed=99)
+        fresh.unwrapped.set_state(qpos, qvel)
+        _, expected, *_ = fresh.step(action)
+        assert reward == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    # probing leaves the episode's own state where it was
+    after_q, after_v = sim_state(env)
+    np.testing.assert_array_equal(after_q, qpos)
+    np.testing.assert_array_equal(after_v, qvel)
+    assert len(set(np.round(probed, 9))) == len(probed)  # different actions, different rewards
+
+
+def _policy(obs):
+    return np.full(3, 0.2), np.full(3, -0.5)  # a fixed Gaussian "teacher" (Hopper: 3 action dims)
+
+
+def _norm():
+    return ObsNorm(np.zeros(11), np.ones(11), 10.0)
+
+
+def _collect(scenario, seed=0, n=60):
+    return collect("Hopper-v5", scenario, _policy, _norm(), num_states=n, num_candidates=5, seed=seed,
+                   heldout_fraction=0.25)
+
+
+def test_collect_columns_reproducible_and_noisy():
+    a, b = _collect("gaussian-high"), _collect("gaussian-high")
+    assert set(a) == set(COLUMNS)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert a["actions"].shape == (60, 5, 3) and a["rewards"].shape == (60, 5) and a["obs"].shape == (60, 11)
+    assert not np.allclose(a["rewards"], a["rewards_clean"])  # noise on the training signal
+    clean = _collect("clean")
+    np.testing.assert_array_equal(clean["rewards"], clean["rewards_clean"])
+    flip = _collect("flip-high", n=200)
+    flipped = np.all(flip["rewards"] == -flip["rewards_clean"], axis=1)
+    kept = np.all(flip["rewards"] == flip["rewards_clean"], axis=1)
+    assert np.all(flipped | kept) and flipped.any() and kept.any()  # a flip flips the whole list
+    # the stored teacher log-probs are the teacher's
+    t = torch.as_tensor
+    expected = Normal(t(a["teacher_mean"])[:, None], t(a["teacher_log_std"]).exp()[:, None]).log_prob(t(a["actions"])).sum(-1)
+    np.testing.assert_allclose(a["teacher_logp"], expected.numpy(), rtol=1e-5)
+    assert 0 < a["heldout"].mean() < 0.6
+
+
+def test_dataset_round_trip(tmp_path):
+    parts = [_collect("clean", seed=1, n=40), _collect("clean", seed=2, n=30)]
+    write_dataset(tmp_path / "ds", parts, {"env": "Hopper-v5", "obs_norm": _norm().as_dict()})
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    back = read_dataset(tmp_path / "ds")
+    assert set(back) == set(COLUMNS)
+    for k in COLUMNS:
+        np.testing.assert_array_equal(back[k], np.concatenate([parts[0][k], parts[1][k]]))
+        assert back[k].dtype == parts[0][k].dtype
+    assert len(back["obs"]) == 70 and back["heldout"].dtype == bool
+    from adpo_ray.envs.candidates import dataset_metadata
+
+    meta = dataset_metadata(tmp_path / "ds")
+    assert meta["env"] == "Hopper-v5" and meta["shapes"]["actions"] == [5, 3]
+
+
+def test_obs_norm_matches_rllib_filter():
+    from ray.rllib.utils.filter import MeanStdFilter
+
+    rng = np.random.default_rng(0)
+    filt = MeanStdFilter((4,), clip=5.0)
+    for x in rng.normal(3, 2, (50, 4)):
+        filt(x)
+    x = rng.normal(3, 2, 4)
+    norm = ObsNorm(filt.running_stats.mean, filt.running_stats.std, 5.0)
+    np.testing.assert_allclose(norm(x), filt(x, update=False), rtol=1e-5)
