@@ -12,7 +12,7 @@ import itertools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -413,8 +413,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         field = model.model_fields.get(part)
         if field is None:
             return model
-        ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        options = [field.annotation, *get_args(field.annotation)]  # `Model | None` too
+        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return model
 
 

@@ -93,7 +93,7 @@ BAD = [
     ("adpo.tau_anc", 0, "adpo.tau_anc", "greater than 0"),
     ("adpo.list_size", 1, "adpo.list_size", "greater than or equal to 2"),
     ("adpo.minibatch_size", 4096, "adpo", "minibatch_size (4096) must be <= train_batch_size"),
-    ("algorithms", ["sac"], "algorithms[0]", "'adpo', 'ppo' or 'dpo'"),
+    ("algorithms", ["sac"], "algorithms[0]", "'adpo', 'ppo', 'dpo', 'kd' or 'bc'"),
     ("name", "has space", "name", "should match pattern"),
     ("resources.num_learners", 3, "resources.num_learners", "less than or equal to 1"),
     ("resources.gpus", 1, "resources.gpus", "unknown key"),
@@ -114,6 +114,34 @@ def test_bad_combination_list_source_actions_on_mujoco():
     with pytest.raises(SpecError) as exc:
         parse_spec({**MINIMAL, "environments": ["Hopper-v5"], "adpo": {"list_source": "actions"}})
     assert "list_source='actions' does not fit Hopper-v5" in str(exc.value)
+
+
+DISTILL = {"name": "d", "environments": ["Hopper-v5"], "algorithms": ["adpo", "kd", "bc"],
+           "budget": {"iterations": 5}, "distill": {}}
+
+
+def test_distill_spec_trials_and_defaults():
+    spec = parse_spec(DISTILL)
+    assert spec.distill.teacher.env_steps == 300_000 and spec.distill.dataset.candidates == 8
+    assert sorted(t.method for t in spec.trials() if t.scenario == "gaussian-low") == [
+        "adpo-dynamic", "adpo-fixed", "bc", "kd"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"distill": _DELETE}, "algorithms: kd, bc are offline distillation students; add a `distill:` section"),
+    ({"algorithms": ["adpo", "ppo"]}, "algorithms: ppo cannot be a distillation student; allowed with `distill`: adpo, kd, bc"),
+    ({"environments": ["PreferenceBandit"]}, "environments: distillation needs MuJoCo envs"),
+    ({"budget": {"env_steps": 1000}}, "budget: distillation students train offline; give `iterations`"),
+    ({"distill": {"minibatch_states": 4096}}, "distill: minibatch_states (4096) must be <= states_per_iteration (2048)"),
+    ({"distill": {"dataset": {"heldout_fraction": 1.5}}}, "distill.dataset.heldout_fraction: Input should be less than 1"),
+    ({"distill": {"teacher": {"steps": 5}}}, "distill.teacher.steps: unknown key; allowed keys here: env_steps, experiment, hidden_size, seed"),
+])
+def test_bad_distill_spec_names_field(change, message):
+    data = {**DISTILL, **change}
+    data = {k: v for k, v in data.items() if v is not _DELETE}
+    with pytest.raises(SpecError) as exc:
+        parse_spec(data)
+    assert message in str(exc.value), str(exc.value)
 
 
 def test_dpo_without_bandit():

@@ -112,7 +112,7 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     # the report's distillation table and claim
     report = build_report(load_mlflow(uri, "distill_small"), tmp_path / "report")
     text = report["report.md"].read_text()
-    assert "## Distillation students" in text and "KL(KD) / KL(fixed)" in text
+    assert "## Distillation students" in text and "KL(teacher ‖ KD student) / KL(teacher ‖ fixed-anchor student)" in text
 
     # a second launch (another grid of the same teacher) trains nothing new
     before = {a.path for a in client.list_artifacts(teacher.info.run_id, "datasets")}

@@ -39,7 +39,7 @@ def diag_gaussian_kl(
 def kd_loss(
     teacher_mean: torch.Tensor, teacher_log_std: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
 ) -> torch.Tensor:
-    """Knowledge distillation: the mean of ``KL(teacher || student)`` over states."""
+    """Knowledge distillation: the mean of ``KL(teacher ‖ student)`` over states."""
     return diag_gaussian_kl(teacher_mean.detach(), teacher_log_std.detach(), mean, log_std).mean()
 
 

@@ -89,7 +89,7 @@ def is_distill(trials: pd.DataFrame) -> bool:
 
 def distill_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Students per env x scenario x hidden size x method: final clean return, return as a
-    fraction of the teacher's, and KL(teacher || student) on held-out states, each as the mean
+    fraction of the teacher's, and KL(teacher ‖ student) on held-out states, each as the mean
     over seeds with a 95% bootstrap CI."""
     rows = []
     done = finished(trials)
@@ -111,7 +111,7 @@ def distill_table(trials: pd.DataFrame) -> pd.DataFrame:
 def _distill_claims(trials: pd.DataFrame) -> list[Claim]:
     """Claim 2 per env: ADPO with the anchor fixed to the teacher vs KD (return, KL to teacher)."""
     title = "Offline distillation: fixed anchor = teacher beats KD"
-    paper = "HalfCheetah 206.7 (387% of teacher), Hopper 65.4 (61%); KL to teacher 170-5000x lower"
+    paper = "HalfCheetah 206.7 (387% of teacher), Hopper 65.4 (61% of teacher)"
     done = finished(trials)
     out = []
     for env, e in done.groupby("env", sort=False):
@@ -124,15 +124,22 @@ def _distill_claims(trials: pd.DataFrame) -> list[Claim]:
         measured = (f"return {va.mean():.1f} vs KD {vb.mean():.1f}: {_fmt_ci(rel, lo, hi, pct=True)}")
         if OVER_TEACHER in e:
             measured += (f"; {100 * a[OVER_TEACHER].mean():.0f}% vs {100 * b[OVER_TEACHER].mean():.0f}% of teacher")
-        if KL in e:
-            kl_a, kl_b = a[KL].dropna().to_numpy(), b[KL].dropna().to_numpy()
-            if len(kl_a) and len(kl_b):
-                ratio = kl_b.mean() / max(kl_a.mean(), 1e-12)
-                r_lo, r_hi = stats.bootstrap_ci((kl_b, kl_a), lambda x, y, axis=-1: x.mean(axis) / y.mean(axis))
-                measured += f"; KL(KD) / KL(fixed) = {ratio:.3g} [{r_lo:.3g}, {r_hi:.3g}]"
         scenarios = ", ".join(dict.fromkeys(e["scenario"]))
-        out.append(Claim(f"{title} ({env})", paper, measured, stats.verdict(lo, hi, 0.0),
-                         f"scenarios: {scenarios}; return claim only (the KL claim is shown, not judged)"))
+        out.append(Claim(f"{title} ({env})", paper, measured, stats.verdict(lo, hi, 0.0), f"scenarios: {scenarios}"))
+        kl_a = a[KL].dropna().to_numpy() if KL in a else np.array([])
+        kl_b = b[KL].dropna().to_numpy() if KL in b else np.array([])
+        if len(kl_a) and len(kl_b):
+            # claimed: KL(KD) / KL(fixed) of 170-5000; judged on the log ratio (0 = no effect)
+            ratio = kl_b.mean() / max(kl_a.mean(), 1e-12)
+            r_lo, r_hi = stats.bootstrap_ci((kl_b, kl_a), lambda x, y, axis=-1: x.mean(axis) / y.mean(axis))
+            out.append(Claim(
+                f"Offline distillation: fixed anchor = teacher has a lower KL to the teacher than KD ({env})",
+                "170-5000x lower",
+                f"KL(teacher ‖ KD student) / KL(teacher ‖ fixed-anchor student) = {ratio:.3g} [{r_lo:.3g}, {r_hi:.3g}]"
+                f" (KD {kl_b.mean():.3g}, fixed {kl_a.mean():.3g})",
+                stats.verdict(np.log(max(r_lo, 1e-12)), np.log(max(r_hi, 1e-12)), np.log(170.0)),
+                f"scenarios: {scenarios}; mean KL over held-out states",
+            ))
     if not out:
         out.append(Claim(title, paper, "-", stats.NOT_MEASURED,
                          "needs a distillation grid (distill: section) with adpo-fixed and kd students"))

@@ -39,7 +39,7 @@ def _distill_view(table: pd.DataFrame) -> pd.DataFrame:
 
     v["clean return (mean ± std [95% CI])"] = col("return", "{:.1f}")
     v["% of teacher"] = col("of_teacher", "{:.0f}", 100.0)
-    v["KL(teacher || student)"] = col("kl_teacher", "{:.3g}")
+    v["KL(teacher ‖ student)"] = col("kl_teacher", "{:.3g}")
     return v
 
 
@@ -111,7 +111,7 @@ def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
          "*contradicted* — the whole CI lies below the claimed size; *inconclusive* — otherwise."),
         *([("Distillation students", _distill_view(distill),
             "Final clean return of each student's mean action (same evaluation episodes as the teacher's), "
-            "as a percentage of the teacher's return, and the exact KL(teacher || student) of the diagonal "
+            "as a percentage of the teacher's return, and the exact KL(teacher ‖ student) of the diagonal "
             "Gaussians averaged over held-out dataset states; mean ± std over seeds with a 95% bootstrap "
             "CI of the mean. adpo-fixed: the anchor is the teacher.")] if not distill.empty else []),
         ("Dynamic vs fixed anchor", _compare_view(comparisons),

@@ -123,7 +123,7 @@ def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
 
 
 def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
-    """Distillation students: final clean return against KL(teacher || student), one point per
+    """Distillation students: final clean return against KL(teacher ‖ student), one point per
     trial (log KL axis); the teacher's return as a dashed line when known."""
     kl, ret = "distill/kl_teacher", "eval/return_mean"
     sub = trials[trials["env"] == env]
@@ -141,7 +141,7 @@ def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
         if len(teacher):
             ax.axhline(float(teacher.median()), color="grey", ls="--", lw=1, label="teacher")
     ax.set_xscale("log")
-    ax.set_xlabel("KL(teacher || student), held-out states")
+    ax.set_xlabel("KL(teacher ‖ student), held-out states")
     ax.set_ylabel(f"final {ret}")
     ax.set_title(f"{env}: distillation, return vs KL to teacher")
     ax.legend(fontsize=8)

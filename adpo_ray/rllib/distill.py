@@ -9,11 +9,11 @@ rewards, the teacher's log-probabilities of them and the teacher's Gaussian. Met
   candidates, ``y`` = their rewards. Anchor ``fixed`` = the teacher (its stored log-probs are the
   anchor scores); any other mode is a copy of the student refreshed by its schedule, exactly as
   online (the same hook, once per training iteration).
-* ``kd``: minimise ``KL(teacher || student)`` on the dataset states (exact, diagonal Gaussians).
+* ``kd``: minimise ``KL(teacher ‖ student)`` on the dataset states (exact, diagonal Gaussians).
 * ``bc``: maximise the likelihood of the teacher's (candidate) actions.
 
 Every iteration the learner takes ``states_per_iteration`` dataset states in minibatches of
-``minibatch_states``; then ``distill/kl_teacher`` (mean KL(teacher || student) over the held-out
+``minibatch_states``; then ``distill/kl_teacher`` (mean KL(teacher ‖ student) over the held-out
 states) is measured, and every ``evaluation_interval`` iterations (and at the last one) the
 student's mean action is evaluated on the clean env: ``eval/return_mean`` and its ratio to the
 teacher's return measured the same way.
