@@ -87,7 +87,8 @@ def print_plan(spec, plans, options) -> None:
     for p in plans:
         first.setdefault((p.trial.env, p.trial.method), p)
     table = Table(title=f"{spec.name}: {len(plans)} trials")
-    for col in ("env", "method", "trials", "resources / trial", "env steps / trial"):
+    steps_label = "dataset states / student" if spec.distill else "env steps / trial"
+    for col in ("env", "method", "trials", "resources / trial", steps_label):
         table.add_column(col)
     for (env, method), n in groups.items():
         p = first[(env, method)]
@@ -95,10 +96,18 @@ def print_plan(spec, plans, options) -> None:
         table.add_row(env, method, str(n), res, f"{p.env_steps:,}")
     console.print(table)
     total = sum(p.env_steps for p in plans)
+    if spec.distill:
+        d = spec.distill
+        work = (f"students train on {total:,} dataset states in all; before them, per env, a PPO teacher "
+                f"({d.teacher.env_steps:,} env steps) and per scenario a dataset of {d.dataset.states:,} states x "
+                f"{d.dataset.candidates} candidates, unless MLflow already holds them "
+                f"(experiment {d.teacher.experiment!r})")
+    else:
+        work = f"total env steps: {total:,}"
     print(
         f"trials: {len(plans)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
         f"methods x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)\n"
-        f"total env steps: {total:,}\n"
+        f"{work}\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
 

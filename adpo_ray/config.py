@@ -232,6 +232,9 @@ class ExperimentSpec(_Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     env_overrides: dict[EnvName, EnvOverride] = Field(default_factory=dict)
     distill: DistillParams | None = None
+    #: knobs of the ``adpo`` section that PPO trials (the baseline and distillation teachers) set
+    #: differently, e.g. ``{lr: 0.0003}`` while ADPO runs at another learning rate
+    ppo: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("scenarios")
     @classmethod
@@ -260,6 +263,12 @@ class ExperimentSpec(_Strict):
             except ValidationError as e:
                 msgs = "; ".join(f"{_fmt_loc(x['loc'])}: {x['msg']}" for x in e.errors())
                 raise ValueError(f"env_overrides.{env}.adpo: {msgs}") from None
+        if self.ppo:
+            try:
+                self.params_for(self.environments[0], "ppo")
+            except ValidationError as e:
+                msgs = "; ".join(f"{_fmt_loc(x['loc'])}: {x['msg']}" for x in e.errors())
+                raise ValueError(f"ppo: {msgs}") from None
         bad = [e for e in self.environments if self.list_source(e) == "actions" != ENVIRONMENTS[e]["list_source"]]
         if bad and "adpo" in self.algorithms:
             raise ValueError(
@@ -325,6 +334,13 @@ class ExperimentSpec(_Strict):
         if override is None or not override.adpo:
             return self.adpo
         return ADPOParams.model_validate({**self.adpo.model_dump(by_alias=True), **override.adpo})
+
+    def params_for(self, env: str, algorithm: str) -> ADPOParams:
+        """The optimisation knobs of one trial: :meth:`adpo_for` plus, for PPO, the ``ppo`` overrides."""
+        params = self.adpo_for(env)
+        if algorithm != "ppo" or not self.ppo:
+            return params
+        return ADPOParams.model_validate({**params.model_dump(by_alias=True), **self.ppo})
 
     def budget_for(self, env: str) -> Budget:
         override = self.env_overrides.get(env)

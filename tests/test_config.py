@@ -185,3 +185,14 @@ def test_cli_scenarios_table():
     assert res.returncode == 0
     for name in ("gaussian-low", "heavy_tailed-high", "flip-medium", "shift-high", "clean"):
         assert name in res.stdout
+
+
+def test_ppo_overrides_only_ppo_trials():
+    spec = parse_spec({**MINIMAL, "environments": ["Hopper-v5"], "algorithms": ["adpo", "ppo"],
+                       "adpo": {"lr": 0.001}, "ppo": {"lr": 0.0003}})
+    assert spec.params_for("Hopper-v5", "adpo").lr == 0.001
+    assert spec.params_for("Hopper-v5", "ppo").lr == 0.0003
+    with pytest.raises(SpecError, match="ppo: .*lrate.*Extra inputs are not permitted"):
+        parse_spec({**MINIMAL, "ppo": {"lrate": 0.1}})
+    with pytest.raises(SpecError, match="ppo: lr: Input should be greater than 0"):
+        parse_spec({**MINIMAL, "ppo": {"lr": -1}})

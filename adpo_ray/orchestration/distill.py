@@ -42,7 +42,7 @@ def _digest(obj: Any) -> str:
 def teacher_key(spec: ExperimentSpec, env: str) -> str:
     """The teacher's identity: env, budget, seed, network and the PPO knobs it trains with."""
     t = spec.distill.teacher
-    knobs = spec.adpo_for(env).model_dump(
+    knobs = spec.params_for(env, "ppo").model_dump(
         include={"lr", "gamma", "lambda_", "num_epochs", "minibatch_size", "train_batch_size",
                  "entropy_coeff", "vf_coeff", "grad_clip"}
     )
@@ -195,7 +195,7 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location
             ))
             client.log_artifact(run.info.run_id, str(Path(tmp) / TEACHER_FILE))
         params = {"env": env, "env_steps": t.env_steps, "seed": t.seed, "hidden_size": t.hidden_size,
-                  **{k: v for k, v in spec.adpo_for(env).model_dump(by_alias=True).items()}}
+                  **spec.params_for(env, "ppo").model_dump(by_alias=True)}
         client.log_batch(
             run.info.run_id,
             metrics=[Metric("teacher/return_mean", ret, 0, steps), Metric("env_steps", steps, 0, steps)],

@@ -88,14 +88,17 @@ def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
     plans = []
     for t in spec.trials():
         pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": t.as_dict()})
-        plans.append(TrialPlan(t, [dict(b) for b in pgf.bundles], trial_env_steps(spec, t.env)))
+        plans.append(TrialPlan(t, [dict(b) for b in pgf.bundles], trial_env_steps(spec, t.env, t.algorithm)))
     return plans
 
 
-def trial_env_steps(spec: ExperimentSpec, env: str) -> int:
-    """The env steps one trial of ``env`` samples (its budget, whichever limit comes first)."""
+def trial_env_steps(spec: ExperimentSpec, env: str, algorithm: str = "adpo") -> int:
+    """The env steps one trial of ``env`` samples (its budget, whichever limit comes first); for
+    a distillation student, the dataset states it trains on."""
     budget = spec.budget_for(env)
-    by_iters = budget.iterations * spec.adpo_for(env).train_batch_size if budget.iterations else None
+    if spec.distill is not None:
+        return budget.iterations * spec.distill.states_per_iteration
+    by_iters = budget.iterations * spec.params_for(env, algorithm).train_batch_size if budget.iterations else None
     return int(min(v for v in (by_iters, budget.env_steps) if v))
 
 

@@ -48,7 +48,7 @@ def run_tags(trial: TrialSpec, grid: str) -> dict[str, str]:
 
 def trial_params(spec: ExperimentSpec, trial: TrialSpec) -> dict[str, str]:
     """The knobs that define a trial (not RLlib's ~300 config keys)."""
-    p, budget = spec.adpo_for(trial.env), spec.budget_for(trial.env)
+    p, budget = spec.params_for(trial.env, trial.algorithm), spec.budget_for(trial.env)
     params: dict[str, Any] = {
         "env": trial.env,
         "scenario": trial.scenario,

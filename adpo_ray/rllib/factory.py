@@ -26,7 +26,7 @@ def build_algo_config(spec: ExperimentSpec, trial: TrialSpec) -> AlgorithmConfig
     for every method, so ADPO, DPO and PPO differ only in their policy loss."""
     env_name = register()
     kind = ENVIRONMENTS[trial.env]["kind"]
-    p, res = spec.adpo_for(trial.env), spec.resources
+    p, res = spec.params_for(trial.env, trial.algorithm), spec.resources
     # PPO's learner adds one masked artificial step per episode; the bandit's one-step episodes
     # double the rows, so minibatches are doubled to keep `minibatch_size` real samples each.
     rows_per_step = 2 if kind == "bandit" else 1
