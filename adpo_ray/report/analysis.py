@@ -79,6 +79,21 @@ def compare(trials: pd.DataFrame, a: str = DYNAMIC, b: str = FIXED) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+@dataclass
+class Claim:
+    claim: str
+    paper: str
+    measured: str
+    verdict: str
+    note: str = ""
+
+
+def _fmt_ci(value: float, low: float, high: float, pct: bool = False) -> str:
+    if pct:
+        return f"{100 * value:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
 DISTILL_METHODS = ["adpo-fixed", "adpo-dynamic", "kd", "bc"]
 RETURN, OVER_TEACHER, KL = "eval/return_mean", "eval/return_over_teacher", "distill/kl_teacher"
 
@@ -144,21 +159,6 @@ def _distill_claims(trials: pd.DataFrame) -> list[Claim]:
         out.append(Claim(title, paper, "-", stats.NOT_MEASURED,
                          "needs a distillation grid (distill: section) with adpo-fixed and kd students"))
     return out
-
-
-@dataclass
-class Claim:
-    claim: str
-    paper: str
-    measured: str
-    verdict: str
-    note: str = ""
-
-
-def _fmt_ci(value: float, low: float, high: float, pct: bool = False) -> str:
-    if pct:
-        return f"{100 * value:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}]"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def paper_claims(trials: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]:

@@ -67,6 +67,11 @@ def split_gaussian(dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return mean, log_std
 
 
+def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Diagonal-Gaussian log-probs of ``actions`` ``(B, K, A)`` under per-state ``(B, A)`` params."""
+    return diag_gaussian_logp(actions, mean.unsqueeze(-2), log_std.unsqueeze(-2))
+
+
 def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: int) -> float:
     """Mean clean return of ``module``'s mean action over ``episodes`` episodes (seeds ``seed``,
     ``seed + 1``, ...) of the nominal env seen through the frozen ``obs_norm``. Teachers and
@@ -111,7 +116,6 @@ class DistillTorchLearner(TorchLearner):
         t_mean, t_log_std = batch["teacher_mean"], batch["teacher_log_std"]
         cands = batch["actions"]  # (B, K, A)
         logp = _logp(mean, log_std, cands)  # (B, K)
-        metrics: dict[str, Any] = {}
         if config.distill_method == "adpo":
             if config.anchor_mode == "fixed":
                 anchor_logp = batch["teacher_logp"]  # the anchor is the teacher
@@ -132,9 +136,11 @@ class DistillTorchLearner(TorchLearner):
         else:
             loss = bc_loss(logp)
         with torch.no_grad():
-            metrics[TRAIN_KL_TEACHER] = diag_gaussian_kl(t_mean, t_log_std, mean, log_std).mean()
-            metrics[ENTROPY] = (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1).mean()
-        metrics[LOSS_DISTILL] = loss.detach()
+            metrics = {
+                TRAIN_KL_TEACHER: diag_gaussian_kl(t_mean, t_log_std, mean, log_std).mean(),
+                ENTROPY: (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1).mean(),
+                LOSS_DISTILL: loss.detach(),
+            }
         self.metrics.log_dict(metrics, key=module_id, window=1)
         return loss
 
@@ -180,11 +186,6 @@ class DistillTorchLearner(TorchLearner):
     def evaluate(self, env_name: str, obs_norm: dict, episodes: int, seed: int,
                  module_id: str = DEFAULT_MODULE_ID) -> float:
         return evaluate_policy(self.module[module_id].unwrapped(), env_name, obs_norm, episodes, seed)
-
-
-def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Diagonal-Gaussian log-probs of ``actions`` ``(B, K, A)`` under per-state ``(B, A)`` params."""
-    return diag_gaussian_logp(actions, mean.unsqueeze(-2), log_std.unsqueeze(-2))
 
 
 class DistillConfig(AlgorithmConfig):
@@ -242,7 +243,10 @@ class DistillConfig(AlgorithmConfig):
             self._value_error(f"adpo_loss / adpo_target: allowed {LOSSES} / {TARGETS}")
         if self.minibatch_states > self.states_per_iteration:
             self._value_error("minibatch_states must be <= states_per_iteration")
-        make_schedule(self.anchor_mode, **(self.anchor_params or {}))
+        try:
+            make_schedule(self.anchor_mode, **(self.anchor_params or {}))
+        except ValueError as e:
+            self._value_error(f"anchor_mode / anchor_params: {e}")
 
 
 class Distill(Algorithm):
