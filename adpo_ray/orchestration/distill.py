@@ -142,7 +142,6 @@ def teacher_policy(checkpoint: str | Path):
         mean, log_std = torch.chunk(out[Columns.ACTION_DIST_INPUTS][0], 2, dim=-1)
         return mean.numpy(), log_std.numpy()
 
-    policy.module = module
     return policy
 
 
