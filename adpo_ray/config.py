@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from adpo_ray.core.anchors import make_schedule
+from adpo_ray.core.distill import DISTILL_METHODS
 from adpo_ray.core.losses import LOSSES
 from adpo_ray.core.noise import SCENARIOS, TWELVE, get_scenario
 from adpo_ray.core.targets import TARGETS
@@ -34,7 +35,6 @@ __all__ = ["ExperimentSpec", "TrialSpec", "SpecError", "load_spec", "parse_spec"
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
 Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
-DISTILL_ALGORITHMS = ("adpo", "kd", "bc")
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -297,11 +297,11 @@ class ExperimentSpec(_Strict):
                     "`distill:` section (teacher, dataset) or use adpo, ppo, dpo"
                 )
             return
-        wrong = [a for a in self.algorithms if a not in DISTILL_ALGORITHMS]
+        wrong = [a for a in self.algorithms if a not in DISTILL_METHODS]
         if wrong:
             raise ValueError(
                 f"algorithms: {', '.join(wrong)} cannot be a distillation student; allowed with "
-                f"`distill`: {', '.join(DISTILL_ALGORITHMS)}"
+                f"`distill`: {', '.join(DISTILL_METHODS)}"
             )
         not_mujoco = [e for e in self.environments if ENVIRONMENTS[e]["kind"] != "mujoco"]
         if not_mujoco:

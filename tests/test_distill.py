@@ -61,10 +61,13 @@ def test_student_trains_and_logs(ray_local, algorithm, anchor):
         results = [curate(algo.train()) for _ in range(3)]
     finally:
         algo.stop()
-    for r in results:
-        for key in ("distill/kl_teacher", "loss/distill", "policy/entropy", "env_steps"):
+    for i, r in enumerate(results):
+        for key in ("distill/kl_teacher", "loss/distill", "policy/entropy"):
             assert np.isfinite(r[key]), (key, r)
-    assert "eval/return_mean" in results[1] and "eval/return_mean" in results[2]  # interval 2 + the last
+        assert r["env_steps"] == (i + 1) * 128  # dataset states trained on
+    # evaluated at the interval (2) and at the last iteration (3), not before
+    assert "eval/return_mean" not in results[0] and "eval/return_mean" in results[1]
+    assert algo.last_eval_iteration == 3
     assert results[2]["eval/return_over_teacher"] == pytest.approx(results[2]["eval/return_mean"] / 50.0)
     kl = [r["distill/kl_teacher"] for r in results]
     if algorithm == "kd":

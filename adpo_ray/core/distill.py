@@ -43,8 +43,6 @@ def kd_loss(
     return diag_gaussian_kl(teacher_mean.detach(), teacher_log_std.detach(), mean, log_std).mean()
 
 
-def bc_loss(logp_teacher_actions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def bc_loss(logp_teacher_actions: torch.Tensor) -> torch.Tensor:
     """Behaviour cloning: the mean negative log-likelihood of the teacher's actions."""
-    if mask is None:
-        return -logp_teacher_actions.mean()
-    return -(logp_teacher_actions[mask]).mean()
+    return -logp_teacher_actions.mean()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from adpo_ray.config import ExperimentSpec, TrialSpec
+from adpo_ray.orchestration.tracking import experiment_id
 
 TEACHER_TAG = "adpo_ray.teacher_key"
 DATASET_TAG_PREFIX = "dataset."
@@ -46,6 +47,8 @@ def teacher_key(spec: ExperimentSpec, env: str) -> str:
         include={"lr", "gamma", "lambda_", "num_epochs", "minibatch_size", "train_batch_size",
                  "entropy_coeff", "vf_coeff", "grad_clip"}
     )
+    # the evaluation episodes too: the teacher's return is the yardstick of its students
+    knobs["evaluation_episodes"] = spec.evaluation.episodes
     return f"{env}_ppo_{t.env_steps}steps_h{t.hidden_size}_s{t.seed}_{_digest(knobs)}"
 
 
@@ -59,24 +62,6 @@ def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _experiment_id(client, name: str, artifact_location: str | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(
-            name, artifact_location=artifact_location,
-            tags={"mlflow.experimentKind": "custom_model_development"},
-        )
-    except Exception:  # created concurrently
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 def find_teacher(client, spec: ExperimentSpec, env: str):
@@ -131,6 +116,8 @@ def teacher_policy(checkpoint: str | Path):
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.rl_module import RLModule
 
+    from adpo_ray.rllib.distill import split_gaussian
+
     module = RLModule.from_checkpoint(
         str(Path(checkpoint) / "learner_group" / "learner" / "rl_module" / DEFAULT_MODULE_ID)
     )
@@ -139,7 +126,7 @@ def teacher_policy(checkpoint: str | Path):
     def policy(obs):
         with torch.no_grad():
             out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], dtype=torch.float32)})
-        mean, log_std = torch.chunk(out[Columns.ACTION_DIST_INPUTS][0], 2, dim=-1)
+        mean, log_std = split_gaussian(out[Columns.ACTION_DIST_INPUTS][0])
         return mean.numpy(), log_std.numpy()
 
     return policy
@@ -171,7 +158,7 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location
     t = spec.distill.teacher
     key = teacher_key(spec, env)
     client = _client(tracking_uri)
-    exp_id = _experiment_id(client, t.experiment, artifact_location)
+    exp_id = experiment_id(client, t.experiment, artifact_location)
     run = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
     try:
         config = build_algo_config(spec, TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed))
@@ -274,7 +261,9 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
                 f"(clean return {run.data.metrics.get('teacher/return_mean', float('nan')):.1f})")
         else:
             log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
-            pending[env] = ray.remote(num_cpus=1)(train_teacher).remote(
+            res = spec.resources  # a local learner on a GPU needs it reserved here
+            gpus = res.num_gpus_per_learner if res.num_learners == 0 else 0
+            pending[env] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
                 spec.model_dump_json(by_alias=True), env, tracking_uri, artifact_location
             )
     for env, ref in pending.items():

@@ -9,7 +9,9 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 
 #: Curated metric name -> path in an RLlib result (first path found wins).
 CURATED: dict[str, tuple[tuple[str, ...], ...]] = {
-    "env_steps": (("num_env_steps_sampled_lifetime",), ("env_runners", "num_env_steps_sampled_lifetime")),
+    # distillation students count the dataset states they trained on
+    "env_steps": (("distill", "states_trained"), ("num_env_steps_sampled_lifetime",),
+                  ("env_runners", "num_env_steps_sampled_lifetime")),
     "eval/winmass": (("eval", "winmass"),),
     "eval/return_mean": (("evaluation", "env_runners", "episode_return_mean"), ("distill", "eval_return_mean")),
     "eval/return_over_teacher": (("distill", "eval_return_over_teacher"),),

@@ -133,6 +133,26 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def experiment_id(client, name: str, artifact_location: str | None) -> str:
+    """The id of the MLflow experiment ``name``, restored or created as needed."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        # "custom model development": the MLflow UI opens on the runs table, not GenAI traces
+        return client.create_experiment(
+            name, artifact_location=artifact_location,
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
+    except Exception:  # created concurrently by another launch
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 class MLflowTracker(tune.Callback):
     """Tune callback logging a grid to MLflow (see the module docstring)."""
 
@@ -207,22 +227,7 @@ class MLflowTracker(tune.Callback):
             self.client.log_artifact(self.parent_run_id, str(path))
 
     def _experiment_id(self, name: str) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        try:
-            # "custom model development": the MLflow UI opens on the runs table, not GenAI traces
-            return self.client.create_experiment(
-                name, artifact_location=self.artifact_location,
-                tags={"mlflow.experimentKind": "custom_model_development"},
-            )
-        except Exception:  # created concurrently by another launch
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return experiment_id(self.client, name, self.artifact_location)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param

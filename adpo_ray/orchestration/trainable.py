@@ -66,9 +66,6 @@ class GridTrainable(tune.Trainable):
     def step(self) -> dict[str, Any]:
         raw = self.algo.train()
         result = curate(raw)
-        if self.spec.distill is not None:
-            # offline students: "env_steps" counts the dataset states trained on
-            result["env_steps"] = float(self.algo.iteration * self.spec.distill.states_per_iteration)
         if not self._evaluated_this_iteration():
             for key in ("eval/return_mean", "eval/return_over_teacher"):
                 result.pop(key, None)  # RLlib repeats the last evaluation's numbers

@@ -34,7 +34,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from adpo_ray.core.anchors import AnchorSchedule, make_schedule, polyak_
+from adpo_ray.core.anchors import make_schedule
 from adpo_ray.core.distill import (
     DISTILL_METHODS,
     bc_loss,
@@ -45,6 +45,7 @@ from adpo_ray.core.distill import (
 from adpo_ray.core.losses import LOSSES, adpo_loss
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs.candidates import read_dataset
+from adpo_ray.rllib.learner import ENTROPY, AnchorRefreshMixin
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
 
 #: Dataset columns a learner minibatch carries (``obs`` becomes ``Columns.OBS``).
@@ -52,13 +53,9 @@ LEARNER_COLUMNS = ("actions", "rewards", "teacher_logp", "teacher_mean", "teache
 
 EVAL_SEED = 10_000  # teachers and students are evaluated on the same episodes
 LOSS_DISTILL = "loss/distill"
-KL_TEACHER = "distill/kl_teacher"
 TRAIN_KL_TEACHER = "distill/train_kl_teacher"
 EVAL_RETURN = "eval_return_mean"
 EVAL_OVER_TEACHER = "eval_return_over_teacher"
-ANCHOR_KL = "adpo/anchor_kl"
-ANCHOR_REFRESHES = "adpo/anchor_refreshes"
-ENTROPY = "policy/entropy"
 
 
 def split_gaussian(dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,19 +93,13 @@ def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: 
     return float(np.mean(returns))
 
 
-class DistillTorchLearner(TorchLearner):
-    def build(self) -> None:
-        super().build()  # optimizer first: the anchor never trains
-        self._schedules: dict[str, AnchorSchedule] = {}
-        self._kl_sum: dict[str, float] = {}
-        self._kl_n: dict[str, int] = {}
-        self.module.foreach_module(self._attach_anchor)
-
+class DistillTorchLearner(AnchorRefreshMixin, TorchLearner):
     def _attach_anchor(self, module_id: str, module) -> None:
-        module.make_target_networks()
+        # only ADPO with a moving anchor needs a network copy; anchor = teacher uses stored log-probs
         cfg = self.config.get_config_for_module(module_id)
         if cfg.distill_method == "adpo" and cfg.anchor_mode != "fixed":
-            self._schedules[module_id] = make_schedule(cfg.anchor_mode, **(cfg.anchor_params or {}))
+            module.make_target_networks()
+            self.add_schedule(module_id, cfg.anchor_mode, cfg.anchor_params)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         module = self.module[module_id].unwrapped()
@@ -123,9 +114,7 @@ class DistillTorchLearner(TorchLearner):
                 with torch.no_grad():
                     a_mean, a_log_std = split_gaussian(module.forward_target(batch)[ANCHOR_DIST_INPUTS])
                     anchor_logp = _logp(a_mean, a_log_std, cands)
-                    kl = diag_gaussian_kl(mean, log_std, a_mean, a_log_std).mean()
-                self._kl_sum[module_id] = self._kl_sum.get(module_id, 0.0) + float(kl)
-                self._kl_n[module_id] = self._kl_n.get(module_id, 0) + 1
+                    self.record_anchor_kl(module_id, float(diag_gaussian_kl(mean, log_std, a_mean, a_log_std).mean()))
             loss = adpo_loss(
                 logp, anchor_logp, batch["rewards"],
                 loss=config.adpo_loss, target=config.adpo_target,
@@ -143,32 +132,6 @@ class DistillTorchLearner(TorchLearner):
             }
         self.metrics.log_dict(metrics, key=module_id, window=1)
         return loss
-
-    # the anchor-refresh hook, once per training iteration (one learner update call)
-    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        super().before_gradient_based_update(timesteps=timesteps)
-        self._kl_sum.clear()
-        self._kl_n.clear()
-
-    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        super().after_gradient_based_update(timesteps=timesteps)
-        step = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0)
-        for module_id, schedule in self._schedules.items():
-            module = self.module[module_id].unwrapped()
-            kl = self._kl_sum.get(module_id, 0.0) / max(1, self._kl_n.get(module_id, 0))
-            polyak_(module.anchor_parameters(), module.policy_parameters(), schedule.step(kl, timestep=step))
-            self.metrics.log_dict({ANCHOR_KL: kl, ANCHOR_REFRESHES: schedule.refreshes}, key=module_id, window=1)
-
-    def get_state(self, components=None, *, not_components=None, **kwargs):
-        state = super().get_state(components, not_components=not_components, **kwargs)
-        state["adpo_anchor_schedules"] = {mid: s.state_dict() for mid, s in self._schedules.items()}
-        return state
-
-    def set_state(self, state) -> None:
-        super().set_state(state)
-        for mid, sched_state in state.get("adpo_anchor_schedules", {}).items():
-            if mid in self._schedules:
-                self._schedules[mid].load_state_dict(sched_state)
 
     # measurements on the learner's own module
     def heldout_kl(self, heldout: dict[str, np.ndarray], module_id: str = DEFAULT_MODULE_ID) -> float:

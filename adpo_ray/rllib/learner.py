@@ -53,14 +53,71 @@ def group_into_lists(x: torch.Tensor, list_size: int) -> tuple[torch.Tensor, tor
     return x.reshape(n_lists, list_size, *x.shape[1:]), mask.reshape(n_lists, list_size)
 
 
-class ADPOTorchLearner(PPOTorchLearner):
+class AnchorRefreshMixin:
+    """The anchor-refresh hook of ADPO's learners (online and offline): one schedule per module,
+    the mean KL(policy || anchor) of each update, the refresh after every update (one training
+    iteration), and the schedules' state in the learner's checkpoint state.
+
+    Subclasses say in ``_attach_anchor(module_id, module)`` whether a module gets an anchor and a
+    schedule (:meth:`add_schedule`) and report KLs from their loss (:meth:`record_anchor_kl`)."""
+
     def build(self) -> None:
         super().build()  # module and optimizer first: the anchor never enters the optimizer
         self._schedules: dict[str, AnchorSchedule] = {}
         self._kl_sum: dict[str, float] = {}
         self._kl_count: dict[str, int] = {}
-        self.module.foreach_module(lambda mid, m: self._attach_anchor(mid, m))
+        self.module.foreach_module(self._attach_anchor)
 
+    def _attach_anchor(self, module_id: str, module: RLModule) -> None:
+        raise NotImplementedError
+
+    def add_schedule(self, module_id: str, mode: str, params: dict | None) -> None:
+        self._schedules[module_id] = make_schedule(mode, **(params or {}))
+
+    def record_anchor_kl(self, module_id: str, kl: float) -> None:
+        self._kl_sum[module_id] = self._kl_sum.get(module_id, 0.0) + kl
+        self._kl_count[module_id] = self._kl_count.get(module_id, 0) + 1
+
+    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        self._kl_sum.clear()
+        self._kl_count.clear()
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        step = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0)
+        for module_id, schedule in self._schedules.items():
+            module = self.module[module_id].unwrapped()
+            kl = self._kl_sum.get(module_id, 0.0) / max(1, self._kl_count.get(module_id, 0))
+            rate = schedule.step(kl, timestep=step)
+            polyak_(module.anchor_parameters(), module.policy_parameters(), rate)
+            self.metrics.log_dict(
+                {
+                    ANCHOR_KL: kl,
+                    ANCHOR_REFRESHES: schedule.refreshes,
+                    LAST_REFRESH_STEP: schedule.last_refresh_step,
+                    LAST_REFRESH_KL: schedule.last_refresh_kl,
+                },
+                key=module_id,
+                window=1,
+            )
+
+    def anchor_schedule(self, module_id: str) -> AnchorSchedule:
+        return self._schedules[module_id]
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state[_STATE_KEY] = {mid: s.state_dict() for mid, s in self._schedules.items()}
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for mid, sched_state in state.get(_STATE_KEY, {}).items():
+            if mid in self._schedules:
+                self._schedules[mid].load_state_dict(sched_state)
+
+
+class ADPOTorchLearner(AnchorRefreshMixin, PPOTorchLearner):
     def _attach_anchor(self, module_id: str, module: RLModule) -> None:
         if not isinstance(module, TargetNetworkAPI):
             raise TypeError(f"ADPO needs an RLModule with an anchor (ADPOTorchRLModule), got {type(module).__name__}")
@@ -68,7 +125,7 @@ class ADPOTorchLearner(PPOTorchLearner):
         cfg = self.config.get_config_for_module(module_id)
         if cfg.anchor_init:
             load_anchor_from_checkpoint(module, cfg.anchor_init, module_id)
-        self._schedules[module_id] = make_schedule(cfg.anchor_mode, **(cfg.anchor_params or {}))
+        self.add_schedule(module_id, cfg.anchor_mode, cfg.anchor_params)
 
     # -- loss ------------------------------------------------------------------------------
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
@@ -115,8 +172,7 @@ class ADPOTorchLearner(PPOTorchLearner):
         loss_vf = masked_mean(vf_loss)
         with torch.no_grad():
             anchor_kl = masked_mean(dist.kl(anchor_dist))
-        self._kl_sum[module_id] = self._kl_sum.get(module_id, 0.0) + float(anchor_kl)
-        self._kl_count[module_id] = self._kl_count.get(module_id, 0) + 1
+        self.record_anchor_kl(module_id, float(anchor_kl))
 
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
         total = loss_adpo + config.vf_loss_coeff * loss_vf - entropy_coeff * entropy
@@ -134,46 +190,6 @@ class ADPOTorchLearner(PPOTorchLearner):
             window=1,
         )
         return total
-
-    # -- anchor-refresh hook ---------------------------------------------------------------
-    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        super().before_gradient_based_update(timesteps=timesteps)
-        self._kl_sum.clear()
-        self._kl_count.clear()
-
-    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        super().after_gradient_based_update(timesteps=timesteps)
-        step = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0)
-        for module_id, schedule in self._schedules.items():
-            module = self.module[module_id].unwrapped()
-            kl = self._kl_sum.get(module_id, 0.0) / max(1, self._kl_count.get(module_id, 0))
-            rate = schedule.step(kl, timestep=step)
-            polyak_(module.anchor_parameters(), module.policy_parameters(), rate)
-            self.metrics.log_dict(
-                {
-                    ANCHOR_KL: kl,
-                    ANCHOR_REFRESHES: schedule.refreshes,
-                    LAST_REFRESH_STEP: schedule.last_refresh_step,
-                    LAST_REFRESH_KL: schedule.last_refresh_kl,
-                },
-                key=module_id,
-                window=1,
-            )
-
-    def anchor_schedule(self, module_id: str) -> AnchorSchedule:
-        return self._schedules[module_id]
-
-    # -- checkpoints: the schedules' state travels with the learner state --------------------
-    def get_state(self, components=None, *, not_components=None, **kwargs):
-        state = super().get_state(components, not_components=not_components, **kwargs)
-        state[_STATE_KEY] = {mid: s.state_dict() for mid, s in self._schedules.items()}
-        return state
-
-    def set_state(self, state) -> None:
-        super().set_state(state)
-        for mid, sched_state in state.get(_STATE_KEY, {}).items():
-            if mid in self._schedules:
-                self._schedules[mid].load_state_dict(sched_state)
 
 
 def load_anchor_from_checkpoint(module: ADPOTorchRLModule, path: str, module_id: str) -> None:
