@@ -21,6 +21,13 @@ def env_config_for(spec: ExperimentSpec, trial: TrialSpec, scenario: str | None 
     return config
 
 
+def model_config(trial: TrialSpec) -> DefaultModelConfig:
+    """Every method's network: two tanh layers of ``hidden_size``, separate policy and value nets."""
+    return DefaultModelConfig(
+        fcnet_hiddens=[trial.hidden_size, trial.hidden_size], fcnet_activation="tanh", vf_share_layers=False
+    )
+
+
 def build_algo_config(spec: ExperimentSpec, trial: TrialSpec) -> AlgorithmConfig:
     """The RLlib config of one trial. Shared knobs (network, optimiser, batch sizes) are the same
     for every method, so ADPO, DPO and PPO differ only in their policy loss."""
@@ -53,13 +60,7 @@ def build_algo_config(spec: ExperimentSpec, trial: TrialSpec) -> AlgorithmConfig
             grad_clip=p.grad_clip,
             use_kl_loss=False,
         )
-        .rl_module(
-            model_config=DefaultModelConfig(
-                fcnet_hiddens=[trial.hidden_size, trial.hidden_size],
-                fcnet_activation="tanh",
-                vf_share_layers=False,
-            )
-        )
+        .rl_module(model_config=model_config(trial))
         .callbacks(ADPOCallbacks)
         .debugging(seed=trial.seed)
     )
@@ -138,12 +139,6 @@ def build_distill_config(
             eval_episodes=spec.evaluation.episodes,
             total_iterations=spec.budget_for(trial.env).iterations,
         )
-        .rl_module(
-            model_config=DefaultModelConfig(
-                fcnet_hiddens=[trial.hidden_size, trial.hidden_size],
-                fcnet_activation="tanh",
-                vf_share_layers=False,
-            )
-        )
+        .rl_module(model_config=model_config(trial))
         .debugging(seed=trial.seed)
     )
