@@ -57,6 +57,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def _at_most(small: str, big: str, model: BaseModel) -> None:
+    """``model.<small> <= model.<big>``, or a ValueError naming both."""
+    a, b = getattr(model, small), getattr(model, big)
+    if a > b:
+        raise ValueError(f"{small} ({a}) must be <= {big} ({b})")
+
+
 def _unique(values: list, field: str) -> list:
     dupes = sorted({str(v) for v in values if values.count(v) > 1})
     if dupes:
@@ -133,11 +140,7 @@ class ADPOParams(_Strict):
 
     @model_validator(mode="after")
     def _batches(self) -> ADPOParams:
-        if self.minibatch_size > self.train_batch_size:
-            raise ValueError(
-                f"minibatch_size ({self.minibatch_size}) must be <= train_batch_size "
-                f"({self.train_batch_size})"
-            )
+        _at_most("minibatch_size", "train_batch_size", self)
         return self
 
 
@@ -199,11 +202,7 @@ class DistillParams(_Strict):
 
     @model_validator(mode="after")
     def _batches(self) -> DistillParams:
-        if self.minibatch_states > self.states_per_iteration:
-            raise ValueError(
-                f"minibatch_states ({self.minibatch_states}) must be <= states_per_iteration "
-                f"({self.states_per_iteration})"
-            )
+        _at_most("minibatch_states", "states_per_iteration", self)
         return self
 
 

@@ -99,6 +99,14 @@ def test_collect_columns_reproducible_and_noisy():
     assert 0 < a["heldout"].mean() < 0.6
 
 
+def test_collect_shift_changes_dynamics_not_reward_noise():
+    clean, shift = _collect("clean", n=40), _collect("shift-high", n=40)
+    np.testing.assert_array_equal(shift["rewards"], shift["rewards_clean"])  # no noise on the signal
+    # same seeds and teacher: only the perturbed masses and friction can move the candidates' rewards
+    np.testing.assert_array_equal(clean["actions"][0], shift["actions"][0])
+    assert not np.allclose(clean["rewards_clean"], shift["rewards_clean"])
+
+
 def test_dataset_round_trip(tmp_path):
     parts = [_collect("clean", seed=1, n=40), _collect("clean", seed=2, n=30)]
     write_dataset(tmp_path / "ds", parts, {"env": "Hopper-v5", "obs_norm": _norm().as_dict()})

@@ -65,11 +65,6 @@ def probe(env: gym.Env, actions: np.ndarray) -> np.ndarray:
     return rewards
 
 
-def _gaussian_logp(x: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
-    z = (x - mean) * np.exp(-log_std)
-    return (-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(axis=-1)
-
-
 def collect(
     env_name: str,
     scenario: str,
@@ -98,7 +93,7 @@ def collect(
         noisy = env.scenario.corrupt(clean, rng, scale=scale, list_axis=True)
         for key, value in (
             ("obs", x), ("qpos", qpos), ("qvel", qvel), ("actions", cands), ("rewards", noisy),
-            ("rewards_clean", clean), ("teacher_logp", _gaussian_logp(cands, mean, log_std)),
+            ("rewards_clean", clean),
             ("teacher_mean", mean), ("teacher_log_std", log_std), ("episode", episode),
         ):
             cols[key].append(value)
@@ -110,10 +105,22 @@ def collect(
             episode += 1
     env.close()
     cols["heldout"] = list(rng.random(num_states) < heldout_fraction)
-    out = {k: np.asarray(v) for k, v in cols.items()}
+    out = {k: np.asarray(v) for k, v in cols.items() if k != "teacher_logp"}
+    out["teacher_logp"] = _teacher_logp(out["actions"], out["teacher_mean"], out["teacher_log_std"])
+    out = {k: out[k] for k in COLUMNS}  # the documented column order
     for k in ("obs", "actions", "rewards", "rewards_clean", "teacher_logp", "teacher_mean", "teacher_log_std"):
         out[k] = out[k].astype(np.float32)
     return out
+
+
+def _teacher_logp(actions: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
+    """``log pi_teacher`` of every candidate, ``(N, K)``, by the core's diagonal-Gaussian formula."""
+    import torch
+
+    from adpo_ray.core.distill import diag_gaussian_logp
+
+    t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in (("a", actions), ("m", mean), ("s", log_std))}
+    return diag_gaussian_logp(t["a"], t["m"][:, None], t["s"][:, None]).numpy()
 
 
 # -- Parquet ------------------------------------------------------------------------------------

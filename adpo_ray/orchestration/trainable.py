@@ -85,7 +85,7 @@ class GridTrainable(tune.Trainable):
         """RLlib evaluates on iterations that are multiples of the interval; in between its result
         repeats the last evaluation's numbers (and its episode counters lag by one iteration)."""
         if self.spec.distill is not None:  # students evaluate themselves, on a known iteration
-            return getattr(self.algo, "last_eval_iteration", None) == self.algo.iteration
+            return self.algo.last_eval_iteration == self.algo.iteration
         interval = self.algo.config.evaluation_interval
         return bool(interval) and self.algo.iteration % interval == 0
 

@@ -94,7 +94,7 @@ def _fmt_ci(value: float, low: float, high: float, pct: bool = False) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-DISTILL_METHODS = ["adpo-fixed", "adpo-dynamic", "kd", "bc"]
+STUDENT_ORDER = ["adpo-fixed", "adpo-dynamic", "kd", "bc"]  # report row order
 RETURN, OVER_TEACHER, KL = "eval/return_mean", "eval/return_over_teacher", "distill/kl_teacher"
 
 
@@ -118,7 +118,7 @@ def distill_table(trials: pd.DataFrame) -> pd.DataFrame:
                 row.update({name: s.mean, f"{name}_std": s.std, f"{name}_ci_low": s.ci_low, f"{name}_ci_high": s.ci_high})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    order = {m: i for i, m in enumerate(DISTILL_METHODS)}
+    order = {m: i for i, m in enumerate(STUDENT_ORDER)}
     return frame.sort_values(["env", "scenario", "hidden_size", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
                              kind="stable").reset_index(drop=True)
 

@@ -25,6 +25,18 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish(fig, ax, path: Path, *, title: str, ylabel: str, xlabel: str | None = None,
+            grid_axis: str = "both") -> Path:
+    """Labels, legend and grid of a single-axes chart, then save it."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis=grid_axis, alpha=0.3)
+    return _save(fig, path)
+
+
 def _methods(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["method"].unique())
 
@@ -90,11 +102,8 @@ def scenario_comparison(groups: pd.DataFrame, env: str, out: Path) -> Path | Non
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
                label=method, color=colors[method])
     ax.set_xticks(x, scenarios, rotation=45, ha="right")
-    ax.set_ylabel(f"final {headline(env)}")
-    ax.set_title(f"{env}: per-scenario comparison (hidden {int(sub['hidden_size'].max())}, 95% CI)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out / f"scenarios_{env}.png")
+    return _finish(fig, ax, out / f"scenarios_{env}.png", ylabel=f"final {headline(env)}", grid_axis="y",
+                   title=f"{env}: per-scenario comparison (hidden {int(sub['hidden_size'].max())}, 95% CI)")
 
 
 def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
@@ -114,12 +123,8 @@ def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     hidden = sorted(sub["hidden_size"].unique())
     ax.set_xticks(hidden, [str(h) for h in hidden])
-    ax.set_xlabel("hidden size")
-    ax.set_ylabel(f"final {metric}")
-    ax.set_title(f"{env}: hidden-size scaling (all scenarios)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, out / f"hidden_{env}.png")
+    return _finish(fig, ax, out / f"hidden_{env}.png", xlabel="hidden size", ylabel=f"final {metric}",
+                   title=f"{env}: hidden-size scaling (all scenarios)")
 
 
 def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
@@ -141,9 +146,5 @@ def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
         if len(teacher):
             ax.axhline(float(teacher.median()), color="grey", ls="--", lw=1, label="teacher")
     ax.set_xscale("log")
-    ax.set_xlabel("KL(teacher ‖ student), held-out states")
-    ax.set_ylabel(f"final {ret}")
-    ax.set_title(f"{env}: distillation, return vs KL to teacher")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, out / f"distill_{env}.png")
+    return _finish(fig, ax, out / f"distill_{env}.png", xlabel="KL(teacher ‖ student), held-out states",
+                   ylabel=f"final {ret}", title=f"{env}: distillation, return vs KL to teacher")
