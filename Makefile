@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint scenarios mlflow-ui report clean
+.PHONY: run test test-unit install lint scenarios mlflow-ui report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
+# Both tiers: tests/unit (pure, no Ray start, under a minute) and tests/integration (real Ray,
+# RLlib, Tune, MLflow, a two-node cluster, the MLflow UI in Chromium).
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests/unit tests/integration
+
+# The fast tier alone.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check adpo_ray tests bench run_grid.py

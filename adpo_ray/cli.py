@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from adpo_ray.config import SpecError, load_spec
 from adpo_ray.orchestration import storage
+from adpo_ray.spec import SpecError, load_spec
 
 
 def _console() -> Console:
@@ -113,7 +113,7 @@ def print_plan(spec, plans, options) -> None:
 
 
 def print_summary(spec, results, options) -> None:
-    from adpo_ray.orchestration.grid import headline_table, summary_frame
+    from adpo_ray.report.summary import headline_table, summary_frame
 
     console = _console()
     frame = summary_frame(results)
@@ -157,7 +157,7 @@ def write_report(args_out: str | None, data, tracking_uri: str | None) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from adpo_ray.config import default_tracking_uri
+    from adpo_ray.orchestration.mlflow_store import default_tracking_uri
     from adpo_ray.report.data import load_mlflow, load_tune_folder
 
     try:
@@ -191,13 +191,9 @@ def _report_after_grid(spec, options) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from adpo_ray.orchestration.grid import (
-        ResourceError,
-        TrackingError,
-        plan_trials,
-        resolve_options,
-        run_grid,
-    )
+    from adpo_ray.orchestration.launch import resolve_options, run_grid
+    from adpo_ray.orchestration.mlflow_store import TrackingError
+    from adpo_ray.orchestration.planning import ResourceError, plan_trials
 
     spec = _load(args.config)
     if spec is None:
@@ -225,7 +221,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from adpo_ray.orchestration.grid import resume_grid
+    from adpo_ray.orchestration.launch import resume_grid
 
     try:
         results, spec, options = resume_grid(args.run_dir, address=args.address)

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build(algorithm: str, env_name: str, batch: int, epochs: int, minibatch: int):
-    from adpo_ray.config import TrialSpec, parse_spec
     from adpo_ray.rllib.factory import build_algo_config
+    from adpo_ray.spec import TrialSpec, parse_spec
 
     spec = parse_spec({
         "name": "bench", "environments": [env_name], "scenarios": ["clean"], "algorithms": [algorithm],
@@ -32,7 +32,7 @@ def build(algorithm: str, env_name: str, batch: int, epochs: int, minibatch: int
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 8},
     })
     mode = "dynamic" if algorithm == "adpo" else "none"
-    config = build_algo_config(spec, TrialSpec(env_name, "clean", algorithm, mode, 64, 0))
+    config = build_algo_config(spec.knobs(TrialSpec(env_name, "clean", algorithm, mode, 64, 0)))
     config.evaluation(evaluation_interval=None)
     return config.build_algo()
 

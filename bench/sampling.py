@@ -36,14 +36,14 @@ def raw_steps_per_s(env_name: str, steps: int) -> float:
 
 
 def build_runner(env_name: str, num_envs: int, scenario: str):
-    from adpo_ray.config import TrialSpec, parse_spec
     from adpo_ray.rllib.factory import build_algo_config
+    from adpo_ray.spec import TrialSpec, parse_spec
 
     spec = parse_spec({
         "name": "bench", "environments": [env_name], "scenarios": [scenario], "budget": {"iterations": 1},
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": num_envs},
     })
-    config = build_algo_config(spec, TrialSpec(env_name, scenario, "adpo", "dynamic", 64, 0))
+    config = build_algo_config(spec.knobs(TrialSpec(env_name, scenario, "adpo", "dynamic", 64, 0)))
     config.evaluation(evaluation_interval=None)
     algo = config.build_algo()
     return algo, algo.env_runner

@@ -1,4 +1,5 @@
-"""Environments: the preference bandit (and, later, noise/shift wrappers for MuJoCo)."""
+"""Environments: the preference bandit, the MuJoCo noise/shift wrapper (HalfCheetah-v5, Hopper-v5),
+and the one env creator of the project (:func:`make_env`)."""
 
 from typing import Any
 

@@ -19,51 +19,21 @@ per node into a local cache (:func:`student_inputs`).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import tempfile
-import uuid
 from pathlib import Path
-from typing import Any
 
-from adpo_ray.config import ExperimentSpec, TrialSpec
-from adpo_ray.orchestration.tracking import experiment_id
+from adpo_ray.metrics import ENV_STEPS, TEACHER_RETURN
+from adpo_ray.orchestration.mlflow_store import client as _client
+from adpo_ray.orchestration.mlflow_store import download, experiment_id
+from adpo_ray.spec import ExperimentSpec, TrialSpec, dataset_key, teacher_key
 
 TEACHER_TAG = "adpo_ray.teacher_key"
 DATASET_TAG_PREFIX = "dataset."
 TEACHER_FILE = "teacher.json"
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def teacher_key(spec: ExperimentSpec, env: str) -> str:
-    """The teacher's identity: env, budget, seed, network and the PPO knobs it trains with."""
-    t = spec.distill.teacher
-    knobs = spec.params_for(env, "ppo").model_dump(
-        include={"lr", "gamma", "lambda_", "num_epochs", "minibatch_size", "train_batch_size",
-                 "entropy_coeff", "vf_coeff", "grad_clip"}
-    )
-    # the evaluation episodes too: the teacher's return is the yardstick of its students
-    knobs["evaluation_episodes"] = spec.evaluation.episodes
-    return f"{env}_ppo_{t.env_steps}steps_h{t.hidden_size}_s{t.seed}_{_digest(knobs)}"
-
-
-def dataset_key(spec: ExperimentSpec, env: str, scenario: str) -> str:
-    d = spec.distill.dataset
-    return f"{scenario}_{d.states}x{d.candidates}_{_digest(d.model_dump())}"
-
-
 # -- MLflow lookups ------------------------------------------------------------------------------
-def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 def find_teacher(client, spec: ExperimentSpec, env: str):
     """The newest FINISHED teacher run with this env's key, or None."""
     exp = client.get_experiment_by_name(spec.distill.teacher.experiment)
@@ -76,36 +46,6 @@ def find_teacher(client, spec: ExperimentSpec, env: str):
         max_results=1,
     )
     return runs[0] if runs else None
-
-
-# -- local cache of downloaded artifacts -------------------------------------------------------
-def cache_root() -> Path:
-    return Path(os.environ.get("ADPO_RAY_CACHE", Path(tempfile.gettempdir()) / "adpo_ray_cache"))
-
-
-def download(tracking_uri: str, run_id: str, artifact_path: str) -> Path:
-    """``artifact_path`` of ``run_id`` in the local cache, downloaded once per machine (atomic:
-    concurrent trials on one node never see a half-written copy)."""
-    import mlflow
-
-    final = cache_root() / run_id / artifact_path
-    if final.exists():
-        return final
-    tmp = cache_root() / run_id / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
-        got = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact_path, dst_path=str(tmp), tracking_uri=tracking_uri
-        )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(got, final)
-        except OSError:
-            if not final.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # -- teacher -----------------------------------------------------------------------------------
@@ -161,7 +101,8 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location
     exp_id = experiment_id(client, t.experiment, artifact_location)
     run = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
     try:
-        config = build_algo_config(spec, TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed))
+        knobs = spec.knobs(TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed))
+        config = build_algo_config(knobs)
         config.evaluation(evaluation_interval=None)
         algo = config.build_algo()
         steps = 0
@@ -180,13 +121,14 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location
                 {"key": key, "env": env, "obs_norm": obs_norm, "return_mean": ret, "env_steps": steps}
             ))
             client.log_artifact(run.info.run_id, str(Path(tmp) / TEACHER_FILE))
-        params = {"env": env, "env_steps": t.env_steps, "seed": t.seed, "hidden_size": t.hidden_size,
-                  **spec.params_for(env, "ppo").model_dump(by_alias=True)}
+        # the teacher's own budget, not the students' (knobs' budget.* is the grid's)
+        params = {k: v for k, v in knobs.params().items() if not k.startswith("budget.")}
+        params["env_steps"] = str(t.env_steps)
         client.log_batch(
             run.info.run_id,
-            metrics=[Metric("teacher/return_mean", ret, 0, steps), Metric("env_steps", steps, 0, steps)],
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[RunTag("teacher/return_mean", f"{ret:.1f}")],
+            metrics=[Metric(TEACHER_RETURN, ret, 0, steps), Metric(ENV_STEPS, steps, 0, steps)],
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(TEACHER_RETURN, f"{ret:.1f}")],
         )
         client.set_terminated(run.info.run_id, "FINISHED")
     except BaseException:
@@ -215,7 +157,7 @@ def collect_chunk(tracking_uri: str, run_id: str, env: str, scenario: str, num_s
                    num_candidates=num_candidates, seed=seed, heldout_fraction=heldout_fraction)
 
 
-def _chunk_sizes(total: int, chunks: int) -> list[int]:
+def chunk_sizes(total: int, chunks: int) -> list[int]:
     chunks = max(1, min(chunks, total))
     return [total // chunks + (1 if i < total % chunks else 0) for i in range(chunks)]
 
@@ -232,7 +174,7 @@ def build_dataset(spec: ExperimentSpec, env: str, scenario: str, tracking_uri: s
     seeds = [d.seed * 1_000_003 + i for i in range(d.chunks)]
     parts = ray.get([
         task.remote(tracking_uri, run_id, env, scenario, n, d.candidates, seed, d.heldout_fraction)
-        for n, seed in zip(_chunk_sizes(d.states, d.chunks), seeds, strict=False)
+        for n, seed in zip(chunk_sizes(d.states, d.chunks), seeds, strict=False)
     ])
     info = teacher_info(tracking_uri, run_id)
     meta = {"env": env, "scenario": scenario, "dataset_key": key, "teacher_run_id": run_id,
@@ -258,7 +200,7 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
         if run is not None:
             out[env] = {"run_id": run.info.run_id, "trained": False}
             log(f"teacher {teacher_key(spec, env)}: reusing MLflow run {run.info.run_id} "
-                f"(clean return {run.data.metrics.get('teacher/return_mean', float('nan')):.1f})")
+                f"(clean return {run.data.metrics.get(TEACHER_RETURN, float('nan')):.1f})")
         else:
             log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
             res = spec.resources  # a local learner on a GPU needs it reserved here

@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
-from adpo_ray.config import ExperimentSpec, TrialSpec
-from adpo_ray.metric_names import is_metric_key
-from adpo_ray.orchestration import storage
+from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key
+from adpo_ray.orchestration import mlflow_store, storage
+from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 PARENT_FILE = "adpo_mlflow_parent.json"
 
@@ -44,60 +44,6 @@ def run_tags(trial: TrialSpec, grid: str) -> dict[str, str]:
         "hidden_size": str(trial.hidden_size),
         "seed": str(trial.seed),
     }
-
-
-def trial_params(spec: ExperimentSpec, trial: TrialSpec) -> dict[str, str]:
-    """The knobs that define a trial (not RLlib's ~300 config keys)."""
-    p, budget = spec.params_for(trial.env, trial.algorithm), spec.budget_for(trial.env)
-    params: dict[str, Any] = {
-        "env": trial.env,
-        "scenario": trial.scenario,
-        "algorithm": trial.algorithm,
-        "anchor_mode": trial.anchor_mode,
-        "hidden_size": trial.hidden_size,
-        "seed": trial.seed,
-        "budget.iterations": budget.iterations,
-        "budget.env_steps": budget.env_steps,
-        "lr": p.lr,
-        "gamma": p.gamma,
-        "lambda": p.lambda_,
-        "num_epochs": p.num_epochs,
-        "minibatch_size": p.minibatch_size,
-        "train_batch_size": p.train_batch_size,
-        "entropy_coeff": p.entropy_coeff,
-        "vf_coeff": p.vf_coeff,
-    }
-    if spec.distill is not None:
-        from adpo_ray.orchestration.distill import dataset_key, teacher_key
-
-        d = spec.distill
-        params.update({
-            "distill.teacher_key": teacher_key(spec, trial.env),
-            "distill.dataset_key": dataset_key(spec, trial.env, trial.scenario),
-            "distill.states": d.dataset.states,
-            "distill.candidates": d.dataset.candidates,
-            "distill.states_per_iteration": d.states_per_iteration,
-            "distill.minibatch_states": d.minibatch_states,
-        })
-        for k in ("num_epochs", "minibatch_size", "train_batch_size", "gamma", "lambda", "vf_coeff", "entropy_coeff"):
-            params.pop(k)  # the teacher's knobs (in its key), not the student's
-    if trial.algorithm in ("adpo", "dpo"):
-        params.update(
-            loss="dpo" if trial.algorithm == "dpo" else p.loss,
-            target="hard" if trial.algorithm == "dpo" else p.target,
-            tau_anc=p.tau_anc,
-            beta_q=p.beta_q,
-        )
-        if spec.distill is None:
-            params.update(
-                list_source="actions" if trial.algorithm == "dpo" else spec.list_source(trial.env),
-                list_size=p.list_size,
-            )
-        for k, v in spec.anchors.schedule_params(trial.anchor_mode).items():
-            params[f"anchor.{k}"] = v
-    if trial.env == "PreferenceBandit":
-        params.update({f"bandit.{k}": v for k, v in spec.bandit.model_dump().items()})
-    return {k: str(v) for k, v in params.items()}
 
 
 def software_tags() -> dict[str, str]:
@@ -133,26 +79,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def experiment_id(client, name: str, artifact_location: str | None) -> str:
-    """The id of the MLflow experiment ``name``, restored or created as needed."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        # "custom model development": the MLflow UI opens on the runs table, not GenAI traces
-        return client.create_experiment(
-            name, artifact_location=artifact_location,
-            tags={"mlflow.experimentKind": "custom_model_development"},
-        )
-    except Exception:  # created concurrently by another launch
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
 class MLflowTracker(tune.Callback):
     """Tune callback logging a grid to MLflow (see the module docstring)."""
 
@@ -186,9 +112,7 @@ class MLflowTracker(tune.Callback):
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = mlflow_store.client(self.tracking_uri)
         return self._client
 
     # -- parent run ------------------------------------------------------------------------
@@ -227,7 +151,7 @@ class MLflowTracker(tune.Callback):
             self.client.log_artifact(self.parent_run_id, str(path))
 
     def _experiment_id(self, name: str) -> str:
-        return experiment_id(self.client, name, self.artifact_location)
+        return mlflow_store.experiment_id(self.client, name, self.artifact_location)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -248,7 +172,7 @@ class MLflowTracker(tune.Callback):
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            history = self.client.get_metric_history(run_id, "env_steps")
+            history = self.client.get_metric_history(run_id, ENV_STEPS)
             self._state["last_step"][run_id] = max((m.step for m in history), default=-1)
         else:
             run = self.client.create_run(
@@ -262,7 +186,7 @@ class MLflowTracker(tune.Callback):
                 },
             )
             run_id = run.info.run_id
-            self._log_params(run_id, trial_params(spec, t))
+            self._log_params(run_id, spec.knobs(t).params())
             self._state["last_step"][run_id] = -1
         self._state["children"][key] = run_id
         return run_id
@@ -274,7 +198,7 @@ class MLflowTracker(tune.Callback):
         from mlflow.entities import Metric
 
         run_id = self._child(trial)
-        step = int(result.get("env_steps", result.get("training_iteration", 0)))
+        step = int(result.get(ENV_STEPS, result.get(TRAINING_ITERATION, 0)))
         if step <= self._state["last_step"].get(run_id, -1):
             return  # already logged before a crash / restore: one history per trial
         now = int(time.time() * 1000)
@@ -318,12 +242,12 @@ class MLflowTracker(tune.Callback):
         frames = []
         for key in run.data.metrics:
             hist = self.client.get_metric_history(run_id, key)
-            frames.append(pd.DataFrame({"env_steps": [m.step for m in hist], key: [m.value for m in hist]})
-                          .drop_duplicates("env_steps", keep="last").set_index("env_steps"))
+            frames.append(pd.DataFrame({"step": [m.step for m in hist], key: [m.value for m in hist]})
+                          .drop_duplicates("step", keep="last").set_index("step"))
         if not frames:
             return
         table = pd.concat(frames, axis=1).sort_index()
-        table = table.drop(columns=["env_steps"], errors="ignore").reset_index()
+        table = table.drop(columns=[ENV_STEPS], errors="ignore").rename_axis(ENV_STEPS).reset_index()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "metrics.csv"
             table.to_csv(path, index=False)

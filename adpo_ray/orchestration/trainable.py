@@ -1,4 +1,5 @@
-"""The Tune trainable of every grid trial: one RLlib algorithm (ADPO, DPO or PPO) per trial.
+"""The Tune trainable of every grid trial: one RLlib algorithm per trial (ADPO, DPO or PPO online;
+an ADPO, KD or BC student offline).
 
 Tune reserves the algorithm's own placement group (main process, env runners, learners) through
 :meth:`GridTrainable.default_resource_request`; results are reduced to the curated metrics.
@@ -12,8 +13,8 @@ from typing import Any
 
 from ray import tune
 
-from adpo_ray.config import ExperimentSpec, TrialSpec
-from adpo_ray.orchestration.metrics import curate
+from adpo_ray.metrics import ENV_STEPS, EVAL_METRICS, EVAL_RETURN, curate
+from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 
 @lru_cache(maxsize=8)
@@ -32,10 +33,10 @@ def algo_config_from(config: dict[str, Any]):
 
     spec, trial = trial_from_config(config)
     if spec.distill is None:
-        return build_algo_config(spec, trial)
+        return build_algo_config(spec.knobs(trial))
     from adpo_ray.orchestration.distill import student_inputs
 
-    return build_distill_config(spec, trial, **student_inputs(spec, trial, config["tracking_uri"]))
+    return build_distill_config(spec.knobs(trial), **student_inputs(spec, trial, config["tracking_uri"]))
 
 
 @lru_cache(maxsize=64)
@@ -44,7 +45,8 @@ def _resources(spec_json: str, env: str, algorithm: str):
 
     spec = _spec(spec_json)
     trial = next(t for t in spec.trials() if t.env == env and t.algorithm == algorithm)
-    algo_config = build_algo_config(spec, trial) if spec.distill is None else build_distill_config(spec, trial)
+    knobs = spec.knobs(trial)
+    algo_config = build_algo_config(knobs) if spec.distill is None else build_distill_config(knobs)
     return algo_config.algo_class.default_resource_request(algo_config)
 
 
@@ -67,16 +69,16 @@ class GridTrainable(tune.Trainable):
         raw = self.algo.train()
         result = curate(raw)
         if not self._evaluated_this_iteration():
-            for key in ("eval/return_mean", "eval/return_over_teacher"):
+            for key in EVAL_METRICS:
                 result.pop(key, None)  # RLlib repeats the last evaluation's numbers
-        it, steps = self.algo.iteration, result.get("env_steps", 0)
+        it, steps = self.algo.iteration, result.get(ENV_STEPS, 0)
         b = self.budget
         if (b.iterations and it >= b.iterations) or (b.env_steps and steps >= b.env_steps):
             result["done"] = True  # the trial's own budget: bandit and MuJoCo trials differ
-            if "eval/return_mean" not in result and self.spec.distill is None and self.algo.config.evaluation_interval:
+            if EVAL_RETURN not in result and self.spec.distill is None and self.algo.config.evaluation_interval:
                 # every trial ends with a clean evaluation of its final policy
                 final = curate({"evaluation": self.algo.evaluate()})
-                result.update({k: v for k, v in final.items() if k.startswith("eval/")})
+                result.update({k: v for k, v in final.items() if k in EVAL_METRICS})
         elif it % b.checkpoint_every == 0:
             result["should_checkpoint"] = True
         return result

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from adpo_ray.core import stats
 from adpo_ray.envs import ENVIRONMENTS
-from adpo_ray.metric_names import HEADLINE
+from adpo_ray.metrics import EVAL_OVER_TEACHER, EVAL_RETURN, EVAL_WINMASS, HEADLINE, KL_TEACHER
+from adpo_ray.report import stats
 
 GROUP = ["env", "scenario", "hidden_size", "method"]
 DYNAMIC, FIXED = "adpo-dynamic", "adpo-fixed"
@@ -95,7 +95,7 @@ def _fmt_ci(value: float, low: float, high: float, pct: bool = False) -> str:
 
 
 STUDENT_ORDER = ["adpo-fixed", "adpo-dynamic", "kd", "bc"]  # report row order
-RETURN, OVER_TEACHER, KL = "eval/return_mean", "eval/return_over_teacher", "distill/kl_teacher"
+RETURN, OVER_TEACHER, KL = EVAL_RETURN, EVAL_OVER_TEACHER, KL_TEACHER
 
 
 def is_distill(trials: pd.DataFrame) -> bool:
@@ -202,7 +202,7 @@ def paper_claims(trials: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
         small, large = hidden[0], hidden[-1]
 
         def vals(method, h):
-            return bandit[(bandit["method"] == method) & (bandit["hidden_size"] == h)]["eval/winmass"].dropna().to_numpy()
+            return bandit[(bandit["method"] == method) & (bandit["hidden_size"] == h)][EVAL_WINMASS].dropna().to_numpy()
 
         a_l, b_l, a_s, b_s = vals(DYNAMIC, large), vals(baseline, large), vals(DYNAMIC, small), vals(baseline, small)
         gain = (a_l.mean() - b_l.mean()) - (a_s.mean() - b_s.mean())

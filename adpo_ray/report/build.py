@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from adpo_ray.core.stats import CONFIDENCE, N_RESAMPLES
+from adpo_ray.metrics import REPORT_COLUMNS
 from adpo_ray.report import plots
 from adpo_ray.report.analysis import compare, distill_table, group_stats, paper_claims
 from adpo_ray.report.data import COORDS, GridData
+from adpo_ray.report.stats import CONFIDENCE, N_RESAMPLES
 
-METRIC_COLUMNS = ["eval/winmass", "eval/return_mean", "eval/return_over_teacher", "distill/kl_teacher",
-                  "train/return_mean", "adpo/anchor_kl", "adpo/anchor_refreshes", "env_steps"]
+METRIC_COLUMNS = list(REPORT_COLUMNS)
 
 
 def _distill_view(table: pd.DataFrame) -> pd.DataFrame:

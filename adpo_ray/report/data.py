@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from adpo_ray.core.noise import SCENARIOS, TWELVE
-from adpo_ray.metric_names import is_metric_key
+from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, is_metric_key
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed"]
-CURVE_METRICS = ("eval/winmass", "eval/return_mean", "distill/kl_teacher")
 SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
 
 
@@ -99,7 +98,7 @@ def load_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = 
 
 def load_tune_folder(run_dir: str | Path) -> GridData:
     """The same tables from a Tune results folder (each trial's params.json and progress.csv)."""
-    from adpo_ray.config import TrialSpec
+    from adpo_ray.spec import TrialSpec
 
     run_dir = Path(run_dir)
     rows, curve_rows = [], []
@@ -110,8 +109,8 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         tag = TrialSpec(**config["trial"]).tag
         progress = params.parent / "progress.csv"
         history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
-        if not history.empty and "env_steps" in history:
-            history = history.drop_duplicates("env_steps", keep="last").sort_values("env_steps")
+        if not history.empty and ENV_STEPS in history:
+            history = history.drop_duplicates(ENV_STEPS, keep="last").sort_values(ENV_STEPS)
         # error.txt stays behind after a retried failure: the last result's `done` says more
         done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
         row = {"trial": tag, **_coords(config["trial"]), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}
@@ -120,7 +119,7 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
             row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})
             for key in CURVE_METRICS:
                 if key in history:
-                    for step, value in zip(history["env_steps"], history[key], strict=True):
+                    for step, value in zip(history[ENV_STEPS], history[key], strict=True):
                         if pd.notna(value):
                             curve_rows.append({"trial": tag, "env_steps": int(step), "metric": key, "value": float(value)})
         rows.append(row)

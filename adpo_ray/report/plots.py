@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from adpo_ray.metrics import EVAL_OVER_TEACHER, EVAL_RETURN, KL_TEACHER  # noqa: E402
 from adpo_ray.report.analysis import headline  # noqa: E402
 
 DPI = 100
@@ -130,7 +131,7 @@ def hidden_scaling(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
 def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     """Distillation students: final clean return against KL(teacher ‖ student), one point per
     trial (log KL axis); the teacher's return as a dashed line when known."""
-    kl, ret = "distill/kl_teacher", "eval/return_mean"
+    kl, ret = KL_TEACHER, EVAL_RETURN
     sub = trials[trials["env"] == env]
     if sub.empty or kl not in sub or ret not in sub or sub[kl].isna().all():
         return None
@@ -140,8 +141,8 @@ def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     for method in methods:
         m = sub[sub["method"] == method]
         ax.scatter(m[kl].clip(lower=1e-6), m[ret], label=method, color=colors[method], alpha=0.8)
-    if "eval/return_over_teacher" in sub:
-        ratio = sub["eval/return_over_teacher"].replace(0, np.nan)
+    if EVAL_OVER_TEACHER in sub:
+        ratio = sub[EVAL_OVER_TEACHER].replace(0, np.nan)
         teacher = (sub[ret] / ratio).dropna()
         if len(teacher):
             ax.axhline(float(teacher.median()), color="grey", ls="--", lw=1, label="teacher")

@@ -2,9 +2,10 @@
 
 * ``eval/winmass`` (bandit): the policy's mass on the truly best item over fixed held-out nominal
   contexts, computed on the learner's own module after every training iteration.
-* ``train/clean_return``: the return of each training episode under the *clean* reward (every env
-  of the project reports ``info["clean_return"]`` at the episode's end), next to RLlib's noisy
-  ``episode_return_mean``.
+* ``train/return_mean``: the return of each training episode under the *clean* reward (every env
+  of the project reports ``info["clean_return"]`` at the episode's end), logged by the env runners
+  as ``train_clean_return`` next to RLlib's noisy ``episode_return_mean``
+  (``train/return_noisy_mean``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
 from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
-
-CLEAN_RETURN = "train_clean_return"
+from adpo_ray.metrics import CLEAN_RETURN_KEY, EVAL_GROUP, WINMASS_KEY
 
 
 def _winmass_on_learner(learner, env_config: dict) -> float:
@@ -36,10 +36,10 @@ class ADPOCallbacks(RLlibCallback):
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
         last = episode.get_infos(-1)
         if metrics_logger is not None and isinstance(last, dict) and "clean_return" in last:
-            metrics_logger.log_value(CLEAN_RETURN, float(last["clean_return"]), reduce="mean", window=100)
+            metrics_logger.log_value(CLEAN_RETURN_KEY, float(last["clean_return"]), reduce="mean", window=100)
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
         env_config = dict(algorithm.config.env_config or {})
         if ENVIRONMENTS.get(env_config.get("env", ""), {}).get("kind") == "bandit":
             values = algorithm.learner_group.foreach_learner(lambda lr: _winmass_on_learner(lr, env_config))
-            result.setdefault("eval", {})["winmass"] = float(np.mean([v.get() for v in values]))
+            result.setdefault(EVAL_GROUP, {})[WINMASS_KEY] = float(np.mean([v.get() for v in values]))

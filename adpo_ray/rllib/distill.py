@@ -45,17 +45,23 @@ from adpo_ray.core.distill import (
 from adpo_ray.core.losses import LOSSES, adpo_loss
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs.candidates import read_dataset
-from adpo_ray.rllib.learner import ENTROPY, AnchorRefreshMixin
+from adpo_ray.metrics import (
+    DISTILL_EVAL_OVER_TEACHER_KEY,
+    DISTILL_EVAL_RETURN_KEY,
+    DISTILL_GROUP,
+    DISTILL_KL_KEY,
+    DISTILL_STATES_KEY,
+    ENTROPY,
+    LOSS_DISTILL,
+    TRAIN_KL_TEACHER,
+)
+from adpo_ray.rllib.anchor_refresh import AnchorRefreshMixin
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
 
 #: Dataset columns a learner minibatch carries (``obs`` becomes ``Columns.OBS``).
 LEARNER_COLUMNS = ("actions", "rewards", "teacher_logp", "teacher_mean", "teacher_log_std")
 
 EVAL_SEED = 10_000  # teachers and students are evaluated on the same episodes
-LOSS_DISTILL = "loss/distill"
-TRAIN_KL_TEACHER = "distill/train_kl_teacher"
-EVAL_RETURN = "eval_return_mean"
-EVAL_OVER_TEACHER = "eval_return_over_teacher"
 
 
 def split_gaussian(dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,8 +258,8 @@ class Distill(Algorithm):
         self.metrics.aggregate(results, key=LEARNER_RESULTS)
         heldout = self._heldout
         kl = self.learner_group.foreach_learner(lambda lr: lr.heldout_kl(heldout))
-        self.metrics.log_value(("distill", "kl_teacher"), float(np.mean([v.get() for v in kl])), window=1)
-        self.metrics.log_value(("distill", "states_trained"), states_trained, window=1)
+        self.metrics.log_value((DISTILL_GROUP, DISTILL_KL_KEY), float(np.mean([v.get() for v in kl])), window=1)
+        self.metrics.log_value((DISTILL_GROUP, DISTILL_STATES_KEY), states_trained, window=1)
         if it % cfg.eval_interval == 0 or (cfg.total_iterations and it >= cfg.total_iterations):
             env_name, obs_norm, episodes = cfg.env_config["env"], cfg.obs_norm, cfg.eval_episodes
             ret = self.learner_group.foreach_learner(
@@ -261,6 +267,6 @@ class Distill(Algorithm):
             )
             self.last_eval_iteration = it
             value = float(np.mean([v.get() for v in ret]))
-            self.metrics.log_value(("distill", EVAL_RETURN), value, window=1)
+            self.metrics.log_value((DISTILL_GROUP, DISTILL_EVAL_RETURN_KEY), value, window=1)
             if cfg.teacher_return:
-                self.metrics.log_value(("distill", EVAL_OVER_TEACHER), value / cfg.teacher_return, window=1)
+                self.metrics.log_value((DISTILL_GROUP, DISTILL_EVAL_OVER_TEACHER_KEY), value / cfg.teacher_return, window=1)

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
-from adpo_ray.config import TrialSpec, parse_spec
 from adpo_ray.rllib.algorithm import ADPO, ADPOConfig
 from adpo_ray.rllib.factory import build_algo_config
+from adpo_ray.spec import TrialSpec, parse_spec
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +22,7 @@ BANDIT = {
 
 def make_algo(mode="dynamic", algorithm="adpo", env="PreferenceBandit", scenario="clean", spec=None, **over):
     spec = parse_spec({**(spec or BANDIT), **over})
-    return build_algo_config(spec, TrialSpec(env, scenario, algorithm, mode, 64, 0)).build_algo()
+    return build_algo_config(spec.knobs(TrialSpec(env, scenario, algorithm, mode, 64, 0))).build_algo()
 
 
 def learner(algo):
@@ -168,7 +167,7 @@ def test_save_restore_keeps_anchor_and_schedule(ray_local, tmp_path):
 def test_anchor_init_from_checkpoint(ray_local, tmp_path):
     _, teacher_policy, _, path = train_and_save("dynamic", 2, tmp_path / "teacher")
     spec = parse_spec(BANDIT)
-    cfg = build_algo_config(spec, TrialSpec("PreferenceBandit", "clean", "adpo", "fixed", 64, 1))
+    cfg = build_algo_config(spec.knobs(TrialSpec("PreferenceBandit", "clean", "adpo", "fixed", 64, 1)))
     student = cfg.training(anchor_init=path).build_algo()
     try:
         anchor, policy = anchor_and_policy(student)
@@ -232,16 +231,3 @@ def test_list_source_actions_on_continuous_env_fails_at_config_time(ray_local):
     cfg = ADPOConfig().environment(register(), env_config={"env": "Hopper-v5"}).training(list_source="actions")
     with pytest.raises(ValueError, match="list_source='actions' needs a discrete action space"):
         cfg.validate()
-
-
-def test_bad_anchor_mode_fails_at_config_time():
-    with pytest.raises(ValueError, match="unknown anchor mode 'sticky'"):
-        ADPOConfig().environment("CartPole-v1").training(anchor_mode="sticky").validate()
-
-
-def test_group_into_lists_pads_and_masks():
-    from adpo_ray.rllib.learner import group_into_lists
-
-    lists, mask = group_into_lists(torch.arange(5.0), 2)
-    assert lists.tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 0.0]]
-    assert mask.tolist() == [[True, True], [True, True], [True, False]]

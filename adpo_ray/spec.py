@@ -1,4 +1,5 @@
-"""Experiment specs: the pydantic models behind every YAML in ``tune_configs/``.
+"""Experiment specs: the pydantic models behind every YAML in ``tune_configs/``, and each trial's
+effective settings (:class:`TrialKnobs`, from :meth:`ExperimentSpec.knobs`).
 
 One spec describes one grid: environments x scenarios x methods (ADPO anchor modes and baselines)
 x hidden sizes x seeds, with the budget, the ADPO hyperparameters, resources and tracking.
@@ -8,8 +9,9 @@ before the whole file validates (:func:`load_spec`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import os
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -31,7 +33,8 @@ from adpo_ray.core.noise import SCENARIOS, TWELVE, get_scenario
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs import ENVIRONMENTS
 
-__all__ = ["ExperimentSpec", "TrialSpec", "SpecError", "load_spec", "parse_spec"]
+__all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "load_spec", "parse_spec",
+           "teacher_key", "dataset_key"]
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
 Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
@@ -117,8 +120,10 @@ class Budget(_Strict):
         return self
 
 
-class ADPOParams(_Strict):
-    """ADPO hyperparameters (and the shared PPO-style optimisation knobs)."""
+class TrainParams(_Strict):
+    """The ``adpo:`` section: ADPO's loss knobs and the optimisation knobs every method shares
+    (network updates, batches, GAE). PPO trials read it through the ``ppo:`` overrides
+    (:meth:`ExperimentSpec.params_for`)."""
 
     loss: Literal["listwise", "pairwise", "dpo"] = "listwise"
     target: Literal["softmax", "kde", "hard"] = "softmax"
@@ -139,7 +144,7 @@ class ADPOParams(_Strict):
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _batches(self) -> ADPOParams:
+    def _batches(self) -> TrainParams:
         _at_most("minibatch_size", "train_batch_size", self)
         return self
 
@@ -172,8 +177,9 @@ class Evaluation(_Strict):
 
 
 class TeacherParams(_Strict):
-    """The distillation teacher: RLlib PPO on the clean env (the spec's ``adpo`` optimisation knobs),
-    found again in MLflow by env, budget, seed, network and knobs — trained once, reused after."""
+    """The distillation teacher: RLlib PPO on the clean env (the optimisation knobs of PPO trials:
+    the ``adpo`` section with the ``ppo`` overrides), found again in MLflow by env, budget, seed,
+    network and knobs — trained once, reused after."""
 
     env_steps: PosInt = 300_000
     seed: NonNegInt = 0
@@ -224,7 +230,7 @@ class ExperimentSpec(_Strict):
     hidden_sizes: list[PosInt] = Field(default_factory=lambda: [64], min_length=1)
     seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
     budget: Budget
-    adpo: ADPOParams = Field(default_factory=ADPOParams)
+    adpo: TrainParams = Field(default_factory=TrainParams)
     bandit: BanditParams = Field(default_factory=BanditParams)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
@@ -327,19 +333,19 @@ class ExperimentSpec(_Strict):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
-    def adpo_for(self, env: str) -> ADPOParams:
+    def adpo_for(self, env: str) -> TrainParams:
         """The ADPO/optimisation parameters of ``env``'s trials (spec values + env overrides)."""
         override = self.env_overrides.get(env)
         if override is None or not override.adpo:
             return self.adpo
-        return ADPOParams.model_validate({**self.adpo.model_dump(by_alias=True), **override.adpo})
+        return TrainParams.model_validate({**self.adpo.model_dump(by_alias=True), **override.adpo})
 
-    def params_for(self, env: str, algorithm: str) -> ADPOParams:
+    def params_for(self, env: str, algorithm: str) -> TrainParams:
         """The optimisation knobs of one trial: :meth:`adpo_for` plus, for PPO, the ``ppo`` overrides."""
         params = self.adpo_for(env)
         if algorithm != "ppo" or not self.ppo:
             return params
-        return ADPOParams.model_validate({**params.model_dump(by_alias=True), **self.ppo})
+        return TrainParams.model_validate({**params.model_dump(by_alias=True), **self.ppo})
 
     def budget_for(self, env: str) -> Budget:
         override = self.env_overrides.get(env)
@@ -348,6 +354,11 @@ class ExperimentSpec(_Strict):
     def list_source(self, env: str) -> str:
         source = self.adpo_for(env).list_source
         return ENVIRONMENTS[env]["list_source"] if source == "auto" else source
+
+    def knobs(self, trial: TrialSpec) -> TrialKnobs:
+        """The effective settings of one trial: the single record that the RLlib config builders
+        (:mod:`adpo_ray.rllib.factory`) and the MLflow params read."""
+        return _knobs(self, trial)
 
     def trials(self) -> list[TrialSpec]:
         """Every trial of the grid, in a stable order."""
@@ -400,13 +411,155 @@ class TrialSpec:
         return asdict(self)
 
 
-def default_tracking_uri(cwd: str | Path | None = None) -> str:
-    """``sqlite:///<absolute cwd>/mlflow.db``: absolute, because Tune changes working directories."""
-    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def default_artifact_location(cwd: str | Path | None = None) -> str:
-    return str(Path(cwd or os.getcwd()).resolve() / "mlartifacts")
+def teacher_key(spec: ExperimentSpec, env: str) -> str:
+    """A distillation teacher's identity: env, budget, seed, network and the PPO knobs it trains with."""
+    t = spec.distill.teacher
+    knobs = spec.params_for(env, "ppo").model_dump(
+        include={"lr", "gamma", "lambda_", "num_epochs", "minibatch_size", "train_batch_size",
+                 "entropy_coeff", "vf_coeff", "grad_clip"}
+    )
+    # the evaluation episodes too: the teacher's return is the yardstick of its students
+    knobs["evaluation_episodes"] = spec.evaluation.episodes
+    return f"{env}_ppo_{t.env_steps}steps_h{t.hidden_size}_s{t.seed}_{_digest(knobs)}"
+
+
+def dataset_key(spec: ExperimentSpec, env: str, scenario: str) -> str:
+    """A distillation dataset's identity (under its teacher's run): scenario and dataset knobs."""
+    d = spec.distill.dataset
+    return f"{scenario}_{d.states}x{d.candidates}_{_digest(d.model_dump())}"
+
+
+@dataclass(frozen=True)
+class TrialKnobs:
+    """Everything one trial trains with, derived once from the spec by :meth:`ExperimentSpec.knobs`.
+
+    The RLlib config builders read only this record, and :meth:`params` is what MLflow logs, so
+    the params shown are the settings that trained. Knobs that do not apply to the trial's method
+    are ``None`` (and not logged): ``clip_param`` is PPO's, the preference-loss knobs are ADPO's and
+    DPO's, the batch and GAE knobs are online RL's, the ``distill_*`` knobs a student's."""
+
+    trial: TrialSpec
+    kind: str  # the env's kind: bandit | mujoco
+    # budget
+    iterations: int | None
+    env_steps: int | None
+    checkpoint_every: int
+    # optimisation (every method)
+    lr: float
+    grad_clip: float | None
+    # online RL (adpo, dpo, ppo)
+    gamma: float | None = None
+    lambda_: float | None = None
+    num_epochs: int | None = None
+    minibatch_size: int | None = None
+    train_batch_size: int | None = None
+    entropy_coeff: float | None = None
+    vf_coeff: float | None = None
+    clip_param: float | None = None  # ppo
+    # the anchored preference loss (adpo, dpo; adpo students)
+    loss: str | None = None
+    target: str | None = None
+    tau_anc: float | None = None
+    beta_q: float | None = None
+    list_source: str | None = None  # online only
+    list_size: int | None = None  # online, list_source batch
+    anchor_mode: str | None = None
+    anchor_params: tuple[tuple[str, Any], ...] = ()
+    # environment and evaluation
+    bandit: tuple[tuple[str, Any], ...] = ()
+    eval_interval: int | None = None
+    eval_episodes: int | None = None
+    # offline distillation students
+    distill_teacher_key: str | None = None
+    distill_dataset_key: str | None = None
+    distill_states: int | None = None
+    distill_candidates: int | None = None
+    distill_states_per_iteration: int | None = None
+    distill_minibatch_states: int | None = None
+    # resources of the trial's algorithm
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int = 1
+    num_learners: int = 0
+    num_gpus_per_learner: float = 0.0
+
+    @property
+    def env_config(self) -> dict[str, Any]:
+        """The env creator's config of the training env (the trial's scenario)."""
+        return {"env": self.trial.env, "scenario": self.trial.scenario, **dict(self.bandit)}
+
+    def params(self) -> dict[str, str]:
+        """The MLflow params of the trial: its coordinates and every knob that applies."""
+        t = self.trial
+        out: dict[str, Any] = {
+            "env": t.env, "scenario": t.scenario, "algorithm": t.algorithm, "anchor_mode": t.anchor_mode,
+            "hidden_size": t.hidden_size, "seed": t.seed,
+            "budget.iterations": self.iterations, "budget.env_steps": self.env_steps,
+        }
+        skip = {"trial", "kind", "iterations", "env_steps", "checkpoint_every", "anchor_mode",
+                "anchor_params", "bandit"}
+        for name, value in asdict(self).items():
+            if name in skip or value is None:
+                continue
+            if name.startswith("distill_"):
+                name = "distill." + name.removeprefix("distill_")
+            elif name.startswith(("num_env", "num_learners", "num_gpus")):
+                name = "resources." + name
+            elif name.startswith("eval_"):
+                name = "evaluation." + name.removeprefix("eval_")
+            out[name.rstrip("_")] = value
+        out.update({f"anchor.{k}": v for k, v in self.anchor_params})
+        out.update({f"bandit.{k}": v for k, v in self.bandit})
+        return {k: str(v) for k, v in out.items()}
+
+
+def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
+    kind = ENVIRONMENTS[trial.env]["kind"]
+    budget, res = spec.budget_for(trial.env), spec.resources
+    student = spec.distill is not None and trial.algorithm in DISTILL_METHODS
+    p = spec.params_for(trial.env, trial.algorithm)
+    common: dict[str, Any] = dict(
+        trial=trial, kind=kind, iterations=budget.iterations, env_steps=budget.env_steps,
+        checkpoint_every=budget.checkpoint_every, lr=p.lr, grad_clip=p.grad_clip,
+        num_env_runners=res.num_env_runners, num_envs_per_env_runner=res.num_envs_per_env_runner,
+        num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner,
+    )
+    if kind == "bandit":
+        common["bandit"] = tuple(spec.bandit.model_dump().items())
+    if kind == "mujoco":
+        common.update(eval_interval=spec.evaluation.interval, eval_episodes=spec.evaluation.episodes)
+    if student:
+        d = spec.distill
+        common.update(
+            distill_teacher_key=teacher_key(spec, trial.env),
+            distill_dataset_key=dataset_key(spec, trial.env, trial.scenario),
+            distill_states=d.dataset.states, distill_candidates=d.dataset.candidates,
+            distill_states_per_iteration=d.states_per_iteration, distill_minibatch_states=d.minibatch_states,
+        )
+        if trial.algorithm == "adpo":  # kd and bc have no preference loss and no anchor
+            common.update(loss=p.loss, target=p.target, tau_anc=p.tau_anc, beta_q=p.beta_q,
+                          anchor_mode=trial.anchor_mode,
+                          anchor_params=tuple(spec.anchors.schedule_params(trial.anchor_mode).items()))
+        return TrialKnobs(**common)
+    common.update(
+        gamma=p.gamma, lambda_=p.lambda_, num_epochs=p.num_epochs, minibatch_size=p.minibatch_size,
+        train_batch_size=p.train_batch_size, entropy_coeff=p.entropy_coeff, vf_coeff=p.vf_coeff,
+    )
+    if trial.algorithm == "ppo":
+        common["clip_param"] = 0.2
+    elif trial.algorithm == "dpo":
+        # DPO: hard pairwise labels, the frozen initial policy as reference, lists of all actions
+        common.update(loss="dpo", target="hard", tau_anc=p.tau_anc, beta_q=p.beta_q,
+                      list_source="actions", anchor_mode="fixed")
+    else:
+        source = spec.list_source(trial.env)
+        common.update(loss=p.loss, target=p.target, tau_anc=p.tau_anc, beta_q=p.beta_q, list_source=source,
+                      list_size=p.list_size if source == "batch" else None, anchor_mode=trial.anchor_mode,
+                      anchor_params=tuple(spec.anchors.schedule_params(trial.anchor_mode).items()))
+    return TrialKnobs(**common)
 
 
 def _fmt_loc(loc: tuple) -> str:

@@ -17,20 +17,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from adpo_ray.config import parse_spec
-from adpo_ray.orchestration.grid import (
-    GridOptions,
-    ResourceError,
-    plan_trials,
-    run_grid,
-    summary_frame,
-)
+from adpo_ray.orchestration.launch import GridOptions, run_grid
+from adpo_ray.orchestration.planning import ResourceError, plan_trials
 from adpo_ray.orchestration.trainable import GridTrainable
 from adpo_ray.report.build import build_report, log_report
 from adpo_ray.report.data import load_mlflow, load_tune_folder
+from adpo_ray.report.summary import summary_frame
+from adpo_ray.spec import parse_spec
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {
     "name": "small",

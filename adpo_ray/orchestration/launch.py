@@ -1,7 +1,8 @@
-"""Spec -> Tune grid: plan resources, launch (or resume) the Tuner, summarise.
+"""Launch and resume a grid on Ray Tune, tracked in MLflow.
 
 Everything that can be checked is checked before Ray or MLflow start: the spec (pydantic), every
-trial's RLlib config, and — once connected — that each trial's placement group fits a node.
+trial's RLlib config (:func:`~adpo_ray.orchestration.planning.plan_trials`), the tracking store,
+and — once connected — that each trial's placement group fits the cluster.
 """
 
 from __future__ import annotations
@@ -13,59 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adpo_ray.config import ExperimentSpec, TrialSpec
 from adpo_ray.envs import ENVIRONMENTS
-from adpo_ray.metric_names import HEADLINE, is_metric_key
+from adpo_ray.metrics import ENV_STEPS, EVAL_RETURN, EVAL_WINMASS, TRAINING_ITERATION
 from adpo_ray.orchestration import storage
+from adpo_ray.orchestration.mlflow_store import (
+    check_tracking,
+    default_artifact_location,
+    default_tracking_uri,
+)
+from adpo_ray.orchestration.planning import TrialPlan, check_fits, max_concurrent, plan_trials
+from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 GRID_FILE = "adpo_grid.json"
-
-
-class ResourceError(RuntimeError):
-    """A trial could never be scheduled on this cluster."""
-
-
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be reached."""
-
-
-def check_tracking(uri: str) -> None:
-    """Reach the tracking store once, quickly, before anything starts (MLflow's HTTP client would
-    otherwise retry for minutes inside the running grid)."""
-    from unittest import mock
-
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///"):  # a local file: its folder must be there and writable
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not (folder.is_dir() and os.access(folder, os.W_OK)):
-            raise TrackingError(f"cannot create the MLflow store {uri!r}: {folder} is not a writable folder")
-        return
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    try:
-        with mock.patch.dict(os.environ, quick):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as e:  # noqa: BLE001 - any failure here means "not reachable", said plainly
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(
-            f"cannot reach the MLflow tracking store {uri!r} ({first_line}). Start the server, or "
-            "pass another --tracking-uri (default: sqlite:///<cwd>/mlflow.db)"
-        ) from None
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    trial: TrialSpec
-    bundles: list[dict[str, float]]
-    env_steps: int
-
-    @property
-    def required(self) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for b in self.bundles:
-            for k, v in b.items():
-                total[k] = total.get(k, 0.0) + v
-        return total
 
 
 def param_space(spec: ExperimentSpec, tracking_uri: str) -> dict[str, Any]:
@@ -80,71 +40,16 @@ def param_space(spec: ExperimentSpec, tracking_uri: str) -> dict[str, Any]:
     return space
 
 
-def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
-    """Per-trial resources (RLlib's own placement group) and env-step budget. Starts no Ray."""
-    from adpo_ray.orchestration.trainable import GridTrainable
-
-    spec_dict = spec.model_dump(mode="json", by_alias=True)
-    plans = []
-    for t in spec.trials():
-        pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": t.as_dict()})
-        plans.append(TrialPlan(t, [dict(b) for b in pgf.bundles], trial_env_steps(spec, t.env, t.algorithm)))
-    return plans
-
-
-def trial_env_steps(spec: ExperimentSpec, env: str, algorithm: str = "adpo") -> int:
-    """The env steps one trial of ``env`` samples (its budget, whichever limit comes first); for
-    a distillation student, the dataset states it trains on."""
-    budget = spec.budget_for(env)
-    if spec.distill is not None:
-        return budget.iterations * spec.distill.states_per_iteration
-    by_iters = budget.iterations * spec.params_for(env, algorithm).train_batch_size if budget.iterations else None
-    return int(min(v for v in (by_iters, budget.env_steps) if v))
-
-
-def check_fits(plans: list[TrialPlan], nodes: list[dict[str, Any]]) -> None:
-    """Raise :class:`ResourceError` unless every trial's bundles fit the alive nodes."""
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
-    for plan in plans:
-        need = plan.required
-        # RLlib packs a trial's bundles; every bundle must fit some node, the whole trial the cluster.
-        for bundle in plan.bundles:
-            if not any(all(node.get(k, 0) >= v for k, v in bundle.items()) for node in alive):
-                raise ResourceError(_no_fit(plan, bundle, alive, "one bundle"))
-        totals = {k: sum(node.get(k, 0) for node in alive) for k in need}
-        if any(totals[k] < v for k, v in need.items()):
-            raise ResourceError(_no_fit(plan, need, alive, "the trial"))
-
-
-def _no_fit(plan: TrialPlan, need: dict, alive: list[dict], what: str) -> str:
-    have = [{k: node.get(k, 0) for k in ("CPU", "GPU")} for node in alive]
-    return (
-        f"trial {plan.trial.tag} can never be scheduled: {what} needs {need}, the cluster's nodes "
-        f"have {have}. Lower resources.num_env_runners / resources.num_learners / "
-        f"resources.num_gpus_per_learner in the spec, or add nodes."
-    )
-
-
-def max_concurrent(plans: list[TrialPlan], cluster: dict[str, float], spec: ExperimentSpec) -> int:
-    if spec.resources.max_concurrent_trials:
-        return spec.resources.max_concurrent_trials
-    worst = max((p.required.get("CPU", 1.0) for p in plans), default=1.0) or 1.0
-    by_cpu = int(cluster.get("CPU", 1) // worst)
-    gpu_need = max((p.required.get("GPU", 0.0) for p in plans), default=0.0)
-    by_gpu = int(cluster.get("GPU", 0) // gpu_need) if gpu_need else by_cpu
-    return max(1, min(by_cpu, by_gpu, len(plans)))
-
-
 # -- progress table ----------------------------------------------------------------------------
 def progress_reporter(spec: ExperimentSpec):
     from ray import tune
 
-    metrics = {"training_iteration": "iter", "env_steps": "env steps"}
+    metrics = {TRAINING_ITERATION: "iter", ENV_STEPS: "env steps"}
     kinds = {ENVIRONMENTS[e]["kind"] for e in spec.environments}
     if "bandit" in kinds:
-        metrics["eval/winmass"] = "WinMass"
+        metrics[EVAL_WINMASS] = "WinMass"
     if "mujoco" in kinds:
-        metrics["eval/return_mean"] = "eval return"
+        metrics[EVAL_RETURN] = "eval return"
     return tune.CLIReporter(
         metric_columns=metrics,
         parameter_columns={
@@ -188,8 +93,6 @@ def resolve_options(
     name: str | None = None,
     address: str | None = None,
 ) -> GridOptions:
-    from adpo_ray.config import default_artifact_location, default_tracking_uri
-
     uri = tracking_uri or spec.tracking.tracking_uri or default_tracking_uri()
     artifacts = spec.tracking.artifact_location
     if artifacts is None and uri.startswith("sqlite:"):
@@ -225,11 +128,19 @@ def _tuner_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def _start(address: str | None) -> None:
+    """The prelude of a launch and of a resume: Tune's environment, then Ray."""
+    _tuner_env()
+    connect(address)
+
+
 def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verbose: int = 1,
              plans: list[TrialPlan] | None = None):
     """Launch the grid of ``spec`` and return Tune's ResultGrid (``plans``: from
     :func:`plan_trials`, if the caller has them already)."""
-    _tuner_env()
+    plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
+    check_tracking(options.tracking_uri)
+    _start(options.address)
     import ray
     from ray import tune
 
@@ -237,9 +148,6 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     from adpo_ray.orchestration.trainable import GridTrainable
 
     trainable = trainable or GridTrainable
-    plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
-    check_tracking(options.tracking_uri)
-    connect(options.address)
     check_fits(plans, ray.nodes())
     concurrency = max_concurrent(plans, ray.cluster_resources(), spec)
 
@@ -292,7 +200,6 @@ def load_grid_file(run_dir: str) -> tuple[ExperimentSpec, GridOptions]:
 def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=None):
     """Finish an interrupted grid: unfinished and errored trials resume from their checkpoints;
     finished trials are not re-run; MLflow runs are re-attached, never duplicated."""
-    _tuner_env()
     from ray import tune
 
     from adpo_ray.orchestration.tracking import MLflowTracker
@@ -304,7 +211,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
         raise FileNotFoundError(f"{run_dir} has no Tune experiment state to resume")
     # the folder may have moved since launch: everything follows the folder given here
     options.storage_path, _, options.name = run_dir.rpartition("/")
-    connect(address or options.address)
+    _start(address or options.address)
     tuner = tune.Tuner.restore(
         run_dir,
         trainable=trainable or GridTrainable,
@@ -318,26 +225,3 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
         if isinstance(callback, MLflowTracker):
             callback.run_dir = run_dir
     return tuner.fit(), spec, options
-
-
-# -- summary -----------------------------------------------------------------------------------
-def summary_frame(results) -> Any:
-    """One row per trial: coordinates, status and final curated metrics."""
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        t = TrialSpec(**r.config["trial"])
-        row = {**t.as_dict(), "method": t.method, "status": "ERROR" if r.error else "TERMINATED"}
-        row.update({k: v for k, v in (r.metrics or {}).items() if is_metric_key(k)})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def headline_table(frame, env: str):
-    """Scenarios (rows) x methods (columns) of the env's headline metric (mean over seeds/hidden)."""
-    metric = HEADLINE[ENVIRONMENTS[env]["kind"]]
-    sub = frame[frame["env"] == env]
-    if metric not in sub:
-        return None, metric
-    return sub.pivot_table(index="scenario", columns="method", values=metric, aggfunc="mean"), metric

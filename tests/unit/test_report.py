@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from adpo_ray.core import stats
+from adpo_ray.report import stats
 from adpo_ray.report.analysis import compare, group_stats, paper_claims
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import GridData

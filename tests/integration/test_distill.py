@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from adpo_ray.config import TrialSpec, parse_spec
-from adpo_ray.orchestration.distill import DATASET_TAG_PREFIX, TEACHER_TAG, dataset_key, teacher_key
-from adpo_ray.orchestration.grid import GridOptions, run_grid
-from adpo_ray.orchestration.metrics import curate
+from adpo_ray.metrics import curate
+from adpo_ray.orchestration.distill import DATASET_TAG_PREFIX, TEACHER_TAG
+from adpo_ray.orchestration.launch import GridOptions, run_grid
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow
 from adpo_ray.rllib.factory import build_distill_config
+from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_student_trains_and_logs(ray_local, algorithm, anchor):
     spec = parse_spec({**DISTILL, "budget": {"iterations": 3}, "adpo": {"lr": 0.003}})
     trial = TrialSpec("Hopper-v5", "clean", algorithm, anchor, 32, 0)
     norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
-    algo = build_distill_config(spec, trial, dataset=synthetic_dataset(), obs_norm=norm, teacher_return=50.0).build_algo()
+    algo = build_distill_config(spec.knobs(trial), dataset=synthetic_dataset(), obs_norm=norm, teacher_return=50.0).build_algo()
     try:
         results = [curate(algo.train()) for _ in range(3)]
     finally:

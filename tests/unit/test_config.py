@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adpo_ray.config import SpecError, load_spec, parse_spec
+from adpo_ray.spec import SpecError, load_spec, parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {
     "name": "t",
     "environments": ["PreferenceBandit"],

@@ -1,0 +1,161 @@
+"""One record of a trial's effective settings: the params MLflow logs are the values in the RLlib
+config that trains, for every method (no Ray start: configs are built, not run)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from ray.rllib.algorithms.ppo import PPOConfig
+
+from adpo_ray.rllib.algorithm import ADPOConfig
+from adpo_ray.rllib.distill import DistillConfig
+from adpo_ray.rllib.factory import build_algo_config, build_distill_config, rows_per_step
+from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
+
+ONLINE = {
+    "name": "knobs",
+    "environments": ["PreferenceBandit", "Hopper-v5"],
+    "scenarios": ["clean", "flip-high"],
+    "algorithms": ["adpo", "ppo", "dpo"],
+    "anchors": {"modes": ["fixed", "ema", "kl_triggered"], "params": {"ema": {"rate": 0.3}}},
+    "hidden_sizes": [32, 96],
+    "seeds": [3],
+    "budget": {"iterations": 4, "env_steps": 100_000},
+    "adpo": {"loss": "pairwise", "tau_anc": 0.7, "beta_q": 0.25, "lr": 0.002, "list_size": 6,
+             "minibatch_size": 32, "train_batch_size": 256, "num_epochs": 3, "entropy_coeff": 0.01},
+    "ppo": {"lr": 0.0004, "num_epochs": 7},
+    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 4096}, "adpo": {"loss": "listwise", "gamma": 0.97}}},
+    "resources": {"num_envs_per_env_runner": 4},
+    "evaluation": {"interval": 3, "episodes": 4},
+    "bandit": {"num_items": 5, "eval_contexts": 64},
+}
+DISTILL = {
+    "name": "students",
+    "environments": ["HalfCheetah-v5"],
+    "scenarios": ["gaussian-high"],
+    "algorithms": ["adpo", "kd", "bc"],
+    "anchors": {"modes": ["fixed", "dynamic"]},
+    "budget": {"iterations": 9},
+    "adpo": {"beta_q": 0.1, "lr": 0.0007, "tau_anc": 0.5},
+    "distill": {"teacher": {"env_steps": 5000}, "dataset": {"states": 400, "candidates": 4},
+                "states_per_iteration": 128, "minibatch_states": 32},
+}
+
+
+def _online_attrs(config) -> dict:
+    """RLlib config attribute behind each logged param of an online trial."""
+    return {
+        "env": config.env_config["env"], "scenario": config.env_config["scenario"],
+        "hidden_size": config._model_config.fcnet_hiddens[0], "seed": config.seed,
+        "lr": config.lr, "grad_clip": config.grad_clip, "gamma": config.gamma, "lambda": config.lambda_,
+        "num_epochs": config.num_epochs, "train_batch_size": config.train_batch_size_per_learner,
+        "entropy_coeff": config.entropy_coeff, "vf_coeff": config.vf_loss_coeff,
+        "clip_param": config.clip_param,
+        "resources.num_env_runners": config.num_env_runners,
+        "resources.num_envs_per_env_runner": config.num_envs_per_env_runner,
+        "resources.num_learners": config.num_learners,
+        "resources.num_gpus_per_learner": config.num_gpus_per_learner,
+        "evaluation.interval": config.evaluation_interval,
+        "evaluation.episodes": config.evaluation_duration,
+        **{f"bandit.{k}": v for k, v in config.env_config.items() if k not in ("env", "scenario")},
+    }
+
+
+def _adpo_attrs(config) -> dict:
+    return {"loss": config.adpo_loss, "target": config.adpo_target, "tau_anc": config.tau_anc,
+            "beta_q": config.beta_q, "list_source": getattr(config, "list_source", None),
+            "list_size": getattr(config, "list_size", None), "anchor_mode": config.anchor_mode,
+            **{f"anchor.{k}": v for k, v in config.anchor_params.items()}}
+
+
+#: Params that are no RLlib config value: the trial's own budget (the trainable stops it) and,
+#: for students, the dataset's identity and size (the dataset is the config's input).
+NOT_IN_CONFIG = {"algorithm", "budget.iterations", "budget.env_steps", "distill.teacher_key",
+                 "distill.dataset_key", "distill.states", "distill.candidates"}
+
+
+@pytest.mark.parametrize("trial", parse_spec(ONLINE).trials(), ids=lambda t: t.tag)
+def test_online_params_equal_the_rllib_config(trial):
+    spec = parse_spec(ONLINE)
+    knobs = spec.knobs(trial)
+    config = build_algo_config(knobs)
+    params = knobs.params()
+    attrs = _online_attrs(config)
+    if trial.algorithm in ("adpo", "dpo"):
+        assert isinstance(config, ADPOConfig)
+        attrs.update(_adpo_attrs(config))
+    else:
+        assert type(config) is PPOConfig and "loss" not in params and "tau_anc" not in params
+        assert params.pop("anchor_mode") == "none"  # PPO has no anchor
+    # minibatches count real samples; the bandit's one-step episodes double RLlib's rows
+    assert config.minibatch_size == int(params.pop("minibatch_size")) * rows_per_step(knobs)
+    unchecked = set(params) - set(attrs) - NOT_IN_CONFIG
+    assert not unchecked, f"logged params with no config value to check: {unchecked}"
+    for name, value in params.items():
+        if name in attrs:
+            assert str(attrs[name]) == value, (name, attrs[name], value)
+    assert params["algorithm"] == trial.algorithm
+
+
+def test_online_knobs_follow_overrides_and_methods():
+    spec = parse_spec(ONLINE)
+    hopper = spec.knobs(TrialSpec("Hopper-v5", "clean", "adpo", "ema", 32, 3))
+    assert (hopper.loss, hopper.gamma, hopper.list_source, hopper.list_size) == ("listwise", 0.97, "batch", 6)
+    assert hopper.params()["budget.env_steps"] == "4096" and hopper.params()["anchor.rate"] == "0.3"
+    ppo = spec.knobs(TrialSpec("Hopper-v5", "clean", "ppo", "none", 32, 3))
+    assert (ppo.lr, ppo.num_epochs, ppo.loss, ppo.clip_param) == (0.0004, 7, None, 0.2)
+    dpo = spec.knobs(TrialSpec("PreferenceBandit", "clean", "dpo", "fixed", 32, 3))
+    assert (dpo.loss, dpo.target, dpo.list_source, dpo.anchor_params) == ("dpo", "hard", "actions", ())
+    bandit = spec.knobs(TrialSpec("PreferenceBandit", "clean", "adpo", "fixed", 32, 3))
+    assert bandit.list_size is None and "list_size" not in bandit.params()  # lists are all K items
+    assert bandit.eval_interval is None and "bandit.num_items" in bandit.params()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bandit.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("trial", parse_spec(DISTILL).trials(), ids=lambda t: t.tag)
+def test_student_params_equal_the_rllib_config(trial):
+    spec = parse_spec(DISTILL)
+    knobs = spec.knobs(trial)
+    config = build_distill_config(knobs)
+    assert isinstance(config, DistillConfig)
+    params = knobs.params()
+    attrs = {
+        "env": config.env_config["env"], "hidden_size": config._model_config.fcnet_hiddens[0],
+        "seed": config.seed, "lr": config.lr, "grad_clip": config.grad_clip,
+        "distill.states_per_iteration": config.states_per_iteration,
+        "distill.minibatch_states": config.minibatch_states,
+        "evaluation.interval": config.eval_interval, "evaluation.episodes": config.eval_episodes,
+        "resources.num_env_runners": config.num_env_runners,
+        "resources.num_envs_per_env_runner": config.num_envs_per_env_runner,
+        "resources.num_learners": config.num_learners,
+        "resources.num_gpus_per_learner": config.num_gpus_per_learner,
+        "scenario": trial.scenario,  # the student's dataset scenario; it evaluates on clean
+    }
+    assert config.distill_method == params["algorithm"] == trial.algorithm
+    assert str(config.total_iterations) == params["budget.iterations"] == "9"
+    if trial.algorithm == "adpo":
+        attrs.update({k: v for k, v in _adpo_attrs(config).items() if k not in ("list_source", "list_size")})
+    else:  # kd and bc: no preference loss, no anchor knobs logged
+        assert not {"loss", "target", "tau_anc", "beta_q"} & set(params)
+        assert params.pop("anchor_mode") == "none"
+    assert params["distill.teacher_key"] == teacher_key(spec, trial.env)
+    assert params["distill.dataset_key"] == dataset_key(spec, trial.env, trial.scenario)
+    assert not {"gamma", "num_epochs", "train_batch_size", "minibatch_size"} & set(params)  # the teacher's
+    unchecked = set(params) - set(attrs) - NOT_IN_CONFIG
+    assert not unchecked, f"logged params with no config value to check: {unchecked}"
+    for name in set(params) & set(attrs):
+        assert str(attrs[name]) == params[name], (name, attrs[name], params[name])
+
+
+def test_teacher_knobs_are_ppo_on_the_clean_env():
+    spec = parse_spec({**DISTILL, "ppo": {"lr": 0.0002}})
+    teacher = spec.knobs(TrialSpec("HalfCheetah-v5", "clean", "ppo", "none", 64, 0))
+    config = build_algo_config(teacher)
+    assert type(config) is PPOConfig and config.lr == 0.0002 and config.env_config["scenario"] == "clean"
+    assert teacher.distill_teacher_key is None
+    # the teacher's key changes with its knobs, the dataset's with its own
+    assert teacher_key(spec, "HalfCheetah-v5") != teacher_key(parse_spec(DISTILL), "HalfCheetah-v5")
+    other = parse_spec({**DISTILL, "distill": {**DISTILL["distill"], "dataset": {"states": 500}}})
+    assert dataset_key(spec, "HalfCheetah-v5", "gaussian-high") != dataset_key(other, "HalfCheetah-v5", "gaussian-high")

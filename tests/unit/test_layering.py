@@ -1,0 +1,116 @@
+"""Layering (DESIGN.md): every module imports only its own package or the layers below it, the
+lower layers import no Ray, and no import cycle exists between modules (imports inside
+functions count too)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "adpo_ray"
+
+#: Bottom to top. A module may import its own package and anything in a lower layer.
+LAYERS = [
+    {"adpo_ray", "adpo_ray.core"},
+    {"adpo_ray.envs"},
+    {"adpo_ray.spec", "adpo_ray.metrics"},
+    {"adpo_ray.rllib", "adpo_ray.report"},
+    {"adpo_ray.orchestration"},
+    {"adpo_ray.cli"},
+]
+#: Packages that run without Ray (pure math, envs, the spec, the registry, the report).
+RAY_FREE = {"adpo_ray.core", "adpo_ray.envs", "adpo_ray.spec", "adpo_ray.metrics", "adpo_ray.report"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def unit(module: str) -> str:
+    """The layering unit of a module: its subpackage (``adpo_ray.rllib``) or top-level module."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def layer(module: str) -> int:
+    return next(i for i, units in enumerate(LAYERS) if unit(module) in units)
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from pkg import module`
+    return names
+
+
+def internal(path: Path) -> set[str]:
+    """The project's modules that ``path`` imports."""
+    return {n for n in imports(path) if n in MODULES} - {module_name(path)}
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        layer(module)  # StopIteration names a module no layer holds
+
+
+def test_imports_go_down_or_stay_in_the_package():
+    bad = []
+    for module, path in MODULES.items():
+        for target in internal(path):
+            if unit(target) != unit(module) and layer(target) >= layer(module):
+                bad.append(f"{module} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_lower_layers_import_no_ray():
+    for module, path in MODULES.items():
+        if unit(module) in RAY_FREE:
+            ray = sorted(n for n in imports(path) if n == "ray" or n.startswith("ray."))
+            assert not ray, f"{module} imports {ray}"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` (module -> imported modules) as a path, or None (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [t]
+            if t not in state and (cycle := visit(t)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    graph = {m: internal(p) for m, p in MODULES.items()}
+    # a package's __init__ re-exporting its children is no edge back into the package
+    graph = {m: {t for t in ts if not (m.startswith(t + ".") and MODULES[t].name == "__init__.py")}
+             for m, ts in graph.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    # the cycle this layering once had: tracking -> distill -> tracking
+    assert find_cycle({"t": {"d", "s"}, "d": {"t"}, "s": set()}) == ["d", "t", "d"]
