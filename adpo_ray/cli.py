@@ -77,23 +77,49 @@ def _load(path: str):
         return None
 
 
-def print_plan(spec, plans, options) -> None:
-    """The trial table of a dry run: trials grouped by env and method."""
+def local_capacity():
+    """This machine, as an embedded Ray would see it."""
+    import os
+
+    import torch
+
+    from adpo_ray.orchestration.planning import Capacity, NodeType
+
+    res = {"CPU": float(os.cpu_count() or 1)}
+    if torch.cuda.is_available():
+        res["GPU"] = float(torch.cuda.device_count())
+    return Capacity((NodeType("this machine", res, 1),), "an embedded Ray on this machine")
+
+
+def _bundles(plan) -> str:
     from collections import Counter
 
+    counts = Counter(", ".join(f"{k}={v:g}" for k, v in sorted(b.items())) for b in plan.bundles)
+    return " + ".join(f"{n} x {{{b}}}" if n > 1 else f"{{{b}}}" for b, n in counts.items())
+
+
+def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_second: dict, sps_source: str) -> None:
+    """The dry run: trials grouped by env, method and bundles; what runs at once on the cluster;
+    the work and the estimated wall time."""
+    from collections import Counter
+
+    from adpo_ray.orchestration.planning import STARTUP_S, estimate_wall_time
+
     console = _console()
-    groups = Counter((p.trial.env, p.trial.method) for p in plans)
-    first = {}
+    groups = Counter((p.trial.env, p.trial.method, _bundles(p), p.env_steps) for p in plans)
+    hiddens: dict[tuple, list[int]] = {}
     for p in plans:
-        first.setdefault((p.trial.env, p.trial.method), p)
+        key = (p.trial.env, p.trial.method, _bundles(p), p.env_steps)
+        hiddens.setdefault(key, [])
+        if p.trial.hidden_size not in hiddens[key]:
+            hiddens[key].append(p.trial.hidden_size)
     table = Table(title=f"{spec.name}: {len(plans)} trials")
     steps_label = "dataset states / student" if spec.distill else "env steps / trial"
-    for col in ("env", "method", "trials", "resources / trial", steps_label):
-        table.add_column(col)
-    for (env, method), n in groups.items():
-        p = first[(env, method)]
-        res = ", ".join(f"{k}={v:g}" for k, v in p.required.items())
-        table.add_row(env, method, str(n), res, f"{p.env_steps:,}")
+    for col in ("env", "method", "hidden sizes", "trials", "bundles / trial", steps_label):
+        table.add_column(col, justify="right" if col in ("trials", steps_label) else "left")
+    for key, n in groups.items():
+        env, method, bundles, steps = key
+        table.add_row(env, method, ", ".join(map(str, hiddens[key])), str(n), bundles, f"{steps:,}")
     console.print(table)
     total = sum(p.env_steps for p in plans)
     if spec.distill:
@@ -104,10 +130,22 @@ def print_plan(spec, plans, options) -> None:
                 f"(experiment {d.teacher.experiment!r})")
     else:
         work = f"total env steps: {total:,}"
+    methods = len({p.trial.method for p in plans})
+    gpu_trials = sum(1 for p in plans if p.required.get("GPU"))
+    device = (f"learners: {gpu_trials} trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "
+              f"(resources.learner_device: {spec.resources.learner_device})")
+    seconds = estimate_wall_time(plans, concurrency, steps_per_second, STARTUP_S)
+    took = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{max(1, round(seconds / 60))} min"
+    rates = ", ".join(f"{env} {steps_per_second[env]:,.0f}" for env in spec.environments)
     print(
         f"trials: {len(plans)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
-        f"methods x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)\n"
+        f"{methods} method(s) x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)\n"
         f"{work}\n"
+        f"{device}\n"
+        f"cluster at full scale: {capacity.describe()}\n"
+        f"at once: {concurrency} trial(s)\n"
+        f"estimated wall time: {took} at {rates} env steps/s per trial and "
+        f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
 
@@ -199,7 +237,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if spec is None:
         return 2
     options = resolve_options(
-        spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name, address=args.address
+        spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name,
+        address=args.address, max_concurrent=args.max_concurrent,
     )
     try:
         plans = plan_trials(spec)
@@ -207,8 +246,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"{args.config}: the RLlib config of a trial is invalid: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print_plan(spec, plans, options)
-        return 0
+        try:
+            return dry_run(spec, options, args)
+        except ResourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         results = run_grid(spec, options, plans=plans)
     except (ResourceError, TrackingError, FileExistsError) as e:
@@ -218,6 +260,31 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if not args.no_report:
         _report_after_grid(spec, options)
     return 0 if not results.errors else 1
+
+
+def dry_run(spec, options, args) -> int:
+    """Print the capacity plan: on the cluster YAML given (full scale), else on this machine."""
+    from adpo_ray.orchestration.planning import (
+        THROUGHPUT,
+        THROUGHPUT_SOURCE,
+        capacity_from_yaml,
+        check_fits,
+        max_concurrent,
+        plan_trials,
+        resolve_learner_gpus,
+    )
+
+    capacity = capacity_from_yaml(args.cluster, args.max_workers) if args.cluster else local_capacity()
+    spec = resolve_learner_gpus(spec, capacity)
+    plans = plan_trials(spec)
+    check_fits(plans, capacity)
+    concurrency = max_concurrent(plans, capacity, options.max_concurrent or spec.resources.max_concurrent_trials)
+    if args.steps_per_second:
+        sps, source = dict.fromkeys(spec.environments, args.steps_per_second), "--steps-per-second"
+    else:
+        sps, source = {env: THROUGHPUT[env] for env in spec.environments}, THROUGHPUT_SOURCE
+    print_plan(spec, plans, options, capacity, concurrency, sps, source)
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -233,6 +300,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if not results.errors else 1
 
 
+def _int_at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``, with a message naming what is allowed."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: must be a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="FILE",
                    help="experiment spec (YAML), or the name of a preset in tune_configs/ (e.g. smoke)")
@@ -240,7 +331,19 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-path", help="Tune results folder or URI, e.g. s3://bucket/path (default: ./ray_results)")
     p.add_argument("--name", help="name of this launch (default: <spec name>-<timestamp>)")
     p.add_argument("--address", help="Ray cluster address ('auto' to join a running cluster; default: $RAY_ADDRESS or an embedded Ray)")
-    p.add_argument("--dry-run", action="store_true", help="print the trial table and start nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the trials, their bundles, what runs at once and an estimated wall time; start nothing")
+    p.add_argument("--cluster", metavar="YAML",
+                   help="with --dry-run: plan for this cluster YAML at full scale (default: this machine)")
+    p.add_argument("--max-workers", type=_int_at_least(0), metavar="N",
+                   help="with --cluster: plan for at most N worker nodes (default: the YAML's max_workers), "
+                        "e.g. 0 for the head alone")
+    p.add_argument("--steps-per-second", type=_positive_float, metavar="R",
+                   help="with --dry-run: env steps per second of one trial, for the time estimate "
+                        "(default: the measured figures of bench/throughput.py)")
+    p.add_argument("--max-concurrent", type=_int_at_least(1), metavar="N",
+                   help="run at most N trials at once (default: resources.max_concurrent_trials, else "
+                        "as many as the cluster holds at full scale, its autoscaler's node types included)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
 
@@ -279,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # RLlib warns "You are running ADPO on the new API stack!" for every config built: a choice
+    # this project made on purpose, not news for its users.
+    logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

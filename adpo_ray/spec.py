@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from adpo_ray.core.anchors import make_schedule
+from adpo_ray.core.devices import gpu_pays
 from adpo_ray.core.distill import DISTILL_METHODS
 from adpo_ray.core.losses import LOSSES
 from adpo_ray.core.noise import SCENARIOS, TWELVE, get_scenario
@@ -157,12 +158,26 @@ class BanditParams(_Strict):
 
 
 class Resources(_Strict):
-    num_env_runners: NonNegInt = 0
-    num_envs_per_env_runner: PosInt = 1
+    """What each trial asks of the cluster, and how many run at once (README "Resources")."""
+
+    num_env_runners: Annotated[int, Field(ge=0, le=64)] = 0
+    num_envs_per_env_runner: Annotated[int, Field(ge=1, le=1024)] = 1
     num_learners: Annotated[int, Field(ge=0, le=1)] = 0
-    num_gpus_per_learner: NonNegFloat = 0.0
+    #: ``auto``: a GPU learner only where one was measured faster (:mod:`adpo_ray.core.devices`)
+    #: and only on a cluster with GPUs; ``cpu``: never; ``gpu``: always.
+    learner_device: Literal["auto", "cpu", "gpu"] = "auto"
+    #: The GPU share of each GPU learner; 0 = chosen at launch so that a GPU node's CPUs all
+    #: run trials (a whole GPU when the cluster is not known, e.g. a dry run without --cluster).
+    num_gpus_per_learner: Annotated[float, Field(ge=0, le=8)] = 0.0
+    #: At most this many trials at once; default: as many as the cluster fits at full scale.
     max_concurrent_trials: PosInt | None = None
-    max_failures: NonNegInt = 2
+    max_failures: Annotated[int, Field(ge=0, le=100)] = 2
+
+    @model_validator(mode="after")
+    def _device(self) -> Resources:
+        if self.learner_device == "cpu" and self.num_gpus_per_learner > 0:
+            raise ValueError("num_gpus_per_learner > 0 with learner_device: cpu; use learner_device: gpu or auto")
+        return self
 
 
 class Tracking(_Strict):
@@ -484,7 +499,7 @@ class TrialKnobs:
     num_env_runners: int = 0
     num_envs_per_env_runner: int = 1
     num_learners: int = 0
-    num_gpus_per_learner: float = 0.0
+    num_gpus_per_learner: float = 0.0  # > 0: the trial's learner is on a GPU, this share of one
 
     @property
     def env_config(self) -> dict[str, Any]:
@@ -516,16 +531,27 @@ class TrialKnobs:
         return {k: str(v) for k, v in out.items()}
 
 
+def learner_gpus(res: Resources, hidden_size: int, minibatch: int) -> float:
+    """The GPU share of a trial's learner (0: on CPU), by ``resources.learner_device``."""
+    if res.learner_device == "cpu":
+        return 0.0
+    if res.learner_device == "gpu":
+        return res.num_gpus_per_learner or 1.0
+    # auto: the launch sets num_gpus_per_learner once it knows the cluster has GPUs
+    return res.num_gpus_per_learner if res.num_gpus_per_learner and gpu_pays(hidden_size, minibatch) else 0.0
+
+
 def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
     kind = ENVIRONMENTS[trial.env]["kind"]
     budget, res = spec.budget_for(trial.env), spec.resources
     student = spec.distill is not None and trial.algorithm in DISTILL_METHODS
     p = spec.params_for(trial.env, trial.algorithm)
+    minibatch = spec.distill.minibatch_states if student else p.minibatch_size
     common: dict[str, Any] = dict(
         trial=trial, kind=kind, iterations=budget.iterations, env_steps=budget.env_steps,
         checkpoint_every=budget.checkpoint_every, lr=p.lr, grad_clip=p.grad_clip,
         num_env_runners=res.num_env_runners, num_envs_per_env_runner=res.num_envs_per_env_runner,
-        num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner,
+        num_learners=res.num_learners, num_gpus_per_learner=learner_gpus(res, trial.hidden_size, minibatch),
     )
     if kind == "bandit":
         common["bandit"] = tuple(spec.bandit.model_dump().items())

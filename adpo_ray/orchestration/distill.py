@@ -33,6 +33,12 @@ DATASET_TAG_PREFIX = "dataset."
 TEACHER_FILE = "teacher.json"
 
 
+def teacher_trial(spec: ExperimentSpec, env: str) -> TrialSpec:
+    """The teacher as a trial: PPO on the clean env, with the teacher's network and seed."""
+    t = spec.distill.teacher
+    return TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed)
+
+
 # -- MLflow lookups ------------------------------------------------------------------------------
 def find_teacher(client, spec: ExperimentSpec, env: str):
     """The newest FINISHED teacher run with this env's key, or None."""
@@ -101,7 +107,7 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location
     exp_id = experiment_id(client, t.experiment, artifact_location)
     run = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
     try:
-        knobs = spec.knobs(TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed))
+        knobs = spec.knobs(teacher_trial(spec, env))
         config = build_algo_config(knobs)
         config.evaluation(evaluation_interval=None)
         algo = config.build_algo()
@@ -203,8 +209,8 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
                 f"(clean return {run.data.metrics.get(TEACHER_RETURN, float('nan')):.1f})")
         else:
             log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
-            res = spec.resources  # a local learner on a GPU needs it reserved here
-            gpus = res.num_gpus_per_learner if res.num_learners == 0 else 0
+            knobs = spec.knobs(teacher_trial(spec, env))  # a local learner on a GPU needs it reserved here
+            gpus = knobs.num_gpus_per_learner if knobs.num_learners == 0 else 0
             pending[env] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
                 spec.model_dump_json(by_alias=True), env, tracking_uri, artifact_location
             )

@@ -22,7 +22,16 @@ from adpo_ray.orchestration.mlflow_store import (
     default_artifact_location,
     default_tracking_uri,
 )
-from adpo_ray.orchestration.planning import TrialPlan, check_fits, max_concurrent, plan_trials
+from adpo_ray.orchestration.planning import (
+    Capacity,
+    TrialPlan,
+    capacity_from_cluster_config,
+    capacity_from_nodes,
+    check_fits,
+    max_concurrent,
+    plan_trials,
+    resolve_learner_gpus,
+)
 from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 GRID_FILE = "adpo_grid.json"
@@ -79,6 +88,7 @@ class GridOptions:
     storage_path: str
     name: str
     address: str | None = None
+    max_concurrent: int | None = None  # --max-concurrent
 
     @property
     def run_dir(self) -> str:
@@ -92,6 +102,7 @@ def resolve_options(
     storage_path: str | None = None,
     name: str | None = None,
     address: str | None = None,
+    max_concurrent: int | None = None,
 ) -> GridOptions:
     uri = tracking_uri or spec.tracking.tracking_uri or default_tracking_uri()
     artifacts = spec.tracking.artifact_location
@@ -106,6 +117,7 @@ def resolve_options(
         storage_path=path,
         name=name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         address=address or os.environ.get("RAY_ADDRESS"),
+        max_concurrent=max_concurrent,
     )
 
 
@@ -115,9 +127,72 @@ def connect(address: str | None):
     if ray.is_initialized():
         return
     if address:
+        # A cluster started with a token (cluster/*.yaml) admits drivers that use it; Ray's
+        # drivers use a token only in token mode, so a token on this machine turns that on.
+        has_token = os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+        if has_token and "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def _read_autoscaling_config(monitor_pid: int | None) -> dict | None:
+    """On the head node: the autoscaler monitor's ``--autoscaling-config`` file (``ray up``
+    writes ``~/ray_bootstrap_config.yaml``), parsed; None when the monitor runs without one."""
+    import psutil
+    import yaml
+
+    path = None
+    if monitor_pid:
+        try:
+            cmd = psutil.Process(monitor_pid).cmdline()
+            path = next((a.split("=", 1)[1] for a in cmd if a.startswith("--autoscaling-config=")), None)
+        except psutil.Error:
+            path = None
+    if path is None and os.path.exists(os.path.expanduser("~/ray_bootstrap_config.yaml")):
+        path = "~/ray_bootstrap_config.yaml"
+    if path is None:
+        return None
+    with open(os.path.expanduser(path)) as f:
+        config = yaml.safe_load(f)  # JSON is YAML too
+    return config if isinstance(config, dict) else None
+
+
+def autoscaler_config() -> dict | None:
+    """The node types of the connected cluster's autoscaler, or None (a fixed cluster, or an
+    embedded Ray). Ray 2.60 keeps them in the monitor's config file on the head: a zero-CPU task
+    pinned to the head reads it; the monitor's pid is in its status in Ray's internal KV."""
+    import ray
+    from ray.experimental import internal_kv
+
+    try:
+        raw = internal_kv._internal_kv_get("__autoscaling_status")
+        pid = json.loads(raw).get("monitor_pid") if raw else None
+        task = ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})(_read_autoscaling_config)
+        config = ray.get(task.remote(pid), timeout=60)
+    except Exception:  # noqa: BLE001 - unknown: plan with the live nodes (or --max-concurrent)
+        return None
+    if not config or config.get("provider", {}).get("type") in (None, "readonly"):
+        return None
+    return config
+
+
+def cluster_capacity(address: str | None) -> Capacity:
+    """What the connected cluster can hold at full scale: its autoscaler's node types when it
+    autoscales (so the grid does not stop at the nodes alive at launch), else its live nodes
+    (an embedded Ray: this machine)."""
+    import ray
+
+    config = autoscaler_config() if address else None
+    if config:
+        try:
+            capacity = capacity_from_cluster_config(config, "the cluster's autoscaler config")
+        except Exception:  # noqa: BLE001 - a config we cannot read: count the live nodes
+            capacity = None
+        if capacity is not None and capacity.autoscaling:
+            return capacity
+    return capacity_from_nodes(ray.nodes(), "the cluster's live nodes")
 
 
 def _tuner_env() -> None:
@@ -141,15 +216,20 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
     check_tracking(options.tracking_uri)
     _start(options.address)
-    import ray
     from ray import tune
 
     from adpo_ray.orchestration.tracking import MLflowTracker
     from adpo_ray.orchestration.trainable import GridTrainable
 
     trainable = trainable or GridTrainable
-    check_fits(plans, ray.nodes())
-    concurrency = max_concurrent(plans, ray.cluster_resources(), spec)
+    capacity = cluster_capacity(options.address)
+    resolved = resolve_learner_gpus(spec, capacity)
+    if resolved is not spec:  # GPU learners take a share chosen for this cluster
+        spec, plans = resolved, plan_trials(resolved)
+    check_fits(plans, capacity)
+    concurrency = max_concurrent(plans, capacity, options.max_concurrent or spec.resources.max_concurrent_trials)
+    if verbose:
+        print(f"cluster at full scale: {capacity.describe()}; up to {concurrency} trial(s) at once")
 
     run_dir = options.run_dir
     if tune.Tuner.can_restore(run_dir) or storage.exists(storage.join(run_dir, GRID_FILE)):

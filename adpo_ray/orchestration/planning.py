@@ -1,12 +1,16 @@
 """Trial planning: what each trial of a grid needs and how many can run at once. Starts no Ray.
 
 * :func:`plan_trials`: per-trial bundles (RLlib's own placement group) and env-step budget;
-* :func:`check_fits`: every trial fits the cluster, or a :class:`ResourceError` before launch;
-* :func:`max_concurrent`: the concurrency cap handed to Tune.
+* :class:`Capacity`: what the cluster can hold at full scale — read from a running cluster's
+  autoscaler config, from a cluster YAML, or from the live nodes of a fixed cluster;
+* :func:`check_fits`: every trial fits some node type, or a :class:`ResourceError` before launch;
+* :func:`max_concurrent`: the concurrency cap handed to Tune (full scale, so the cluster can grow);
+* :func:`resolve_learner_gpus`: the GPU share of GPU learners on this cluster.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,34 +57,193 @@ def trial_env_steps(knobs: TrialKnobs) -> int:
     return int(min(v for v in (by_iters, knobs.env_steps) if v))
 
 
-def check_fits(plans: list[TrialPlan], nodes: list[dict[str, Any]]) -> None:
-    """Raise :class:`ResourceError` unless every trial's bundles fit the alive nodes."""
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+# -- what the cluster can hold ------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeType:
+    """Nodes of one kind: their resources, and how many the cluster has at full scale."""
+
+    name: str
+    resources: dict[str, float]
+    count: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a cluster can hold at full scale, and where that was read from."""
+
+    node_types: tuple[NodeType, ...]
+    source: str
+    autoscaling: bool = False
+
+    def total(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t in self.node_types:
+            for k, v in t.resources.items():
+                out[k] = out.get(k, 0.0) + v * t.count
+        return out
+
+    @property
+    def has_gpus(self) -> bool:
+        return any(t.resources.get("GPU", 0) > 0 and t.count > 0 for t in self.node_types)
+
+    def describe(self) -> str:
+        kinds = ", ".join(
+            f"{t.count} x {t.name} ({', '.join(f'{k}={v:g}' for k, v in sorted(t.resources.items()) if k in ('CPU', 'GPU'))})"
+            for t in self.node_types if t.count
+        )
+        return f"{kinds} [{self.source}]"
+
+
+#: Node resources that trials ask for (Ray's memory/object-store numbers are left out).
+_COUNTED = ("CPU", "GPU")
+
+
+def capacity_from_nodes(nodes: list[dict[str, Any]], source: str = "the live nodes") -> Capacity:
+    """The nodes alive now (``ray.nodes()``), grouped by identical resources."""
+    groups: dict[tuple, int] = {}
+    for n in nodes:
+        if n.get("Alive", True):
+            res = tuple(sorted((k, float(v)) for k, v in n.get("Resources", {}).items() if k in _COUNTED))
+            groups[res] = groups.get(res, 0) + 1
+    types = tuple(NodeType(f"node{i}", dict(res), count) for i, (res, count) in enumerate(groups.items()))
+    return Capacity(types, source)
+
+
+def capacity_from_cluster_config(config: dict[str, Any], source: str) -> Capacity:
+    """The node types of a cluster launcher / autoscaler config at full scale: the head, and each
+    worker type at its ``max_workers`` (all workers together at most the top-level ``max_workers``).
+    Raises :class:`ResourceError` for a node type whose resources the config does not state."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    budget = config.get("max_workers")
+    out = []
+    for name, t in types.items():
+        res = {k: float(v) for k, v in (t.get("resources") or {}).items() if k in _COUNTED}
+        if not res.get("CPU"):
+            raise ResourceError(
+                f"{source}: node type {name!r} states no CPU in `resources`; write its instance's "
+                f"resources there, e.g. `resources: {{CPU: 8, GPU: 1}}`, so the plan can count it"
+            )
+        workers = int(t.get("max_workers", 0) or 0)
+        if budget is not None:
+            workers = min(workers, max(0, int(budget)))
+            budget = int(budget) - workers
+        out.append(NodeType(name, res, workers + (1 if name == head else 0)))
+    autoscaling = any(t.get("max_workers", 0) > t.get("min_workers", 0) for t in types.values())
+    return Capacity(tuple(out), source, autoscaling)
+
+
+def capacity_from_yaml(path: str, max_workers: int | None = None) -> Capacity:
+    """A cluster YAML's full-scale capacity (for a capacity plan before any machine starts);
+    ``max_workers`` caps its worker nodes (e.g. 0: the head alone)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except OSError as e:
+        raise ResourceError(f"--cluster {path}: {e.strerror}") from None
+    if not isinstance(config, dict):
+        raise ResourceError(f"--cluster {path}: not a Ray cluster config (a YAML mapping)")
+    if config.get("provider", {}).get("type") == "local" and "available_node_types" not in config:
+        hosts = 1 + len(config["provider"].get("worker_ips") or [])
+        raise ResourceError(
+            f"--cluster {path}: a `provider: local` cluster lists {hosts} machine(s), not their CPUs and "
+            "GPUs; plan it on one of them without --cluster (this machine's CPUs and GPUs), and multiply"
+        )
+    if "available_node_types" not in config:
+        raise ResourceError(f"--cluster {path}: no available_node_types (a Ray cluster launcher config has them)")
+    if max_workers is not None:
+        config["max_workers"] = min(max_workers, config.get("max_workers", max_workers))
+        path = f"{path}, at most {max_workers} worker node(s)"
+    return capacity_from_cluster_config(config, path)
+
+
+def check_fits(plans: list[TrialPlan], capacity: Capacity) -> None:
+    """Raise :class:`ResourceError` unless every trial can be placed on the cluster at full scale:
+    each bundle on some node type, the whole trial within the cluster's total."""
+    kinds = [t.resources for t in capacity.node_types if t.count > 0]
+    totals = capacity.total()
     for plan in plans:
-        need = plan.required
         # RLlib packs a trial's bundles; every bundle must fit some node, the whole trial the cluster.
         for bundle in plan.bundles:
-            if not any(all(node.get(k, 0) >= v for k, v in bundle.items()) for node in alive):
-                raise ResourceError(_no_fit(plan, bundle, alive, "one bundle"))
-        totals = {k: sum(node.get(k, 0) for node in alive) for k in need}
-        if any(totals[k] < v for k, v in need.items()):
-            raise ResourceError(_no_fit(plan, need, alive, "the trial"))
+            if not any(all(node.get(k, 0) >= v for k, v in bundle.items()) for node in kinds):
+                raise ResourceError(_no_fit(plan, bundle, capacity, "one bundle"))
+        if any(totals.get(k, 0) < v for k, v in plan.required.items()):
+            raise ResourceError(_no_fit(plan, plan.required, capacity, "the trial"))
 
 
-def _no_fit(plan: TrialPlan, need: dict, alive: list[dict], what: str) -> str:
-    have = [{k: node.get(k, 0) for k in ("CPU", "GPU")} for node in alive]
+def _no_fit(plan: TrialPlan, need: dict, capacity: Capacity, what: str) -> str:
     return (
-        f"trial {plan.trial.tag} can never be scheduled: {what} needs {need}, the cluster's nodes "
-        f"have {have}. Lower resources.num_env_runners / resources.num_learners / "
-        f"resources.num_gpus_per_learner in the spec, or add nodes."
+        f"trial {plan.trial.tag} can never be scheduled: {what} needs {need}, the cluster can "
+        f"have {capacity.describe()}. Lower resources.num_env_runners / resources.num_learners / "
+        f"resources.num_gpus_per_learner, set resources.learner_device: cpu, or add nodes."
     )
 
 
-def max_concurrent(plans: list[TrialPlan], cluster: dict[str, float], spec: ExperimentSpec) -> int:
-    if spec.resources.max_concurrent_trials:
-        return spec.resources.max_concurrent_trials
-    worst = max((p.required.get("CPU", 1.0) for p in plans), default=1.0) or 1.0
-    by_cpu = int(cluster.get("CPU", 1) // worst)
-    gpu_need = max((p.required.get("GPU", 0.0) for p in plans), default=0.0)
-    by_gpu = int(cluster.get("GPU", 0) // gpu_need) if gpu_need else by_cpu
-    return max(1, min(by_cpu, by_gpu, len(plans)))
+def max_concurrent(plans: list[TrialPlan], capacity: Capacity, cap: int | None = None) -> int:
+    """How many trials run at once: ``cap`` if given (``--max-concurrent`` /
+    ``resources.max_concurrent_trials``), else as many as the cluster holds *at full scale*, so
+    that on an autoscaling cluster Tune keeps trials pending and the autoscaler sees the demand."""
+    if cap:
+        return cap
+    totals = capacity.total()
+    fits = len(plans)
+    for k in _COUNTED:
+        need = max((p.required.get(k, 0.0) for p in plans), default=0.0)
+        if need > 0:
+            fits = min(fits, int(totals.get(k, 0.0) // need + 1e-9))
+    return max(1, fits)
+
+
+def gpu_share(capacity: Capacity, cpus_per_trial: float) -> float:
+    """The GPU share per GPU learner that lets every CPU of a GPU node run a trial: a node of
+    C CPUs and G GPUs runs floor(C / cpus_per_trial) trials, each taking G / that of a GPU
+    (rounded down to 1/1000; the smallest over the cluster's GPU node types)."""
+    shares = []
+    for t in capacity.node_types:
+        gpus, cpus = t.resources.get("GPU", 0.0), t.resources.get("CPU", 0.0)
+        if gpus > 0 and t.count > 0:
+            slots = max(1, int(cpus // max(cpus_per_trial, 1e-9)))
+            shares.append(math.floor(1000 * gpus / slots) / 1000)
+    return min(shares) if shares else 0.0
+
+
+def resolve_learner_gpus(spec: ExperimentSpec, capacity: Capacity) -> ExperimentSpec:
+    """The spec with ``resources.num_gpus_per_learner`` chosen for this cluster when it is left
+    at 0 and learners may use GPUs (``learner_device`` auto or gpu); otherwise ``spec`` as is."""
+    res = spec.resources
+    if res.learner_device == "cpu" or res.num_gpus_per_learner > 0 or not capacity.has_gpus:
+        return spec
+    cpus = 1 + res.num_env_runners  # the trial's main process and its env runners, one CPU each
+    share = gpu_share(capacity, cpus)
+    if share <= 0:
+        return spec
+    return spec.model_copy(update={"resources": res.model_copy(update={"num_gpus_per_learner": share})})
+
+
+# -- what a grid costs ---------------------------------------------------------------------------
+#: Env steps per second of one trial as the paper-scale preset runs it (an env runner and the
+#: learner, 2 CPUs; 10 epochs of minibatch 64 on MuJoCo), evaluation included: measured by
+#: `python bench/throughput.py --config twelve_scenarios` on a 2-core machine (README
+#: "Resources"). Pass --steps-per-second to plan with a figure of your own.
+THROUGHPUT = {"PreferenceBandit": 870.0, "HalfCheetah-v5": 589.0, "Hopper-v5": 904.0}
+#: Seconds from a trial's start to its first result (building the algorithm), same bench.
+STARTUP_S = {"PreferenceBandit": 6.2, "HalfCheetah-v5": 7.4, "Hopper-v5": 11.4}
+THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial on a 2-core machine"
+
+
+def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_second: dict[str, float],
+                       startup_s: dict[str, float] | None = None) -> float:
+    """Seconds to run every trial, ``concurrency`` at a time, each taking its env's start-up
+    time plus its env steps at its env's throughput: longest trials first, each on the slot
+    that frees up first."""
+    import heapq
+
+    startup_s = startup_s or {}
+    durations = sorted((startup_s.get(p.trial.env, 0.0) + p.env_steps / steps_per_second[p.trial.env]
+                        for p in plans), reverse=True)
+    slots = [0.0] * max(1, min(concurrency, len(durations)))
+    for d in durations:
+        heapq.heappush(slots, heapq.heappop(slots) + d)
+    return max(slots, default=0.0)

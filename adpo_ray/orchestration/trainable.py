@@ -39,12 +39,14 @@ def algo_config_from(config: dict[str, Any]):
     return build_distill_config(spec.knobs(trial), **student_inputs(spec, trial, config["tracking_uri"]))
 
 
-@lru_cache(maxsize=64)
-def _resources(spec_json: str, env: str, algorithm: str):
+@lru_cache(maxsize=256)
+def _resources(spec_json: str, env: str, algorithm: str, hidden_size: int):
+    """A trial's placement group. It depends on the env, the method and (through the learner's
+    device) the network size; Tune asks on the driver for every trial, so answers are cached."""
     from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 
     spec = _spec(spec_json)
-    trial = next(t for t in spec.trials() if t.env == env and t.algorithm == algorithm)
+    trial = next(t for t in spec.trials() if (t.env, t.algorithm, t.hidden_size) == (env, algorithm, hidden_size))
     knobs = spec.knobs(trial)
     algo_config = build_algo_config(knobs) if spec.distill is None else build_distill_config(knobs)
     return algo_config.algo_class.default_resource_request(algo_config)
@@ -56,9 +58,9 @@ class GridTrainable(tune.Trainable):
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]):
-        # Tune asks on the driver for every trial; the answer depends on the env and algorithm only
         trial = config["trial"]
-        return _resources(json.dumps(config["spec"], sort_keys=True), trial["env"], trial["algorithm"])
+        return _resources(json.dumps(config["spec"], sort_keys=True), trial["env"], trial["algorithm"],
+                          int(trial["hidden_size"]))
 
     def setup(self, config: dict[str, Any]) -> None:
         self.spec, self.trial = trial_from_config(config)

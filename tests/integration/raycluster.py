@@ -1,6 +1,7 @@
-"""A real multi-process Ray cluster on this machine (head + one worker node), for tests.
+"""A real multi-process Ray cluster on this machine (head + one worker node), for tests, started
+by a cluster YAML's own start commands.
 
-Each node is started with `ray start` on 127.0.0.1 under its own temp dir and token; the
+Each node runs on 127.0.0.1 under its own temp dir, HOME and ports, with the cluster's token; the
 processes it started (and only those) are stopped afterwards, so other Ray instances on the
 machine — the test session's own included — are untouched.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
+import re
 import signal
 import socket
 import subprocess
@@ -71,32 +72,6 @@ def _stop(temp_dir: str, gcs_port: int) -> None:
             p.kill()
 
 
-@contextlib.contextmanager
-def ray_cluster(cpus_per_node: int = 1):
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Unix socket paths are limited
-    gcs_port, dash_port = free_port(), free_port()
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    common = ["--num-cpus", str(cpus_per_node), "--disable-usage-stats"]
-    try:
-        # Each node its own temp dir, as on separate machines: nodes sharing one would also share
-        # (and clean up) each other's runtime-env working directories.
-        subprocess.run(
-            [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-             "--temp-dir", f"{temp_dir}/h", *common],
-            env=env, check=True, capture_output=True, timeout=120,
-        )
-        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{gcs_port}", "--temp-dir", f"{temp_dir}/w", *common],
-                       env=env, check=True, capture_output=True, timeout=120)
-        cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", token, env, temp_dir)
-        _wait_for_nodes(cluster, 2)
-        yield cluster
-    finally:
-        _stop(temp_dir, gcs_port)
-
-
 def _wait_for_nodes(cluster: Cluster, n: int, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -106,3 +81,65 @@ def _wait_for_nodes(cluster: Cluster, n: int, timeout: float = 60) -> None:
             return
         time.sleep(1)
     raise RuntimeError(f"the cluster did not reach {n} nodes: {out.stdout}\n{out.stderr}")
+
+
+def _own_ports() -> str:
+    """Free ports for a node's agents: two nodes on one machine (or another Ray here) would
+    otherwise both take the defaults (the dashboard agent's 52365), and the job agent of one
+    fails to start ("No available agent to submit job")."""
+    return (f" --dashboard-agent-listen-port={free_port()} --dashboard-agent-grpc-port={free_port()}"
+            f" --metrics-export-port={free_port()} --runtime-env-agent-port={free_port()}")
+
+
+def localize(command: str, *, gcs_port: int, temp_dir: str, dash_port: int | None) -> str:
+    """A cluster YAML's `ray start` command, run here: the head's address is loopback, ports are
+    free ones, each node has its own temp dir and one CPU, and the autoscaler's bootstrap file
+    (written by `ray up` on a real head) is left out."""
+    command = command.replace("$RAY_HEAD_IP", "127.0.0.1")
+    command = re.sub(r"--port=6379\b", f"--port={gcs_port}", command)
+    command = command.replace(":6379", f":{gcs_port}")
+    command = re.sub(r"--object-manager-port=\d+", f"--object-manager-port={free_port()}", command)
+    command = command.replace("--autoscaling-config=~/ray_bootstrap_config.yaml", "")
+    extra = (f" --num-cpus=1 --node-ip-address=127.0.0.1 --temp-dir={temp_dir} --disable-usage-stats"
+             + _own_ports())
+    if dash_port:
+        extra += f" --include-dashboard=true --dashboard-port={dash_port} --ray-client-server-port={free_port()}"
+    return command.replace("ray start", f"{RAY} start{extra}", 1)
+
+
+@contextlib.contextmanager
+def yaml_cluster(cluster_yaml: Path, token: str):
+    """Head and one worker started by the YAML's own `head_start_ray_commands` and
+    `worker_start_ray_commands` (its `ray stop` and MLflow lines aside), each node with a fresh
+    HOME holding the cluster's token, as the YAML's file_mounts put it there."""
+    import yaml
+
+    config = yaml.safe_load(cluster_yaml.read_text())
+    temp_dir = tempfile.mkdtemp(prefix="yc", dir="/tmp")
+    gcs_port, dash_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["PATH"] = f"{Path(RAY).parent}:{env.get('PATH', '')}"
+    homes = {}
+    for role in ("head", "worker"):
+        homes[role] = Path(temp_dir) / f"home-{role}"
+        (homes[role] / ".ray").mkdir(parents=True)
+        (homes[role] / ".ray" / "auth_token").write_text(token)
+    starts = {
+        "head": [c for c in config["head_start_ray_commands"] if "ray start" in c],
+        "worker": [c for c in config["worker_start_ray_commands"] if "ray start" in c],
+    }
+    try:
+        for role, commands in starts.items():
+            assert commands, f"{cluster_yaml.name}: no `ray start` in the {role} start commands"
+            for command in commands:
+                local = localize(command, gcs_port=gcs_port, temp_dir=f"{temp_dir}/{role[0]}",
+                                 dash_port=dash_port if role == "head" else None)
+                subprocess.run(["bash", "-c", local], env={**env, "HOME": str(homes[role])}, check=True,
+                               capture_output=True, timeout=180)
+        # a driver of this cluster: the token mode and the token, as the YAML's docker env gives them
+        client_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", token, client_env, temp_dir)
+        _wait_for_nodes(cluster, 2, timeout=120)
+        yield cluster
+    finally:
+        _stop(temp_dir, gcs_port)

@@ -90,16 +90,18 @@ def check_grid_in_mlflow(client, spec, results, expected_iterations):
 
 @pytest.fixture(scope="module")
 def small_grid(ray_local, tmp_path_factory):
-    """One small real grid (4 trials), shared by the tests that read its records."""
+    """One small real grid (4 trials) tracked through a real `mlflow server` on 127.0.0.1 (sqlite
+    store behind it, artifacts proxied to a folder), shared by the tests that read its records."""
     tmp_path = tmp_path_factory.mktemp("small_grid")
     spec = parse_spec(SMALL)
-    opts = options(tmp_path, "e2e")
-    results = run_grid(spec, opts, verbose=0)
-    return spec, opts, results, tmp_path
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
+        opts = options(tmp_path, "e2e", uri=uri)
+        results = run_grid(spec, opts, verbose=0)
+        yield spec, opts, results, tmp_path
 
 
 def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
-    spec, opts, results, _ = small_grid
+    spec, opts, results, grid_dir = small_grid
     assert len(results) == 4 and not results.errors
     client = MlflowClient(opts.tracking_uri)
     parent, kids = check_grid_in_mlflow(client, spec, results, 3)
@@ -114,9 +116,9 @@ def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
     assert table["eval/winmass"].iloc[-1] == pytest.approx(kid.data.metrics["eval/winmass"])
     frame = summary_frame(results)
     assert set(frame["method"]) == {"adpo-fixed", "adpo-dynamic"} and (frame["status"] == "TERMINATED").all()
-    # the artifacts really are under the configured absolute folder
-    assert Path(parent.info.artifact_uri).is_relative_to(opts.artifact_location)
-    assert (Path(parent.info.artifact_uri) / "spec.yaml").is_file()
+    # artifacts went through the server to its destination folder
+    assert list((grid_dir / "server-artifacts").rglob("metrics.csv"))
+    assert list((grid_dir / "server-artifacts").rglob("spec.yaml"))
 
 
 def test_report_from_mlflow_and_from_tune_folder_agree(small_grid, tmp_path):
@@ -172,17 +174,6 @@ def mlflow_server(backend_uri: str, artifacts: Path):
             proc.wait()
 
 
-def test_small_grid_against_mlflow_server(ray_local, tmp_path):
-    spec = parse_spec({**SMALL, "name": "small_server", "scenarios": ["flip-high"]})
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
-        opts = options(tmp_path, "server", uri=uri)
-        results = run_grid(spec, opts, verbose=0)
-        assert not results.errors
-        check_grid_in_mlflow(MlflowClient(uri), spec, results, 3)
-    # artifacts went through the server to its destination folder
-    assert list((tmp_path / "server-artifacts").rglob("metrics.csv"))
-
-
 def make_flaky(marker_dir: Path):
     class FlakyTrainable(GridTrainable):
         """Raises once at iteration 3 of each trial; records the iteration it was restored at."""
@@ -219,6 +210,10 @@ def test_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
     assert len(kids) == 1
     assert kids[0].data.tags["num_failures"] == "1" and kids[0].info.status == "FINISHED"
     assert steps(client, kids[0].info.run_id) == [128 * i for i in range(1, 6)]
+    # a sqlite store: the artifacts really are under the configured absolute folder
+    parents, _ = children(client, "flaky")
+    assert Path(parents[0].info.artifact_uri).is_relative_to(opts.artifact_location)
+    assert (Path(parents[0].info.artifact_uri) / "spec.yaml").is_file()
 
 
 def test_unschedulable_trial_fails_before_launch(ray_local, tmp_path):
@@ -238,13 +233,18 @@ def test_dry_run_starts_no_ray_and_counts_paper_grid(tmp_path):
     code = (
         "import sys, ray; from adpo_ray.cli import main; "
         "rc = main(['grid', '--config', 'tune_configs/twelve_scenarios.yaml', '--dry-run', "
-        f"'--storage-path', '{tmp_path}']); "
+        f"'--cluster', 'cluster/gpu.yaml', '--storage-path', '{tmp_path}']); "
         "assert not ray.is_initialized(), 'dry run started Ray'; sys.exit(rc)"
     )
     res = _run("-c", code)
     assert res.returncode == 0, res.stderr
-    assert "trials: 5760" in res.stdout
-    assert "HalfCheetah-v5" in res.stdout and "1,000,000" in res.stdout
+    assert "trials: 5760 = 3 env(s) x 12 scenario(s) x 6 method(s) x 3 hidden size(s) x 10 seed(s)" in res.stdout
+    assert "HalfCheetah-v5" in res.stdout and "1,000,000" in res.stdout and "2 x {CPU=1}" in res.stdout
+    # the capacity plan: every node type at full scale, what runs at once, and the time it takes
+    assert "1 x head.gpu (CPU=8, GPU=1), 8 x worker.gpu (CPU=8, GPU=1)" in res.stdout
+    assert "at once: 36 trial(s)" in res.stdout and "estimated wall time:" in res.stdout
+    assert "measured by bench/throughput.py" in res.stdout
+    assert "new API stack" not in res.stdout + res.stderr  # RLlib's banner stays out of the plan
     assert not list(tmp_path.iterdir())  # nothing written
     res = _run("run_grid.py", "--config", "tune_configs/smoke.yaml", "--dry-run")
     assert res.returncode == 0 and "trials: 24" in res.stdout
@@ -331,11 +331,12 @@ def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
     spec, opts, results, grid_dir = small_grid
-    client = MlflowClient(opts.tracking_uri)
+    uri = opts.tracking_uri  # the grid's own server
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name(spec.experiment_name)
     parents, kids = children(client, spec.experiment_name)
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
-    with mlflow_server(opts.tracking_uri, grid_dir / "mlartifacts") as uri, sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])

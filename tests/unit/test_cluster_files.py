@@ -67,3 +67,27 @@ def test_run_grid_explains_a_missing_package(tmp_path):
                          cwd=tmp_path, env={"PATH": os.environ["PATH"]})
     assert res.returncode != 0
     assert "adpo-ray is not installed" in res.stderr and "setup_commands" in res.stderr
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_cluster_yaml_turns_token_auth_on_everywhere(path):
+    """Every node starts Ray with token authentication, from a token file-mounted from the
+    user's machine (never a file of this repo); the containers' drivers use it too."""
+    config = yaml.safe_load(path.read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), (key, starts)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in o for o in config["docker"]["run_options"])
+    assert not list(ROOT.glob("**/auth_token"))  # no token in the checkout, which file_mounts copies
+
+
+@pytest.mark.parametrize("path", [p for p in CLUSTER_FILES if "aws" in p.read_text()], ids=lambda p: p.name)
+def test_aws_node_types_have_an_instance_profile_and_resources(path):
+    config = yaml.safe_load(path.read_text())
+    assert config["provider"]["type"] == "aws"
+    for name, node_type in config["available_node_types"].items():
+        profile = node_type["node_config"].get("IamInstanceProfile", {})
+        assert profile.get("Arn", "").startswith("arn:aws:iam::"), f"{path.name}: {name} has no instance profile"
+        assert node_type["resources"].get("CPU", 0) > 0, f"{path.name}: {name} states no CPUs for the plan"
+    assert "EDIT" in path.read_text().split("IamInstanceProfile")[1].splitlines()[1]

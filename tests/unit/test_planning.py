@@ -6,14 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adpo_ray.orchestration.distill import chunk_sizes
-from adpo_ray.orchestration.planning import (
-    ResourceError,
-    TrialPlan,
-    check_fits,
-    max_concurrent,
-    plan_trials,
-    trial_env_steps,
-)
+from adpo_ray.orchestration.planning import plan_trials, trial_env_steps
 from adpo_ray.orchestration.tracking import run_tags
 from adpo_ray.spec import TrialSpec, parse_spec
 
@@ -26,15 +19,6 @@ SPEC = {
     "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 3000}, "adpo": {"train_batch_size": 1024}}},
 }
 T = TrialSpec("Hopper-v5", "flip-high", "adpo", "dynamic", 128, 7)
-
-
-def plan(cpu: float, gpu: float = 0.0, n_bundles: int = 1) -> TrialPlan:
-    bundle = {"CPU": cpu / n_bundles, **({"GPU": gpu} if gpu else {})}
-    return TrialPlan(T, [dict(bundle) for _ in range(n_bundles)], 1000)
-
-
-def node(cpu: float, gpu: float = 0.0, alive: bool = True) -> dict:
-    return {"Alive": alive, "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
 
 
 def test_plan_trials_bundles_and_budgets():
@@ -50,7 +34,11 @@ def test_plan_trials_bundles_and_budgets():
 def test_plan_trials_count_env_runners_and_gpu_learners():
     spec = parse_spec({**SPEC, "resources": {"num_env_runners": 2, "num_learners": 1, "num_gpus_per_learner": 0.25}})
     p = plan_trials(spec)[0]
-    # main + 2 env runners; a GPU learner takes its GPU share and no CPU of its own
+    # main + 2 env runners + 1 learner: hidden 64 is no size where a GPU learner pays (auto)
+    assert p.bundles == [{"CPU": 1.0}] * 4 and p.required == {"CPU": 4.0}
+    p = plan_trials(parse_spec({**SPEC, "resources": {"num_env_runners": 2, "num_learners": 1,
+                                                      "learner_device": "gpu", "num_gpus_per_learner": 0.25}}))[0]
+    # learner_device gpu: the learner takes its GPU share and no CPU of its own
     assert p.bundles == [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"GPU": 0.25}]
     assert p.required == {"CPU": 3.0, "GPU": 0.25}
 
@@ -61,30 +49,6 @@ def test_trial_env_steps_whichever_limit_first():
     assert trial_env_steps(knobs) == 700
     spec = parse_spec({**SPEC, "budget": {"iterations": 2}})
     assert trial_env_steps(spec.knobs(TrialSpec("PreferenceBandit", "clean", "adpo", "fixed", 64, 0))) == 1024
-
-
-def test_check_fits_bundles_and_totals():
-    check_fits([plan(2)], [node(2)])
-    check_fits([plan(3, n_bundles=3)], [node(1), node(2)])  # bundles spread over nodes
-    with pytest.raises(ResourceError, match="one bundle needs"):
-        check_fits([plan(2)], [node(1), node(1)])
-    with pytest.raises(ResourceError, match="the trial needs"):
-        check_fits([plan(4, n_bundles=4)], [node(1), node(2)])
-    with pytest.raises(ResourceError, match="resources.num_gpus_per_learner"):
-        check_fits([plan(1, gpu=0.5)], [node(8)])
-    with pytest.raises(ResourceError):
-        check_fits([plan(2)], [node(1), node(4, alive=False)])  # a dead node fits nothing
-
-
-def test_max_concurrent_by_cpu_gpu_and_spec():
-    spec = parse_spec(SPEC)
-    plans = [plan(2) for _ in range(10)]
-    assert max_concurrent(plans, {"CPU": 7}, spec) == 3
-    assert max_concurrent(plans, {"CPU": 100}, spec) == 10  # never more than the trials
-    assert max_concurrent([plan(1, gpu=0.25)] * 10, {"CPU": 16, "GPU": 1}, spec) == 4
-    assert max_concurrent(plans, {"CPU": 1}, spec) == 1
-    capped = parse_spec({**SPEC, "resources": {"max_concurrent_trials": 5}})
-    assert max_concurrent(plans, {"CPU": 1}, capped) == 5
 
 
 def test_run_tags_name_every_coordinate():
