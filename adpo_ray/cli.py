@@ -215,17 +215,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_after_grid(spec, options) -> None:
+def _report_after_grid(spec, options, mlflow_pending: int | None) -> None:
+    """The launch's report, from MLflow (and logged there); from Tune's folder when MLflow still
+    misses writes or cannot be read, so a tracking outage never costs the report."""
     import json
 
     from adpo_ray.orchestration.tracking import PARENT_FILE
-    from adpo_ray.report.data import load_mlflow
+    from adpo_ray.report.data import load_mlflow, load_tune_folder
 
-    parent = json.loads(storage.read_text(storage.join(options.run_dir, PARENT_FILE)))["run_id"]
-    data = load_mlflow(options.tracking_uri, spec.experiment_name, parent)
     # next to the Tune results when they are local; else in ./reports/<launch> (also in MLflow)
     out = Path(options.run_dir) / "report" if not storage.is_uri(options.run_dir) else Path("reports") / options.name
-    write_report(str(out), data, options.tracking_uri)
+    if not mlflow_pending:
+        try:
+            parent = json.loads(storage.read_text(storage.join(options.run_dir, PARENT_FILE)))["run_id"]
+            write_report(str(out), load_mlflow(options.tracking_uri, spec.experiment_name, parent),
+                         options.tracking_uri)
+            return
+        except Exception as e:  # noqa: BLE001 - any tracking failure: fall back to Tune's folder
+            print(f"report: MLflow could not be read ({type(e).__name__}); reading the Tune folder instead")
+    if storage.is_uri(options.run_dir):
+        print(f"report: skipped (MLflow incomplete; run `adpo-ray report --experiment {spec.experiment_name}` "
+              f"after `adpo-ray sync {options.run_dir}`)")
+        return
+    write_report(str(out), load_tune_folder(options.run_dir), None)
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -236,10 +248,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
     spec = _load(args.config)
     if spec is None:
         return 2
-    options = resolve_options(
-        spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name,
-        address=args.address, max_concurrent=args.max_concurrent,
-    )
+    try:
+        options = resolve_options(
+            spec, tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name,
+            address=args.address, max_concurrent=args.max_concurrent,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         plans = plan_trials(spec)
     except ValueError as e:
@@ -253,12 +269,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
             return 2
     try:
         results = run_grid(spec, options, plans=plans)
-    except (ResourceError, TrackingError, FileExistsError) as e:
+    except (ResourceError, TrackingError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(spec, results, options)
     if not args.no_report:
-        _report_after_grid(spec, options)
+        _report_after_grid(spec, options, getattr(results, "mlflow_pending", None))
     return 0 if not results.errors else 1
 
 
@@ -292,12 +308,31 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         results, spec, options = resume_grid(args.run_dir, address=args.address)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(spec, results, options)
-    _report_after_grid(spec, options)
+    _report_after_grid(spec, options, getattr(results, "mlflow_pending", None))
     return 0 if not results.errors else 1
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Deliver a launch's MLflow writes that its tracker could not send (store unreachable)."""
+    from adpo_ray.orchestration.launch import load_grid_file
+    from adpo_ray.orchestration.tracking import sync
+
+    run_dir = str(args.run_dir).rstrip("/") if storage.is_uri(str(args.run_dir)) else str(Path(args.run_dir).resolve())
+    try:
+        _, options = load_grid_file(run_dir)
+        sent, pending, error = sync(run_dir, options.name, timeout_s=args.timeout)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if pending:
+        print(f"MLflow: {sent} write(s) delivered, {pending} still pending ({error}); run `adpo-ray sync {run_dir}` again")
+        return 1
+    print(f"MLflow: {sent} write(s) delivered; nothing pending")
+    return 0
 
 
 def _int_at_least(minimum: int):
@@ -373,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
     p.add_argument("--no-log", action="store_true", help="do not attach the report to the parent MLflow run")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sync", help="deliver a launch's MLflow writes kept while the tracking store was away")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds (default 300)")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("resume", help="finish an interrupted grid from its results folder")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -39,10 +39,20 @@ __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "load_spec"
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
 Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0, le=1e6)]
+NonNegFloat = Annotated[float, Field(ge=0, le=1e6)]
+
+
+def _count(low: int, high: int):
+    """An integer in ``[low, high]``: sizes and counts have sane upper bounds, so a typo such as
+    ``hidden_sizes: [1000000]`` is an error naming the field, not a crash hours later."""
+    return Annotated[int, Field(ge=low, le=high)]
+
+
+Seed = _count(0, 2**31 - 1)
+Hidden = _count(1, 8192)
+#: The most trials one grid may have.
+MAX_TRIALS = 200_000
 
 assert set(EnvName.__args__) == set(ENVIRONMENTS)  # one list of environments
 assert set(LOSSES) == {"listwise", "pairwise", "dpo"} and set(TARGETS) == {"softmax", "kde", "hard"}
@@ -69,7 +79,9 @@ def _at_most(small: str, big: str, model: BaseModel) -> None:
 
 
 def _unique(values: list, field: str) -> list:
-    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    from collections import Counter
+
+    dupes = sorted(str(v) for v, n in Counter(values).items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate {field}: {', '.join(dupes)} (each value may appear once)")
     return values
@@ -110,9 +122,9 @@ class Budget(_Strict):
     """When a trial stops: after ``iterations`` training iterations or ``env_steps`` sampled env
     steps, whichever comes first (at least one is required)."""
 
-    iterations: PosInt | None = None
-    env_steps: PosInt | None = None
-    checkpoint_every: PosInt = 10
+    iterations: _count(1, 10_000_000) | None = None
+    env_steps: _count(1, 10**11) | None = None
+    checkpoint_every: _count(1, 1_000_000) = 10
 
     @model_validator(mode="after")
     def _some_stop(self) -> Budget:
@@ -131,15 +143,15 @@ class TrainParams(_Strict):
     list_source: Literal["auto", "actions", "batch"] = "auto"
     tau_anc: PosFloat = 1.0
     beta_q: PosFloat = 1.0
-    list_size: Annotated[int, Field(ge=2)] = 8
+    list_size: _count(2, 4096) = 8
     lr: PosFloat = 3e-4
     entropy_coeff: NonNegFloat = 0.0
     vf_coeff: NonNegFloat = 0.5
     gamma: Annotated[float, Field(ge=0, le=1)] = 0.99
     lambda_: Annotated[float, Field(ge=0, le=1, alias="lambda")] = 0.95
-    num_epochs: PosInt = 4
-    minibatch_size: PosInt = 128
-    train_batch_size: PosInt = 512
+    num_epochs: _count(1, 1000) = 4
+    minibatch_size: _count(1, 1_000_000) = 128
+    train_batch_size: _count(1, 10_000_000) = 512
     grad_clip: PosFloat | None = 0.5
 
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
@@ -151,10 +163,10 @@ class TrainParams(_Strict):
 
 
 class BanditParams(_Strict):
-    num_items: Annotated[int, Field(ge=2)] = 8
-    context_dim: PosInt = 8
-    problem_seed: NonNegInt = 0
-    eval_contexts: PosInt = 1024
+    num_items: _count(2, 4096) = 8
+    context_dim: _count(1, 4096) = 8
+    problem_seed: Seed = 0
+    eval_contexts: _count(1, 1_000_000) = 1024
 
 
 class Resources(_Strict):
@@ -170,7 +182,7 @@ class Resources(_Strict):
     #: run trials (a whole GPU when the cluster is not known, e.g. a dry run without --cluster).
     num_gpus_per_learner: Annotated[float, Field(ge=0, le=8)] = 0.0
     #: At most this many trials at once; default: as many as the cluster fits at full scale.
-    max_concurrent_trials: PosInt | None = None
+    max_concurrent_trials: _count(1, 100_000) | None = None
     max_failures: Annotated[int, Field(ge=0, le=100)] = 2
 
     @model_validator(mode="after")
@@ -187,8 +199,8 @@ class Tracking(_Strict):
 
 
 class Evaluation(_Strict):
-    interval: PosInt = 1  # MuJoCo: evaluate on the clean env every N iterations
-    episodes: PosInt = 2  # MuJoCo: clean evaluation episodes per evaluation
+    interval: _count(1, 1_000_000) = 1  # MuJoCo: evaluate on the clean env every N iterations
+    episodes: _count(1, 10_000) = 2  # MuJoCo: clean evaluation episodes per evaluation
 
 
 class TeacherParams(_Strict):
@@ -196,20 +208,20 @@ class TeacherParams(_Strict):
     the ``adpo`` section with the ``ppo`` overrides), found again in MLflow by env, budget, seed,
     network and knobs — trained once, reused after."""
 
-    env_steps: PosInt = 300_000
-    seed: NonNegInt = 0
-    hidden_size: PosInt = 64
+    env_steps: _count(1, 10**10) = 300_000
+    seed: Seed = 0
+    hidden_size: Hidden = 64
     experiment: Annotated[str, Field(min_length=1)] = "adpo-ray-teachers"
 
 
 class DatasetParams(_Strict):
     """Teacher rollouts with ``candidates`` teacher-sampled actions per state, rewards by state restore."""
 
-    states: Annotated[int, Field(ge=10)] = 20_000
-    candidates: Annotated[int, Field(ge=2)] = 8
+    states: _count(10, 100_000_000) = 20_000
+    candidates: _count(2, 4096) = 8
     heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    chunks: PosInt = 4  # parallel generation tasks (each rolls out its own episodes)
-    seed: NonNegInt = 0
+    chunks: _count(1, 4096) = 4  # parallel generation tasks (each rolls out its own episodes)
+    seed: Seed = 0
 
 
 class DistillParams(_Strict):
@@ -218,8 +230,8 @@ class DistillParams(_Strict):
 
     teacher: TeacherParams = Field(default_factory=TeacherParams)
     dataset: DatasetParams = Field(default_factory=DatasetParams)
-    states_per_iteration: PosInt = 2048
-    minibatch_states: PosInt = 256
+    states_per_iteration: _count(1, 10_000_000) = 2048
+    minibatch_states: _count(1, 10_000_000) = 256
 
     @model_validator(mode="after")
     def _batches(self) -> DistillParams:
@@ -242,8 +254,8 @@ class ExperimentSpec(_Strict):
     scenarios: Literal["all"] | list[str] = "all"
     algorithms: list[Algorithm] = Field(default_factory=lambda: ["adpo"], min_length=1)
     anchors: Anchors = Field(default_factory=Anchors)
-    hidden_sizes: list[PosInt] = Field(default_factory=lambda: [64], min_length=1)
-    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
+    hidden_sizes: list[Hidden] = Field(default_factory=lambda: [64], min_length=1, max_length=64)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=10_000)
     budget: Budget
     adpo: TrainParams = Field(default_factory=TrainParams)
     bandit: BanditParams = Field(default_factory=BanditParams)
@@ -304,8 +316,11 @@ class ExperimentSpec(_Strict):
                 "(PreferenceBandit); none is listed in environments"
             )
         self._check_distill()
-        if not self.trials():
+        n = self.trial_count()
+        if not n:
             raise ValueError("the grid is empty: no trial results from these axes")
+        if n > MAX_TRIALS:
+            raise ValueError(f"the grid has {n:,} trials; at most {MAX_TRIALS:,} (split it into several specs)")
         return self
 
     def _check_distill(self) -> None:
@@ -374,6 +389,19 @@ class ExperimentSpec(_Strict):
         """The effective settings of one trial: the single record that the RLlib config builders
         (:mod:`adpo_ray.rllib.factory`) and the MLflow params read."""
         return _knobs(self, trial)
+
+    def trial_count(self) -> int:
+        """How many trials :meth:`trials` lists, without listing them."""
+        per_env = {}
+        for env in self.environments:
+            methods = 0
+            for algo in self.algorithms:
+                if algo == "adpo":
+                    methods += len(self.anchors.modes)
+                elif algo != "dpo" or ENVIRONMENTS[env]["list_source"] == "actions":
+                    methods += 1
+            per_env[env] = methods
+        return sum(per_env.values()) * len(self.scenario_names) * len(self.hidden_sizes) * len(self.seeds)
 
     def trials(self) -> list[TrialSpec]:
         """Every trial of the grid, in a stable order."""

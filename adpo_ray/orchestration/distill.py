@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 from adpo_ray.metrics import ENV_STEPS, TEACHER_RETURN
@@ -40,18 +41,54 @@ def teacher_trial(spec: ExperimentSpec, env: str) -> TrialSpec:
 
 
 # -- MLflow lookups ------------------------------------------------------------------------------
-def find_teacher(client, spec: ExperimentSpec, env: str):
-    """The newest FINISHED teacher run with this env's key, or None."""
+def find_teacher(client, spec: ExperimentSpec, env: str, status: str = "FINISHED"):
+    """The newest teacher run with this env's key and ``status``, or None."""
+    runs = _teacher_runs(client, spec, env, status)
+    return runs[0] if runs else None
+
+
+def _teacher_runs(client, spec: ExperimentSpec, env: str, status: str) -> list:
     exp = client.get_experiment_by_name(spec.distill.teacher.experiment)
     if exp is None:
-        return None
-    runs = client.search_runs(
+        return []
+    return client.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{TEACHER_TAG}` = '{teacher_key(spec, env)}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{TEACHER_TAG}` = '{teacher_key(spec, env)}' and attributes.status = '{status}'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=100,
     )
-    return runs[0] if runs else None
+
+
+def claim_teacher(client, spec: ExperimentSpec, env: str, artifact_location: str | None) -> tuple[str, bool]:
+    """The teacher run this launch uses for ``env``: ``(run id, True)`` when this launch must train
+    it (its run is created now, RUNNING: the claim), ``(run id, False)`` when another launch is
+    training it (wait for it). Two launches racing for one key both create a claim; the earlier
+    claim wins, the later one is marked KILLED and waits."""
+    exp_id = experiment_id(client, spec.distill.teacher.experiment, artifact_location)
+    key = teacher_key(spec, env)
+    running = _teacher_runs(client, spec, env, "RUNNING")
+    if running:
+        return running[-1].info.run_id, False  # the earliest claim
+    mine = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
+    claims = sorted(_teacher_runs(client, spec, env, "RUNNING"), key=lambda r: (r.info.start_time, r.info.run_id))
+    if claims and claims[0].info.run_id != mine.info.run_id:
+        client.set_terminated(mine.info.run_id, "KILLED")
+        return claims[0].info.run_id, False
+    return mine.info.run_id, True
+
+
+def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0, timeout_s: float = 24 * 3600) -> str:
+    """Wait until another launch's teacher run ends; its id if it FINISHED, else RuntimeError."""
+    log(f"teacher run {run_id}: being trained by another launch; waiting for it")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = client.get_run(run_id).info.status
+        if status == "FINISHED":
+            return run_id
+        if status in ("FAILED", "KILLED"):
+            raise RuntimeError(f"teacher run {run_id} ended {status} in the launch that trained it; launch again")
+        time.sleep(poll_s)
+    raise TimeoutError(f"teacher run {run_id} did not finish within {timeout_s:.0f} s")
 
 
 # -- teacher -----------------------------------------------------------------------------------
@@ -91,8 +128,8 @@ def _teacher_obs_norm(algo) -> dict:
     raise RuntimeError("the teacher's env-to-module pipeline has no observation filter")
 
 
-def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location: str | None) -> str:
-    """Train one teacher and log it to MLflow; returns its run id (runs as a Ray task)."""
+def train_teacher(spec_json: str, env: str, tracking_uri: str, run_id: str) -> str:
+    """Train one teacher into its claimed MLflow run ``run_id`` (runs as a Ray task)."""
     import torch
     from mlflow.entities import Metric, Param, RunTag
 
@@ -104,8 +141,7 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, artifact_location
     t = spec.distill.teacher
     key = teacher_key(spec, env)
     client = _client(tracking_uri)
-    exp_id = experiment_id(client, t.experiment, artifact_location)
-    run = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
+    run = client.get_run(run_id)
     try:
         knobs = spec.knobs(teacher_trial(spec, env))
         config = build_algo_config(knobs)
@@ -200,24 +236,30 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
 
     client = _client(tracking_uri)
     out: dict[str, dict] = {}
-    pending = {}
+    pending, elsewhere = {}, {}
     for env in spec.environments:
         run = find_teacher(client, spec, env)
         if run is not None:
             out[env] = {"run_id": run.info.run_id, "trained": False}
             log(f"teacher {teacher_key(spec, env)}: reusing MLflow run {run.info.run_id} "
                 f"(clean return {run.data.metrics.get(TEACHER_RETURN, float('nan')):.1f})")
-        else:
-            log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
-            knobs = spec.knobs(teacher_trial(spec, env))  # a local learner on a GPU needs it reserved here
-            gpus = knobs.num_gpus_per_learner if knobs.num_learners == 0 else 0
-            pending[env] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
-                spec.model_dump_json(by_alias=True), env, tracking_uri, artifact_location
-            )
+            continue
+        run_id, mine = claim_teacher(client, spec, env, artifact_location)
+        if not mine:  # another launch trains this very teacher: never a second one
+            elsewhere[env] = run_id
+            continue
+        log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
+        knobs = spec.knobs(teacher_trial(spec, env))  # a local learner on a GPU needs it reserved here
+        gpus = knobs.num_gpus_per_learner if knobs.num_learners == 0 else 0
+        pending[env] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
+            spec.model_dump_json(by_alias=True), env, tracking_uri, run_id
+        )
     for env, ref in pending.items():
         out[env] = {"run_id": ray.get(ref), "trained": True}
         info = teacher_info(tracking_uri, out[env]["run_id"])
         log(f"teacher {info['key']}: trained, clean return {info['return_mean']:.1f}")
+    for env, run_id in elsewhere.items():
+        out[env] = {"run_id": wait_for_teacher(client, run_id, log), "trained": False}
     for env in spec.environments:
         run = client.get_run(out[env]["run_id"])
         built = []
@@ -233,15 +275,36 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
     return out
 
 
-def student_inputs(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str) -> dict:
+def check_shared_tracking(tracking_uri: str, capacity) -> None:
+    """Distillation trials read and write MLflow themselves (teachers, datasets): on more than one
+    node they all need one store they can reach. A sqlite file or a loopback server is each
+    node's own: an error before launch, saying what to pass instead."""
+    from urllib.parse import urlparse
+
+    nodes = sum(t.count for t in capacity.node_types)
+    if nodes <= 1:
+        return
+    host = urlparse(tracking_uri).hostname or ""
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri \
+        or host in ("localhost", "::1") or host.startswith("127.")
+    if local:
+        raise ValueError(
+            f"distillation on a cluster of {nodes} nodes needs a tracking store every node reaches; "
+            f"{tracking_uri!r} is this node's own. Pass --tracking-uri http://<head's private address>:5000 "
+            "(an `mlflow server --host 0.0.0.0` on the head, behind the cluster's firewall) or another shared server"
+        )
+
+
+def student_inputs(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str, teacher_run_id: str) -> dict:
     """What a student trial needs: its local dataset folder, the teacher's frozen observation
-    normalisation and clean return."""
+    normalisation and clean return — from the teacher run pinned at launch, never "the newest
+    one now", so launches side by side never mix teachers."""
     client = _client(tracking_uri)
-    run = find_teacher(client, spec, trial.env)
-    if run is None:
+    run = client.get_run(teacher_run_id)
+    if run.info.status != "FINISHED" or run.data.tags.get(TEACHER_TAG) != teacher_key(spec, trial.env):
         raise FileNotFoundError(
-            f"no finished teacher {teacher_key(spec, trial.env)} in MLflow experiment "
-            f"{spec.distill.teacher.experiment!r} at {tracking_uri}"
+            f"teacher run {teacher_run_id} pinned at launch is not a finished teacher "
+            f"{teacher_key(spec, trial.env)} (status {run.info.status}) at {tracking_uri}"
         )
     key = dataset_key(spec, trial.env, trial.scenario)
     if run.data.tags.get(DATASET_TAG_PREFIX + key) != "complete":

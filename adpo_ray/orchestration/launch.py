@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +39,16 @@ from adpo_ray.spec import ExperimentSpec, TrialSpec
 GRID_FILE = "adpo_grid.json"
 
 
-def param_space(spec: ExperimentSpec, tracking_uri: str) -> dict[str, Any]:
+def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str, str] | None = None) -> dict[str, Any]:
     from ray import tune
 
     space = {
         "spec": spec.model_dump(mode="json", by_alias=True),
         "trial": tune.grid_search([t.as_dict() for t in spec.trials()]),
     }
-    if spec.distill is not None:  # students look their teacher and dataset up there
+    if spec.distill is not None:  # students find their pinned teacher and its datasets there
         space["tracking_uri"] = tracking_uri
+        space["distill_runs"] = dict(distill_runs or {})
     return space
 
 
@@ -95,6 +98,38 @@ class GridOptions:
         return storage.join(self.storage_path, self.name)
 
 
+#: A launch name: one folder name under --storage-path, never a path.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def check_name(name: str) -> str:
+    """``name``, or a ValueError: letters, digits, ``_.-``, 1-128 characters, starting with a
+    letter or digit (so it can never leave --storage-path: no ``/``, no ``..``)."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"--name {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting with a "
+                         "letter or digit (it names one folder under --storage-path)")
+    return name
+
+
+def check_storage_path(path: str) -> str:
+    """``path`` (a folder, or a URI such as ``s3://bucket/dir``), or a ValueError for a URI that
+    is malformed, e.g. ``s3:/bucket/x``, which would otherwise become a local folder named ``s3:``."""
+    match = _SCHEME.match(path)
+    if match and len(match.group(1)) > 1:  # a scheme (one letter would be a Windows drive)
+        scheme, rest = match.group(1), path[match.end():]
+        if not rest.startswith("//"):
+            raise ValueError(f"--storage-path {path!r}: a URI needs '://' after its scheme, e.g. "
+                             f"{scheme}://{rest.lstrip('/')}")
+        if scheme != "file" and not rest[2:].split("/")[0].split("?")[0]:
+            raise ValueError(f"--storage-path {path!r}: no bucket or host after {scheme}://")
+        if scheme == "file" and not rest[2:].startswith("/"):
+            raise ValueError(f"--storage-path {path!r}: a file:// URI takes an absolute path, file:///dir")
+    elif "://" in path:
+        raise ValueError(f"--storage-path {path!r}: not a folder, and not a URI (scheme://...)")
+    return path
+
+
 def resolve_options(
     spec: ExperimentSpec,
     *,
@@ -108,14 +143,16 @@ def resolve_options(
     artifacts = spec.tracking.artifact_location
     if artifacts is None and uri.startswith("sqlite:"):
         artifacts = default_artifact_location()
-    path = storage_path or os.path.abspath("ray_results")
+    path = check_storage_path(storage_path) if storage_path else os.path.abspath("ray_results")
+    if name is not None:
+        check_name(name)
     if not storage.is_uri(path):
         path = os.path.abspath(path)
     return GridOptions(
         tracking_uri=uri,
         artifact_location=artifacts,
         storage_path=path,
-        name=name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        name=name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
         address=address or os.environ.get("RAY_ADDRESS"),
         max_concurrent=max_concurrent,
     )
@@ -209,19 +246,75 @@ def _start(address: str | None) -> None:
     connect(address)
 
 
+LOCK_FILE = ".adpo_launch.json"
+
+
+def claim_folder(run_dir: str, name: str, *, take_over: bool = False) -> None:
+    """Claim ``run_dir`` for this launch before anything is written there: an exclusive lock file
+    (atomic on a local or shared file system; on object storage, a check then a write). A second
+    launch with the same name gets a :class:`FileExistsError` naming the first. ``take_over``
+    (resume): a claim by a process that is no longer alive on this host is taken over."""
+    import socket
+
+    me = {"launch": name, "host": socket.gethostname(), "pid": os.getpid(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path = storage.join(run_dir, LOCK_FILE)
+    if storage.is_uri(run_dir):
+        if storage.exists(path) and not take_over:
+            raise FileExistsError(_claimed(run_dir, storage.read_text(path)))
+        storage.write_text(path, json.dumps(me))
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if take_over and not _alive_here(holder):
+                os.unlink(path)
+                continue
+            raise FileExistsError(_claimed(run_dir, json.dumps(holder))) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        return
+
+
+def _alive_here(holder: dict) -> bool:
+    import socket
+
+    import psutil
+
+    return holder.get("host") == socket.gethostname() and holder.get("pid") != os.getpid() \
+        and psutil.pid_exists(int(holder.get("pid", 0) or 0))
+
+
+def _claimed(run_dir: str, holder: str) -> str:
+    try:
+        h = json.loads(holder)
+        who = f"launch {h.get('launch')!r} (pid {h.get('pid')} on {h.get('host')}, since {h.get('since')})"
+    except ValueError:
+        who = "another launch"
+    return (f"{run_dir} is taken by {who}; resume that grid with `adpo-ray resume {run_dir}` "
+            f"once it has stopped, or pick another --name")
+
+
 def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verbose: int = 1,
              plans: list[TrialPlan] | None = None):
     """Launch the grid of ``spec`` and return Tune's ResultGrid (``plans``: from
-    :func:`plan_trials`, if the caller has them already)."""
-    plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
-    check_tracking(options.tracking_uri)
-    _start(options.address)
+    :func:`plan_trials`, if the caller has them already). The results carry
+    ``mlflow_pending``: MLflow writes not yet delivered at the end (see `adpo-ray sync`)."""
     from ray import tune
 
-    from adpo_ray.orchestration.tracking import MLflowTracker
-    from adpo_ray.orchestration.trainable import GridTrainable
-
-    trainable = trainable or GridTrainable
+    plans = plans or plan_trials(spec)  # validates every trial's RLlib config before anything starts
+    check_tracking(options.tracking_uri)
+    run_dir = options.run_dir
+    if tune.Tuner.can_restore(run_dir) or storage.exists(storage.join(run_dir, GRID_FILE)):
+        raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
+    claim_folder(run_dir, options.name)
+    _start(options.address)
     capacity = cluster_capacity(options.address)
     resolved = resolve_learner_gpus(spec, capacity)
     if resolved is not spec:  # GPU learners take a share chosen for this cluster
@@ -230,23 +323,32 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     concurrency = max_concurrent(plans, capacity, options.max_concurrent or spec.resources.max_concurrent_trials)
     if verbose:
         print(f"cluster at full scale: {capacity.describe()}; up to {concurrency} trial(s) at once")
-
-    run_dir = options.run_dir
-    if tune.Tuner.can_restore(run_dir) or storage.exists(storage.join(run_dir, GRID_FILE)):
-        raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
+    distill_runs = None
     if spec.distill is not None:  # teachers and datasets first: found in MLflow or made now
-        from adpo_ray.orchestration.distill import prepare
+        from adpo_ray.orchestration.distill import check_shared_tracking, prepare
 
-        prepare(spec, options.tracking_uri, options.artifact_location)
+        check_shared_tracking(options.tracking_uri, capacity)
+        distill_runs = {env: v["run_id"] for env, v in prepare(spec, options.tracking_uri, options.artifact_location).items()}
     storage.write_text(storage.join(run_dir, GRID_FILE), json.dumps({
         "spec": spec.model_dump(mode="json", by_alias=True),
         "options": options.__dict__,
+        "concurrency": concurrency,
+        "distill_runs": distill_runs,
     }, indent=2))
+    return _fit(spec, options, concurrency, trainable, verbose, distill_runs)
 
-    tracker = MLflowTracker(spec, options.tracking_uri, options.artifact_location, run_dir, options.name)
+
+def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable, verbose: int,
+         distill_runs: dict[str, str] | None = None):
+    from ray import tune
+
+    from adpo_ray.orchestration.tracking import MLflowTracker
+    from adpo_ray.orchestration.trainable import GridTrainable
+
+    tracker = MLflowTracker(spec, options.tracking_uri, options.artifact_location, options.run_dir, options.name)
     tuner = tune.Tuner(
-        trainable,
-        param_space=param_space(spec, options.tracking_uri),
+        trainable or GridTrainable,
+        param_space=param_space(spec, options.tracking_uri, distill_runs),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
             trial_name_creator=_trial_name,
@@ -258,7 +360,7 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
             # Each trial stops itself at its env's budget and asks for periodic checkpoints.
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_at_end=True,
-                num_to_keep=2,
+                num_to_keep=3,  # a snapshot older than the newest checkpoint still finds its own
             ),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[tracker],
@@ -266,7 +368,9 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
             verbose=verbose,
         ),
     )
-    return tuner.fit()
+    results = tuner.fit()
+    results.mlflow_pending = tracker.pending_at_end
+    return results
 
 
 def load_grid_file(run_dir: str) -> tuple[ExperimentSpec, GridOptions]:
@@ -277,9 +381,11 @@ def load_grid_file(run_dir: str) -> tuple[ExperimentSpec, GridOptions]:
     return ExperimentSpec.model_validate(data["spec"]), GridOptions(**data["options"])
 
 
-def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=None):
+def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=None, verbose: int = 1):
     """Finish an interrupted grid: unfinished and errored trials resume from their checkpoints;
-    finished trials are not re-run; MLflow runs are re-attached, never duplicated."""
+    finished trials are not re-run; MLflow runs are re-attached, never duplicated, and MLflow
+    writes still pending are delivered. A grid killed before Tune's first snapshot starts again
+    in its folder."""
     from ray import tune
 
     from adpo_ray.orchestration.tracking import MLflowTracker
@@ -287,21 +393,27 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
 
     run_dir = str(run_dir).rstrip("/") if storage.is_uri(str(run_dir)) else str(Path(run_dir).resolve())
     spec, options = load_grid_file(run_dir)
-    if not tune.Tuner.can_restore(run_dir):
-        raise FileNotFoundError(f"{run_dir} has no Tune experiment state to resume")
+    data = json.loads(storage.read_text(storage.join(run_dir, GRID_FILE)))
     # the folder may have moved since launch: everything follows the folder given here
     options.storage_path, _, options.name = run_dir.rpartition("/")
+    claim_folder(run_dir, options.name, take_over=True)
     _start(address or options.address)
+    if not tune.Tuner.can_restore(run_dir):  # killed before Tune's first snapshot: start over here
+        concurrency = data.get("concurrency") or max_concurrent(
+            plan_trials(spec), cluster_capacity(options.address), options.max_concurrent)
+        return _fit(spec, options, concurrency, trainable, verbose, data.get("distill_runs")), spec, options
     tuner = tune.Tuner.restore(
         run_dir,
         trainable=trainable or GridTrainable,
         resume_unfinished=True,
         resume_errored=True,
-        param_space=param_space(spec, options.tracking_uri),
+        param_space=param_space(spec, options.tracking_uri, data.get("distill_runs")),
     )
     # Tune restores the callbacks pickled at launch; point the tracker at the folder as it is now
     # (Tune 2.60 has no public way to pass callbacks to a restore).
-    for callback in tuner._local_tuner.get_run_config().callbacks or []:
-        if isinstance(callback, MLflowTracker):
-            callback.run_dir = run_dir
-    return tuner.fit(), spec, options
+    trackers = [c for c in tuner._local_tuner.get_run_config().callbacks or [] if isinstance(c, MLflowTracker)]
+    for tracker in trackers:
+        tracker.run_dir = run_dir
+    results = tuner.fit()
+    results.mlflow_pending = trackers[0].pending_at_end if trackers else None
+    return results, spec, options

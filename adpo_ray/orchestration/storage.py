@@ -32,6 +32,11 @@ def exists(path: str) -> bool:
 
 
 def write_text(path: str, text: str) -> None:
+    """Write a small state file whole: on a local folder to a temporary name, then renamed over
+    (a crash never leaves it half-written); on object storage objects are written whole anyway."""
+    if not is_uri(path):
+        _atomic_local(os.path.abspath(path), text)
+        return
     filesystem, p = _resolve(path)
     parent = p.rsplit("/", 1)[0]
     if parent:
@@ -44,3 +49,16 @@ def read_text(path: str) -> str:
     filesystem, p = _resolve(path)
     with filesystem.open_input_stream(p) as f:
         return f.read().decode()
+
+
+def _atomic_local(path: str, text: str) -> None:
+    import uuid
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -3,31 +3,46 @@
 * one MLflow experiment per spec name, one *parent* run per launch, one *child* run per trial
   (``mlflow.parentRunId``), tagged with the trial's coordinates so the MLflow UI can filter and
   group by scenario, noise type, severity, anchor mode, hidden size, env, seed and algorithm;
-* curated params (the spec's knobs) and curated metrics, logged in batches with the env-step count
-  as the step;
+* params: each trial's effective settings (``spec.knobs(trial)``); curated metrics, logged in
+  batches with the env-step count as the step;
 * artifacts: the resolved spec on the parent; the metrics CSV and final checkpoint on each child.
 
-Resuming re-attaches: the parent run id is kept in the Tune experiment folder, each child run is
-found again by its ``trial`` tag, and metric steps already logged are not logged twice — so every
-trial has exactly one child run and one metric history, whatever happened to the driver.
+Nothing here waits on MLflow: every write goes to the launch's spool
+(:mod:`adpo_ray.orchestration.spool`), which a sender thread delivers with short timeouts and
+retries. A tracking store that goes away never fails a trial or the grid, and never holds Tune
+up; what could not be sent by the grid's end is reported and delivered by `adpo-ray sync RUN_DIR`
+(or `adpo-ray resume`), exactly once. Resuming re-attaches: runs are found again by their run
+key, metric steps already recorded are not recorded twice (the first attempt of a step wins, as
+in the report read from Tune's folder), so every trial has one child run and one history.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-import tempfile
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from ray import tune
 
 from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key
-from adpo_ray.orchestration import mlflow_store, storage
+from adpo_ray.orchestration import storage
+from adpo_ray.orchestration.spool import SPOOL_DIR, Sender, Spool
 from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 PARENT_FILE = "adpo_mlflow_parent.json"
+#: Seconds the end of a grid waits for the spool to drain before it reports what is pending.
+FLUSH_TIMEOUT_S = float(os.environ.get("ADPO_RAY_MLFLOW_FLUSH_S", "60"))
+
+
+def spool_folder(run_dir: str, launch_name: str) -> str:
+    """The launch's spool: in its results folder, or (results on remote storage) a local folder
+    ``.adpo-ray-spool/<launch>`` where the driver runs — the spool needs appends and renames."""
+    if storage.is_uri(run_dir):
+        return os.path.abspath(os.path.join(".adpo-ray-spool", launch_name))
+    return os.path.join(run_dir, SPOOL_DIR)
 
 
 def run_tags(trial: TrialSpec, grid: str) -> dict[str, str]:
@@ -80,7 +95,7 @@ def _git_commit() -> str | None:
 
 
 class MLflowTracker(tune.Callback):
-    """Tune callback logging a grid to MLflow (see the module docstring)."""
+    """Tune callback logging a grid to MLflow through a spool (see the module docstring)."""
 
     def __init__(
         self,
@@ -95,14 +110,15 @@ class MLflowTracker(tune.Callback):
         self.artifact_location = artifact_location
         self.run_dir = str(run_dir)
         self.launch_name = launch_name
-        self._client = None
+        self.pending_at_end: int | None = None
+        self._spool: Spool | None = None
+        self._sender: Sender | None = None
         self._state: dict[str, Any] = {}
 
-    # The MLflow client holds sessions: never pickled with the Tuner.
+    # The spool's file and the sender's thread are this process's: never pickled with the Tuner.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_client"] = None
-        state["_state"] = {}
+        state.update(_spool=None, _sender=None, _state={})
         return state
 
     @property
@@ -110,145 +126,181 @@ class MLflowTracker(tune.Callback):
         return ExperimentSpec.model_validate(self.spec_dict)
 
     @property
-    def client(self):
-        if self._client is None:
-            self._client = mlflow_store.client(self.tracking_uri)
-        return self._client
+    def parent_key(self) -> str:
+        return self.launch_name
+
+    def child_key(self, trial: TrialSpec) -> str:
+        return f"{self.launch_name}/{trial.tag}"
 
     # -- parent run ------------------------------------------------------------------------
     def setup(self, **info) -> None:
-        self._state = {"children": {}, "last_step": {}}
-        self._software_tags = software_tags()
         spec = self.spec
-        self.experiment_id = self._experiment_id(spec.experiment_name)
-        parent_file = storage.join(self.run_dir, PARENT_FILE)
-        if storage.exists(parent_file):
-            self.parent_run_id = json.loads(storage.read_text(parent_file))["run_id"]
-            self.client.update_run(self.parent_run_id, status="RUNNING")
-            self.client.set_tag(self.parent_run_id, "resumed", "true")
-            return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=self.launch_name,
-            tags={"grid": spec.name, "run_dir": self.run_dir, "kind": "grid", **self._software_tags},
-        )
-        self.parent_run_id = run.info.run_id
-        storage.write_text(parent_file, json.dumps({"run_id": self.parent_run_id, "experiment_id": self.experiment_id}))
-        self._log_params(self.parent_run_id, {
-            "grid.trials": str(len(spec.trials())),
-            "grid.environments": ",".join(spec.environments),
-            "grid.scenarios": ",".join(spec.scenario_names)[:6000],
-            "grid.algorithms": ",".join(spec.algorithms),
-            "grid.anchor_modes": ",".join(spec.anchors.modes),
-            "grid.hidden_sizes": ",".join(map(str, spec.hidden_sizes)),
-            "grid.seeds": ",".join(map(str, spec.seeds)),
+        self._spool = Spool(spool_folder(self.run_dir, self.launch_name), header={
+            "tracking_uri": self.tracking_uri, "experiment": spec.experiment_name,
+            "artifact_location": self.artifact_location, "launch": self.launch_name,
         })
-        with tempfile.TemporaryDirectory() as tmp:
+        self._state = replay_state(self._spool)
+        self._software_tags = software_tags()
+        if self.parent_key not in self._state["runs"]:
+            self._spool.append("run", key=self.parent_key, name=self.launch_name, parent=None, tags={
+                "grid": spec.name, "run_dir": self.run_dir, "kind": "grid", **self._software_tags,
+            }, params={
+                "grid.trials": str(len(spec.trials())),
+                "grid.environments": ",".join(spec.environments),
+                "grid.scenarios": ",".join(spec.scenario_names)[:6000],
+                "grid.algorithms": ",".join(spec.algorithms),
+                "grid.anchor_modes": ",".join(spec.anchors.modes),
+                "grid.hidden_sizes": ",".join(map(str, spec.hidden_sizes)),
+                "grid.seeds": ",".join(map(str, spec.seeds)),
+            })
             import yaml
 
-            path = Path(tmp) / "spec.yaml"
+            path = self._spool.folder / "files" / "spec.yaml"
             path.write_text(yaml.safe_dump(self.spec_dict, sort_keys=False))
-            self.client.log_artifact(self.parent_run_id, str(path))
+            self._spool.append("artifact", key=self.parent_key, path=self._spool.relative(str(path)), artifact_path=None)
+            self._state["runs"].add(self.parent_key)
+        else:
+            self._spool.append("status", key=self.parent_key, status="RUNNING")
+            self._spool.append("tag", key=self.parent_key, name="resumed", value="true")
+        self._sender = Sender(self._spool, on_run=self._on_run)
+        self._sender.start()
 
-    def _experiment_id(self, name: str) -> str:
-        return mlflow_store.experiment_id(self.client, name, self.artifact_location)
-
-    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    def _on_run(self, key: str, run_id: str) -> None:
+        """The sender knows the parent's MLflow run: note it in the results folder."""
+        if key == self.parent_key:
+            parent_file = storage.join(self.run_dir, PARENT_FILE)
+            if not storage.exists(parent_file):
+                storage.write_text(parent_file, json.dumps({"run_id": run_id}))
 
     # -- child runs ------------------------------------------------------------------------
     def _child(self, trial) -> str:
-        key = trial.trial_id
-        if key in self._state["children"]:
-            return self._state["children"][key]
-        spec, t = self.spec, TrialSpec(**trial.config["trial"])
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.trial = '{t.tag}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            history = self.client.get_metric_history(run_id, ENV_STEPS)
-            self._state["last_step"][run_id] = max((m.step for m in history), default=-1)
-        else:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=t.tag,
-                tags={
-                    "mlflow.parentRunId": self.parent_run_id,
-                    "tune_trial_id": trial.trial_id,
-                    **run_tags(t, spec.name),
-                    **self._software_tags,
-                },
-            )
-            run_id = run.info.run_id
-            self._log_params(run_id, spec.knobs(t).params())
-            self._state["last_step"][run_id] = -1
-        self._state["children"][key] = run_id
-        return run_id
+        t = TrialSpec(**trial.config["trial"])
+        key = self.child_key(t)
+        if key not in self._state["runs"]:
+            params = self.spec.knobs(t).params()
+            teacher = (trial.config.get("distill_runs") or {}).get(t.env)
+            if teacher:  # the teacher run pinned at launch, which this student learns from
+                params["distill.teacher_run_id"] = teacher
+            self._spool.append("run", key=key, name=t.tag, parent=self.parent_key, tags={
+                "tune_trial_id": trial.trial_id, **run_tags(t, self.spec.name), **self._software_tags,
+            }, params=params)
+            self._state["runs"].add(key)
+        return key
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._child(trial)
+        key = self._child(trial)
+        if trial.num_failures or key in self._state["ended"]:
+            self._spool.append("status", key=key, status="RUNNING")
+            self._state["ended"].discard(key)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self._child(trial)
+        key = self._child(trial)
         step = int(result.get(ENV_STEPS, result.get(TRAINING_ITERATION, 0)))
-        if step <= self._state["last_step"].get(run_id, -1):
-            return  # already logged before a crash / restore: one history per trial
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(v), now, step)
-            for k, v in result.items()
-            if is_metric_key(k) and isinstance(v, (int, float))
-        ]
-        self.client.log_batch(run_id, metrics=metrics)
-        self._state["last_step"][run_id] = step
+        if step <= self._state["last_step"].get(key, -1):
+            return  # a step replayed after a restore: the first attempt is the record
+        metrics = {k: float(v) for k, v in result.items()
+                   if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._spool.append("metrics", key=key, step=step, time=time.time(), metrics=metrics)
+        self._state["last_step"][key] = step
+        self._state["history"].setdefault(key, {})[step] = metrics
+        self._sender.wake()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.client.set_tag(self._child(trial), "num_failures", str(trial.num_failures))
+        self._spool.append("tag", key=self._child(trial), name="num_failures", value=str(trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self._child(trial)
-        try:
-            self._log_history_csv(run_id)
-            checkpoint = trial.checkpoint
-            if checkpoint is not None:
-                if Path(checkpoint.path).exists():
-                    self.client.log_artifacts(run_id, checkpoint.path, artifact_path="checkpoint")
-                else:  # on remote storage (s3://...): fetch it first
-                    with tempfile.TemporaryDirectory() as tmp:
-                        self.client.log_artifacts(run_id, checkpoint.to_directory(tmp), artifact_path="checkpoint")
-        finally:
-            self.client.set_terminated(run_id, status="FINISHED")
+        key = self._child(trial)
+        history = self._state["history"].pop(key, {})
+        if history:
+            path = self._spool.folder / "files" / TrialSpec(**trial.config["trial"]).tag / "metrics.csv"
+            write_history_csv(path, history)
+            self._spool.append("artifact", key=key, path=self._spool.relative(str(path)), artifact_path=None)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            self._spool.append("artifact", key=key, artifact_path="checkpoint",
+                               path=self._spool.relative(checkpoint_location(checkpoint, self.run_dir)))
+        self._spool.append("status", key=key, status="FINISHED")
+        self._state["ended"].add(key)
+        self._sender.wake()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self._child(trial)
+        key = self._child(trial)
         if trial.error_file and Path(trial.error_file).exists():
-            self.client.log_artifact(run_id, trial.error_file)
-        self.client.set_terminated(run_id, status="FAILED")
+            path = self._spool.keep_file(trial.error_file, f"{TrialSpec(**trial.config['trial']).tag}/error.txt")
+            self._spool.append("artifact", key=key, path=self._spool.relative(path), artifact_path=None)
+        self._spool.append("status", key=key, status="FAILED")
+        self._state["ended"].add(key)
 
     def on_experiment_end(self, trials, **info) -> None:
         ok = all(t.status == "TERMINATED" for t in trials)
-        self.client.set_terminated(self.parent_run_id, status="FINISHED" if ok else "FAILED")
+        self._spool.append("status", key=self.parent_key, status="FINISHED" if ok else "FAILED")
+        self.pending_at_end = self._sender.stop(flush_timeout=FLUSH_TIMEOUT_S)
+        if self.pending_at_end:
+            print(f"MLflow: {self.pending_at_end} write(s) not delivered to {self.tracking_uri} "
+                  f"({self._sender.last_error}); they are kept in {self._spool.folder}. Once the "
+                  f"tracking store answers: adpo-ray sync {self.run_dir}")
 
-    def _log_history_csv(self, run_id: str) -> None:
-        run = self.client.get_run(run_id)
-        frames = []
-        for key in run.data.metrics:
-            hist = self.client.get_metric_history(run_id, key)
-            frames.append(pd.DataFrame({"step": [m.step for m in hist], key: [m.value for m in hist]})
-                          .drop_duplicates("step", keep="last").set_index("step"))
-        if not frames:
-            return
-        table = pd.concat(frames, axis=1).sort_index()
-        table = table.drop(columns=[ENV_STEPS], errors="ignore").rename_axis(ENV_STEPS).reset_index()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "metrics.csv"
-            table.to_csv(path, index=False)
-            self.client.log_artifact(run_id, str(path))
+
+def checkpoint_location(checkpoint, run_dir: str) -> str:
+    """Where a Tune checkpoint lives: a local path, or a URI on remote storage (with the
+    storage URI's query string, e.g. ``?region=...``), for the sender to upload later."""
+    from pyarrow import fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        return checkpoint.path
+    scheme = {"gcs": "gs"}.get(checkpoint.filesystem.type_name, checkpoint.filesystem.type_name)
+    query = str(run_dir).partition("?")[2]
+    return f"{scheme}://{checkpoint.path}" + (f"?{query}" if query else "")
+
+
+def replay_state(spool: Spool) -> dict[str, Any]:
+    """What a spool already holds (after a resume): the runs, each run's last step, the metric
+    history of unfinished runs (for their metrics.csv), the runs that ended."""
+    state: dict[str, Any] = {"runs": set(), "last_step": {}, "history": {}, "ended": set()}
+    for record, _ in spool.records():
+        if record is None:
+            continue
+        key = record.get("key")
+        if record["op"] == "run":
+            state["runs"].add(key)
+        elif record["op"] == "metrics":
+            state["last_step"][key] = max(state["last_step"].get(key, -1), record["step"])
+            state["history"].setdefault(key, {})[record["step"]] = record["metrics"]
+        elif record["op"] == "status":
+            if record["status"] in ("FINISHED", "FAILED"):
+                state["ended"].add(key)
+                if record["status"] == "FINISHED":
+                    state["history"].pop(key, None)
+            else:
+                state["ended"].discard(key)
+    return state
+
+
+def write_history_csv(path: Path, history: dict[int, dict[str, float]]) -> None:
+    """A run's metric history as a table: one row per env step, one column per metric."""
+    columns = sorted({k for metrics in history.values() for k in metrics} - {ENV_STEPS})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([ENV_STEPS, *columns])
+        for step in sorted(history):
+            writer.writerow([step, *(history[step].get(c, "") for c in columns)])
+
+
+def sync(run_dir: str, launch_name: str, *, timeout_s: float = 300.0) -> tuple[int, int, str | None]:
+    """Deliver a launch's pending MLflow writes (`adpo-ray sync`); returns (delivered, still
+    pending, last error)."""
+    folder = spool_folder(str(run_dir), launch_name)
+    if not os.path.exists(os.path.join(folder, "spool.json")):
+        raise FileNotFoundError(f"{run_dir} has no MLflow spool ({folder})")
+    spool = Spool(folder)
+    before = spool.pending()
+    tracker = MLflowTracker.__new__(MLflowTracker)
+    tracker.run_dir, tracker.launch_name = str(run_dir), launch_name
+    sender = Sender(spool, on_run=tracker._on_run)
+    deadline = time.time() + timeout_s
+    while not sender.drain() and time.time() < deadline:
+        time.sleep(2)
+    after = spool.pending()
+    spool.close()
+    return before - after, after, sender.last_error

@@ -8,13 +8,18 @@ Tune reserves the algorithm's own placement group (main process, env runners, le
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from adpo_ray.metrics import ENV_STEPS, EVAL_METRICS, EVAL_RETURN, curate
 from adpo_ray.spec import ExperimentSpec, TrialSpec
+
+#: The trial's last curated result, saved with each checkpoint.
+LAST_RESULT = "adpo_last_result.json"
 
 
 @lru_cache(maxsize=8)
@@ -36,7 +41,8 @@ def algo_config_from(config: dict[str, Any]):
         return build_algo_config(spec.knobs(trial))
     from adpo_ray.orchestration.distill import student_inputs
 
-    return build_distill_config(spec.knobs(trial), **student_inputs(spec, trial, config["tracking_uri"]))
+    teacher = config["distill_runs"][trial.env]
+    return build_distill_config(spec.knobs(trial), **student_inputs(spec, trial, config["tracking_uri"], teacher))
 
 
 @lru_cache(maxsize=256)
@@ -54,7 +60,7 @@ def _resources(spec_json: str, env: str, algorithm: str, hidden_size: int):
 
 class GridTrainable(tune.Trainable):
     """``config = {"spec": <spec dict>, "trial": <TrialSpec dict>}`` (distillation grids add
-    ``"tracking_uri"``, where the students find their teacher and dataset)."""
+    ``"tracking_uri"`` and ``"distill_runs"``: the teacher run per env, pinned at launch)."""
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]):
@@ -66,16 +72,24 @@ class GridTrainable(tune.Trainable):
         self.spec, self.trial = trial_from_config(config)
         self.budget = self.spec.budget_for(self.trial.env)
         self.algo = algo_config_from(config).build_algo()
+        self._last: dict[str, Any] = {}
+
+    def _budget_reached(self, steps: float) -> bool:
+        b = self.budget
+        return bool((b.iterations and self.algo.iteration >= b.iterations) or (b.env_steps and steps >= b.env_steps))
 
     def step(self) -> dict[str, Any]:
+        if self._last and self._budget_reached(self._last.get(ENV_STEPS, 0)):
+            # restored from its final checkpoint (e.g. a retry after the trial's last result):
+            # the trial is done, and trains no iteration past its budget
+            return {**self._last, "done": True}
         raw = self.algo.train()
         result = curate(raw)
         if not self._evaluated_this_iteration():
             for key in EVAL_METRICS:
                 result.pop(key, None)  # RLlib repeats the last evaluation's numbers
-        it, steps = self.algo.iteration, result.get(ENV_STEPS, 0)
-        b = self.budget
-        if (b.iterations and it >= b.iterations) or (b.env_steps and steps >= b.env_steps):
+        it, b = self.algo.iteration, self.budget
+        if self._budget_reached(result.get(ENV_STEPS, 0)):
             result["done"] = True  # the trial's own budget: bandit and MuJoCo trials differ
             if EVAL_RETURN not in result and self.spec.distill is None and self.algo.config.evaluation_interval:
                 # every trial ends with a clean evaluation of its final policy
@@ -83,6 +97,7 @@ class GridTrainable(tune.Trainable):
                 result.update({k: v for k, v in final.items() if k in EVAL_METRICS})
         elif it % b.checkpoint_every == 0:
             result["should_checkpoint"] = True
+        self._last = {k: v for k, v in result.items() if k not in ("done", "should_checkpoint")}
         return result
 
     def _evaluated_this_iteration(self) -> bool:
@@ -95,9 +110,13 @@ class GridTrainable(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.algo.save_to_path(checkpoint_dir)
+        with open(os.path.join(checkpoint_dir, LAST_RESULT), "w") as f:
+            json.dump(self._last, f)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.algo.restore_from_path(checkpoint_dir)
+        path = os.path.join(checkpoint_dir, LAST_RESULT)
+        self._last = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
 
     def cleanup(self) -> None:
         self.algo.stop()

@@ -110,7 +110,8 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         progress = params.parent / "progress.csv"
         history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
         if not history.empty and ENV_STEPS in history:
-            history = history.drop_duplicates(ENV_STEPS, keep="last").sort_values(ENV_STEPS)
+            # a step replayed after a retry keeps its first record, as in MLflow
+            history = history.drop_duplicates(ENV_STEPS, keep="first").sort_values(ENV_STEPS)
         # error.txt stays behind after a retried failure: the last result's `done` says more
         done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
         row = {"trial": tag, **_coords(config["trial"]), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}

@@ -111,6 +111,7 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
         ratio = k.data.metrics["eval/return_over_teacher"]
         assert ratio == pytest.approx(k.data.metrics["eval/return_mean"] / teacher.data.metrics["teacher/return_mean"])
         assert k.data.params["distill.teacher_key"] == teacher.data.tags[TEACHER_TAG]
+        assert k.data.params["distill.teacher_run_id"] == teacher.info.run_id  # pinned at launch
 
     # the report's distillation table and claim
     report = build_report(load_mlflow(uri, "distill_small"), tmp_path / "report")

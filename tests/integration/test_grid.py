@@ -145,9 +145,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path):
+def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None):
     """A real `mlflow server` subprocess on 127.0.0.1; stopped (with its workers) afterwards."""
-    port = _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
          "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

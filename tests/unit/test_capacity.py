@@ -159,3 +159,15 @@ def test_estimate_wall_time_longest_first():
     assert estimate_wall_time(t, 1, sps) == pytest.approx(60.0)
     assert estimate_wall_time(t, 2, sps) == pytest.approx(30.0)  # the 30 s trial alone, three 10 s beside it
     assert estimate_wall_time(t, 8, sps) == pytest.approx(30.0)
+
+
+def test_distillation_on_several_nodes_needs_a_shared_tracking_store():
+    from adpo_ray.orchestration.distill import check_shared_tracking
+
+    one, many = cap((8, 0, 1)), cap((8, 0, 1), (8, 0, 2), autoscaling=True)
+    for uri in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "http://localhost:5000", "/tmp/mlruns"):
+        check_shared_tracking(uri, one)  # one node: its own store is everyone's
+        with pytest.raises(ValueError, match="3 nodes needs a tracking store every node reaches"):
+            check_shared_tracking(uri, many)
+    check_shared_tracking("http://10.0.0.10:5000", many)
+    check_shared_tracking("https://mlflow.example.org", many)

@@ -75,7 +75,7 @@ BAD = [
     # (mutation path, value, expected field in the message, expected hint)
     ("bogus", 1, "bogus", "unknown key; allowed keys here: adpo, algorithms"),
     ("adpo.tau", 0.5, "adpo.tau", "unknown key; allowed keys here: beta_q"),
-    ("budget.iterations", -5, "budget.iterations", "greater than 0"),
+    ("budget.iterations", -5, "budget.iterations", "greater than or equal to 1"),
     ("budget", {}, "budget", "set iterations or env_steps"),
     ("budget", _DELETE, "budget", "Field required"),
     ("environments", ["CartPole-v1"], "environments[0]", "'PreferenceBandit', 'HalfCheetah-v5' or 'Hopper-v5'"),
@@ -85,7 +85,7 @@ BAD = [
     ("anchors.modes", ["sticky"], "anchors", "unknown anchor mode 'sticky'; allowed: fixed, dynamic"),
     ("anchors.modes", [], "anchors.modes", "at least 1 item"),
     ("anchors.params", {"ema": {"rate": 2.0}}, "anchors", "ema.rate must be in (0, 1]"),
-    ("hidden_sizes", [0], "hidden_sizes[0]", "greater than 0"),
+    ("hidden_sizes", [0], "hidden_sizes[0]", "greater than or equal to 1"),
     ("hidden_sizes", [64, 64], "hidden_sizes", "duplicate hidden_sizes: 64"),
     ("seeds", ["a"], "seeds[0]", "valid integer"),
     ("adpo.loss", "hinge", "adpo.loss", "'listwise', 'pairwise' or 'dpo'"),
@@ -98,6 +98,24 @@ BAD = [
     ("resources.num_learners", 3, "resources.num_learners", "less than or equal to 1"),
     ("resources.gpus", 1, "resources.gpus", "unknown key"),
     ("tracking.uri", "x", "tracking.uri", "allowed keys here: artifact_location, experiment, tracking_uri"),
+    # sizes and counts have upper bounds: a typo is an error naming the field and the range
+    ("hidden_sizes", [1_000_000], "hidden_sizes[0]", "less than or equal to 8192"),
+    ("budget.iterations", 10**12, "budget.iterations", "less than or equal to 10000000"),
+    ("budget.env_steps", 10**13, "budget.env_steps", "less than or equal to 100000000000"),
+    ("bandit.eval_contexts", 10**12, "bandit.eval_contexts", "less than or equal to 1000000"),
+    ("bandit.num_items", 100_000, "bandit.num_items", "less than or equal to 4096"),
+    ("seeds", [-1], "seeds[0]", "greater than or equal to 0"),
+    ("seeds", [2**40], "seeds[0]", "less than or equal to 2147483647"),
+    ("seeds", list(range(10_001)), "seeds", "at most 10000 items"),
+    ("adpo.num_epochs", 0, "adpo.num_epochs", "greater than or equal to 1"),
+    ("adpo.train_batch_size", 10**9, "adpo.train_batch_size", "less than or equal to 10000000"),
+    ("adpo.lr", 1e9, "adpo.lr", "less than or equal to 1000000"),
+    ("evaluation.episodes", 10**6, "evaluation.episodes", "less than or equal to 10000"),
+    ("resources.num_env_runners", 1000, "resources.num_env_runners", "less than or equal to 64"),
+    ("resources.max_concurrent_trials", 0, "resources.max_concurrent_trials", "greater than or equal to 1"),
+    ("resources.learner_device", "tpu", "resources.learner_device", "'auto', 'cpu' or 'gpu'"),
+    ("resources.max_failures", -1, "resources.max_failures", "greater than or equal to 0"),
+    ("seeds", list(range(9000)), "(top level)", "216,000 trials; at most 200,000"),
 ]
 
 

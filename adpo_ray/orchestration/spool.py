@@ -1,0 +1,295 @@
+"""A durable local queue of MLflow writes, and the sender that drains it off Tune's hot path.
+
+The grid's tracker (:mod:`adpo_ray.orchestration.tracking`) never talks to MLflow itself: every
+write — run creation with its tags and params, metric batches, tags, statuses, artifacts — is
+appended to ``records.jsonl`` in the spool folder (one JSON line each, flushed), and a
+:class:`Sender` thread delivers the records in order with short timeouts, bounded retries and a
+back-off. ``sent.json`` (written atomically) counts the records delivered, so a sender that dies
+and starts again, `adpo-ray sync` or `adpo-ray resume`, goes on where it stopped. Delivery is
+idempotent: a run is found again by its ``adpo_ray.run_key`` tag before one is created, a metric
+batch whose step MLflow already holds is skipped, params, tags, statuses and artifacts are
+rewritten with the same values. So every write reaches MLflow exactly once, however often the
+store went away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from adpo_ray.metrics import ENV_STEPS
+from adpo_ray.orchestration import storage
+
+SPOOL_DIR = "mlflow_spool"
+RECORDS = "records.jsonl"
+SENT = "sent.json"
+HEADER = "spool.json"
+RUN_KEY_TAG = "adpo_ray.run_key"
+
+
+class Spool:
+    """The append-only record file of one launch (thread-safe appends)."""
+
+    def __init__(self, folder: str | Path, header: dict[str, Any] | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "files").mkdir(exist_ok=True)
+        if header is not None and not (self.folder / HEADER).exists():
+            storage.write_text(str(self.folder / HEADER), json.dumps(header, indent=2))
+        self._lock = threading.Lock()
+        path = self.folder / RECORDS
+        # a line torn by a crash stays a line of its own (skipped when read), never a prefix
+        if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            with open(path, "a") as f:
+                f.write("\n")
+        self._file = open(path, "a")  # noqa: SIM115 - kept open for appends
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return json.loads((self.folder / HEADER).read_text())
+
+    def relative(self, path: str) -> str:
+        """``path`` as the spool records it: relative to the spool folder for a local path (the
+        results folder may move before the record is sent), unchanged for a URI."""
+        return path if "://" in path else os.path.relpath(os.path.abspath(path), self.folder)
+
+    def resolve(self, path: str) -> str:
+        return path if "://" in path or os.path.isabs(path) else os.path.normpath(self.folder / path)
+
+    def append(self, op: str, **fields: Any) -> None:
+        line = json.dumps({"op": op, **fields}, default=float)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def keep_file(self, source: str | Path, name: str) -> str:
+        """A copy of ``source`` (file or folder) in the spool, to upload later; its path."""
+        target = self.folder / "files" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if Path(source).is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+        return str(target)
+
+    def records(self, offset: int = 0) -> list[tuple[dict | None, int]]:
+        """The complete records from byte ``offset`` on, each with the offset after it; None
+        for a line that does not parse (torn by a crash)."""
+        out: list[tuple[dict | None, int]] = []
+        with open(self.folder / RECORDS, "rb") as f:
+            f.seek(offset)
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # being written right now
+                offset += len(line)
+                try:
+                    out.append((json.loads(line), offset))
+                except ValueError:
+                    out.append((None, offset))
+        return out
+
+    def sent(self) -> int:
+        """The byte offset up to which records were delivered."""
+        try:
+            return int(json.loads((self.folder / SENT).read_text())["offset"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def mark_sent(self, offset: int) -> None:
+        storage.write_text(str(self.folder / SENT), json.dumps({"offset": offset, "time": time.time()}))
+
+    def pending(self) -> int:
+        """Records not delivered yet."""
+        return sum(1 for r, _ in self.records(self.sent()) if r is not None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class Sender:
+    """Delivers a spool's records to MLflow, in order (see the module docstring).
+
+    ``drain()`` sends what is pending and returns whether everything went; ``start()`` runs it in
+    a background thread until ``stop()``, backing off while the store is unreachable."""
+
+    def __init__(self, spool: Spool, on_run=None):
+        self.spool = spool
+        header = spool.header
+        self.tracking_uri = header["tracking_uri"]
+        self.experiment = header["experiment"]
+        self.artifact_location = header.get("artifact_location")
+        self.on_run = on_run  # called with (run key, run id) when a run is known
+        self._client = None
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] = {}
+        self._max_step: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # one drain at a time
+        self.last_error: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from adpo_ray.orchestration.mlflow_store import client
+
+            self._client = client(self.tracking_uri)
+        return self._client
+
+    # -- the loop --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="adpo-ray-mlflow-sender", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            ok = self.drain()
+            backoff = 1.0 if ok else min(backoff * 2, 30.0)
+            self._wake.wait(timeout=1.0 if ok else backoff)
+            self._wake.clear()
+
+    def stop(self, flush_timeout: float = 30.0) -> int:
+        """Stop the thread after one last drain within ``flush_timeout`` s; the records still
+        pending afterwards."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=flush_timeout + 30)
+        deadline = time.time() + flush_timeout
+        while self.spool.pending() and time.time() < deadline:
+            if self.drain():
+                break
+            time.sleep(min(2.0, max(0.0, deadline - time.time())))
+        return self.spool.pending()
+
+    # -- delivery --------------------------------------------------------------------------
+    def drain(self) -> bool:
+        """Send every pending record; True when none is left (False: stopped at a failure)."""
+        with self._lock:
+            pending = self.spool.records(self.spool.sent())
+            i = 0
+            while i < len(pending):
+                record, _ = pending[i]
+                end = i + 1
+                try:
+                    if record is None:
+                        pass  # a torn line
+                    elif record["op"] == "metrics":
+                        end = self._send_metrics(pending, i)
+                    else:
+                        self._send(record)
+                except Exception as e:  # noqa: BLE001 - the store is down or refused: retry later
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    self.last_error = f"{type(e).__name__}: {first}"
+                    return False
+                i = end
+                self.spool.mark_sent(pending[i - 1][1])
+            self.last_error = None
+            return True
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            from adpo_ray.orchestration.mlflow_store import experiment_id
+
+            self._experiment_id = experiment_id(self.client, self.experiment, self.artifact_location)
+        return self._experiment_id
+
+    def run_id(self, key: str) -> str | None:
+        """The MLflow run of ``key``: known, or found by its tag (None if not created yet)."""
+        if key not in self._runs:
+            found = self.client.search_runs(
+                [self._experiment()], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1
+            )
+            if found:
+                self._remember(key, found[0].info.run_id)
+        return self._runs.get(key)
+
+    def _remember(self, key: str, run_id: str) -> None:
+        self._runs[key] = run_id
+        if self.on_run is not None:
+            self.on_run(key, run_id)
+
+    def _send(self, record: dict) -> None:
+        from mlflow.entities import Param
+
+        op, key = record["op"], record["key"]
+        if op == "run":
+            if self.run_id(key) is None:
+                tags = {**record["tags"], RUN_KEY_TAG: key}
+                if record.get("parent"):
+                    tags["mlflow.parentRunId"] = self._require(record["parent"])
+                run = self.client.create_run(self._experiment(), run_name=record["name"], tags=tags)
+                self._remember(key, run.info.run_id)
+            params = record.get("params") or {}
+            if params:
+                items = [Param(k, str(v)) for k, v in params.items()]
+                for i in range(0, len(items), 100):  # MLflow takes 100 params per batch
+                    self.client.log_batch(self._require(key), params=items[i:i + 100])
+        elif op == "tag":
+            self.client.set_tag(self._require(key), record["name"], record["value"])
+        elif op == "status":
+            self.client.set_terminated(self._require(key), status=record["status"])
+        elif op == "artifact":
+            self._send_artifact(self._require(key), record)
+        else:
+            raise ValueError(f"unknown spool record {op!r}")
+
+    def _require(self, key: str) -> str:
+        run_id = self.run_id(key)
+        if run_id is None:
+            raise LookupError(f"no MLflow run for {key!r} yet")
+        return run_id
+
+    def _send_metrics(self, pending: list, start: int) -> int:
+        """One ``log_batch`` for consecutive metric records of one run (up to 1000 values); steps
+        MLflow already holds are skipped. Returns the index after the batch."""
+        from mlflow.entities import Metric
+
+        key = pending[start][0]["key"]
+        run_id = self._require(key)
+        if run_id not in self._max_step:
+            history = self.client.get_metric_history(run_id, ENV_STEPS)
+            self._max_step[run_id] = max((m.step for m in history), default=-1)
+        metrics, end = [], start
+        while end < len(pending):
+            r = pending[end][0]
+            if r is None or r["op"] != "metrics" or r["key"] != key:
+                break
+            if end > start and len(metrics) + len(r["metrics"]) > 1000:
+                break
+            if r["step"] > self._max_step[run_id]:
+                metrics += [Metric(k, float(v), int(r["time"] * 1000), r["step"]) for k, v in r["metrics"].items()]
+            end += 1
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+            self._max_step[run_id] = max(m.step for m in metrics)
+        return end
+
+    def _send_artifact(self, run_id: str, record: dict) -> None:
+        path, artifact_path = self.spool.resolve(record["path"]), record.get("artifact_path")
+        if "://" in path:  # a checkpoint on remote storage (s3://...): fetch it first
+            from pyarrow import fs as pafs
+
+            filesystem, remote = pafs.FileSystem.from_uri(path)
+            with tempfile.TemporaryDirectory() as tmp:
+                pafs.copy_files(remote, tmp, source_filesystem=filesystem)
+                self.client.log_artifacts(run_id, tmp, artifact_path=artifact_path)
+            return
+        if not os.path.exists(path):
+            return  # gone (a checkpoint Tune has since replaced): nothing to upload
+        if os.path.isdir(path):
+            self.client.log_artifacts(run_id, path, artifact_path=artifact_path)
+        else:
+            self.client.log_artifact(run_id, path, artifact_path=artifact_path)

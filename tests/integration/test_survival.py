@@ -1,0 +1,205 @@
+"""Nothing lost, whatever fails (real Ray, Tune, RLlib, MLflow): a tracking server that dies
+mid-grid, a driver killed at any point, a truncated state file, two launches with one name, a
+trial restored from its final checkpoint, two launches needing one teacher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from adpo_ray.metrics import CURATED
+from adpo_ray.orchestration.spool import SPOOL_DIR
+from adpo_ray.orchestration.trainable import GridTrainable
+from adpo_ray.spec import parse_spec
+
+from .test_grid import SMALL, _free_port, children, mlflow_server, steps
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _grid(spec_dict: dict, tmp_path: Path, uri: str, name: str, **popen) -> subprocess.Popen:
+    spec_file = tmp_path / f"{name}.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict))
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_grid.py"), "--config", str(spec_file), "--tracking-uri", uri,
+         "--storage-path", str(tmp_path / "ray_results"), "--name", name],
+        cwd=tmp_path, start_new_session=True, text=True, **popen,
+    )
+
+
+def _cli(*args: str, cwd: Path, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "adpo_ray.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _check_complete(client: MlflowClient, experiment: str, spec_dict: dict, iterations: int, batch: int):
+    """One parent; one FINISHED child per trial, every curated metric at every step exactly once,
+    its metrics.csv and checkpoint present."""
+    parents, kids = children(client, experiment)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(k.data.tags["trial"] for k in kids) == sorted(t.tag for t in parse_spec(spec_dict).trials())
+    expected = [batch * i for i in range(1, iterations + 1)]
+    for k in kids:
+        assert k.info.status == "FINISHED", k.data.tags["trial"]
+        logged = [m for m in k.data.metrics if m in CURATED]
+        assert {"env_steps", "eval/winmass", "loss/adpo", "adpo/anchor_kl"} <= set(logged)
+        for metric in logged:
+            assert steps(client, k.info.run_id, metric) == expected, (k.data.tags["trial"], metric)
+        arts = [a.path for a in client.list_artifacts(k.info.run_id)]
+        assert "metrics.csv" in arts and "checkpoint" in arts, arts
+
+
+def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
+    """The server dies after the grid's first results and stays down: the grid still ends (exit
+    0, no trial errors) and says what is pending; once the server is back, `adpo-ray sync`
+    delivers every write exactly once."""
+    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": 6, "checkpoint_every": 3}}
+    port = _free_port()
+    backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts"
+    env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "5"}
+    with mlflow_server(backend, artifacts, port=port) as uri:
+        proc = _grid(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        client = MlflowClient(uri)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(1)
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                _, kids = children(client, "outage")
+            except Exception:  # noqa: BLE001 - the experiment is not there yet
+                continue
+            if any("env_steps" in k.data.metrics for k in kids):
+                break
+        else:
+            pytest.fail("no result reached MLflow")
+    # the server is gone now, and stays gone until the grid has ended
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    assert "write(s) not delivered" in out and "adpo-ray sync" in out, out[-3000:]
+    summary = (tmp_path / "ray_results" / "o" / "summary.csv").read_text()
+    assert "ERROR" not in summary and summary.count("TERMINATED") == 4
+    assert (tmp_path / "ray_results" / "o" / "report" / "report.html").exists()  # from Tune's folder
+
+    with mlflow_server(backend, artifacts, port=port) as uri:
+        res = _cli("sync", str(tmp_path / "ray_results" / "o"), cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "nothing pending" in res.stdout
+        again = _cli("sync", str(tmp_path / "ray_results" / "o"), cwd=tmp_path)
+        assert again.returncode == 0 and "0 write(s) delivered" in again.stdout  # exactly once
+        _check_complete(MlflowClient(uri), "outage", spec_dict, 6, SMALL["adpo"]["train_batch_size"])
+
+
+KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
+          "budget": {"iterations": 6, "checkpoint_every": 3}}
+
+
+def _wait_for(predicate, proc, timeout=300, what="the kill point"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"the grid ended before {what}"
+        time.sleep(0.05)
+    pytest.fail(f"never reached {what}")
+
+
+@pytest.mark.parametrize("point", ["before-first-snapshot", "mid-grid-truncated-state", "during-report"])
+def test_driver_killed_then_resume(tmp_path, point):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray_results" / "k"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = _grid(KILLED, tmp_path, uri, "k", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if point == "before-first-snapshot":
+            _wait_for(lambda: (run_dir / "adpo_grid.json").exists(), proc)  # as early as it can be caught
+        elif point == "mid-grid-truncated-state":
+            spool = run_dir / SPOOL_DIR / "records.jsonl"
+            _wait_for(lambda: spool.exists() and spool.read_text().count('"op": "status", "key": "k/') >= 1, proc)
+        else:
+            _wait_for(lambda: (run_dir / "summary.csv").exists(), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if point == "mid-grid-truncated-state":
+        # state files cut short, as a full disk or a dying machine might leave them
+        parent = run_dir / "adpo_mlflow_parent.json"
+        if parent.exists():
+            parent.write_text(parent.read_text()[:7])
+        with open(run_dir / SPOOL_DIR / "records.jsonl", "a") as f:
+            f.write('{"op": "metrics", "key": "k/PreferenceBandit_cl')  # a torn last line
+    res = _cli("resume", str(run_dir), cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run_dir / "report" / "report.html").exists()
+    _check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["adpo"]["train_batch_size"])
+
+
+def test_two_launches_with_one_name(tmp_path):
+    """Started together with the same --name: exactly one proceeds, the other is refused and names
+    the first; nothing of the first is touched."""
+    spec = {**SMALL, "name": "twins", "scenarios": ["clean"], "anchors": {"modes": ["fixed"]},
+            "budget": {"iterations": 2}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a = _grid(spec, tmp_path, uri, "same", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    b = _grid(spec, tmp_path, uri, "same", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outs = [p.communicate(timeout=600) for p in (a, b)]
+    codes = sorted(p.returncode for p in (a, b))
+    assert codes == [0, 2], outs
+    refused = next(err for (out, err), p in zip(outs, (a, b), strict=True) if p.returncode == 2)
+    assert "is taken by launch 'same'" in refused or "already holds a grid" in refused, refused
+    parents, kids = children(MlflowClient(uri), "twins")
+    assert len(parents) == 1 and len(kids) == 1 and kids[0].info.status == "FINISHED"
+
+
+def test_restore_from_final_checkpoint_trains_no_more(ray_local, tmp_path):
+    spec = parse_spec({**SMALL, "budget": {"iterations": 3, "checkpoint_every": 1}})
+    config = {"spec": spec.model_dump(mode="json", by_alias=True), "trial": spec.trials()[0].as_dict()}
+    trainable = GridTrainable(config)
+    results = [trainable.train() for _ in range(3)]
+    assert results[-1]["done"] and results[-1]["training_iteration"] == 3
+    path = trainable.save(str(tmp_path / "final"))
+    trainable.stop()
+    again = GridTrainable(config)
+    again.restore(path)
+    result = again.train()
+    assert result["done"] and result["env_steps"] == results[-1]["env_steps"]
+    assert again.algo.iteration == 3  # no iteration past the budget
+    assert result["eval/winmass"] == pytest.approx(results[-1]["eval/winmass"])
+    again.stop()
+
+
+def test_two_launches_needing_one_teacher_train_it_once(ray_local, tmp_path):
+    from adpo_ray.orchestration.distill import TEACHER_TAG, prepare
+
+    from .test_distill import DISTILL
+
+    spec = parse_spec({**DISTILL, "distill": {**DISTILL["distill"], "teacher": {"env_steps": 256, "hidden_size": 16,
+                                                                                "seed": 9}}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out: list = [None, None]
+
+    def launch(i: int) -> None:
+        out[i] = prepare(spec, uri, str(tmp_path / "mlartifacts"), log=lambda *_: None)
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    assert out[0] and out[1]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])
+    finished = [r for r in runs if r.info.status == "FINISHED" and TEACHER_TAG in r.data.tags]
+    assert len(finished) == 1  # one teacher trained; a losing claim, if any, is KILLED, never trained
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    assert out[0]["Hopper-v5"]["run_id"] == out[1]["Hopper-v5"]["run_id"] == finished[0].info.run_id
+    assert sum(o["Hopper-v5"]["trained"] for o in out) == 1
