@@ -33,6 +33,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
+        path = resolve_config(path)  # a file, or the name of a preset (smoke, twelve_scenarios...)
         try:
             spec = load_spec(path)
         except SpecError as e:
@@ -41,8 +42,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"  {line}", file=sys.stderr)
             status = 2
             continue
-        n = len(spec.trials())
-        print(f"{path}: ok, {n} trials")
+        print(f"{path}: ok, {spec.trial_count()} trials")
     return status
 
 
@@ -182,11 +182,11 @@ def print_summary(spec, results, options) -> None:
     )
 
 
-def write_report(args_out: str | None, data, tracking_uri: str | None) -> Path:
+def write_report(args_out: str | None, data, tracking_uri: str | None, reference: str = "adpo-fixed") -> Path:
     from adpo_ray.report.build import build_report, log_report
 
     out = Path(args_out)
-    files = build_report(data, out)
+    files = build_report(data, out, reference=reference)
     if tracking_uri and data.parent_run_id:
         log_report(tracking_uri, data.parent_run_id, out)
     print(f"report: {files['report.html']}  ({files['report.md'].name}, results.csv, "
@@ -211,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_report(args.out, data, uri if not args.no_log else None)
+    write_report(args.out, data, uri if not args.no_log else None, reference=args.reference)
     return 0
 
 
@@ -316,6 +316,41 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if not results.errors else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Trials by state, env steps done over budget per env, an ETA, the MLflow parent run."""
+    from adpo_ray.orchestration.status import STATES, grid_status
+
+    run_dir = str(Path(args.run_dir).resolve())
+    try:
+        st = grid_status(run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{st.launch}: {'running' if st.alive else 'not running'}")
+    for col in ("env", *STATES, "env steps done / budget"):
+        table.add_column(col, justify="left" if col == "env" else "right")
+    for env, p in st.envs.items():
+        share = p.steps_done / p.steps_budget if p.steps_budget else 0.0
+        table.add_row(env, *(str(p.trials[s]) for s in STATES),
+                      f"{p.steps_done:,} / {p.steps_budget:,} ({share:.0%})")
+    _console().print(table)
+    eta = st.eta_s
+    lines = ["trials: " + ", ".join(f"{n} {s}" for s, n in st.trials.items() if n)]
+    if eta is not None:
+        lines.append(f"ETA: {eta / 3600:.1f} h at the pace so far" if eta >= 3600 else f"ETA: {max(1, round(eta / 60))} min at the pace so far")
+    elif not st.alive and st.trials["finished"] < sum(st.trials.values()):
+        lines.append(f"the launch is not running: `adpo-ray resume {run_dir}` finishes it")
+    if st.parent_run_id:
+        lines.append(f"MLflow parent run: {st.parent_run_id} (experiment {st.experiment_id}) at {st.tracking_uri}")
+        if st.ui_link:
+            hint = "" if st.tracking_uri.startswith("http") else "  (after `make mlflow-ui` or `mlflow ui ...`)"
+            lines.append(f"  {st.ui_link}{hint}")
+    if st.mlflow_pending:
+        lines.append(f"MLflow writes pending: {st.mlflow_pending} (`adpo-ray sync {run_dir}` delivers them)")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     """Deliver a launch's MLflow writes that its tracker could not send (store unreachable)."""
     from adpo_ray.orchestration.launch import load_grid_file
@@ -407,7 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR", help="read a Tune results folder instead of MLflow")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
     p.add_argument("--no-log", action="store_true", help="do not attach the report to the parent MLflow run")
+    p.add_argument("--reference", default="adpo-fixed", metavar="METHOD",
+                   help="the method every other is measured against (default: adpo-fixed)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="where a grid stands: trials by state, env steps, ETA, MLflow run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("sync", help="deliver a launch's MLflow writes kept while the tracking store was away")
     p.add_argument("run_dir", metavar="RUN_DIR")

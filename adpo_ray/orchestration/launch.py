@@ -171,7 +171,13 @@ def connect(address: str | None):
             os.environ["RAY_AUTH_MODE"] = "token"
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # an embedded Ray with its dashboard on this machine's loopback, to watch the grid
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        url = getattr(context, "dashboard_url", None)
+        if url:
+            token = "" if os.environ.get("RAY_AUTH_MODE") == "disabled" else \
+                " (sign in with the token `ray get-auth-token` prints)"
+            print(f"Ray dashboard: http://{url}{token}", flush=True)
 
 
 def _read_autoscaling_config(monitor_pid: int | None) -> dict | None:

@@ -125,7 +125,7 @@ class Sender:
         self.tracking_uri = header["tracking_uri"]
         self.experiment = header["experiment"]
         self.artifact_location = header.get("artifact_location")
-        self.on_run = on_run  # called with (run key, run id) when a run is known
+        self.on_run = on_run  # called with (run key, run id, experiment id) when a run is known
         self._client = None
         self._experiment_id: str | None = None
         self._runs: dict[str, str] = {}
@@ -204,6 +204,9 @@ class Sender:
             from adpo_ray.orchestration.mlflow_store import experiment_id
 
             self._experiment_id = experiment_id(self.client, self.experiment, self.artifact_location)
+            note = self.spool.header.get("experiment_note")
+            if note:  # the experiment's description in the MLflow UI
+                self.client.set_experiment_tag(self._experiment_id, "mlflow.note.content", note)
         return self._experiment_id
 
     def run_id(self, key: str) -> str | None:
@@ -219,7 +222,7 @@ class Sender:
     def _remember(self, key: str, run_id: str) -> None:
         self._runs[key] = run_id
         if self.on_run is not None:
-            self.on_run(key, run_id)
+            self.on_run(key, run_id, self._experiment_id)
 
     def _send(self, record: dict) -> None:
         from mlflow.entities import Param

@@ -33,6 +33,15 @@ from adpo_ray.orchestration.spool import SPOOL_DIR, Sender, Spool
 from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 PARENT_FILE = "adpo_mlflow_parent.json"
+#: The experiment's description in the MLflow UI: how to compare anchor strategies there.
+EXPERIMENT_NOTE = (
+    "Compare anchor strategies: each launch is a parent run; its summary/<env>/<method>/<metric>_{mean,iqm,ci_low,"
+    "ci_high} metrics rank the methods (sort, filter, or open several launches in Compare).\n"
+    "Expand a launch for its child runs, one per trial, tagged scenario, noise_type, severity, anchor_mode, "
+    "method, hidden_size, env, seed.\n"
+    "Filter children by tags.scenario, group or colour by anchor_mode, and chart eval/winmass (bandit) or "
+    "eval/return_mean (MuJoCo) against env steps."
+)
 #: Seconds the end of a grid waits for the spool to drain before it reports what is pending.
 FLUSH_TIMEOUT_S = float(os.environ.get("ADPO_RAY_MLFLOW_FLUSH_S", "60"))
 
@@ -82,6 +91,8 @@ def software_tags() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
+    """The commit of this checkout, or of the image it was built into (``ADPO_RAY_GIT_COMMIT``,
+    set by docker/Dockerfile's GIT_COMMIT build arg: an image has no .git)."""
     import subprocess
 
     try:
@@ -89,9 +100,12 @@ def _git_commit() -> str | None:
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        pass
+    baked = os.environ.get("ADPO_RAY_GIT_COMMIT", "")
+    return baked if baked and baked != "unknown" else None
 
 
 class MLflowTracker(tune.Callback):
@@ -138,6 +152,7 @@ class MLflowTracker(tune.Callback):
         self._spool = Spool(spool_folder(self.run_dir, self.launch_name), header={
             "tracking_uri": self.tracking_uri, "experiment": spec.experiment_name,
             "artifact_location": self.artifact_location, "launch": self.launch_name,
+            "experiment_note": EXPERIMENT_NOTE,
         })
         self._state = replay_state(self._spool)
         self._software_tags = software_tags()
@@ -152,6 +167,7 @@ class MLflowTracker(tune.Callback):
                 "grid.anchor_modes": ",".join(spec.anchors.modes),
                 "grid.hidden_sizes": ",".join(map(str, spec.hidden_sizes)),
                 "grid.seeds": ",".join(map(str, spec.seeds)),
+                **spec_params(self.spec_dict),
             })
             import yaml
 
@@ -165,12 +181,11 @@ class MLflowTracker(tune.Callback):
         self._sender = Sender(self._spool, on_run=self._on_run)
         self._sender.start()
 
-    def _on_run(self, key: str, run_id: str) -> None:
+    def _on_run(self, key: str, run_id: str, experiment_id: str | None) -> None:
         """The sender knows the parent's MLflow run: note it in the results folder."""
         if key == self.parent_key:
             parent_file = storage.join(self.run_dir, PARENT_FILE)
-            if not storage.exists(parent_file):
-                storage.write_text(parent_file, json.dumps({"run_id": run_id}))
+            storage.write_text(parent_file, json.dumps({"run_id": run_id, "experiment_id": experiment_id}))
 
     # -- child runs ------------------------------------------------------------------------
     def _child(self, trial) -> str:
@@ -200,6 +215,8 @@ class MLflowTracker(tune.Callback):
             return  # a step replayed after a restore: the first attempt is the record
         metrics = {k: float(v) for k, v in result.items()
                    if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        t = TrialSpec(**trial.config["trial"])
+        self._state["final"][key] = (t.env, t.method, metrics)
         self._spool.append("metrics", key=key, step=step, time=time.time(), metrics=metrics)
         self._state["last_step"][key] = step
         self._state["history"].setdefault(key, {})[step] = metrics
@@ -233,6 +250,11 @@ class MLflowTracker(tune.Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         ok = all(t.status == "TERMINATED" for t in trials)
+        summary = launch_summary(self._state["final"].values())
+        if summary:  # the launch's per-method numbers, on its parent run
+            steps = int(sum(m.get(ENV_STEPS, 0) for _, _, m in self._state["final"].values()))
+            self._spool.append("metrics", key=self.parent_key, step=steps, time=time.time(),
+                               metrics={**summary, ENV_STEPS: steps})
         self._spool.append("status", key=self.parent_key, status="FINISHED" if ok else "FAILED")
         self.pending_at_end = self._sender.stop(flush_timeout=FLUSH_TIMEOUT_S)
         if self.pending_at_end:
@@ -253,19 +275,65 @@ def checkpoint_location(checkpoint, run_dir: str) -> str:
     return f"{scheme}://{checkpoint.path}" + (f"?{query}" if query else "")
 
 
+def spec_params(spec_dict: dict) -> dict[str, str]:
+    """The spec's knobs as flat ``spec.<section>.<key>`` params of the parent run, so launches can
+    be sorted, filtered and compared by them in the MLflow UI."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif value is not None:
+            out[prefix] = (",".join(map(str, value)) if isinstance(value, list) else str(value))[:6000]
+
+    for section in ("adpo", "ppo", "bandit", "budget", "evaluation", "resources", "env_overrides", "distill"):
+        walk(f"spec.{section}", spec_dict.get(section))
+    walk("spec.anchors.params", spec_dict.get("anchors", {}).get("params"))
+    return out
+
+
+def launch_summary(finals) -> dict[str, float]:
+    """Per env and method over the launch's trials, the final headline metric's mean, IQM and 95%
+    bootstrap CI, and the trial count: ``summary/<env>/<method>/<metric>_<statistic>``."""
+    from adpo_ray.envs import ENVIRONMENTS
+    from adpo_ray.metrics import HEADLINE
+    from adpo_ray.report.stats import summarize
+
+    values: dict[tuple[str, str], list[float]] = {}
+    for env, method, metrics in finals:
+        metric = HEADLINE[ENVIRONMENTS[env]["kind"]]
+        if metric in metrics:
+            values.setdefault((env, method), []).append(metrics[metric])
+    out: dict[str, float] = {}
+    for (env, method), xs in sorted(values.items()):
+        short = HEADLINE[ENVIRONMENTS[env]["kind"]].split("/")[-1]
+        s = summarize(xs)
+        for name, value in (("mean", s.mean), ("iqm", s.iqm), ("ci_low", s.ci_low), ("ci_high", s.ci_high), ("n", s.n)):
+            if value == value:  # not NaN (one trial has no CI)
+                out[f"summary/{env}/{method}/{short}_{name}"] = float(value)
+    return out
+
+
 def replay_state(spool: Spool) -> dict[str, Any]:
     """What a spool already holds (after a resume): the runs, each run's last step, the metric
-    history of unfinished runs (for their metrics.csv), the runs that ended."""
-    state: dict[str, Any] = {"runs": set(), "last_step": {}, "history": {}, "ended": set()}
+    history of unfinished runs (for their metrics.csv), the runs that ended, each trial's latest
+    metrics (for the launch summary)."""
+    state: dict[str, Any] = {"runs": set(), "last_step": {}, "history": {}, "ended": set(), "final": {}}
+    coords: dict[str, tuple[str, str]] = {}
     for record, _ in spool.records():
         if record is None:
             continue
         key = record.get("key")
         if record["op"] == "run":
             state["runs"].add(key)
+            if record.get("parent"):
+                coords[key] = (record["tags"]["env"], record["tags"]["method"])
         elif record["op"] == "metrics":
             state["last_step"][key] = max(state["last_step"].get(key, -1), record["step"])
             state["history"].setdefault(key, {})[record["step"]] = record["metrics"]
+            if key in coords:
+                state["final"][key] = (*coords[key], record["metrics"])
         elif record["op"] == "status":
             if record["status"] in ("FINISHED", "FAILED"):
                 state["ended"].add(key)

@@ -97,6 +97,8 @@ class GridTrainable(tune.Trainable):
                 result.update({k: v for k, v in final.items() if k in EVAL_METRICS})
         elif it % b.checkpoint_every == 0:
             result["should_checkpoint"] = True
+        # Tune's TensorBoard logger plots against `timesteps_total`: env steps, as MLflow does
+        result["timesteps_total"] = int(result.get(ENV_STEPS, 0))
         self._last = {k: v for k, v in result.items() if k not in ("done", "should_checkpoint")}
         return result
 

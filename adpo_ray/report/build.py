@@ -9,6 +9,7 @@ import pandas as pd
 
 from adpo_ray.metrics import REPORT_COLUMNS
 from adpo_ray.report import plots
+from adpo_ray.report import ranking as rk
 from adpo_ray.report.analysis import compare, distill_table, group_stats, paper_claims
 from adpo_ray.report.data import COORDS, GridData
 from adpo_ray.report.stats import CONFIDENCE, N_RESAMPLES
@@ -75,8 +76,41 @@ def _compare_view(comparisons: pd.DataFrame) -> pd.DataFrame:
               "rel. improvement [95% CI]", "P(a > b) [95% CI]"]]
 
 
-def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
-    """Write every report file into ``out_dir``; returns name -> path."""
+def _ci_view(frame: pd.DataFrame, value: str, label: str, fmt: str) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    v = frame.drop(columns=[value, "ci_low", "ci_high"]).copy()
+    v[label] = [f"{fmt.format(x)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+                for x, lo, hi in zip(frame[value], frame["ci_low"], frame["ci_high"], strict=True)]
+    return v
+
+
+def _poi_view(trials: pd.DataFrame, env: str) -> pd.DataFrame:
+    point, low, high = rk.poi_matrix(trials, env)
+    if point.empty:
+        return pd.DataFrame()
+    cells = point.copy().astype(object)
+    for a in point.index:
+        for b in point.columns:
+            p = point.loc[a, b]
+            cells.loc[a, b] = "-" if pd.isna(p) else f"{p:.2f} [{low.loc[a, b]:.2f}, {high.loc[a, b]:.2f}]"
+    return cells.rename_axis(f"{env}: P(row > column)").reset_index()
+
+
+def _relative_view(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Each method against ``reference``, pooled over the noisy scenarios (or on clean alone)."""
+    frames = [compare(trials, a=m, b=reference) for m in sorted(trials["method"].unique()) if m != reference]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True)
+    keep = rows[(rows["level"] == "overall") | ((rows["level"] == "scenario") & (rows["group"] == "clean"))]
+    return _compare_view(keep)
+
+
+def build_report(data: GridData, out_dir: str | Path, reference: str = "adpo-fixed") -> dict[str, Path]:
+    """Write every report file into ``out_dir``; returns name -> path. ``reference``: the method
+    every other is measured against (default: the fixed anchor)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials = data.trials
@@ -91,9 +125,11 @@ def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
     claims = paper_claims(trials, comparisons)
     distill = distill_table(trials)
 
+    ranks, iqms = rk.ranking(trials), rk.aggregate_iqm(trials)
     images: list[Path] = []
     for env in dict.fromkeys(trials["env"]):
         for fn in (
+            lambda e=env: plots.performance_profiles(rk.performance_profiles(trials, e), e, out),
             lambda e=env: plots.learning_curves(trials, data.curves, e, out),
             lambda e=env: plots.scenario_comparison(groups, e, out),
             lambda e=env: plots.hidden_scaling(trials, e, out),
@@ -114,6 +150,19 @@ def build_report(data: GridData, out_dir: str | Path) -> dict[str, Path]:
             "as a percentage of the teacher's return, and the exact KL(teacher ‖ student) of the diagonal "
             "Gaussians averaged over held-out dataset states; mean ± std over seeds with a 95% bootstrap "
             "CI of the mean. adpo-fixed: the anchor is the teacher.")] if not distill.empty else []),
+        ("Ranking of every method", _ci_view(ranks, "mean_rank", "mean rank [95% CI]", "{:.2f}"),
+         "Mean rank of each method over the tasks (scenario x hidden size) where every method of the env "
+         "ran, 1 = best, from the mean final headline metric per task; stratified bootstrap CI (trials "
+         "resampled within each task)."),
+        ("Aggregate IQM", _ci_view(iqms, "iqm", "IQM [95% CI]", "{:.3f}"),
+         f"Interquartile mean of the {rk.NORMALISATION}; pooled over each method's tasks, with a "
+         "stratified bootstrap CI."),
+        *[(f"Probability of improvement: {env}", _poi_view(trials, env),
+           "P(row beats column): the mean over the tasks both methods ran of P(X > Y) (ties count 1/2), "
+           "with a stratified bootstrap 95% CI.") for env in dict.fromkeys(trials["env"])],
+        (f"Every method against {reference}", _relative_view(trials, reference),
+         f"Each method (a) against the reference b = {reference} (`adpo-ray report --reference`): "
+         "relative improvement and P(a > b) pooled over the noisy scenarios (or on clean alone), as below."),
         ("Dynamic vs fixed anchor", _compare_view(comparisons),
          "Relative improvement `(mean(a) - mean(b)) / |mean(b)|` and probability of improvement "
          "`P(a > b)` (ties 1/2), with percentile-bootstrap CIs; paired by seed and setting when every "

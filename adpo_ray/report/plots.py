@@ -149,3 +149,18 @@ def distill_tradeoff(trials: pd.DataFrame, env: str, out: Path) -> Path | None:
     ax.set_xscale("log")
     return _finish(fig, ax, out / f"distill_{env}.png", xlabel="KL(teacher ‖ student), held-out states",
                    ylabel=f"final {ret}", title=f"{env}: distillation, return vs KL to teacher")
+
+
+def performance_profiles(profiles: dict[str, tuple], env: str, out: Path) -> Path | None:
+    """The fraction of each method's runs scoring above tau (normalised scores), with its 95%
+    stratified-bootstrap band (:func:`adpo_ray.report.ranking.performance_profiles`)."""
+    if not profiles:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=DPI)
+    colors = _colors(sorted(profiles))
+    for method, (taus, frac, lo, hi) in profiles.items():
+        ax.plot(taus, frac, label=method, color=colors[method])
+        ax.fill_between(taus, lo, hi, color=colors[method], alpha=0.2)
+    ax.set_ylim(-0.02, 1.02)
+    return _finish(fig, ax, out / f"profiles_{env}.png", xlabel="normalised score tau",
+                   ylabel="fraction of runs with score > tau", title=f"{env}: performance profiles")

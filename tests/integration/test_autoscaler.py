@@ -52,7 +52,7 @@ SPEC = {
     "scenarios": ["clean", "flip-high"],
     "anchors": {"modes": ["fixed", "dynamic"]},
     "seeds": [0, 1],
-    "budget": {"iterations": 6, "checkpoint_every": 3},
+    "budget": {"iterations": 4, "checkpoint_every": 2},
     "adpo": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 0.003},
 }
 

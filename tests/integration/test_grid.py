@@ -106,6 +106,16 @@ def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
     client = MlflowClient(opts.tracking_uri)
     parent, kids = check_grid_in_mlflow(client, spec, results, 3)
     assert parent.info.status == "FINISHED"
+    # the launch view: per-method numbers and the spec's knobs on the parent, a how-to on the experiment
+    for method in ("adpo-fixed", "adpo-dynamic"):
+        finals = [r.metrics["eval/winmass"] for r in results if r.config["trial"]["anchor_mode"] == method[5:]]
+        prefix = f"summary/PreferenceBandit/{method}/winmass"
+        assert parent.data.metrics[f"{prefix}_mean"] == pytest.approx(np.mean(finals))
+        assert parent.data.metrics[f"{prefix}_n"] == 2
+        assert parent.data.metrics[f"{prefix}_ci_low"] <= parent.data.metrics[f"{prefix}_mean"] <= parent.data.metrics[f"{prefix}_ci_high"]
+    assert parent.data.params["spec.adpo.lr"] == "0.003" and parent.data.params["spec.budget.iterations"] == "3"
+    note = client.get_experiment_by_name(spec.experiment_name).tags["mlflow.note.content"]
+    assert "Compare anchor strategies" in note and "anchor_mode" in note
     # the metrics CSV artifact is the run's history
     kid = kids[0]
     csv = Path(client.download_artifacts(kid.info.run_id, "metrics.csv", str(tmp_path)))
@@ -119,6 +129,30 @@ def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
     # artifacts went through the server to its destination folder
     assert list((grid_dir / "server-artifacts").rglob("metrics.csv"))
     assert list((grid_dir / "server-artifacts").rglob("spec.yaml"))
+
+
+def tfevents_steps(folder: Path, tag: str) -> list[int]:
+    """Steps of one scalar in a trial's TensorBoard event file (TFRecord frames of Event protos)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = Event.FromString(data[i + 12:i + 12 + length])
+            i += 12 + length + 4
+            out += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(out)
+
+
+def test_tensorboard_plots_against_env_steps(small_grid):
+    spec, opts, results, _ = small_grid
+    for r in results:
+        assert tfevents_steps(Path(r.path), "ray/tune/eval/winmass") == [128, 256, 384]
 
 
 def test_report_from_mlflow_and_from_tune_folder_agree(small_grid, tmp_path):
@@ -260,9 +294,9 @@ def test_run_grid_rejects_bad_spec_before_anything(tmp_path):
 
 
 def test_sigkill_driver_then_resume(tmp_path):
-    """Kill the driver mid-grid (SIGKILL), move its folder, resume: each trial ends once, one parent
-    and one child run each, the whole metric history present with no step twice, finished trials
-    not re-run."""
+    """Kill the driver mid-grid (SIGKILL), move its folder, cut its state files short, resume: each
+    trial ends once, one parent and one child run each, the whole metric history present with no
+    step twice, finished trials not re-run."""
     spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high"],
                  "budget": {"iterations": 8, "checkpoint_every": 2},
                  "adpo": {**SMALL["adpo"], "train_batch_size": 512, "minibatch_size": 128}}
@@ -296,22 +330,34 @@ def test_sigkill_driver_then_resume(tmp_path):
             pytest.fail("the grid made no progress")
         _, kids = children(client, "killed")
         finished_before = {k.data.tags["trial"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}
+        # `adpo-ray status` while the grid runs: trials by state, env steps, an ETA, the parent run
+        live = _run("-m", "adpo_ray.cli", "status", str(storage / "k"), cwd=tmp_path)
+        assert live.returncode == 0 and "k: running" in live.stdout, live.stdout + live.stderr
+        assert "finished" in live.stdout and "ETA:" in live.stdout and "MLflow parent run:" in live.stdout
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert 0 < len(finished_before) < 4
 
-    # the results folder moves (another disk, another machine) before the resume
+    # the results folder moves (another disk, another machine) before the resume, and its state
+    # files are cut short, as a full disk or a dying machine might leave them
     moved = tmp_path / "elsewhere" / "k"
     moved.parent.mkdir()
     (storage / "k").rename(moved)
+    parent = moved / "adpo_mlflow_parent.json"
+    parent.write_text(parent.read_text()[:7])
+    with open(moved / "mlflow_spool" / "records.jsonl", "a") as f:
+        f.write('{"op": "metrics", "key": "k/PreferenceBandit_cl')  # a torn last line
     res = _run("-m", "adpo_ray.cli", "resume", str(moved), cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "flip-high" in res.stdout  # the summary table
     assert "report: " in res.stdout and (moved / "report" / "report.html").exists()
 
+    after = _run("-m", "adpo_ray.cli", "status", str(moved), cwd=tmp_path)
+    assert after.returncode == 0 and "trials: 4 finished" in after.stdout and "(100%)" in after.stdout, after.stdout
     parents, kids = children(client, "killed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].info.run_id in after.stdout
     assert sorted(k.data.tags["trial"] for k in kids) == sorted(t.tag for t in parse_spec(spec_dict).trials())
     for k in kids:
         assert k.info.status == "FINISHED"
@@ -429,3 +475,53 @@ def test_unreachable_tracking_server_fails_fast_before_ray(tmp_path):
     assert f"cannot reach the MLflow tracking store 'http://127.0.0.1:{port}'" in res.stderr
     assert time.time() - start < 90
     assert not (tmp_path / "rr").exists()
+
+
+def test_embedded_grid_serves_its_dashboard(tmp_path):
+    """`make run`'s embedded Ray prints its dashboard URL; the dashboard's REST API (with the token
+    Ray made for it) lists the grid's trial actors while the grid runs."""
+    import json as _json
+    import re
+    import threading
+
+    spec = {**SMALL, "name": "watched", "scenarios": ["clean"], "anchors": {"modes": ["fixed", "dynamic"]},
+            "budget": {"iterations": 30}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_grid.py"), "--config", str(tmp_path / "spec.yaml"), "--tracking-uri",
+         f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "rr"), "--name", "w", "--no-report"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    actors, url = [], None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+            found = [m for line in list(lines) if (m := re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", line))]
+            if not found:
+                continue
+            url = found[0].group(1)
+            token_file = home / ".ray" / "auth_token"
+            headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
+            request = urllib.request.Request(
+                f"{url}/api/v0/actors?limit=100&detail=1&filter_keys=class_name&filter_predicates=%3D"
+                "&filter_values=GridTrainable", headers=headers)
+            try:
+                actors = _json.loads(urllib.request.urlopen(request, timeout=10).read())["data"]["result"]["result"]
+            except OSError:
+                continue
+            if actors:
+                break
+    finally:
+        out_code = proc.wait(timeout=600)
+        reader.join(timeout=10)
+    assert url is not None, "".join(lines)[-3000:]
+    assert actors, "the dashboard listed no trial actor while the grid ran"
+    assert out_code == 0, "".join(lines)[-3000:]
