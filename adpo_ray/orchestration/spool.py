@@ -255,30 +255,42 @@ class Sender:
             raise LookupError(f"no MLflow run for {key!r} yet")
         return run_id
 
-    def _send_metrics(self, pending: list, start: int) -> int:
-        """One ``log_batch`` for consecutive metric records of one run (up to 1000 values); steps
-        MLflow already holds are skipped. Returns the index after the batch."""
+    def _send_metrics(self, pending: list, start: int, max_values: int = 5000) -> int:
+        """The consecutive metric records from ``start`` (any runs, up to ``max_values`` values),
+        one ``log_batch`` per run (1,000 values each at most): a backlog after an outage goes out
+        in a few requests, not one per result. Steps a run already holds in MLflow are skipped, so
+        a batch sent again after a failure lands once. Returns the index after the records."""
         from mlflow.entities import Metric
 
-        key = pending[start][0]["key"]
-        run_id = self._require(key)
-        if run_id not in self._max_step:
-            history = self.client.get_metric_history(run_id, ENV_STEPS)
-            self._max_step[run_id] = max((m.step for m in history), default=-1)
-        metrics, end = [], start
+        by_run: dict[str, list] = {}
+        end, values = start, 0
         while end < len(pending):
             r = pending[end][0]
-            if r is None or r["op"] != "metrics" or r["key"] != key:
+            if r is None or r["op"] != "metrics" or (end > start and values + len(r["metrics"]) > max_values):
                 break
-            if end > start and len(metrics) + len(r["metrics"]) > 1000:
-                break
-            if r["step"] > self._max_step[run_id]:
-                metrics += [Metric(k, float(v), int(r["time"] * 1000), r["step"]) for k, v in r["metrics"].items()]
+            by_run.setdefault(r["key"], []).append(r)
+            values += len(r["metrics"])
             end += 1
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
-            self._max_step[run_id] = max(m.step for m in metrics)
-        return end
+        for key, records in by_run.items():
+            run_id = self._require(key)
+            if run_id not in self._max_step:
+                history = self.client.get_metric_history(run_id, ENV_STEPS)
+                self._max_step[run_id] = max((m.step for m in history), default=-1)
+            batch: list = []
+            for r in records:  # whole steps per request: a failed request leaves no step half-sent
+                if r["step"] <= self._max_step[run_id]:
+                    continue
+                if batch and len(batch) + len(r["metrics"]) > 1000:
+                    self._log_steps(run_id, batch)
+                    batch = []
+                batch += [Metric(k, float(v), int(r["time"] * 1000), r["step"]) for k, v in r["metrics"].items()]
+            if batch:
+                self._log_steps(run_id, batch)
+        return max(end, start + 1)
+
+    def _log_steps(self, run_id: str, metrics: list) -> None:
+        self.client.log_batch(run_id, metrics=metrics)
+        self._max_step[run_id] = max(m.step for m in metrics)
 
     def _send_artifact(self, run_id: str, record: dict) -> None:
         path, artifact_path = self.spool.resolve(record["path"]), record.get("artifact_path")
