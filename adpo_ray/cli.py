@@ -351,6 +351,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Roll a trained policy out on a scenario; with a run id, log the result to that run."""
+    import os
+
+    from adpo_ray.core.noise import get_scenario
+    from adpo_ray.orchestration.evaluate import checkpoint_of, evaluate, log_evaluation
+    from adpo_ray.orchestration.mlflow_store import default_tracking_uri
+
+    try:
+        get_scenario(args.scenario)
+    except ValueError as e:
+        print(f"error: --scenario: {e}", file=sys.stderr)
+        return 2
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        checkpoint, run_id = checkpoint_of(args.source, uri)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, short-lived local Ray
+    ray.init(include_dashboard=False, log_to_driver=False)
+    video = Path(args.video_dir or ".") / f"{run_id or checkpoint.name}_{args.scenario}.mp4" if args.video else None
+    result = evaluate(checkpoint, scenario=args.scenario, episodes=args.episodes, video=video)
+    if result.metric == "winmass":
+        print(f"{result.env} / {result.scenario}: WinMass {result.mean:.4f} (held-out nominal contexts)")
+    else:
+        print(f"{result.env} / {result.scenario}: clean return {result.mean:.1f} ± {result.std:.1f} "
+              f"over {result.episodes} episode(s) of the mean action")
+    if result.video_note:
+        print(result.video_note)
+    if run_id:
+        log_evaluation(uri, run_id, result)
+        print(f"logged to run {run_id}: {', '.join(result.metrics())}")
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     """Deliver a launch's MLflow writes that its tracker could not send (store unreachable)."""
     from adpo_ray.orchestration.launch import load_grid_file
@@ -445,6 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="adpo-fixed", metavar="METHOD",
                    help="the method every other is measured against (default: adpo-fixed)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="roll a trained policy out on a scenario (a child run id or a checkpoint)")
+    p.add_argument("source", metavar="CHILD_RUN_ID|CHECKPOINT")
+    p.add_argument("--scenario", default="clean", help="a scenario name (default: clean; `adpo-ray scenarios` lists them)")
+    p.add_argument("--episodes", type=_int_at_least(1), default=10, metavar="N", help="MuJoCo episodes (default 10)")
+    p.add_argument("--video", action="store_true", help="also record one episode as an MP4 (MuJoCo, offscreen)")
+    p.add_argument("--video-dir", metavar="DIR", help="where the MP4 goes (default: .)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for a run id (default: sqlite:///<cwd>/mlflow.db)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("status", help="where a grid stands: trials by state, env steps, ETA, MLflow run")
     p.add_argument("run_dir", metavar="RUN_DIR")

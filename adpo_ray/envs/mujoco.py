@@ -103,9 +103,10 @@ class ObsNorm:
 def make_mujoco(name: str, config: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make(name)`` with actions clipped to the action box and the scenario from
     ``config["scenario"]`` applied; ``config["obs_norm"]`` (an :class:`ObsNorm` dict) adds a
-    frozen observation normalisation."""
+    frozen observation normalisation; ``config["render_mode"]`` (e.g. ``rgb_array``) renders."""
     config = dict(config or {})
-    env = gym.make(name, disable_env_checker=True)  # checked in the tests; it costs every step
+    extra = {"render_mode": config["render_mode"]} if config.get("render_mode") else {}
+    env = gym.make(name, disable_env_checker=True, **extra)  # checked in the tests; it costs every step
     env = NoisyMujoco(env, config.get("scenario", CLEAN), REWARD_SCALE.get(name, 1.0))
     if config.get("obs_norm"):
         norm = ObsNorm.from_dict(config["obs_norm"])

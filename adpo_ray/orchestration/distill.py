@@ -115,8 +115,8 @@ def teacher_policy(checkpoint: str | Path):
     return policy
 
 
-def _teacher_obs_norm(algo) -> dict:
-    """The teacher's observation filter (running mean/std), frozen, as an ObsNorm dict."""
+def obs_norm_of(algo) -> dict:
+    """An online algorithm's observation filter (running mean/std), frozen, as an ObsNorm dict."""
     from adpo_ray.envs.mujoco import ObsNorm
 
     for connector in algo.env_runner._env_to_module.connectors:
@@ -152,7 +152,7 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, run_id: str) -> s
             result = algo.train()
             steps = int(result.get("num_env_steps_sampled_lifetime")
                         or result["env_runners"]["num_env_steps_sampled_lifetime"])
-        obs_norm = _teacher_obs_norm(algo)
+        obs_norm = obs_norm_of(algo)
         ret = evaluate_policy(algo.get_module(), env, obs_norm, spec.evaluation.episodes, EVAL_SEED)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "checkpoint"
