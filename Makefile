@@ -39,7 +39,7 @@ $(CHROMIUM):
 # Both tiers: tests/unit (pure, no Ray start, under a minute) and tests/integration (real Ray,
 # RLlib, Tune, MLflow, a two-node cluster, the MLflow UI in Chromium).
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q tests/unit tests/integration
+	$(BIN)/python -m pytest -q --durations=30 tests/unit tests/integration
 
 # The fast tier alone.
 test-unit: $(STAMP)

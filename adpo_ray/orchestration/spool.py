@@ -219,6 +219,14 @@ class Sender:
                 self._remember(key, found[0].info.run_id)
         return self._runs.get(key)
 
+    def known_run(self, key: str) -> str | None:
+        """The MLflow run of ``key`` if this sender has met it (no request is made)."""
+        return self._runs.get(key)
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
     def _remember(self, key: str, run_id: str) -> None:
         self._runs[key] = run_id
         if self.on_run is not None:

@@ -47,10 +47,15 @@ FLUSH_TIMEOUT_S = float(os.environ.get("ADPO_RAY_MLFLOW_FLUSH_S", "60"))
 
 
 def spool_folder(run_dir: str, launch_name: str) -> str:
-    """The launch's spool: in its results folder, or (results on remote storage) a local folder
-    ``.adpo-ray-spool/<launch>`` where the driver runs — the spool needs appends and renames."""
+    """The launch's spool: in its results folder; for results on remote storage (``s3://``...),
+    which allows no appends, in ``$ADPO_RAY_SPOOL_DIR`` (default ``~/.cache/adpo-ray/spool``) on
+    the driver's machine, one folder per results URI."""
     if storage.is_uri(run_dir):
-        return os.path.abspath(os.path.join(".adpo-ray-spool", launch_name))
+        import hashlib
+
+        root = os.environ.get("ADPO_RAY_SPOOL_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "adpo-ray", "spool")
+        digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]
+        return os.path.join(root, f"{launch_name}-{digest}")
     return os.path.join(run_dir, SPOOL_DIR)
 
 
@@ -257,6 +262,9 @@ class MLflowTracker(tune.Callback):
                                metrics={**summary, ENV_STEPS: steps})
         self._spool.append("status", key=self.parent_key, status="FINISHED" if ok else "FAILED")
         self.pending_at_end = self._sender.stop(flush_timeout=FLUSH_TIMEOUT_S)
+        parent = self._sender.known_run(self.parent_key)
+        if parent:  # (re)write the note of the parent run, whatever became of it since launch
+            self._on_run(self.parent_key, parent, self._sender.experiment_id)
         if self.pending_at_end:
             print(f"MLflow: {self.pending_at_end} write(s) not delivered to {self.tracking_uri} "
                   f"({self._sender.last_error}); they are kept in {self._spool.folder}. Once the "

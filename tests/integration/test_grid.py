@@ -486,8 +486,9 @@ def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
     assert res.returncode == 0 and "HalfCheetah-v5 / clean: clean return" in res.stdout, res.stdout + res.stderr
 
 
-def test_grid_on_uri_storage(ray_local, tmp_path):
+def test_grid_on_uri_storage(ray_local, tmp_path, monkeypatch):
     """--storage-path as a URI (here file://, the same code path as s3:// or gs://)."""
+    monkeypatch.setenv("ADPO_RAY_SPOOL_DIR", str(tmp_path / "spools"))  # object storage takes no appends
     spec = parse_spec({**SMALL, "name": "uri_storage", "scenarios": ["clean"], "anchors": {"modes": ["dynamic"]}})
     opts = options(tmp_path, "onuri")
     opts.storage_path = f"file://{tmp_path / 'remote'}"
@@ -495,6 +496,7 @@ def test_grid_on_uri_storage(ray_local, tmp_path):
     assert not results.errors
     assert (tmp_path / "remote" / "onuri" / "adpo_grid.json").exists()
     assert (tmp_path / "remote" / "onuri" / "adpo_mlflow_parent.json").exists()
+    assert len(list((tmp_path / "spools").glob("onuri-*/records.jsonl"))) == 1
     client = MlflowClient(opts.tracking_uri)
     _, kids = children(client, "uri_storage")
     assert len(kids) == 1 and "checkpoint" in [a.path for a in client.list_artifacts(kids[0].info.run_id)]

@@ -57,6 +57,21 @@ def test_dockerfile_lints_clean():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     assert "rayproject/ray:2.60.0-py311-${VARIANT}" in text and "ARG VARIANT=gpu" in text
     assert (ROOT / ".dockerignore").exists()
+    # the image has no .git: the commit is a build arg, seen by the tracker's run tags
+    assert "ARG GIT_COMMIT" in text and "ENV ADPO_RAY_GIT_COMMIT=${GIT_COMMIT}" in text
+
+
+def test_git_commit_of_an_image_without_git(monkeypatch, tmp_path):
+    from adpo_ray.orchestration import tracking
+
+    def no_git(*args, **kwargs):
+        raise OSError("no git here")
+
+    monkeypatch.setattr("subprocess.run", no_git)
+    monkeypatch.setenv("ADPO_RAY_GIT_COMMIT", "abc123")
+    assert tracking._git_commit() == "abc123"
+    monkeypatch.setenv("ADPO_RAY_GIT_COMMIT", "unknown")
+    assert tracking._git_commit() is None
 
 
 def test_run_grid_explains_a_missing_package(tmp_path):

@@ -20,7 +20,8 @@ def store(tmp_path_factory) -> str:
 
 
 def make_spool(folder, uri: str, experiment: str = "spooled") -> Spool:
-    spool = Spool(folder, header={"tracking_uri": uri, "experiment": experiment, "artifact_location": None,
+    artifacts = str(folder.parent / f"artifacts-{experiment}")  # never MLflow's default ./mlruns
+    spool = Spool(folder, header={"tracking_uri": uri, "experiment": experiment, "artifact_location": artifacts,
                                   "experiment_note": "how to compare"})
     spool.append("run", key="L", name="launch", parent=None, tags={"kind": "grid"}, params={"a": "1"})
     spool.append("run", key="L/t1", name="t1", parent="L", tags={"trial": "t1"}, params={"lr": "0.1"})
@@ -86,7 +87,8 @@ def test_torn_line_moved_folder_and_unreachable_store(tmp_path, store, monkeypat
 @pytest.mark.parametrize("n", [1, 7])
 def test_batches_whole_steps(tmp_path, store, n):
     """A backlog goes out in few requests, and never with a step split over two of them."""
-    spool = Spool(tmp_path / "s", header={"tracking_uri": store, "experiment": f"big{n}", "artifact_location": None})
+    spool = Spool(tmp_path / "s", header={"tracking_uri": store, "experiment": f"big{n}",
+                                          "artifact_location": str(tmp_path / "artifacts")})
     spool.append("run", key="k", name="k", parent=None, tags={}, params={})
     for step in range(1, 41):
         spool.append("metrics", key="k", step=step, time=1.0, metrics={f"m{i}": float(step) for i in range(60 * n)})
