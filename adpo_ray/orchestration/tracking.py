@@ -34,9 +34,9 @@ from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 PARENT_FILE = "adpo_mlflow_parent.json"
 #: The experiment's description in the MLflow UI: how to compare anchor strategies there.
-EXPERIMENT_NOTE = (
-    "Compare anchor strategies: each launch is a parent run; its summary/<env>/<method>/<metric>_{mean,iqm,ci_low,"
-    "ci_high} metrics rank the methods (sort, filter, or open several launches in Compare).\n"
+EXPERIMENT_NOTE = (  # plain words: the UI renders it as Markdown (angle brackets would vanish as tags)
+    "Compare anchor strategies: each launch is a parent run; its `summary/ENV/METHOD/METRIC_mean` (and _iqm, "
+    "_ci_low, _ci_high) metrics rank the methods (sort, filter, or open several launches in Compare).\n"
     "Expand a launch for its child runs, one per trial, tagged scenario, noise_type, severity, anchor_mode, "
     "method, hidden_size, env, seed.\n"
     "Filter children by tags.scenario, group or colour by anchor_mode, and chart eval/winmass (bandit) or "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -429,11 +430,35 @@ def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
                 column.first.wait_for(timeout=20_000)
                 cells[tag] = set(column.all_inner_texts())
             page.screenshot(path=str(tmp_path / "mlflow_ui.png"), full_page=True)
+
+            # the launch view: the parent row shows its per-method summary metric
+            metric = "summary/PreferenceBandit/adpo-dynamic/winmass_mean"
+            page.get_by_role("button", name="Columns", exact=True).click()
+            page.get_by_placeholder("Search columns").fill(metric)
+            page.locator(".du-bois-light-tree-treenode").last.locator(".du-bois-light-tree-title").click()
+            page.keyboard.press("Escape")
+            summary_cells = page.locator(f"[role=gridcell][col-id='metrics.`{metric}`']")
+            summary_cells.first.wait_for(timeout=20_000)
+            shown = [t for t in summary_cells.all_inner_texts() if t.strip() not in ("", "-")]
+            # the children, grouped by anchor_mode, in the chart view: one line per anchor strategy
+            page.get_by_role("button", name="Group by", exact=True).click()
+            page.get_by_placeholder("Search").last.fill("anchor_mode")
+            page.locator("[data-radix-popper-content-wrapper]").get_by_text("anchor_mode", exact=True).first.click()
+            page.keyboard.press("Escape")
+            page.locator("input[type=radio][value=CHART]").dispatch_event("click")
+            page.get_by_text(re.compile(r"^fixed \(")).first.wait_for(timeout=30_000)
+            body = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "mlflow_charts.png"))
         finally:
             browser.close()
     assert {"fixed", "dynamic"} <= cells["anchor_mode"]
     assert {"clean", "flip-high"} <= cells["scenario"]
     assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
+    parent_value = parents[0].data.metrics[metric]
+    assert shown and float(shown[0]) == pytest.approx(parent_value)
+    assert "Group: fixed" in body and "Group: dynamic" in body
+    assert re.search(r"fixed \((adpo|eval|loss)/", body) and re.search(r"dynamic \((adpo|eval|loss)/", body)
+    assert "summary/ENV/METHOD/METRIC_mean" in body  # the experiment's how-to, as the UI renders it
 
 
 def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
