@@ -320,6 +320,22 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
     if tune.Tuner.can_restore(run_dir) or storage.exists(storage.join(run_dir, GRID_FILE)):
         raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
     claim_folder(run_dir, options.name)
+    try:
+        spec, concurrency, distill_runs = _prepare(spec, options, plans, verbose)
+    except BaseException:
+        release_folder(run_dir)  # nothing was recorded: the name is free again
+        raise
+    storage.write_text(storage.join(run_dir, GRID_FILE), json.dumps({
+        "spec": spec.model_dump(mode="json", by_alias=True),
+        "options": options.__dict__,
+        "concurrency": concurrency,
+        "distill_runs": distill_runs,
+    }, indent=2))
+    return _fit(spec, options, concurrency, trainable, verbose, distill_runs)
+
+
+def _prepare(spec: ExperimentSpec, options: GridOptions, plans: list[TrialPlan], verbose: int):
+    """Ray, the cluster's capacity, the fit check, the concurrency, distillation inputs."""
     _start(options.address)
     capacity = cluster_capacity(options.address)
     resolved = resolve_learner_gpus(spec, capacity)
@@ -335,13 +351,12 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
 
         check_shared_tracking(options.tracking_uri, capacity)
         distill_runs = {env: v["run_id"] for env, v in prepare(spec, options.tracking_uri, options.artifact_location).items()}
-    storage.write_text(storage.join(run_dir, GRID_FILE), json.dumps({
-        "spec": spec.model_dump(mode="json", by_alias=True),
-        "options": options.__dict__,
-        "concurrency": concurrency,
-        "distill_runs": distill_runs,
-    }, indent=2))
-    return _fit(spec, options, concurrency, trainable, verbose, distill_runs)
+    return spec, concurrency, distill_runs
+
+
+def release_folder(run_dir: str) -> None:
+    """Give up this launch's claim on ``run_dir`` (a launch that stopped before recording anything)."""
+    storage.delete(storage.join(run_dir, LOCK_FILE))
 
 
 def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable, verbose: int,

@@ -45,6 +45,13 @@ def write_text(path: str, text: str) -> None:
         f.write(text.encode())
 
 
+def delete(path: str) -> None:
+    """Remove one file, if it is there."""
+    filesystem, p = _resolve(path)
+    if filesystem.get_file_info(p).type != pafs.FileType.NotFound:
+        filesystem.delete_file(p)
+
+
 def read_text(path: str) -> str:
     filesystem, p = _resolve(path)
     with filesystem.open_input_stream(p) as f:

@@ -275,6 +275,7 @@ def test_unschedulable_trial_fails_before_launch(ray_local, tmp_path):
     with pytest.raises(ResourceError, match=r"can never be scheduled.*num_env_runners"):
         run_grid(spec, opts, verbose=0)
     assert not (tmp_path / "mlflow.db").exists()  # nothing started, nothing recorded
+    assert not (Path(opts.run_dir) / ".adpo_launch.json").exists()  # the name is free for the fixed spec
     assert plan_trials(spec)[0].required["CPU"] == 5
 
 
