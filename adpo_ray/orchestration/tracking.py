@@ -46,6 +46,11 @@ EXPERIMENT_NOTE = (  # plain words: the UI renders it as Markdown (angle bracket
 FLUSH_TIMEOUT_S = float(os.environ.get("ADPO_RAY_MLFLOW_FLUSH_S", "60"))
 
 
+def write_parent_note(run_dir: str, run_id: str, experiment_id: str | None) -> None:
+    """Note the launch's parent MLflow run in its results folder (read by status and the report)."""
+    storage.write_text(storage.join(run_dir, PARENT_FILE), json.dumps({"run_id": run_id, "experiment_id": experiment_id}))
+
+
 def spool_folder(run_dir: str, launch_name: str) -> str:
     """The launch's spool: in its results folder; for results on remote storage (``s3://``...),
     which allows no appends, in ``$ADPO_RAY_SPOOL_DIR`` (default ``~/.cache/adpo-ray/spool``) on
@@ -189,8 +194,7 @@ class MLflowTracker(tune.Callback):
     def _on_run(self, key: str, run_id: str, experiment_id: str | None) -> None:
         """The sender knows the parent's MLflow run: note it in the results folder."""
         if key == self.parent_key:
-            parent_file = storage.join(self.run_dir, PARENT_FILE)
-            storage.write_text(parent_file, json.dumps({"run_id": run_id, "experiment_id": experiment_id}))
+            write_parent_note(self.run_dir, run_id, experiment_id)
 
     # -- child runs ------------------------------------------------------------------------
     def _child(self, trial) -> str:
@@ -264,7 +268,7 @@ class MLflowTracker(tune.Callback):
         self.pending_at_end = self._sender.stop(flush_timeout=FLUSH_TIMEOUT_S)
         parent = self._sender.known_run(self.parent_key)
         if parent:  # (re)write the note of the parent run, whatever became of it since launch
-            self._on_run(self.parent_key, parent, self._sender.experiment_id)
+            write_parent_note(self.run_dir, parent, self._sender.experiment_id)
         if self.pending_at_end:
             print(f"MLflow: {self.pending_at_end} write(s) not delivered to {self.tracking_uri} "
                   f"({self._sender.last_error}); they are kept in {self._spool.folder}. Once the "
@@ -371,9 +375,8 @@ def sync(run_dir: str, launch_name: str, *, timeout_s: float = 300.0) -> tuple[i
         raise FileNotFoundError(f"{run_dir} has no MLflow spool ({folder})")
     spool = Spool(folder)
     before = spool.pending()
-    tracker = MLflowTracker.__new__(MLflowTracker)
-    tracker.run_dir, tracker.launch_name = str(run_dir), launch_name
-    sender = Sender(spool, on_run=tracker._on_run)
+    sender = Sender(spool, on_run=lambda key, run_id, exp: (
+        write_parent_note(str(run_dir), run_id, exp) if key == launch_name else None))
     deadline = time.time() + timeout_s
     while not sender.drain() and time.time() < deadline:
         time.sleep(2)
