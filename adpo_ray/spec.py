@@ -181,6 +181,9 @@ class Resources(_Strict):
     #: The GPU share of each GPU learner; 0 = chosen at launch so that a GPU node's CPUs all
     #: run trials (a whole GPU when the cluster is not known, e.g. a dry run without --cluster).
     num_gpus_per_learner: Annotated[float, Field(ge=0, le=8)] = 0.0
+    #: ``fused``: ADPO's and PPO's learner run every epoch x minibatch in one loop on the device
+    #: (:mod:`adpo_ray.rllib.fused`); ``rllib``: RLlib's own update loop (same math, slower).
+    learner_update: Literal["fused", "rllib"] = "fused"
     #: At most this many trials at once; default: as many as the cluster fits at full scale.
     max_concurrent_trials: _count(1, 100_000) | None = None
     max_failures: Annotated[int, Field(ge=0, le=100)] = 2
@@ -528,6 +531,7 @@ class TrialKnobs:
     num_envs_per_env_runner: int = 1
     num_learners: int = 0
     num_gpus_per_learner: float = 0.0  # > 0: the trial's learner is on a GPU, this share of one
+    learner_update: str | None = None  # online RL: fused | rllib
 
     @property
     def env_config(self) -> dict[str, Any]:
@@ -549,7 +553,7 @@ class TrialKnobs:
                 continue
             if name.startswith("distill_"):
                 name = "distill." + name.removeprefix("distill_")
-            elif name.startswith(("num_env", "num_learners", "num_gpus")):
+            elif name.startswith(("num_env", "num_learners", "num_gpus", "learner_")):
                 name = "resources." + name
             elif name.startswith("eval_"):
                 name = "evaluation." + name.removeprefix("eval_")
@@ -601,6 +605,7 @@ def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
     common.update(
         gamma=p.gamma, lambda_=p.lambda_, num_epochs=p.num_epochs, minibatch_size=p.minibatch_size,
         train_batch_size=p.train_batch_size, entropy_coeff=p.entropy_coeff, vf_coeff=p.vf_coeff,
+        learner_update=res.learner_update,
     )
     if trial.algorithm == "ppo":
         common["clip_param"] = 0.2

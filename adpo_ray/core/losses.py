@@ -43,14 +43,19 @@ def listwise_loss(
 ) -> torch.Tensor:
     """Anchored listwise loss ``-sum_i q_i log softmax((s - r) / tau_anc)_i`` per list."""
     u = anchored_logits(s, r, tau_anc)
-    if mask is not None:
-        u = u.masked_fill(~mask, float("-inf"))
-    log_p = torch.log_softmax(u, dim=-1)
-    if mask is not None:
-        # 0 * -inf would be NaN: padded slots contribute exactly nothing.
-        log_p = torch.where(mask, log_p, torch.zeros_like(log_p))
-        q = torch.where(mask, q, torch.zeros_like(q))
-    return -(q * log_p).sum(dim=-1)
+    if mask is None:
+        return -(q * torch.log_softmax(u, dim=-1)).sum(dim=-1)
+    # Padded slots get a huge finite negative logit: their softmax mass is exactly 0, their
+    # log-probability finite (so 0 * log p = 0, no NaN), and the gradient reaching them 0. An
+    # additive bias is also the cheapest mask to differentiate through.
+    log_p = torch.log_softmax(u + mask_bias(mask, u.dtype), dim=-1)
+    q = torch.where(mask, q, torch.zeros((), dtype=q.dtype, device=q.device))
+    return -(q * log_p).sum(dim=-1) * mask.any(dim=-1)  # a list with no candidate counts 0
+
+
+def mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 on real candidates, a huge finite negative number on padding (added to logits)."""
+    return (~mask).to(dtype) * (torch.finfo(dtype).min / 4)
 
 
 def pair_mask(mask: torch.Tensor | None, shape: torch.Size, device=None) -> torch.Tensor:

@@ -18,21 +18,23 @@ from typing import Any
 
 import gymnasium as gym
 from ray.rllib.algorithms.algorithm_config import NotProvided
-from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.algorithms.ppo import PPO
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from adpo_ray.core.anchors import make_schedule
 from adpo_ray.core.losses import LOSSES
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.rllib.connectors import AddListSignalFromInfos
+from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.rllib.learner import ADPOTorchLearner
 from adpo_ray.rllib.module import ADPOTorchRLModule
 
 LIST_SOURCES = ("actions", "batch")
 
 
-class ADPOConfig(PPOConfig):
-    """PPOConfig plus ADPO's settings (see :meth:`training`)."""
+class ADPOConfig(FusedPPOConfig):
+    """PPOConfig plus ADPO's settings (see :meth:`training`) and the fused learner update's
+    (:class:`~adpo_ray.rllib.fused.FusedPPOConfig`)."""
 
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or ADPO)

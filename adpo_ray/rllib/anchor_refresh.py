@@ -41,7 +41,9 @@ class AnchorRefreshMixin:
     def add_schedule(self, module_id: str, mode: str, params: dict | None) -> None:
         self._schedules[module_id] = make_schedule(mode, **(params or {}))
 
-    def record_anchor_kl(self, module_id: str, kl: float) -> None:
+    def record_anchor_kl(self, module_id: str, kl) -> None:
+        """One minibatch's (or one update's) mean KL: a float or a tensor, summed as given and
+        read once after the update (no host sync per minibatch on a GPU)."""
         self._kl_sum[module_id] = self._kl_sum.get(module_id, 0.0) + kl
         self._kl_count[module_id] = self._kl_count.get(module_id, 0) + 1
 
@@ -55,7 +57,7 @@ class AnchorRefreshMixin:
         step = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0)
         for module_id, schedule in self._schedules.items():
             module = self.module[module_id].unwrapped()
-            kl = self._kl_sum.get(module_id, 0.0) / max(1, self._kl_count.get(module_id, 0))
+            kl = float(self._kl_sum.get(module_id, 0.0)) / max(1, self._kl_count.get(module_id, 0))
             rate = schedule.step(kl, timestep=step)
             polyak_(module.anchor_parameters(), module.policy_parameters(), rate)
             self.metrics.log_dict(

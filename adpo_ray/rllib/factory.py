@@ -6,13 +6,13 @@ The builders read only the knobs record, which is also what MLflow logs as the t
 from __future__ import annotations
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
 from adpo_ray.rllib.algorithm import ADPOConfig
 from adpo_ray.rllib.callbacks import ADPOCallbacks
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter
 from adpo_ray.rllib.env import register
+from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.spec import TrialKnobs
 
 
@@ -34,7 +34,7 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
     the same for every method, so ADPO, DPO and PPO differ only in their policy loss."""
     env_name = register()
     trial = knobs.trial
-    config = ADPOConfig() if trial.algorithm in ("adpo", "dpo") else PPOConfig()
+    config = ADPOConfig() if trial.algorithm in ("adpo", "dpo") else FusedPPOConfig()
     config = (
         config.api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .environment(env_name, env_config=knobs.env_config)
@@ -55,6 +55,7 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             vf_loss_coeff=knobs.vf_coeff,
             grad_clip=knobs.grad_clip,
             use_kl_loss=False,
+            learner_update=knobs.learner_update or "fused",
         )
         .rl_module(model_config=model_config(trial.hidden_size))
         .callbacks(ADPOCallbacks)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from ray.rllib.algorithms.ppo import PPOConfig
 
 from adpo_ray.rllib.algorithm import ADPOConfig
 from adpo_ray.rllib.distill import DistillConfig
 from adpo_ray.rllib.factory import build_algo_config, build_distill_config, rows_per_step
+from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
 
 ONLINE = {
@@ -56,6 +56,7 @@ def _online_attrs(config) -> dict:
         "resources.num_envs_per_env_runner": config.num_envs_per_env_runner,
         "resources.num_learners": config.num_learners,
         "resources.num_gpus_per_learner": config.num_gpus_per_learner,
+        "resources.learner_update": config.learner_update,
         "evaluation.interval": config.evaluation_interval,
         "evaluation.episodes": config.evaluation_duration,
         **{f"bandit.{k}": v for k, v in config.env_config.items() if k not in ("env", "scenario")},
@@ -86,7 +87,7 @@ def test_online_params_equal_the_rllib_config(trial):
         assert isinstance(config, ADPOConfig)
         attrs.update(_adpo_attrs(config))
     else:
-        assert type(config) is PPOConfig and "loss" not in params and "tau_anc" not in params
+        assert type(config) is FusedPPOConfig and "loss" not in params and "tau_anc" not in params
         assert params.pop("anchor_mode") == "none"  # PPO has no anchor
     # minibatches count real samples; the bandit's one-step episodes double RLlib's rows
     assert config.minibatch_size == int(params.pop("minibatch_size")) * rows_per_step(knobs)
@@ -153,7 +154,7 @@ def test_teacher_knobs_are_ppo_on_the_clean_env():
     spec = parse_spec({**DISTILL, "ppo": {"lr": 0.0002}})
     teacher = spec.knobs(TrialSpec("HalfCheetah-v5", "clean", "ppo", "none", 64, 0))
     config = build_algo_config(teacher)
-    assert type(config) is PPOConfig and config.lr == 0.0002 and config.env_config["scenario"] == "clean"
+    assert type(config) is FusedPPOConfig and config.lr == 0.0002 and config.env_config["scenario"] == "clean"
     assert teacher.distill_teacher_key is None
     # the teacher's key changes with its knobs, the dataset's with its own
     assert teacher_key(spec, "HalfCheetah-v5") != teacher_key(parse_spec(DISTILL), "HalfCheetah-v5")

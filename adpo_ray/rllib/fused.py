@@ -1,0 +1,400 @@
+"""The fused learner update, shared by ADPO and the PPO baseline (so their comparison stays fair).
+
+RLlib's ``Learner.update`` slices a ``SampleBatch`` into each minibatch, logs a dozen metrics and
+checks every gradient for NaNs (a host sync per parameter on a GPU) on every minibatch: at our
+network sizes that overhead, not the arithmetic, is the update's cost. The fused path, inside
+RLlib's Learner API (``Learner.update`` is its documented override point):
+
+* builds the train batch with the learner connector as RLlib does (GAE, value targets), once;
+* turns it into one dict of tensors on the learner's device and adds each algorithm's per-update
+  inputs (ADPO: the anchor's outputs for the whole batch; the anchor only moves after the update);
+* makes every epoch's minibatch indices at once on that device
+  (:func:`adpo_ray.core.minibatches.minibatch_plan`, RLlib's cyclic iterator exactly);
+* runs all minibatches in one tight loop (gather, forward, loss, backward, global-norm clip,
+  optimizer step) with the loss terms summed on the device and read once per update;
+* logs the update's mean loss terms and RLlib's step counters once.
+
+Numerically it is RLlib's path: with the same seed and shuffles (``fused_shuffle="rllib"``), one
+update gives the same parameters to within 1e-5 (``tests/unit/test_fused_learner.py``).
+``learner_update="rllib"`` selects RLlib's own loop, unchanged. Single-learner, feed-forward
+modules with one tensor observation and global-norm clipping take the fused path; anything else
+(several learners, learning-rate schedules, grad scalers, recurrent modules) runs RLlib's path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm_config import NotProvided
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.ppo.ppo import (
+    LEARNER_RESULTS_KL_KEY,
+    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
+    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
+)
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.core.learner.training_data import TrainingData
+from ray.rllib.utils.metrics import (
+    ALL_MODULES,
+    DIFF_NUM_GRAD_UPDATES_VS_SAMPLER_POLICY,
+    MODULE_TRAIN_BATCH_SIZE_MEAN,
+    NUM_ENV_STEPS_TRAINED,
+    NUM_ENV_STEPS_TRAINED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    WEIGHTS_SEQ_NO,
+)
+
+from adpo_ray.core.minibatches import minibatch_plan
+
+LEARNER_UPDATES = ("fused", "rllib")
+FUSED_INDEX = "fused_minibatch_index"  # in each minibatch: its number in the update, and how many
+FUSED_COUNT = "fused_num_minibatches"
+FUSED_SHUFFLES = ("device", "rllib")
+_SMALL = 1e-5  # RLlib's SMALL_NUMBER, in explained variance
+
+
+class FusedLearnerConfigMixin:
+    """The ``learner_update`` / ``fused_shuffle`` / ``fused_compile`` settings of an
+    AlgorithmConfig whose learner is a :class:`FusedUpdateMixin`."""
+
+    def _init_fused(self) -> None:
+        self.learner_update = "fused"
+        self.fused_shuffle = "device"
+        self.fused_compile = False
+
+    def _set_fused(self, learner_update, fused_shuffle, fused_compile) -> None:
+        for name, value in dict(learner_update=learner_update, fused_shuffle=fused_shuffle,
+                                fused_compile=fused_compile).items():
+            if value is not NotProvided:
+                setattr(self, name, value)
+
+    def _validate_fused(self) -> None:
+        if self.learner_update not in LEARNER_UPDATES:
+            self._value_error(f"learner_update={self.learner_update!r}; allowed: {', '.join(LEARNER_UPDATES)}")
+        if self.fused_shuffle not in FUSED_SHUFFLES:
+            self._value_error(f"fused_shuffle={self.fused_shuffle!r}; allowed: {', '.join(FUSED_SHUFFLES)}")
+
+
+class FusedUpdateMixin:
+    """A torch Learner whose ``update`` runs all epochs x minibatches in one loop on its device.
+
+    Subclasses give the loss of one minibatch (:meth:`fused_loss`, returning the total loss and
+    a 1-D tensor of detached terms named by :attr:`fused_terms`), optionally per-update inputs
+    (:meth:`fused_prepare`), and log the terms' update means (:meth:`fused_log`)."""
+
+    #: names of the terms :meth:`fused_loss` returns, in order
+    fused_terms: tuple[str, ...] = ()
+
+    def build(self) -> None:
+        super().build()
+        self._fused_loss_fn = self.fused_loss
+        if getattr(self.config, "fused_compile", False):
+            self._fused_loss_fn = torch.compile(self.fused_loss, dynamic=False)
+
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        """RLlib's optimizer (Adam over the module's parameters at ``config.lr``), as one fused
+        kernel per step where torch has one for the device (CPU and CUDA: a third of the
+        per-parameter loop's time at our sizes); RLlib's path keeps RLlib's own."""
+        if getattr(self.config, "learner_update", "rllib") != "fused":
+            return super().configure_optimizers_for_module(module_id, config)
+        params = self.get_parameters(self._module[module_id])
+        try:
+            optimizer = torch.optim.Adam(params, fused=True)
+        except RuntimeError:  # no fused kernel for this device
+            optimizer = torch.optim.Adam(params)
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+
+    # -- which path -----------------------------------------------------------------------
+    def fused_applies(self) -> bool:
+        cfg = self.config
+        return (
+            getattr(cfg, "learner_update", "rllib") == "fused"
+            and cfg.num_learners <= 1
+            and self._lr_scheduler_classes is None
+            and self._grad_scalers is None
+            and not self._torch_compile_complete_update
+            and cfg.grad_clip_by == "global_norm"
+            and len(self.module) == 1
+            and not any(m.is_stateful() for m in self.module.values())
+        )
+
+    def update(self, batch=None, batches=None, batch_refs=None, episodes=None, episodes_refs=None,
+               data_iterators=None, training_data=None, *, timesteps=None, num_total_minibatches=0,
+               num_epochs=1, minibatch_size=None, shuffle_batch_per_epoch=False,
+               _no_metrics_reduce=False, **kwargs):
+        if data_iterators or num_total_minibatches or not self.fused_applies():
+            return super().update(
+                batch=batch, batches=batches, batch_refs=batch_refs, episodes=episodes,
+                episodes_refs=episodes_refs, data_iterators=data_iterators, training_data=training_data,
+                timesteps=timesteps, num_total_minibatches=num_total_minibatches, num_epochs=num_epochs,
+                minibatch_size=minibatch_size, shuffle_batch_per_epoch=shuffle_batch_per_epoch,
+                _no_metrics_reduce=_no_metrics_reduce, **kwargs,
+            )
+        self._check_is_built()
+        self.before_gradient_based_update(timesteps=timesteps or {})
+        if training_data is None:
+            training_data = TrainingData(batch=batch, batches=batches, batch_refs=batch_refs,
+                                         episodes=episodes, episodes_refs=episodes_refs)
+        training_data.validate()
+        training_data.solve_refs()
+        self._weights_seq_no += 1
+        ma_batch = self._make_batch_if_necessary(training_data=training_data)
+        for module_id, module_batch in list(ma_batch.policy_batches.items()):
+            if not self.should_module_be_updated(module_id, ma_batch):
+                continue
+            self._fused_update_module(
+                module_id, module_batch, env_steps=ma_batch.env_steps(), num_epochs=num_epochs,
+                minibatch_size=minibatch_size or len(module_batch),
+                shuffle=shuffle_batch_per_epoch and num_epochs > 1,
+            )
+        self.after_gradient_based_update(timesteps=timesteps or {})
+        if not _no_metrics_reduce:
+            return self.metrics.reduce()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _fused_update_module(self, module_id, module_batch, *, env_steps, num_epochs, minibatch_size, shuffle):
+        config = self.config.get_config_for_module(module_id)
+        data = {k: v for k, v in module_batch.items() if isinstance(v, torch.Tensor)}
+        if Columns.OBS not in data:
+            raise TypeError(
+                f"the fused learner update needs one tensor observation per row, got "
+                f"{type(module_batch.get(Columns.OBS)).__name__}; set learner_update='rllib' "
+                f"(spec: resources.learner_update: rllib)"
+            )
+        n = len(module_batch)
+        permute = np.random.permutation if config.fused_shuffle == "rllib" else None
+        plan = minibatch_plan(n, minibatch_size, num_epochs, shuffle=shuffle, permute=permute, device=self._device)
+        wanted = self.fused_columns(config)
+        rows = {k: v for k, v in data.items() if k in wanted}
+        rows.update(self.fused_prepare(module_id, config, data))
+        plan, per_minibatch = self.fused_plan(module_id, config, plan, rows)
+        packed = PackedRows(rows)
+
+        self.module[module_id].unwrapped().train()  # once (RLlib's forward_train sets it per call)
+        groups = []
+        for name, optimizer in self.get_optimizers_for_module(module_id):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            groups.append((optimizer, params))
+            norm_key = f"gradients_{name}_global_norm"  # RLlib's name (the last optimizer's)
+        grad_clip = config.grad_clip
+        terms = torch.zeros(len(self.fused_terms) + 2, device=self._device)
+        norm = torch.zeros((), device=self._device)
+        buckets = None  # per optimizer: one flat buffer whose views are the parameters' grads
+        for i, idx in enumerate(plan):
+            mb = packed.take(idx)
+            for k, v in per_minibatch.items():
+                mb[k] = v[i]
+            mb[FUSED_INDEX], mb[FUSED_COUNT] = i, len(plan)
+            loss, stats = self._fused_loss_fn(module_id, config, mb)
+            if buckets is None:  # first minibatch: learn which parameters get gradients
+                for optimizer, _ in groups:
+                    optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                buckets = [_bucket_grads(params) for _, params in groups]
+            else:
+                for flat in buckets:
+                    flat.zero_()
+                loss.backward()  # accumulates into the buffers' views
+            for (optimizer, _), flat in zip(groups, buckets, strict=True):
+                if flat.numel() == 0:
+                    continue
+                if grad_clip:
+                    norm = _clip_global_norm_(flat, grad_clip)
+                torch.nan_to_num_(flat)  # RLlib zeroes non-finite gradients before the step
+                optimizer.step()
+            terms += torch.cat([loss.detach().reshape(1), norm.reshape(1), stats])
+        for _, params in groups:  # leave no grad pointing into the buffers
+            for p in params:
+                p.grad = None
+        means = (terms / len(plan)).tolist()  # the update's one read of the device
+        values = dict(zip(("total_loss", "grad_norm", *self.fused_terms), means, strict=True))
+        self.fused_finish(module_id, config, plan, rows, values)
+        self.fused_log(module_id, config, values)
+        self.metrics.log_value((module_id, self.TOTAL_LOSS_KEY), values["total_loss"], window=1)
+        if grad_clip:
+            self.metrics.log_value((module_id, norm_key), values["grad_norm"], window=1)
+        self._fused_log_steps(module_id, data, num_minibatches=len(plan), minibatch_size=minibatch_size,
+                              env_steps=env_steps)
+
+    def _fused_log_steps(self, module_id, data, *, num_minibatches, minibatch_size, env_steps) -> None:
+        """RLlib's per-minibatch step counters, logged once with the update's totals."""
+        rows = num_minibatches * minibatch_size
+        env_rows = num_minibatches * env_steps  # RLlib counts the whole batch's env steps per minibatch
+        log = self.metrics.log_value
+        log((module_id, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+        log((module_id, MODULE_TRAIN_BATCH_SIZE_MEAN), minibatch_size, reduce="mean")
+        log((module_id, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_TRAINED_LIFETIME), rows, reduce="lifetime_sum", with_throughput=True)
+        log((ALL_MODULES, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum", with_throughput=True)
+        log((ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME), rows, reduce="lifetime_sum", with_throughput=True)
+        log((ALL_MODULES, NUM_ENV_STEPS_TRAINED), env_rows, reduce="sum", with_throughput=True)
+        log((ALL_MODULES, NUM_ENV_STEPS_TRAINED_LIFETIME), env_rows, reduce="lifetime_sum", with_throughput=True)
+        if WEIGHTS_SEQ_NO in data:
+            lag = (self._weights_seq_no - data[WEIGHTS_SEQ_NO]).float()
+            log((module_id, DIFF_NUM_GRAD_UPDATES_VS_SAMPLER_POLICY), float(masked_mean(lag, data.get(Columns.LOSS_MASK))), window=1)
+
+    # -- what subclasses give -------------------------------------------------------------
+    def fused_columns(self, config) -> frozenset[str]:
+        """The batch columns the minibatch loss reads (the rest is never gathered)."""
+        return frozenset({Columns.OBS, Columns.ACTIONS, Columns.LOSS_MASK})
+
+    def fused_plan(self, module_id: str, config, plan: torch.Tensor, rows: dict[str, torch.Tensor]):
+        """The minibatch plan, possibly with the rows of each minibatch reordered (a loss that
+        averages over rows does not see the order), and per-minibatch inputs (``(M, ...)``
+        tensors or length-``M`` lists; minibatch ``i`` gets item ``i``)."""
+        return plan, {}
+
+    def fused_prepare(self, module_id: str, config, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-row inputs computed once per update (no gradient), indexed with the minibatches."""
+        return {}
+
+    def fused_loss(self, module_id: str, config, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def fused_finish(self, module_id: str, config, plan, rows, values: dict[str, float]) -> None:
+        """After the loop: add update-level terms to ``values`` (computed for all minibatches at once)."""
+
+    def fused_log(self, module_id: str, config, values: dict[str, float]) -> None:
+        raise NotImplementedError
+
+
+class PackedRows:
+    """Per-row tensors packed into one 2-D block per dtype, so that a minibatch is one gather per
+    dtype (not one per column); :meth:`take` returns the columns as views of that gather."""
+
+    def __init__(self, rows: dict[str, torch.Tensor]):
+        layout: dict[torch.dtype, list[tuple[str, tuple[int, ...]]]] = {}
+        flats: dict[torch.dtype, list[torch.Tensor]] = {}
+        for name, value in rows.items():
+            layout.setdefault(value.dtype, []).append((name, tuple(value.shape[1:])))
+            flats.setdefault(value.dtype, []).append(value.reshape(value.shape[0], -1))
+        self._layout = layout
+        self._widths = {dt: [f.shape[1] for f in fs] for dt, fs in flats.items()}
+        self._blocks = {dt: torch.cat(fs, dim=1) if len(fs) > 1 else fs[0] for dt, fs in flats.items()}
+
+    def take(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for dtype, block in self._blocks.items():
+            part = block.index_select(0, idx)
+            pieces = part.split(self._widths[dtype], dim=1) if len(self._widths[dtype]) > 1 else (part,)
+            for (name, shape), piece in zip(self._layout[dtype], pieces, strict=True):
+                out[name] = piece.reshape(idx.shape[0], *shape)
+        return out
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean over the rows (dim 0) where ``mask`` is true (all rows without a mask), with no
+    host sync; ``x`` may carry several per-row terms in its last dimension, averaged at once."""
+    if mask is None:
+        return x.mean(dim=0)
+    if x.ndim > 1:
+        mask = mask.reshape(-1, *([1] * (x.ndim - 1)))
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=0) / mask.sum()
+
+
+def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """RLlib's ``max(-1, 1 - var(y - pred) / var(y))``."""
+    return torch.clamp(1 - torch.var(y - pred, dim=0) / (torch.var(y, dim=0) + _SMALL), min=-1.0)
+
+
+def _bucket_grads(params: list[torch.Tensor]) -> torch.Tensor:
+    """Move the parameters' gradients into one flat buffer and make each ``.grad`` a view of it,
+    so that clipping, the NaN guard and zeroing are one op each (autograd accumulates into an
+    existing ``.grad`` in place). Parameters without a gradient keep none."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return torch.zeros(0)
+    flat = torch.cat([p.grad.reshape(-1) for p in with_grad])
+    offset = 0
+    for p in with_grad:
+        p.grad = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def _clip_global_norm_(flat: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """RLlib's global-norm clipping (``ray.rllib.utils.torch_utils.clip_gradients``) of one flat
+    gradient buffer, in place, with no branch on a device value; returns the norm."""
+    total = torch.linalg.vector_norm(flat).nan_to_num(neginf=-10e8, posinf=10e8)
+    flat.mul_(torch.clamp(grad_clip / torch.clamp(total + 1e-6, min=grad_clip), max=1.0))
+    return total
+
+
+class FusedPPOTorchLearner(FusedUpdateMixin, PPOTorchLearner):
+    """The PPO baseline's learner: RLlib's PPO loss, term for term, on the fused update path."""
+
+    fused_terms = ("policy_loss", "vf_loss", "vf_loss_unclipped", "entropy", "kl", "vf_explained_var")
+
+    def fused_columns(self, config):
+        columns = {Columns.OBS, Columns.ACTIONS, Columns.ACTION_LOGP, Columns.ADVANTAGES, Columns.VALUE_TARGETS,
+                   Columns.LOSS_MASK}
+        if config.use_kl_loss:
+            columns.add(Columns.ACTION_DIST_INPUTS)
+        return frozenset(columns)
+
+    def fused_loss(self, module_id, config, batch):
+        module = self.module[module_id].unwrapped()
+        mask = batch.get(Columns.LOSS_MASK)
+        fwd = module._forward_train(batch)  # the fused loop put the module in train mode
+        dist = module.get_train_action_dist_cls().from_logits(fwd[Columns.ACTION_DIST_INPUTS])
+        ratio = torch.exp(dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP])
+        adv = batch[Columns.ADVANTAGES]
+        surrogate = torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - config.clip_param, 1 + config.clip_param))
+        values = module.compute_values(batch, embeddings=fwd.get(Columns.EMBEDDINGS))
+        vf_loss = torch.pow(values - batch[Columns.VALUE_TARGETS], 2.0)
+        vf_clipped = torch.clamp(vf_loss, 0, config.vf_clip_param)
+        # the per-row terms averaged at once: policy, clipped vf, entropy, unclipped vf
+        means = masked_mean(torch.stack([-surrogate, vf_clipped, dist.entropy(), vf_loss.detach()], dim=-1), mask)
+        entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        total = means[0] + config.vf_loss_coeff * means[1] - entropy_coeff * means[2]
+        if config.use_kl_loss:
+            prev = module.get_exploration_action_dist_cls().from_logits(batch[Columns.ACTION_DIST_INPUTS])
+            kl = masked_mean(prev.kl(dist), mask)
+            total = total + self.curr_kl_coeffs_per_module[module_id] * kl
+        else:
+            kl = torch.zeros((), device=total.device)
+        with torch.no_grad():
+            ev = explained_variance(batch[Columns.VALUE_TARGETS], values)
+            stats = torch.cat([means.detach()[[0, 1, 3, 2]], torch.stack([kl.detach(), ev])])
+        return total, stats
+
+    def fused_log(self, module_id, config, values):
+        self.metrics.log_dict(
+            {
+                POLICY_LOSS_KEY: values["policy_loss"],
+                VF_LOSS_KEY: values["vf_loss"],
+                LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: values["vf_loss_unclipped"],
+                LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: values["vf_explained_var"],
+                ENTROPY_KEY: values["entropy"],
+                LEARNER_RESULTS_KL_KEY: values["kl"],
+            },
+            key=module_id,
+            window=1,
+        )
+
+
+class FusedPPOConfig(FusedLearnerConfigMixin, PPOConfig):
+    """PPOConfig whose learner runs the fused update (``learner_update="rllib"``: RLlib's loop)."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class)
+        self._init_fused()
+
+    def training(self, *, learner_update=NotProvided, fused_shuffle=NotProvided, fused_compile=NotProvided,
+                 **kwargs) -> FusedPPOConfig:
+        """PPO's settings, plus ``learner_update`` (``fused`` | ``rllib``), ``fused_shuffle``
+        (``device``: permutations drawn on the learner's device; ``rllib``: numpy's global RNG,
+        RLlib's exact minibatches) and ``fused_compile`` (``torch.compile`` the minibatch loss)."""
+        super().training(**kwargs)
+        self._set_fused(learner_update, fused_shuffle, fused_compile)
+        return self
+
+    def get_default_learner_class(self):
+        return FusedPPOTorchLearner
+
+    def validate(self) -> None:
+        super().validate()
+        self._validate_fused()
