@@ -35,7 +35,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
         path = resolve_config(path)  # a file, or the name of a preset (smoke, twelve_scenarios...)
         try:
-            spec = load_spec(path)
+            spec = load_spec(path, args.set or ())
         except SpecError as e:
             print(f"{path}: invalid", file=sys.stderr)
             for line in e.errors:
@@ -63,10 +63,10 @@ def resolve_config(path: str) -> str:
     return path
 
 
-def _load(path: str):
+def _load(path: str, sets=()):
     path = resolve_config(path)
     try:
-        return load_spec(path)
+        return load_spec(path, sets)
     except SpecError as e:
         print(f"{path}: invalid", file=sys.stderr)
         for line in e.errors:
@@ -106,10 +106,10 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     from adpo_ray.orchestration.planning import STARTUP_S, estimate_wall_time
 
     console = _console()
-    groups = Counter((p.trial.env, p.trial.method, _bundles(p), p.env_steps) for p in plans)
+    groups = Counter((p.trial.env, p.trial.base_method, _bundles(p), p.env_steps) for p in plans)
     hiddens: dict[tuple, list[int]] = {}
     for p in plans:
-        key = (p.trial.env, p.trial.method, _bundles(p), p.env_steps)
+        key = (p.trial.env, p.trial.base_method, _bundles(p), p.env_steps)
         hiddens.setdefault(key, [])
         if p.trial.hidden_size not in hiddens[key]:
             hiddens[key].append(p.trial.hidden_size)
@@ -130,16 +130,36 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
                 f"(experiment {d.teacher.experiment!r})")
     else:
         work = f"total env steps: {total:,}"
-    methods = len({p.trial.method for p in plans})
+    methods = len({p.trial.base_method for p in plans})
     gpu_trials = sum(1 for p in plans if p.required.get("GPU"))
     device = (f"learners: {gpu_trials} trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "
               f"(resources.learner_device: {spec.resources.learner_device})")
     seconds = estimate_wall_time(plans, concurrency, steps_per_second, STARTUP_S)
     took = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{max(1, round(seconds / 60))} min"
     rates = ", ".join(f"{env} {steps_per_second[env]:,.0f}" for env in spec.environments)
+    axes = spec.grid_axes()
+    points = 1
+    for values in axes.values():
+        points *= len(values)
+    if spec.search is not None:
+        s = spec.search
+        shape = (f"trials: {len(plans)} = search.num_samples {s.num_samples}"
+                 + (f" x {points} grid point(s)" if s.algorithm != "optuna" and points > 1 else "")
+                 + f" of one setting ({spec.trials()[0].tag})")
+    else:
+        shape = (f"trials: {len(plans)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
+                 f"{methods} method(s) x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)"
+                 + (f" x {points} sweep point(s)" if spec.sweep else ""))
+    for path, value in spec.sweep.items():
+        shape += (f"\nsweep {path}: " + (", ".join(map(str, value)) + f" ({len(value)} values)"
+                  if isinstance(value, list) else f"{value.kind} {getattr(value, value.kind)}"))
+    if spec.search is not None:
+        s = spec.search
+        shape += (f"\nsearch: {s.algorithm}, {s.mode} {s.metric}"
+                  + (f", ASHA early stopping (grace {s.asha.grace_period} iterations, reduction factor "
+                     f"{s.asha.reduction_factor:g}; the wall time below assumes no trial stops early)" if s.asha else ""))
     print(
-        f"trials: {len(plans)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
-        f"{methods} method(s) x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)\n"
+        f"{shape}\n"
         f"{work}\n"
         f"{device}\n"
         f"cluster at full scale: {capacity.describe()}\n"
@@ -245,7 +265,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from adpo_ray.orchestration.mlflow_store import TrackingError
     from adpo_ray.orchestration.planning import ResourceError, plan_trials
 
-    spec = _load(args.config)
+    spec = _load(args.config, args.set or ())
     if spec is None:
         return 2
     try:
@@ -453,6 +473,13 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
                    help="run at most N trials at once (default: resources.max_concurrent_trials, else "
                         "as many as the cluster holds at full scale, its autoscaler's node types included)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    add_set_argument(p)
+
+
+def add_set_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec field by its dotted path, e.g. --set adpo.lr=0.001 or "
+                        "--set 'sweep.adpo.beta_q=[0.5, 1, 2]' (VALUE is YAML; repeatable; validated like the file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check experiment spec files; exit 2 on errors")
     p.add_argument("files", nargs="+", metavar="FILE")
+    add_set_argument(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("grid", help="run an experiment grid on Ray Tune, tracked in MLflow")

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,6 +34,7 @@ from adpo_ray.core.losses import LOSSES
 from adpo_ray.core.noise import SCENARIOS, TWELVE, get_scenario
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs import ENVIRONMENTS
+from adpo_ray.sweeps import SWEEP_SECTIONS, Distribution, Search, distribution_bounds, sweep_label
 
 __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "load_spec", "parse_spec",
            "teacher_key", "dataset_key"]
@@ -184,6 +186,10 @@ class Resources(_Strict):
     #: ``fused``: ADPO's and PPO's learner run every epoch x minibatch in one loop on the device
     #: (:mod:`adpo_ray.rllib.fused`); ``rllib``: RLlib's own update loop (same math, slower).
     learner_update: Literal["fused", "rllib"] = "fused"
+    #: ``torch.compile`` the fused path's minibatch loss: about 1.5x faster updates on CPU once
+    #: compiled, for 10-30 s of compiling at the trial's start (pays for trials of more than a few
+    #: hundred updates); needs a C++ compiler on the workers.
+    learner_compile: bool = False
     #: At most this many trials at once; default: as many as the cluster fits at full scale.
     max_concurrent_trials: _count(1, 100_000) | None = None
     max_failures: Annotated[int, Field(ge=0, le=100)] = 2
@@ -270,6 +276,34 @@ class ExperimentSpec(_Strict):
     #: knobs of the ``adpo`` section that PPO trials (the baseline and distillation teachers) set
     #: differently, e.g. ``{lr: 0.0003}`` while ADPO runs at another learning rate
     ppo: dict[str, Any] = Field(default_factory=dict)
+    #: knobs swept over, by dotted path: a list (a grid axis) or a distribution (with ``search``)
+    sweep: dict[str, Any] = Field(default_factory=dict)
+    #: a tuning search over the sweep (Tune search algorithm, metric, samples, early stopping)
+    search: Search | None = None
+
+    _with_values: dict[str, ExperimentSpec] = PrivateAttr(default_factory=dict)
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_values(cls, v: dict[str, Any]) -> dict[str, list | Distribution]:
+        out: dict[str, list | Distribution] = {}
+        for path, value in v.items():
+            if isinstance(value, list):
+                if not value:
+                    raise ValueError(f"{path}: an empty list; give the values to try")
+                out[path] = value
+            elif isinstance(value, dict | Distribution):
+                try:
+                    out[path] = Distribution.model_validate(value)
+                except ValidationError as e:
+                    msgs = "; ".join(f"{_fmt_loc(x['loc']) + ': ' if x['loc'] else ''}{x['msg'].removeprefix('Value error, ')}"
+                                     for x in e.errors())
+                    raise ValueError(f"{path}: {msgs} (a distribution is one of uniform: [lo, hi], "
+                                     "loguniform: [lo, hi], randint: [lo, hi], choice: [values])") from None
+            else:
+                raise ValueError(f"{path}: {value!r} is neither a list of values (a grid) nor a distribution "
+                                 "such as {loguniform: [0.0001, 0.01]}")
+        return out
 
     @field_validator("scenarios")
     @classmethod
@@ -319,6 +353,7 @@ class ExperimentSpec(_Strict):
                 "(PreferenceBandit); none is listed in environments"
             )
         self._check_distill()
+        self._check_sweep()
         n = self.trial_count()
         if not n:
             raise ValueError("the grid is empty: no trial results from these axes")
@@ -357,6 +392,83 @@ class ExperimentSpec(_Strict):
                     "(the teacher's budget is distill.teacher.env_steps)"
                 )
 
+    def _check_sweep(self) -> None:
+        if not self.sweep:
+            if self.search is not None:
+                raise ValueError("search: needs a `sweep:` section (the knobs to tune)")
+            return
+        if self.distill is not None:
+            raise ValueError("sweep: not with `distill` (its teachers and datasets are made once per launch); "
+                             "launch one spec per setting")
+        for path, value in self.sweep.items():
+            self._check_sweep_path(path)
+            if isinstance(value, Distribution):
+                if self.search is None:
+                    raise ValueError(f"sweep.{path}: a distribution ({value.kind}) needs a `search:` section "
+                                     "(its num_samples says how many draws); give a list for a grid")
+                if self.search.algorithm == "grid":
+                    raise ValueError(f"sweep.{path}: search.algorithm 'grid' takes lists only; use 'random' "
+                                     "or 'optuna' for a distribution")
+                candidates = distribution_bounds(value)
+            else:
+                candidates = value
+                if len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
+                    raise ValueError(f"sweep.{path}: a value is listed twice")
+            for v in candidates:
+                try:
+                    self.with_values({path: v})
+                except ValidationError as e:
+                    msgs = "; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())
+                    raise ValueError(f"sweep.{path}: value {v!r}: {msgs}") from None
+        if self.search is not None:
+            from adpo_ray.metrics import CURATED
+
+            if self.search.metric not in CURATED:
+                raise ValueError(f"search.metric {self.search.metric!r}: not a metric the trials report; "
+                                 f"allowed: {', '.join(sorted(CURATED))}")
+            base = self._base_count()
+            if base != 1:
+                raise ValueError(
+                    f"search: tunes one setting, but environments x scenarios x methods x hidden_sizes x "
+                    f"seeds give {base} trials; narrow them to one (sweep a knob to vary it)"
+                )
+
+    def _check_sweep_path(self, path: str) -> None:
+        section = next((s for s in SWEEP_SECTIONS if path.startswith(s + ".")), None)
+        hint = ("sweepable knobs are adpo.<knob>, ppo.<knob>, bandit.<knob> and "
+                "anchors.params.<mode>.<parameter>")
+        if section is None:
+            raise ValueError(f"sweep.{path}: not a sweepable knob; {hint}")
+        rest = path[len(section) + 1:]
+        if section in ("adpo", "ppo", "bandit"):
+            model = BanditParams if section == "bandit" else TrainParams
+            names = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+            if rest not in names:
+                raise ValueError(f"sweep.{path}: {section} has no knob {rest!r}; allowed: "
+                                 f"{', '.join(sorted(f.alias or n for n, f in model.model_fields.items()))}")
+        else:
+            mode, _, key = rest.partition(".")
+            if mode not in self.anchors.modes or not key or "." in key:
+                raise ValueError(f"sweep.{path}: use anchors.params.<mode>.<parameter> with a mode of "
+                                 f"anchors.modes ({', '.join(self.anchors.modes)})")
+
+    def with_values(self, values: dict[str, Any]) -> ExperimentSpec:
+        """This spec with the knobs at ``values`` (dotted paths, as in ``sweep``) set, validated;
+        without its sweep and search (the result is one point of them)."""
+        from adpo_ray.sweeps import set_path
+
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key not in self._with_values:
+            data = self.model_dump(mode="json", by_alias=True, exclude={"sweep", "search"})
+            for path, value in values.items():
+                set_path(data, path, value, where="sweep")
+            self._with_values[key] = ExperimentSpec.model_validate(data)
+        return self._with_values[key]
+
+    def grid_axes(self) -> dict[str, list[Any]]:
+        """The sweep's grid axes (lists), in spec order; a search's Tune generator expands them."""
+        return {k: v for k, v in self.sweep.items() if isinstance(v, list)}
+
     # -- derived -------------------------------------------------------------------------
     @property
     def scenario_names(self) -> list[str]:
@@ -390,11 +502,20 @@ class ExperimentSpec(_Strict):
 
     def knobs(self, trial: TrialSpec) -> TrialKnobs:
         """The effective settings of one trial: the single record that the RLlib config builders
-        (:mod:`adpo_ray.rllib.factory`) and the MLflow params read."""
-        return _knobs(self, trial)
+        (:mod:`adpo_ray.rllib.factory`) and the MLflow params read (its sweep point applied)."""
+        return _knobs(self.with_values(dict(trial.sweep)) if trial.sweep else self, trial)
 
     def trial_count(self) -> int:
-        """How many trials :meth:`trials` lists, without listing them."""
+        """How many trials the launch runs: :meth:`trials` x the sweep grid, or a search's samples."""
+        axes = 1
+        for values in self.grid_axes().values():
+            axes *= len(values)
+        if self.search is not None:
+            return self.search.num_samples * (1 if self.search.algorithm == "optuna" else axes)
+        return self._base_count() * axes
+
+    def _base_count(self) -> int:
+        """How many trials the grid's own axes give (before any sweep)."""
         per_env = {}
         for env in self.environments:
             methods = 0
@@ -407,7 +528,16 @@ class ExperimentSpec(_Strict):
         return sum(per_env.values()) * len(self.scenario_names) * len(self.hidden_sizes) * len(self.seeds)
 
     def trials(self) -> list[TrialSpec]:
-        """Every trial of the grid, in a stable order."""
+        """Every trial of the grid, in a stable order: each base trial at every point of the
+        sweep's grid. With ``search``, the base trial alone (Tune samples its sweep points)."""
+        base = self._base_trials()
+        axes = self.grid_axes()
+        if self.search is not None or not axes:
+            return base
+        points = [tuple(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+        return [TrialSpec(**{**t.as_dict(), "sweep": point}) for t in base for point in points]
+
+    def _base_trials(self) -> list[TrialSpec]:
         out: list[TrialSpec] = []
         for env, scen, algo, hidden, seed in itertools.product(
             self.environments, self.scenario_names, self.algorithms, self.hidden_sizes, self.seeds
@@ -435,15 +565,41 @@ class TrialSpec:
     anchor_mode: str
     hidden_size: int
     seed: int
+    #: the trial's sweep point: ``((path, value), ...)`` in the spec's sweep order
+    sweep: tuple = ()
+    #: a search's sample (Tune's trial id): two samples may draw the same point
+    sample: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sweep", tuple((str(k), v) for k, v in (self.sweep or ())))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], trial_id: str = "") -> TrialSpec:
+        """The trial of a Tune config: its coordinates, and the sweep point a search sampled
+        (``trial_id``, Tune's, tells two samples of one point apart)."""
+        trial = cls(**config["trial"])
+        sampled = config.get("sweep") or {}
+        if sampled:
+            trial = cls(**{**trial.as_dict(), "sweep": (*trial.sweep, *sampled.items()), "sample": trial_id})
+        return trial
 
     @property
-    def method(self) -> str:
-        """What a report compares: ``adpo-dynamic``, ``adpo-fixed``, ``ppo``, ``dpo``."""
+    def base_method(self) -> str:
+        """``adpo-dynamic``, ``adpo-fixed``, ``ppo``, ``dpo``, ``kd``, ``bc``."""
         return f"adpo-{self.anchor_mode}" if self.algorithm == "adpo" else self.algorithm
 
     @property
+    def method(self) -> str:
+        """What a report compares: the base method, with the sweep point where there is one
+        (``adpo-dynamic (adpo.lr=0.001)``)."""
+        return f"{self.base_method} ({sweep_label(self.sweep)})" if self.sweep else self.base_method
+
+    @property
     def tag(self) -> str:
-        return f"{self.env}_{self.scenario}_{self.method}_h{self.hidden_size}_s{self.seed}"
+        tag = f"{self.env}_{self.scenario}_{self.base_method}_h{self.hidden_size}_s{self.seed}"
+        if self.sweep:
+            tag += f"_{sweep_label(self.sweep)}"
+        return f"{tag}_{self.sample}" if self.sample else tag
 
     @property
     def noise_type(self) -> str:
@@ -532,6 +688,7 @@ class TrialKnobs:
     num_learners: int = 0
     num_gpus_per_learner: float = 0.0  # > 0: the trial's learner is on a GPU, this share of one
     learner_update: str | None = None  # online RL: fused | rllib
+    learner_compile: bool | None = None  # online RL, fused path: torch.compile the minibatch loss
 
     @property
     def env_config(self) -> dict[str, Any]:
@@ -605,7 +762,7 @@ def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
     common.update(
         gamma=p.gamma, lambda_=p.lambda_, num_epochs=p.num_epochs, minibatch_size=p.minibatch_size,
         train_batch_size=p.train_batch_size, entropy_coeff=p.entropy_coeff, vf_coeff=p.vf_coeff,
-        learner_update=res.learner_update,
+        learner_update=res.learner_update, learner_compile=res.learner_compile,
     )
     if trial.algorithm == "ppo":
         common["clip_param"] = 0.2
@@ -669,8 +826,11 @@ def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
         raise SpecError(_format_errors(e), source) from None
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate a YAML spec; raise :class:`SpecError` (never starts anything)."""
+def load_spec(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> ExperimentSpec:
+    """Read and validate a YAML spec, with ``--set KEY=VALUE`` overrides applied first; raise
+    :class:`SpecError` (never starts anything)."""
+    from adpo_ray.sweeps import apply_sets
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -678,4 +838,11 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise SpecError([f"file not found: {path}"], str(path)) from None
     except yaml.YAMLError as e:
         raise SpecError([f"(yaml): {e}"], str(path)) from None
-    return parse_spec(data, str(path))
+    if sets:
+        if not isinstance(data, dict):
+            raise SpecError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], str(path))
+        try:
+            data = apply_sets(data, list(sets))
+        except ValueError as e:
+            raise SpecError([str(e)], str(path)) from None
+    return parse_spec(data, str(path) + (" with --set " + " ".join(sets) if sets else ""))

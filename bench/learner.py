@@ -3,7 +3,7 @@
 
     python bench/learner.py [--device cpu|cuda] [--hidden 64 256] [--minibatch 64]
                             [--env HalfCheetah-v5] [--batch 2048] [--epochs 10] [--rounds 5]
-                            [--rllib-adpo]
+                            [--rllib-adpo] [--compile]
 
 All learners are built by the grid's own factory with the same network (hidden-hidden), optimiser
 and batch settings; "stock" is RLlib's own ``PPOTorchLearner`` with its own update loop. One
@@ -12,7 +12,8 @@ x minibatches plus the after-update hooks: ADPO's anchor refresh) of every learn
 Prints the median ms per minibatch of each learner at each hidden size, then the goal ratios:
 ``adpo_over_ppo`` (goal <= 1.05) at each size and ``ppo_over_stock`` (goal <= 0.5); the last line
 is ``ratio=<our PPO / stock PPO>`` at the first hidden size. ``--rllib-adpo`` adds ADPO on RLlib's
-loop (``resources.learner_update: rllib``). On CUDA these figures feed the learner-device table
+loop (``resources.learner_update: rllib``), ``--compile`` our PPO and ADPO with the minibatch loss
+compiled (``resources.learner_compile: true``; compiling happens in the warm-up). On CUDA these figures feed the learner-device table
 of ``adpo_ray/core/devices.py``.
 """
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build(algorithm: str, env_name: str, batch: int, epochs: int, minibatch: int, hidden: int, device: str,
-          path: str = "fused"):
+          path: str = "fused", compile: bool = False):
     from adpo_ray.rllib.factory import build_algo_config
     from adpo_ray.spec import TrialSpec, parse_spec
 
@@ -42,7 +43,8 @@ def build(algorithm: str, env_name: str, batch: int, epochs: int, minibatch: int
         "hidden_sizes": [hidden],
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 8,
                       "learner_device": "gpu" if device == "cuda" else "cpu",
-                      "learner_update": "rllib" if path in ("rllib", "stock") else "fused"},
+                      "learner_update": "rllib" if path in ("rllib", "stock") else "fused",
+                      "learner_compile": compile},
     })
     mode = "dynamic" if algorithm == "adpo" else "none"
     config = build_algo_config(spec.knobs(TrialSpec(env_name, "clean", algorithm, mode, hidden, 0)))
@@ -70,13 +72,14 @@ def time_update(algo, episodes, epochs: int, minibatch: int) -> float:
 
 
 LEARNERS = {"stock_ppo": ("ppo", "stock"), "ppo": ("ppo", "fused"), "adpo": ("adpo", "fused"),
-            "adpo_rllib": ("adpo", "rllib")}
+            "adpo_rllib": ("adpo", "rllib"), "ppo_compiled": ("ppo", "fused", True),
+            "adpo_compiled": ("adpo", "fused", True)}
 
 
 def measure(device: str, hidden: int, names: list[str], args, episodes) -> dict[str, float]:
     """Median ms per minibatch of each learner's update on ``device``."""
-    algos = {n: build(*LEARNERS[n][:1], args.env, args.batch, args.epochs, args.minibatch, hidden, device,
-                      LEARNERS[n][1]) for n in names}
+    algos = {n: build(LEARNERS[n][0], args.env, args.batch, args.epochs, args.minibatch, hidden, device,
+                      *LEARNERS[n][1:]) for n in names}
     for algo in algos.values():  # warm-up
         time_update(algo, episodes, args.epochs, args.minibatch)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -100,6 +103,8 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rllib-adpo", action="store_true", help="also time ADPO on RLlib's update loop")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our PPO and ADPO with resources.learner_compile (compiled in the warm-up)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -112,7 +117,8 @@ def main() -> None:
     sampler = build("ppo", args.env, args.batch, args.epochs, args.minibatch, args.hidden[0], "cpu")
     episodes = sampler.env_runner.sample(num_timesteps=args.batch, explore=True)
     sampler.stop()
-    names = ["stock_ppo", "ppo", "adpo"] + (["adpo_rllib"] if args.rllib_adpo else [])
+    names = ["stock_ppo", "ppo", "adpo"] + (["adpo_rllib"] if args.rllib_adpo else []) \
+        + (["ppo_compiled", "adpo_compiled"] if args.compile else [])
     ms = {h: measure(args.device, h, names, args, episodes) for h in args.hidden}
     ray.shutdown()
     print(f"env={args.env} device={args.device} batch={args.batch} epochs={args.epochs} minibatch={args.minibatch}")

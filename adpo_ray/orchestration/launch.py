@@ -42,14 +42,75 @@ GRID_FILE = "adpo_grid.json"
 def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str, str] | None = None) -> dict[str, Any]:
     from ray import tune
 
-    space = {
-        "spec": spec.model_dump(mode="json", by_alias=True),
-        "trial": tune.grid_search([t.as_dict() for t in spec.trials()]),
-    }
+    space: dict[str, Any] = {"spec": spec.model_dump(mode="json", by_alias=True)}
+    if spec.search is None:
+        space["trial"] = tune.grid_search([t.as_dict() for t in spec.trials()])
+    else:  # one base trial; the search algorithm samples its sweep point
+        (base,) = spec.trials()
+        space["trial"] = base.as_dict()
+        space["sweep"] = search_space(spec)
     if spec.distill is not None:  # students find their pinned teacher and its datasets there
         space["tracking_uri"] = tracking_uri
         space["distill_runs"] = dict(distill_runs or {})
     return space
+
+
+def search_space(spec: ExperimentSpec) -> dict[str, Any]:
+    """The sweep as Tune's search space: grid axes stay grids for Tune's own generator (every
+    axis value, ``num_samples`` times each) and become categorical for Optuna."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for path, value in spec.sweep.items():
+        if isinstance(value, list):
+            out[path] = tune.choice(value) if spec.search.algorithm == "optuna" else tune.grid_search(value)
+        elif value.kind == "uniform":
+            out[path] = tune.uniform(*value.uniform)
+        elif value.kind == "loguniform":
+            out[path] = tune.loguniform(*value.loguniform)
+        elif value.kind == "randint":
+            out[path] = tune.randint(value.randint[0], value.randint[1] + 1)  # Tune excludes the upper end
+        else:
+            out[path] = tune.choice(list(value.choice))
+    return out
+
+
+def search_config(spec: ExperimentSpec) -> dict[str, Any]:
+    """TuneConfig arguments of a search: metric, mode, samples, search algorithm, scheduler."""
+    from adpo_ray.orchestration.trainable import search_key
+
+    search = spec.search
+    if search is None:
+        return {}
+    kwargs: dict[str, Any] = {"metric": search_key(search.metric), "mode": search.mode,
+                              "num_samples": search.num_samples}
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        kwargs["search_alg"] = OptunaSearch(seed=search.seed)
+    elif search.seed is not None:
+        from ray.tune.search import BasicVariantGenerator
+
+        kwargs["search_alg"] = BasicVariantGenerator(random_state=search.seed)
+    if search.asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        kwargs["scheduler"] = ASHAScheduler(
+            time_attr=TRAINING_ITERATION, max_t=max_iterations(spec),
+            grace_period=search.asha.grace_period, reduction_factor=search.asha.reduction_factor,
+        )
+    return kwargs
+
+
+def max_iterations(spec: ExperimentSpec) -> int:
+    """The most iterations a trial of ``spec`` trains (its budget in iterations)."""
+    import math
+
+    (trial,) = spec.trials()[:1]
+    knobs = spec.knobs(trial)
+    if knobs.iterations:
+        return knobs.iterations
+    return math.ceil(knobs.env_steps / (knobs.train_batch_size or 1))
 
 
 # -- progress table ----------------------------------------------------------------------------
@@ -62,16 +123,24 @@ def progress_reporter(spec: ExperimentSpec):
         metrics[EVAL_WINMASS] = "WinMass"
     if "mujoco" in kinds:
         metrics[EVAL_RETURN] = "eval return"
+    columns = {
+        "trial/env": "env",
+        "trial/scenario": "scenario",
+        "trial/algorithm": "algo",
+        "trial/anchor_mode": "anchor",
+        "trial/hidden_size": "hidden",
+        "trial/seed": "seed",
+    }
+    if spec.search is not None:
+        from adpo_ray.orchestration.trainable import search_key
+
+        metrics[search_key(spec.search.metric)] = f"{spec.search.metric} (search)"
+        columns.update({f"sweep/{path}": path for path in spec.sweep})
+    elif spec.sweep:
+        columns["trial/sweep"] = "sweep"
     return tune.CLIReporter(
         metric_columns=metrics,
-        parameter_columns={
-            "trial/env": "env",
-            "trial/scenario": "scenario",
-            "trial/algorithm": "algo",
-            "trial/anchor_mode": "anchor",
-            "trial/hidden_size": "hidden",
-            "trial/seed": "seed",
-        },
+        parameter_columns=columns,
         max_report_frequency=20,
         max_progress_rows=30,
         max_error_rows=10,
@@ -80,7 +149,7 @@ def progress_reporter(spec: ExperimentSpec):
 
 
 def _trial_name(trial) -> str:
-    return TrialSpec(**trial.config["trial"]).tag
+    return TrialSpec.from_config(trial.config, trial.trial_id).tag
 
 
 # -- launch ------------------------------------------------------------------------------------
@@ -374,6 +443,7 @@ def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable
             max_concurrent_trials=concurrency,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            **search_config(spec),
         ),
         run_config=tune.RunConfig(
             name=options.name,

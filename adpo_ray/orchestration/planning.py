@@ -45,6 +45,8 @@ def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
     for t in spec.trials():
         pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": t.as_dict()})
         plans.append(TrialPlan(t, [dict(b) for b in pgf.bundles], trial_env_steps(spec.knobs(t))))
+    if spec.search is not None:  # every sample asks what the base trial asks (ASHA may stop some early)
+        plans = plans * spec.trial_count()
     return plans
 
 

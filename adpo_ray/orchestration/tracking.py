@@ -77,6 +77,8 @@ def run_tags(trial: TrialSpec, grid: str) -> dict[str, str]:
         "method": trial.method,
         "hidden_size": str(trial.hidden_size),
         "seed": str(trial.seed),
+        **{f"sweep.{path}": str(value) for path, value in trial.sweep},
+        **({"sample": trial.sample} if trial.sample else {}),
     }
 
 
@@ -198,7 +200,7 @@ class MLflowTracker(tune.Callback):
 
     # -- child runs ------------------------------------------------------------------------
     def _child(self, trial) -> str:
-        t = TrialSpec(**trial.config["trial"])
+        t = TrialSpec.from_config(trial.config, trial.trial_id)
         key = self.child_key(t)
         if key not in self._state["runs"]:
             params = self.spec.knobs(t).params()
@@ -224,7 +226,7 @@ class MLflowTracker(tune.Callback):
             return  # a step replayed after a restore: the first attempt is the record
         metrics = {k: float(v) for k, v in result.items()
                    if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        t = TrialSpec(**trial.config["trial"])
+        t = TrialSpec.from_config(trial.config, trial.trial_id)
         self._state["final"][key] = (t.env, t.method, metrics)
         self._spool.append("metrics", key=key, step=step, time=time.time(), metrics=metrics)
         self._state["last_step"][key] = step
@@ -238,7 +240,7 @@ class MLflowTracker(tune.Callback):
         key = self._child(trial)
         history = self._state["history"].pop(key, {})
         if history:
-            path = self._spool.folder / "files" / TrialSpec(**trial.config["trial"]).tag / "metrics.csv"
+            path = self._spool.folder / "files" / TrialSpec.from_config(trial.config, trial.trial_id).tag / "metrics.csv"
             write_history_csv(path, history)
             self._spool.append("artifact", key=key, path=self._spool.relative(str(path)), artifact_path=None)
         checkpoint = trial.checkpoint
@@ -252,7 +254,7 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         key = self._child(trial)
         if trial.error_file and Path(trial.error_file).exists():
-            path = self._spool.keep_file(trial.error_file, f"{TrialSpec(**trial.config['trial']).tag}/error.txt")
+            path = self._spool.keep_file(trial.error_file, f"{TrialSpec.from_config(trial.config, trial.trial_id).tag}/error.txt")
             self._spool.append("artifact", key=key, path=self._spool.relative(path), artifact_path=None)
         self._spool.append("status", key=key, status="FAILED")
         self._state["ended"].add(key)

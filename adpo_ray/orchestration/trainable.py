@@ -18,6 +18,11 @@ from ray import tune
 from adpo_ray.metrics import ENV_STEPS, EVAL_METRICS, EVAL_RETURN, curate
 from adpo_ray.spec import ExperimentSpec, TrialSpec
 
+def search_key(metric: str) -> str:
+    """The result key a search optimises: its metric, reported in every result."""
+    return f"search/{metric}"
+
+
 #: The trial's last curated result, saved with each checkpoint.
 LAST_RESULT = "adpo_last_result.json"
 
@@ -27,10 +32,11 @@ def _spec(spec_json: str) -> ExperimentSpec:
     return ExperimentSpec.model_validate_json(spec_json)
 
 
-def trial_from_config(config: dict[str, Any]) -> tuple[ExperimentSpec, TrialSpec]:
-    """The trial's spec and coordinates. Every trial of a grid carries the same spec: it is
-    validated once per process, not once per trial (a paper-scale spec takes ~35 ms)."""
-    return _spec(json.dumps(config["spec"], sort_keys=True)), TrialSpec(**config["trial"])
+def trial_from_config(config: dict[str, Any], trial_id: str = "") -> tuple[ExperimentSpec, TrialSpec]:
+    """The trial's spec and coordinates (with a search's sampled sweep point). Every trial of a
+    grid carries the same spec: it is validated once per process, not once per trial (a
+    paper-scale spec takes ~35 ms)."""
+    return _spec(json.dumps(config["spec"], sort_keys=True)), TrialSpec.from_config(config, trial_id)
 
 
 def algo_config_from(config: dict[str, Any]):
@@ -69,7 +75,7 @@ class GridTrainable(tune.Trainable):
                           int(trial["hidden_size"]))
 
     def setup(self, config: dict[str, Any]) -> None:
-        self.spec, self.trial = trial_from_config(config)
+        self.spec, self.trial = trial_from_config(config, self.trial_id)
         self.budget = self.spec.budget_for(self.trial.env)
         self.algo = algo_config_from(config).build_algo()
         self._last: dict[str, Any] = {}
@@ -99,6 +105,14 @@ class GridTrainable(tune.Trainable):
             result["should_checkpoint"] = True
         # Tune's TensorBoard logger plots against `timesteps_total`: env steps, as MLflow does
         result["timesteps_total"] = int(result.get(ENV_STEPS, 0))
+        search = self.spec.search
+        if search is not None:
+            # a search's scheduler and searcher read its metric in every result: between
+            # evaluations the last value is carried (before the first, the worst possible);
+            # under its own key, so MLflow still records each evaluation once
+            key = search_key(search.metric)
+            worst = float("-inf") if search.mode == "max" else float("inf")
+            result[key] = float(result[search.metric]) if search.metric in result else self._last.get(key, worst)
         self._last = {k: v for k, v in result.items() if k not in ("done", "should_checkpoint")}
         return result
 

@@ -31,7 +31,7 @@ class GridData:
 
 def _coords(trial: dict) -> dict:
     scen = SCENARIOS.get(trial["scenario"])
-    method = f"adpo-{trial['anchor_mode']}" if trial["algorithm"] == "adpo" else trial["algorithm"]
+    method = trial.get("method") or (f"adpo-{trial['anchor_mode']}" if trial["algorithm"] == "adpo" else trial["algorithm"])
     return {
         "env": trial["env"],
         "scenario": trial["scenario"],
@@ -106,7 +106,8 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         config = json.loads(params.read_text())
         if "trial" not in config:
             continue
-        tag = TrialSpec(**config["trial"]).tag
+        trial = TrialSpec.from_config(config, params.parent.name.rpartition("_")[2] if config.get("sweep") else "")
+        tag = params.parent.name if config.get("sweep") else trial.tag
         progress = params.parent / "progress.csv"
         history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
         if not history.empty and ENV_STEPS in history:
@@ -114,7 +115,7 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
             history = history.drop_duplicates(ENV_STEPS, keep="first").sort_values(ENV_STEPS)
         # error.txt stays behind after a retried failure: the last result's `done` says more
         done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
-        row = {"trial": tag, **_coords(config["trial"]), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}
+        row = {"trial": tag, **_coords({**config["trial"], "method": trial.method}), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}
         if not history.empty:
             last = history.iloc[-1]
             row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})

@@ -56,6 +56,7 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             grad_clip=knobs.grad_clip,
             use_kl_loss=False,
             learner_update=knobs.learner_update or "fused",
+            fused_compile=bool(knobs.learner_compile),
         )
         .rl_module(model_config=model_config(trial.hidden_size))
         .callbacks(ADPOCallbacks)

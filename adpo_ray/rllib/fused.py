@@ -50,8 +50,6 @@ from ray.rllib.utils.metrics import (
 from adpo_ray.core.minibatches import minibatch_plan
 
 LEARNER_UPDATES = ("fused", "rllib")
-FUSED_INDEX = "fused_minibatch_index"  # in each minibatch: its number in the update, and how many
-FUSED_COUNT = "fused_num_minibatches"
 FUSED_SHUFFLES = ("device", "rllib")
 _SMALL = 1e-5  # RLlib's SMALL_NUMBER, in explained variance
 
@@ -183,12 +181,16 @@ class FusedUpdateMixin:
         terms = torch.zeros(len(self.fused_terms) + 2, device=self._device)
         norm = torch.zeros((), device=self._device)
         buckets = None  # per optimizer: one flat buffer whose views are the parameters' grads
+        kept = None
         for i, idx in enumerate(plan):
             mb = packed.take(idx)
             for k, v in per_minibatch.items():
                 mb[k] = v[i]
-            mb[FUSED_INDEX], mb[FUSED_COUNT] = i, len(plan)
-            loss, stats = self._fused_loss_fn(module_id, config, mb)
+            loss, stats, keep = self._fused_loss_fn(module_id, config, mb)
+            if keep is not None:  # per-minibatch outputs for fused_finish, kept on the device
+                if kept is None:
+                    kept = keep.new_empty((len(plan), *keep.shape))
+                kept[i].copy_(keep)
             if buckets is None:  # first minibatch: learn which parameters get gradients
                 for optimizer, _ in groups:
                     optimizer.zero_grad(set_to_none=True)
@@ -211,7 +213,7 @@ class FusedUpdateMixin:
                 p.grad = None
         means = (terms / len(plan)).tolist()  # the update's one read of the device
         values = dict(zip(("total_loss", "grad_norm", *self.fused_terms), means, strict=True))
-        self.fused_finish(module_id, config, plan, rows, values)
+        self.fused_finish(module_id, config, plan, rows, kept, values)
         self.fused_log(module_id, config, values)
         self.metrics.log_value((module_id, self.TOTAL_LOSS_KEY), values["total_loss"], window=1)
         if grad_clip:
@@ -251,11 +253,15 @@ class FusedUpdateMixin:
         """Per-row inputs computed once per update (no gradient), indexed with the minibatches."""
         return {}
 
-    def fused_loss(self, module_id: str, config, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def fused_loss(self, module_id: str, config, batch: dict[str, torch.Tensor]):
+        """One minibatch: ``(total loss, 1-D tensor of detached terms, tensor to keep or None)``.
+        Kept tensors reach :meth:`fused_finish` stacked, ``(num_minibatches, ...)``. Tensors in,
+        tensors out, so that ``fused_compile`` can compile it."""
         raise NotImplementedError
 
-    def fused_finish(self, module_id: str, config, plan, rows, values: dict[str, float]) -> None:
-        """After the loop: add update-level terms to ``values`` (computed for all minibatches at once)."""
+    def fused_finish(self, module_id: str, config, plan, rows, kept, values: dict[str, float]) -> None:
+        """After the loop: add update-level terms to ``values`` (computed for all minibatches at
+        once, e.g. from the ``kept`` outputs)."""
 
     def fused_log(self, module_id: str, config, values: dict[str, float]) -> None:
         raise NotImplementedError
@@ -359,7 +365,7 @@ class FusedPPOTorchLearner(FusedUpdateMixin, PPOTorchLearner):
         with torch.no_grad():
             ev = explained_variance(batch[Columns.VALUE_TARGETS], values)
             stats = torch.cat([means.detach()[[0, 1, 3, 2]], torch.stack([kl.detach(), ev])])
-        return total, stats
+        return total, stats, None
 
     def fused_log(self, module_id, config, values):
         self.metrics.log_dict(

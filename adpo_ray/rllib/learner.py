@@ -27,7 +27,7 @@ from adpo_ray.core.losses import adpo_loss
 from adpo_ray.metrics import ENTROPY, LOSS_ADPO, LOSS_VF
 from adpo_ray.rllib.anchor_refresh import AnchorRefreshMixin
 from adpo_ray.rllib.connectors import LIST_SIGNAL
-from adpo_ray.rllib.fused import FUSED_COUNT, FUSED_INDEX, FusedPPOTorchLearner, masked_mean
+from adpo_ray.rllib.fused import FusedPPOTorchLearner, masked_mean
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
 
 
@@ -143,15 +143,11 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
         total, stats, logits = self.adpo_terms(module_id, config, batch, fwd, batch[ANCHOR_LOGP])
         # the KL to the anchor is a diagnostic (and the schedules' input): computed for every
         # minibatch at once after the loop, from the policy's outputs kept here
-        i = batch[FUSED_INDEX]
-        if i == 0:
-            self._kept_logits = logits.new_empty((batch[FUSED_COUNT], *logits.shape))
-        self._kept_logits[i].copy_(logits.detach())
-        return total, stats
+        return total, stats, logits.detach()
 
-    def fused_finish(self, module_id, config, plan, rows, values):
+    def fused_finish(self, module_id, config, plan, rows, kept, values):
         module = self.module[module_id].unwrapped()
-        logits, self._kept_logits = self._kept_logits, None
+        logits = kept
         with torch.no_grad():
             kl = kl_from_logits(module.get_train_action_dist_cls(), logits, rows[ANCHOR_LOGITS][plan])
             mask = rows.get(Columns.LOSS_MASK)

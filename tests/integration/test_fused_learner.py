@@ -20,13 +20,13 @@ pytestmark = pytest.mark.slow
 BATCH, EPOCHS, MINIBATCH = 512, 3, 64
 
 
-def build(env, algorithm, mode, path, shuffle="rllib", **adpo):
+def build(env, algorithm, mode, path, shuffle="rllib", compile=False, **adpo):
     spec = parse_spec({
         "name": "fused", "environments": [env], "algorithms": [algorithm], "budget": {"iterations": 1},
         "adpo": {"train_batch_size": BATCH, "num_epochs": EPOCHS, "minibatch_size": MINIBATCH, **adpo},
         "anchors": {"modes": [mode] if algorithm == "adpo" else ["dynamic"],
                     "params": {"kl_triggered": {"threshold": 1e-4, "window": 1}}},
-        "resources": {"num_envs_per_env_runner": 2, "learner_update": path},
+        "resources": {"num_envs_per_env_runner": 2, "learner_update": path, "learner_compile": compile},
     })
     config = build_algo_config(spec.knobs(TrialSpec(env, "clean", algorithm, mode, 32, 0)))
     config.evaluation(evaluation_interval=None)
@@ -80,6 +80,23 @@ def test_fused_update_equals_rllibs(ray_local, env, algorithm, mode, adpo):
         if algorithm != "ppo":
             kl_stock, kl_fused = r_stock[ANCHOR_KL].peek(), r_fused[ANCHOR_KL].peek()
             assert kl_fused == pytest.approx(kl_stock, rel=1e-4, abs=1e-9)
+    finally:
+        stock.stop()
+        fused.stop()
+
+
+def test_compiled_fused_update_equals_rllibs(ray_local):
+    """``resources.learner_compile``: the same update with the minibatch loss compiled."""
+    stock = build("HalfCheetah-v5", "adpo", "dynamic", "rllib")
+    fused = build("HalfCheetah-v5", "adpo", "dynamic", "fused", compile=True)
+    try:
+        assert fused.learner_group._learner._fused_loss_fn is not fused.learner_group._learner.fused_loss
+        episodes = stock.env_runner.sample(num_timesteps=BATCH, explore=True)
+        for seed in (1, 2):
+            r_stock, r_fused = update(stock, episodes, seed), update(fused, episodes, seed)
+        a, b = state(stock), state(fused)
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+        assert r_fused[ANCHOR_KL].peek() == pytest.approx(r_stock[ANCHOR_KL].peek(), rel=1e-4)
     finally:
         stock.stop()
         fused.stop()

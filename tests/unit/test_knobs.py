@@ -57,6 +57,7 @@ def _online_attrs(config) -> dict:
         "resources.num_learners": config.num_learners,
         "resources.num_gpus_per_learner": config.num_gpus_per_learner,
         "resources.learner_update": config.learner_update,
+        "resources.learner_compile": config.fused_compile,
         "evaluation.interval": config.evaluation_interval,
         "evaluation.episodes": config.evaluation_duration,
         **{f"bandit.{k}": v for k, v in config.env_config.items() if k not in ("env", "scenario")},

@@ -13,13 +13,14 @@ PKG = Path(__file__).resolve().parents[2] / "adpo_ray"
 LAYERS = [
     {"adpo_ray", "adpo_ray.core"},
     {"adpo_ray.envs"},
-    {"adpo_ray.spec", "adpo_ray.metrics"},
+    {"adpo_ray.metrics", "adpo_ray.sweeps"},
+    {"adpo_ray.spec"},
     {"adpo_ray.rllib", "adpo_ray.report"},
     {"adpo_ray.orchestration"},
     {"adpo_ray.cli"},
 ]
 #: Packages that run without Ray (pure math, envs, the spec, the registry, the report).
-RAY_FREE = {"adpo_ray.core", "adpo_ray.envs", "adpo_ray.spec", "adpo_ray.metrics", "adpo_ray.report"}
+RAY_FREE = {"adpo_ray.core", "adpo_ray.envs", "adpo_ray.spec", "adpo_ray.metrics", "adpo_ray.sweeps", "adpo_ray.report"}
 
 
 def module_name(path: Path) -> str:
