@@ -126,7 +126,9 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         d = spec.distill
         work = (f"students train on {total:,} dataset states in all; before them, per env, a PPO teacher "
                 f"({d.teacher.env_steps:,} env steps) and per scenario a dataset of {d.dataset.states:,} states x "
-                f"{d.dataset.candidates} candidates, unless MLflow already holds them "
+                f"{d.dataset.candidates} candidates scored by {d.dataset.signal} "
+                f"({d.dataset.states * d.dataset.candidates * d.dataset.steps_per_candidate:,} simulator steps: "
+                f"candidates x {d.dataset.steps_per_candidate} per state), unless MLflow already holds them "
                 f"(experiment {d.teacher.experiment!r})")
     else:
         work = f"total env steps: {total:,}"

@@ -224,13 +224,29 @@ class TeacherParams(_Strict):
 
 
 class DatasetParams(_Strict):
-    """Teacher rollouts with ``candidates`` teacher-sampled actions per state, rewards by state restore."""
+    """Teacher rollouts with ``candidates`` teacher-sampled actions per state, each scored by
+    ``signal`` from the restored simulator state (:mod:`adpo_ray.envs.candidates`)."""
 
     states: _count(10, 100_000_000) = 20_000
     candidates: _count(2, 4096) = 8
     heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     chunks: _count(1, 4096) = 4  # parallel generation tasks (each rolls out its own episodes)
     seed: Seed = 0
+    #: ``reward``: the one-step reward; ``q_lookahead``: reward + gamma * V_teacher(next state);
+    #: ``nstep``: the discounted ``horizon``-step return, the teacher's mean action after the candidate
+    signal: Literal["reward", "q_lookahead", "nstep"] = "reward"
+    gamma: Annotated[float, Field(ge=0, le=1)] = 0.99  # q_lookahead and nstep
+    horizon: _count(1, 1000) = 10  # nstep: simulator steps per candidate
+
+    def key_fields(self) -> dict[str, Any]:
+        """What identifies a dataset: every knob that changes its contents (a signal's own knobs
+        only where it reads them, so one-step datasets keep the keys they had before signals)."""
+        skip = {"reward": {"signal", "gamma", "horizon"}, "q_lookahead": {"horizon"}, "nstep": set()}[self.signal]
+        return self.model_dump(exclude=skip)
+
+    @property
+    def steps_per_candidate(self) -> int:
+        return self.horizon if self.signal == "nstep" else 1
 
 
 class DistillParams(_Strict):
@@ -632,7 +648,7 @@ def teacher_key(spec: ExperimentSpec, env: str) -> str:
 def dataset_key(spec: ExperimentSpec, env: str, scenario: str) -> str:
     """A distillation dataset's identity (under its teacher's run): scenario and dataset knobs."""
     d = spec.distill.dataset
-    return f"{scenario}_{d.states}x{d.candidates}_{_digest(d.model_dump())}"
+    return f"{scenario}_{d.states}x{d.candidates}_{_digest(d.key_fields())}"
 
 
 @dataclass(frozen=True)

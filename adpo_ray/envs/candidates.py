@@ -1,13 +1,22 @@
-"""Candidate actions and their one-step rewards, read by restoring the MuJoCo simulator state.
+"""Candidate actions and their signals, read by restoring the MuJoCo simulator state.
 
 The distillation dataset (:func:`collect`) follows the teacher through the env. At every visited
 state it samples ``K`` candidate actions from the teacher, restores the simulator state
-(``qpos``, ``qvel``) before each candidate and steps once to read that candidate's reward, applies
-the scenario's noise to the ``K`` rewards (a ``flip`` flips the whole list, like a preference
-flip), then restores the state again and moves on with one teacher sample. ``shift`` scenarios
-perturb the dynamics per episode, so their candidate rewards come from the shifted simulator.
+(``qpos``, ``qvel``) before each candidate and reads that candidate's signal, applies the
+scenario's noise to the ``K`` signals (a ``flip`` flips the whole list, like a preference flip),
+then restores the state again and moves on with one teacher sample. ``shift`` scenarios perturb
+the dynamics per episode, so their candidates are scored in the shifted simulator.
 
-Pure numpy + gymnasium: the teacher is any callable ``obs -> (mean, log_std)``.
+Signals (:data:`SIGNALS`), each from the restored state:
+
+* ``reward``: the one-step reward ``r(s, a)``;
+* ``q_lookahead``: ``r(s, a) + gamma * V_teacher(s')``, the teacher's own value of the next state
+  (no bootstrap past a terminal state);
+* ``nstep``: the discounted return of ``horizon`` steps, the candidate first and the teacher's
+  mean action after (stopping at a terminal state); ``horizon: 1`` is ``reward``.
+
+Pure numpy + gymnasium: the teacher is any callable ``obs -> (mean, log_std)``, its value any
+callable ``obs -> float`` (both on normalised observations).
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ import numpy as np
 
 from adpo_ray.envs.mujoco import REWARD_SCALE, ObsNorm, make_mujoco
 
-__all__ = ["COLUMNS", "Policy", "collect", "dataset_metadata", "probe", "read_dataset", "sim_state", "step_from", "write_dataset"]
+__all__ = ["COLUMNS", "SIGNALS", "Policy", "Signal", "collect", "dataset_metadata", "probe", "read_dataset",
+           "sim_state", "step_from", "write_dataset"]
 
 Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Value = Callable[[np.ndarray], float]
+SIGNALS = ("reward", "q_lookahead", "nstep")
 
 #: Dataset columns (one row per visited state; ``K`` candidates, ``A`` action dims, ``O`` obs dims).
 COLUMNS: dict[str, str] = {
@@ -30,8 +42,8 @@ COLUMNS: dict[str, str] = {
     "qpos": "MuJoCo qpos at the state",
     "qvel": "MuJoCo qvel at the state",
     "actions": "(K, A) candidate actions sampled from the teacher (before clipping)",
-    "rewards": "(K,) one-step rewards of the candidates, with the scenario's noise",
-    "rewards_clean": "(K,) the same rewards without noise",
+    "rewards": "(K,) the candidates' signals (dataset.signal: reward, q_lookahead or nstep), with the scenario's noise",
+    "rewards_clean": "(K,) the same signals without noise",
     "teacher_logp": "(K,) log pi_teacher(candidate | state)",
     "teacher_mean": "(A,) the teacher's Gaussian mean",
     "teacher_log_std": "(A,) the teacher's Gaussian log std",
@@ -51,18 +63,62 @@ def step_from(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarr
     bypassed, so probing does not advance the episode."""
     base = env.unwrapped
     base.set_state(qpos, qvel)
+    return _bare_step(base, action)[1]
+
+
+class Signal:
+    """How a candidate is scored from a restored state (see the module docstring)."""
+
+    def __init__(self, kind: str = "reward", *, gamma: float = 0.99, horizon: int = 1,
+                 policy: Policy | None = None, value: Value | None = None, obs_norm: ObsNorm | None = None):
+        if kind not in SIGNALS:
+            raise ValueError(f"signal {kind!r}; allowed: {', '.join(SIGNALS)}")
+        if kind == "q_lookahead" and value is None:
+            raise ValueError("signal q_lookahead needs the teacher's value function")
+        if kind == "nstep" and (policy is None or horizon < 1):
+            raise ValueError("signal nstep needs the teacher's policy and horizon >= 1")
+        self.kind, self.gamma, self.horizon = kind, gamma, horizon
+        self.policy, self.value = policy, value
+        self.norm = obs_norm if obs_norm is not None else (lambda obs: obs)
+
+    def __call__(self, env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray) -> float:
+        base = env.unwrapped
+        base.set_state(qpos, qvel)
+        obs, reward, terminated = _bare_step(base, action)
+        if self.kind == "reward":
+            return reward
+        if self.kind == "q_lookahead":
+            return reward if terminated else reward + self.gamma * float(self.value(self.norm(obs)))
+        total, discount = reward, 1.0
+        for _ in range(self.horizon - 1):
+            if terminated:
+                break
+            discount *= self.gamma
+            mean, _ = self.policy(self.norm(obs))
+            obs, reward, terminated = _bare_step(base, np.asarray(mean, dtype=np.float64))
+            total += discount * reward
+        return total
+
+    @property
+    def steps_per_candidate(self) -> int:
+        """Simulator steps to score one candidate (at most)."""
+        return self.horizon if self.kind == "nstep" else 1
+
+
+def _bare_step(base, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
     action = np.clip(action, base.action_space.low, base.action_space.high)
-    _, reward, *_ = base.step(action)
-    return float(reward)
+    obs, reward, terminated, *_ = base.step(action)
+    return obs, float(reward), bool(terminated)
 
 
-def probe(env: gym.Env, actions: np.ndarray) -> np.ndarray:
-    """The clean one-step reward of each action from the env's current state; the state is
-    restored afterwards, so the episode goes on as if nothing happened."""
+def probe(env: gym.Env, actions: np.ndarray, signal: Signal | None = None) -> np.ndarray:
+    """The clean signal of each action from the env's current state (default: the one-step
+    reward); the state is restored afterwards, so the episode goes on as if nothing happened."""
+    signal = signal or Signal("reward")
     qpos, qvel = sim_state(env)
-    rewards = np.array([step_from(env, qpos, qvel, a) for a in actions])
+    values = np.array([signal(env, qpos, qvel, a) for a in actions])
     env.unwrapped.set_state(qpos, qvel)
-    return rewards
+    return values
 
 
 def collect(
@@ -75,9 +131,15 @@ def collect(
     num_candidates: int,
     seed: int,
     heldout_fraction: float,
+    signal: str = "reward",
+    gamma: float = 0.99,
+    horizon: int = 1,
+    value: Value | None = None,
 ) -> dict[str, np.ndarray]:
     """Roll the teacher out for ``num_states`` states and return the dataset columns
-    (:data:`COLUMNS`) as arrays. A pure function of its arguments."""
+    (:data:`COLUMNS`) as arrays, each candidate scored by ``signal`` (``value``: the teacher's
+    value function, for ``q_lookahead``). A pure function of its arguments."""
+    scorer = Signal(signal, gamma=gamma, horizon=horizon, policy=policy, value=value, obs_norm=obs_norm)
     env = make_mujoco(env_name, {"scenario": scenario})
     rng = np.random.default_rng(seed)
     scale = REWARD_SCALE.get(env_name, 1.0)
@@ -89,7 +151,7 @@ def collect(
         mean, log_std = (np.asarray(v, dtype=np.float64) for v in policy(x))
         cands = mean + np.exp(log_std) * rng.standard_normal((num_candidates, mean.shape[-1]))
         qpos, qvel = sim_state(env)
-        clean = probe(env, cands)
+        clean = probe(env, cands, scorer)
         noisy = env.scenario.corrupt(clean, rng, scale=scale, list_axis=True)
         for key, value in (
             ("obs", x), ("qpos", qpos), ("qvel", qvel), ("actions", cands), ("rewards", noisy),

@@ -94,6 +94,12 @@ def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0, timeou
 # -- teacher -----------------------------------------------------------------------------------
 def teacher_policy(checkpoint: str | Path):
     """A numpy callable ``obs -> (mean, log_std)`` of the teacher saved at an algorithm checkpoint."""
+    return teacher_callables(checkpoint)[0]
+
+
+def teacher_callables(checkpoint: str | Path):
+    """The teacher saved at an algorithm checkpoint as numpy callables: its policy
+    ``obs -> (mean, log_std)`` and its value function ``obs -> V(obs)`` (normalised observations)."""
     import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.core.columns import Columns
@@ -112,7 +118,11 @@ def teacher_policy(checkpoint: str | Path):
         mean, log_std = split_gaussian(out[Columns.ACTION_DIST_INPUTS][0])
         return mean.numpy(), log_std.numpy()
 
-    return policy
+    def value(obs) -> float:
+        with torch.no_grad():
+            return float(module.compute_values({Columns.OBS: torch.as_tensor(obs[None], dtype=torch.float32)})[0])
+
+    return policy, value
 
 
 def obs_norm_of(algo) -> dict:
@@ -185,7 +195,8 @@ def teacher_info(tracking_uri: str, run_id: str) -> dict:
 
 # -- datasets ----------------------------------------------------------------------------------
 def collect_chunk(tracking_uri: str, run_id: str, env: str, scenario: str, num_states: int,
-                  num_candidates: int, seed: int, heldout_fraction: float) -> dict:
+                  num_candidates: int, seed: int, heldout_fraction: float, signal: str = "reward",
+                  gamma: float = 0.99, horizon: int = 1) -> dict:
     """One generation task: the teacher from MLflow, ``num_states`` rollout states."""
     import torch
 
@@ -193,10 +204,11 @@ def collect_chunk(tracking_uri: str, run_id: str, env: str, scenario: str, num_s
     from adpo_ray.envs.mujoco import ObsNorm
 
     torch.set_num_threads(1)
-    policy = teacher_policy(download(tracking_uri, run_id, "checkpoint"))
+    policy, value = teacher_callables(download(tracking_uri, run_id, "checkpoint"))
     info = teacher_info(tracking_uri, run_id)
     return collect(env, scenario, policy, ObsNorm.from_dict(info["obs_norm"]), num_states=num_states,
-                   num_candidates=num_candidates, seed=seed, heldout_fraction=heldout_fraction)
+                   num_candidates=num_candidates, seed=seed, heldout_fraction=heldout_fraction,
+                   signal=signal, gamma=gamma, horizon=horizon, value=value)
 
 
 def chunk_sizes(total: int, chunks: int) -> list[int]:
@@ -215,7 +227,8 @@ def build_dataset(spec: ExperimentSpec, env: str, scenario: str, tracking_uri: s
     task = ray.remote(num_cpus=1)(collect_chunk)
     seeds = [d.seed * 1_000_003 + i for i in range(d.chunks)]
     parts = ray.get([
-        task.remote(tracking_uri, run_id, env, scenario, n, d.candidates, seed, d.heldout_fraction)
+        task.remote(tracking_uri, run_id, env, scenario, n, d.candidates, seed, d.heldout_fraction,
+                    d.signal, d.gamma, d.horizon)
         for n, seed in zip(chunk_sizes(d.states, d.chunks), seeds, strict=False)
     ])
     info = teacher_info(tracking_uri, run_id)
@@ -267,8 +280,9 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
             key = dataset_key(spec, env, scenario)
             if run.data.tags.get(DATASET_TAG_PREFIX + key) == "complete":
                 continue
-            log(f"dataset {env}/{key}: generating {spec.distill.dataset.states} states x "
-                f"{spec.distill.dataset.candidates} candidates")
+            d = spec.distill.dataset
+            log(f"dataset {env}/{key}: generating {d.states} states x {d.candidates} candidates "
+                f"scored by {d.signal} ({d.steps_per_candidate} simulator step(s) each)")
             build_dataset(spec, env, scenario, tracking_uri, out[env]["run_id"])
             built.append(scenario)
         out[env]["datasets_built"] = built

@@ -18,6 +18,7 @@ from ray import tune
 from adpo_ray.metrics import ENV_STEPS, EVAL_METRICS, EVAL_RETURN, curate
 from adpo_ray.spec import ExperimentSpec, TrialSpec
 
+
 def search_key(metric: str) -> str:
     """The result key a search optimises: its metric, reported in every result."""
     return f"search/{metric}"

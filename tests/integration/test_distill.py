@@ -129,3 +129,40 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     assert "training RLlib PPO" not in out and "generating" not in out
     assert len(client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])) == 1
     assert {a.path for a in client.list_artifacts(teacher.info.run_id, "datasets")} == before
+
+
+def test_teacher_value_from_a_checkpoint_scores_q_lookahead(ray_local, tmp_path):
+    """The teacher's value function, loaded from a real PPO checkpoint, is the one RLlib computes,
+    and a q_lookahead dataset scores each candidate with it."""
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.columns import Columns
+
+    from adpo_ray.envs.candidates import Signal, collect, probe, sim_state
+    from adpo_ray.envs.mujoco import ObsNorm, make_mujoco
+    from adpo_ray.orchestration.distill import teacher_callables
+    from adpo_ray.rllib.factory import build_algo_config
+
+    spec = parse_spec({"name": "t", "environments": ["Hopper-v5"], "scenarios": ["clean"], "algorithms": ["ppo"],
+                       "budget": {"iterations": 1}, "adpo": {"train_batch_size": 256, "minibatch_size": 64}})
+    algo = build_algo_config(spec.knobs(spec.trials()[0])).build_algo()
+    try:
+        algo.train()
+        algo.save_to_path(str(tmp_path / "ckpt"))
+        module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]  # the env runner's has no value head
+        obs = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
+        with torch.no_grad():
+            expected = module.compute_values({Columns.OBS: torch.as_tensor(obs)}).numpy()
+    finally:
+        algo.stop()
+    policy, value = teacher_callables(tmp_path / "ckpt")
+    np.testing.assert_allclose([value(o) for o in obs], expected, rtol=1e-5, atol=1e-6)
+    norm = ObsNorm(np.zeros(11), np.ones(11), 10.0)
+    data = collect("Hopper-v5", "clean", policy, norm, num_states=5, num_candidates=3, seed=0,
+                   heldout_fraction=0.2, signal="q_lookahead", gamma=0.99, value=value)
+    env = make_mujoco("Hopper-v5", {"scenario": "clean"})
+    env.reset(seed=0)
+    env.unwrapped.set_state(data["qpos"][0], data["qvel"][0])
+    again = probe(env, data["actions"][0], Signal("q_lookahead", gamma=0.99, value=value, obs_norm=norm))
+    np.testing.assert_allclose(data["rewards_clean"][0], again, rtol=1e-5)
+    assert sim_state(env)[0].tolist() == data["qpos"][0].tolist()

@@ -8,7 +8,15 @@ from torch.distributions import Normal, kl_divergence
 
 from adpo_ray.core.distill import bc_loss, diag_gaussian_kl, diag_gaussian_logp, kd_loss
 from adpo_ray.envs import make_env
-from adpo_ray.envs.candidates import COLUMNS, collect, probe, read_dataset, sim_state, write_dataset
+from adpo_ray.envs.candidates import (
+    COLUMNS,
+    Signal,
+    collect,
+    probe,
+    read_dataset,
+    sim_state,
+    write_dataset,
+)
 from adpo_ray.envs.mujoco import ObsNorm
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5"]
@@ -133,3 +141,132 @@ def test_obs_norm_matches_rllib_filter():
     x = rng.normal(3, 2, 4)
     norm = ObsNorm(filt.running_stats.mean, filt.running_stats.std, 5.0)
     np.testing.assert_allclose(norm(x), filt(x, update=False), rtol=1e-5)
+
+
+# -- candidate signals: the teacher's lookahead value and n-step returns -----------------------
+def _at_some_state(env_name, seed=3, steps=8):
+    env = make_env({"env": env_name, "scenario": "clean"})
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        env.step(rng.uniform(-0.5, 0.5, env.action_space.shape))
+    return env, rng
+
+
+def _teacher(env):
+    """A deterministic stand-in teacher: a fixed linear-tanh policy and value on normalised obs."""
+    o, a = env.observation_space.shape[0], env.action_space.shape[0]
+    g = np.random.default_rng(11)
+    w_pi, w_v = g.normal(size=(a, o)) * 0.3, g.normal(size=o)
+    norm = ObsNorm(g.normal(size=o) * 0.1, 1.0 + g.random(o), 10.0)
+    return (lambda x: (np.tanh(w_pi @ x), np.full(a, -0.5))), (lambda x: float(np.tanh(w_v @ x) * 50)), norm
+
+
+def _fresh(env_name, qpos, qvel):
+    fresh = make_env({"env": env_name, "scenario": "clean"})
+    fresh.reset(seed=99)
+    fresh.unwrapped.set_state(qpos, qvel)
+    return fresh
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_q_lookahead_is_reward_plus_teacher_value_of_the_next_state(env_name):
+    env, rng = _at_some_state(env_name)
+    policy, value, norm = _teacher(env)
+    qpos, qvel = sim_state(env)
+    actions = rng.uniform(-1, 1, (4, *env.action_space.shape))
+    got = probe(env, actions, Signal("q_lookahead", gamma=0.9, value=value, obs_norm=norm))
+    bootstrapped = 0
+    for action, q in zip(actions, got, strict=True):
+        obs, reward, terminated, *_ = _fresh(env_name, qpos, qvel).step(action)
+        expected = reward if terminated else reward + 0.9 * value(norm(obs))
+        assert q == pytest.approx(expected, abs=1e-6)
+        bootstrapped += not terminated and q != pytest.approx(reward, abs=1e-3)
+    assert bootstrapped  # the lookahead term is really there
+    after_q, after_v = sim_state(env)  # probing leaves the episode's state where it was
+    np.testing.assert_array_equal(after_q, qpos)
+    np.testing.assert_array_equal(after_v, qvel)
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_nstep_is_the_hand_rolled_return_and_one_step_is_the_reward(env_name):
+    env, rng = _at_some_state(env_name, seed=5)
+    policy, _, norm = _teacher(env)
+    qpos, qvel = sim_state(env)
+    actions = rng.uniform(-1, 1, (3, *env.action_space.shape))
+    got = probe(env, actions, Signal("nstep", gamma=0.95, horizon=6, policy=policy, obs_norm=norm))
+    for action, ret in zip(actions, got, strict=True):
+        fresh = _fresh(env_name, qpos, qvel)
+        obs, reward, terminated, *_ = fresh.step(action)
+        expected, discount = reward, 1.0
+        for _ in range(5):
+            if terminated:
+                break
+            discount *= 0.95
+            obs, reward, terminated, *_ = fresh.step(policy(norm(obs))[0])
+            expected += discount * reward
+        assert ret == pytest.approx(expected, abs=1e-6)
+    one = probe(env, actions, Signal("nstep", gamma=0.95, horizon=1, policy=policy, obs_norm=norm))
+    np.testing.assert_array_equal(one, probe(env, actions))  # n = 1: the one-step reward
+    after_q, after_v = sim_state(env)
+    np.testing.assert_array_equal(after_q, qpos)
+    np.testing.assert_array_equal(after_v, qvel)
+
+
+def test_signal_needs_its_teacher_parts():
+    with pytest.raises(ValueError, match="q_lookahead needs the teacher's value"):
+        Signal("q_lookahead")
+    with pytest.raises(ValueError, match="nstep needs the teacher's policy"):
+        Signal("nstep", horizon=3)
+    with pytest.raises(ValueError, match="allowed: reward, q_lookahead, nstep"):
+        Signal("return")
+
+
+def test_collect_scores_candidates_with_the_signal_and_noise_applies_to_it():
+    env = make_env({"env": "Hopper-v5", "scenario": "clean"})
+    policy, value, norm = _teacher(env)
+    kw = dict(num_states=30, num_candidates=4, seed=0, heldout_fraction=0.2)
+    reward = collect("Hopper-v5", "clean", policy, norm, **kw)
+    look = collect("Hopper-v5", "clean", policy, norm, signal="q_lookahead", gamma=0.9, value=value, **kw)
+    noisy = collect("Hopper-v5", "gaussian-high", policy, norm, signal="q_lookahead", gamma=0.9, value=value, **kw)
+    np.testing.assert_array_equal(look["actions"], reward["actions"])  # the same rollout and candidates
+    assert not np.allclose(look["rewards_clean"], reward["rewards_clean"])
+    # the first state is the same in both scenarios (noise draws come after its candidates)
+    np.testing.assert_array_equal(noisy["rewards_clean"][0], look["rewards_clean"][0])
+    assert not np.allclose(noisy["rewards"], noisy["rewards_clean"])  # the scenario's noise on the signal
+
+
+def test_dataset_keys_differ_by_signal_and_its_knobs():
+    from adpo_ray.spec import dataset_key, parse_spec
+
+    base = {"name": "d", "environments": ["Hopper-v5"], "scenarios": ["clean"], "algorithms": ["adpo", "kd"],
+            "budget": {"iterations": 2}, "distill": {"dataset": {"states": 100}}}
+
+    def key(**dataset):
+        spec = parse_spec({**base, "distill": {"dataset": {"states": 100, **dataset}}})
+        return dataset_key(spec, "Hopper-v5", "clean")
+
+    keys = {key(), key(signal="q_lookahead"), key(signal="nstep"), key(signal="nstep", horizon=5),
+            key(signal="q_lookahead", gamma=0.9)}
+    assert len(keys) == 5
+    assert key(signal="q_lookahead", horizon=3) == key(signal="q_lookahead")  # horizon is nstep's
+    assert key(gamma=0.5) == key()  # the one-step reward reads neither: its key is as before signals
+    assert key() == "clean_100x8_" + _old_digest({"states": 100, "candidates": 8, "heldout_fraction": 0.1,
+                                                   "chunks": 4, "seed": 0})
+
+
+def _old_digest(fields):
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def test_dry_run_shows_the_signals_cost(capsys, tmp_path):
+    from adpo_ray.cli import main
+
+    rc = main(["grid", "--config", "distill_check", "--dry-run", "--storage-path", str(tmp_path),
+               "--set", "distill.dataset.signal=nstep", "--set", "distill.dataset.horizon=10"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "scored by nstep (1,600,000 simulator steps: candidates x 10 per state)" in " ".join(out.split())
