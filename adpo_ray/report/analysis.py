@@ -34,7 +34,8 @@ def group_stats(trials: pd.DataFrame) -> pd.DataFrame:
         s = stats.summarize(g[metric].to_numpy())
         rows.append({"env": env, "scenario": scenario, "hidden_size": hidden, "method": method, "metric": metric,
                      "n": s.n, "mean": s.mean, "std": s.std, "iqm": s.iqm, "ci_low": s.ci_low, "ci_high": s.ci_high})
-    return pd.DataFrame(rows)
+    # the columns even when no trial has finished yet (a launch interrupted early): reports still build
+    return pd.DataFrame(rows, columns=[*GROUP, "metric", "n", "mean", "std", "iqm", "ci_low", "ci_high"])
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str, keys: list[str]):

@@ -16,6 +16,8 @@ def summary_frame(results) -> Any:
 
     rows = []
     for r in results:
+        if not r.config:  # a trial that never started (the grid was interrupted first)
+            continue
         t = TrialSpec.from_config(r.config, (r.metrics or {}).get("trial_id", ""))
         row = {**t.as_dict(), "method": t.method, "status": "ERROR" if r.error else "TERMINATED"}
         row.update({k: v for k, v in (r.metrics or {}).items() if is_metric_key(k)})

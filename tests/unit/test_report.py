@@ -147,3 +147,33 @@ def test_build_report_files(tmp_path):
     results = pd.read_csv(files["results.csv"])
     assert len(results) == len(trials) and {"scenario", "method", "seed", "eval/winmass"} <= set(results.columns)
     assert "<img" in files["report.html"].read_text()
+
+
+def test_summary_skips_trials_that_never_started():
+    """An interrupted grid's results include trials without a config: the end-of-grid table lists
+    the others instead of crashing."""
+    from types import SimpleNamespace
+
+    from adpo_ray.report.summary import summary_frame
+
+    trial = {"env": "PreferenceBandit", "scenario": "clean", "algorithm": "adpo", "anchor_mode": "fixed",
+             "hidden_size": 64, "seed": 0}
+    results = [SimpleNamespace(config={"trial": trial}, metrics={"eval/winmass": 0.5}, error=None),
+               SimpleNamespace(config=None, metrics=None, error=None)]
+    frame = summary_frame(results)
+    assert len(frame) == 1 and frame["method"].tolist() == ["adpo-fixed"] and frame["eval/winmass"].tolist() == [0.5]
+
+
+def test_report_builds_when_no_trial_has_finished(tmp_path):
+    """A launch interrupted before any trial finished still gets its report (tables empty)."""
+    import pandas as pd
+
+    from adpo_ray.report.build import build_report
+    from adpo_ray.report.data import GridData
+
+    trials = pd.DataFrame([{"trial": "t", "env": "Hopper-v5", "scenario": "clean", "noise_type": "", "severity": "",
+                            "algorithm": "adpo", "anchor_mode": "dynamic", "method": "adpo-dynamic",
+                            "hidden_size": 64, "seed": 0, "status": "RUNNING", "eval/return_mean": 12.0}])
+    curves = pd.DataFrame(columns=["trial", "env_steps", "metric", "value"])
+    files = build_report(GridData(trials, curves, "test"), tmp_path)
+    assert (tmp_path / "report.html").exists() and "results.csv" in files
