@@ -106,8 +106,8 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         config = json.loads(params.read_text())
         if "trial" not in config:
             continue
-        trial = TrialSpec.from_config(config, params.parent.name.rpartition("_")[2] if config.get("sweep") else "")
-        tag = params.parent.name if config.get("sweep") else trial.tag
+        trial = TrialSpec.from_config(config)
+        tag = params.parent.name  # the trial's folder is named by its tag (a search's adds Tune's trial id)
         progress = params.parent / "progress.csv"
         history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
         if not history.empty and ENV_STEPS in history:
