@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -37,7 +39,8 @@ from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.sweeps import SWEEP_SECTIONS, Distribution, Search, distribution_bounds, sweep_label
 
 __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "load_spec", "parse_spec",
-           "teacher_key", "dataset_key"]
+           "teacher_key", "dataset_key", "CleanPPO", "clean_ppo", "teacher_of", "pretrained_of",
+           "pretrained_policies", "init_slot", "KIND_DEFAULTS"]
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
 Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
@@ -89,8 +92,43 @@ def _unique(values: list, field: str) -> list:
     return values
 
 
+class PretrainParams(_Strict):
+    """A competent starting policy: RLlib PPO on the clean env for ``env_steps`` steps, one per env
+    and network size, kept in MLflow and found again by its key (env, budget, seed, network, PPO
+    knobs) — the same runs as distillation teachers with equal settings, trained once, reused after."""
+
+    env_steps: _count(1, 10**10) = 300_000
+    seed: Seed = 0
+    experiment: Annotated[str, Field(min_length=1)] = "adpo-ray-teachers"
+
+
+class AnchorInit(_Strict):
+    """Where online trials start (``anchors.init``): every ADPO anchor mode, and the PPO baseline,
+    start from the same policy, value function and observation statistics; ADPO's anchor is that
+    policy. Exactly one of ``checkpoint`` (an RLlib algorithm checkpoint: one path, or one per
+    env) and ``pretrain``."""
+
+    checkpoint: str | dict[EnvName, str] | None = None
+    pretrain: PretrainParams | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AnchorInit:
+        if (self.checkpoint is None) == (self.pretrain is None):
+            raise ValueError("give exactly one of checkpoint (a path, or {env: path}) and pretrain "
+                             "({env_steps, seed, experiment})")
+        if isinstance(self.checkpoint, str) and not self.checkpoint.strip():
+            raise ValueError("checkpoint: an empty path")
+        return self
+
+    def checkpoint_for(self, env: str) -> str | None:
+        if isinstance(self.checkpoint, dict):
+            return self.checkpoint.get(env)
+        return self.checkpoint
+
+
 class Anchors(_Strict):
-    """Anchor modes of the ADPO trials and each mode's parameters."""
+    """Anchor modes of the ADPO trials, each mode's parameters, and where trials start (``init``;
+    default: a random policy, which a fixed anchor then keeps the policy near)."""
 
     modes: list[str] = Field(default_factory=lambda: ["fixed", "dynamic"], min_length=1)
     params: dict[str, dict[str, Any]] = Field(
@@ -100,6 +138,7 @@ class Anchors(_Strict):
             "kl_triggered": {"threshold": 0.05, "window": 1},
         }
     )
+    init: AnchorInit | None = None
 
     @field_validator("modes")
     @classmethod
@@ -155,6 +194,16 @@ class TrainParams(_Strict):
     minibatch_size: _count(1, 1_000_000) = 128
     train_batch_size: _count(1, 10_000_000) = 512
     grad_clip: PosFloat | None = 0.5
+    # the author's variants of the listwise loss (:mod:`adpo_ray.core.losses`); off by default
+    #: ``list``: z-normalise the signal within each list before the target (``beta_q`` scale-free)
+    target_norm: Literal["none", "list"] = "none"
+    #: adaptive anchor temperature ``max(tau_min, tau_anc * (1 - tau_alpha * H(q) / log K))``; 0: off
+    tau_alpha: Annotated[float, Field(ge=0, le=1)] = 0.0
+    tau_min: PosFloat = 0.05
+    #: centre the anchored logits by ``q`` before the softmax (shift-invariant: changes nothing)
+    q_center: bool = False
+    #: ``+ coeff * KL(policy || anchor)`` per state (exact, closed form)
+    anchor_kl_coeff: NonNegFloat = 0.0
 
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
@@ -162,6 +211,42 @@ class TrainParams(_Strict):
     def _batches(self) -> TrainParams:
         _at_most("minibatch_size", "train_batch_size", self)
         return self
+
+
+def _optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """``model`` with every field optional and ``None`` by default: a spec section whose unset
+    knobs fall through to the defaults below it (field constraints and aliases kept)."""
+    from pydantic import create_model
+
+    fields = {}
+    for n, f in model.model_fields.items():
+        typ = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        fields[n] = (typ | None, Field(None, alias=f.alias))
+    out = create_model(name, __base__=_Strict, __doc__=doc, **fields)
+    out.model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+    out.model_rebuild(force=True)
+    return out
+
+
+#: The ``adpo:`` section of a spec: :class:`TrainParams` with every knob optional. A knob left out
+#: takes the environment kind's default (:data:`KIND_DEFAULTS`), then :class:`TrainParams`'s.
+TrainSection = _optional(TrainParams, "TrainSection", "The ``adpo:`` section: knobs left out take the env kind's defaults.")
+
+#: The one source of each environment kind's tuned knobs, below the spec's ``adpo:``/``ppo:``
+#: sections and ``env_overrides`` (:meth:`ExperimentSpec.params_for`). MuJoCo: ADPO as tuned on
+#: clean Hopper (hopper_learning / hopper_search: lists of 8 transitions, ``beta_q: 2``,
+#: ``tau_anc: 0.5``, lr 1e-3), PPO at its usual lr 3e-4, both with RLlib's MuJoCo batch
+#: (2,048 steps, 10 epochs of minibatches of 64). A preset that departs from them says so in
+#: ``departs_from_defaults`` (a test holds every preset to it).
+KIND_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "mujoco": {
+        "adpo": {"loss": "listwise", "target": "softmax", "tau_anc": 0.5, "beta_q": 2.0, "list_size": 8,
+                 "lr": 1e-3, "num_epochs": 10, "minibatch_size": 64, "train_batch_size": 2048,
+                 "entropy_coeff": 0.0, "vf_coeff": 0.5},
+        "ppo": {"lr": 3e-4},
+    },
+    "bandit": {"adpo": {}, "ppo": {}},
+}
 
 
 class BanditParams(_Strict):
@@ -210,6 +295,8 @@ class Tracking(_Strict):
 class Evaluation(_Strict):
     interval: _count(1, 1_000_000) = 1  # MuJoCo: evaluate on the clean env every N iterations
     episodes: _count(1, 10_000) = 2  # MuJoCo: clean evaluation episodes per evaluation
+    #: MuJoCo: sample actions in evaluation (``true``) or take the policy's mean (``false``)
+    explore: bool = False
 
 
 class TeacherParams(_Strict):
@@ -282,7 +369,7 @@ class ExperimentSpec(_Strict):
     hidden_sizes: list[Hidden] = Field(default_factory=lambda: [64], min_length=1, max_length=64)
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=10_000)
     budget: Budget
-    adpo: TrainParams = Field(default_factory=TrainParams)
+    adpo: TrainSection = Field(default_factory=TrainSection)
     bandit: BanditParams = Field(default_factory=BanditParams)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
@@ -292,6 +379,9 @@ class ExperimentSpec(_Strict):
     #: knobs of the ``adpo`` section that PPO trials (the baseline and distillation teachers) set
     #: differently, e.g. ``{lr: 0.0003}`` while ADPO runs at another learning rate
     ppo: dict[str, Any] = Field(default_factory=dict)
+    #: knobs this spec sets away from :data:`KIND_DEFAULTS` on purpose, ``{adpo.<knob>: why}``
+    #: (documentation that a test holds presets to; it changes no setting)
+    departs_from_defaults: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
     #: knobs swept over, by dotted path: a list (a grid axis) or a distribution (with ``search``)
     sweep: dict[str, Any] = Field(default_factory=dict)
     #: a tuning search over the sweep (Tune search algorithm, metric, samples, early stopping)
@@ -348,6 +438,15 @@ class ExperimentSpec(_Strict):
             except ValidationError as e:
                 msgs = "; ".join(f"{_fmt_loc(x['loc'])}: {x['msg']}" for x in e.errors())
                 raise ValueError(f"env_overrides.{env}.adpo: {msgs}") from None
+        for env in self.environments:
+            for algo in ("adpo", "ppo"):
+                try:
+                    self.params_for(env, algo)
+                except ValidationError as e:
+                    msgs = "; ".join((f"{_fmt_loc(x['loc'])}: " if x["loc"] else "")
+                                     + x["msg"].removeprefix("Value error, ") for x in e.errors())
+                    where = "ppo" if algo == "ppo" and self.ppo else "adpo"
+                    raise ValueError(f"{where}: {msgs} (with {env}'s defaults)") from None
         if self.ppo:
             try:
                 self.params_for(self.environments[0], "ppo")
@@ -368,6 +467,9 @@ class ExperimentSpec(_Strict):
                 "algorithms: 'dpo' needs an environment with per-item preference feedback "
                 "(PreferenceBandit); none is listed in environments"
             )
+        self._check_departures()
+        self._check_variants()
+        self._check_init()
         self._check_distill()
         self._check_sweep()
         n = self.trial_count()
@@ -376,6 +478,49 @@ class ExperimentSpec(_Strict):
         if n > MAX_TRIALS:
             raise ValueError(f"the grid has {n:,} trials; at most {MAX_TRIALS:,} (split it into several specs)")
         return self
+
+    def _check_departures(self) -> None:
+        names = {f.alias or n for n, f in TrainParams.model_fields.items()}
+        for path in self.departs_from_defaults:
+            section, _, knob = path.partition(".")
+            if section not in ("adpo", "ppo") or knob not in names:
+                raise ValueError(f"departs_from_defaults.{path}: not a knob; use adpo.<knob> or ppo.<knob> "
+                                 f"with a knob of {', '.join(sorted(names))}")
+
+    def _check_variants(self) -> None:
+        if not any(a in self.algorithms for a in ("adpo", "dpo")):
+            return
+        for env in self.environments:
+            p = self.adpo_for(env)
+            if p.loss != "listwise" and "adpo" in self.algorithms and (p.tau_alpha > 0 or p.q_center):
+                raise ValueError(f"adpo.tau_alpha / adpo.q_center: the listwise loss's variants; adpo.loss is "
+                                 f"{p.loss!r} (set tau_alpha: 0 and q_center: false, or loss: listwise)")
+            if p.anchor_kl_coeff > 0 and self.distill is not None:
+                raise ValueError("adpo.anchor_kl_coeff: online RL only; distillation students' anchor is the "
+                                 "teacher (use kd for a KL to it)")
+
+    def _check_init(self) -> None:
+        init = self.anchors.init
+        if init is None:
+            return
+        if self.distill is not None:
+            raise ValueError("anchors.init: not with `distill` (students start from scratch, their anchor "
+                             "is the teacher); remove one of them")
+        if init.pretrain is not None:
+            bad = [e for e in self.environments if ENVIRONMENTS[e]["kind"] != "mujoco"]
+            if bad:
+                raise ValueError(f"anchors.init.pretrain: MuJoCo envs only (PPO pretraining is evaluated on the "
+                                 f"clean MuJoCo env); {', '.join(bad)} is not one; give anchors.init.checkpoint "
+                                 "or split the spec")
+        elif isinstance(init.checkpoint, dict):
+            missing = [e for e in self.environments if e not in init.checkpoint]
+            extra = [e for e in init.checkpoint if e not in self.environments]
+            if missing or extra:
+                raise ValueError("anchors.init.checkpoint: give one path per environment; "
+                                 + (f"missing {', '.join(missing)}" if missing else f"{', '.join(extra)} not in environments"))
+        elif len(self.environments) > 1:
+            raise ValueError(f"anchors.init.checkpoint: one path for {len(self.environments)} environments; "
+                             "give {env: path} for each (a policy fits one env's spaces)")
 
     def _check_distill(self) -> None:
         students = [a for a in self.algorithms if a in ("kd", "bc")]
@@ -495,18 +640,22 @@ class ExperimentSpec(_Strict):
         return self.tracking.experiment or self.name
 
     def adpo_for(self, env: str) -> TrainParams:
-        """The ADPO/optimisation parameters of ``env``'s trials (spec values + env overrides)."""
+        """The ADPO/optimisation knobs of ``env``'s trials: :class:`TrainParams`'s defaults, then
+        the env kind's (:data:`KIND_DEFAULTS`), the knobs set in ``adpo:``, and ``env_overrides``."""
         override = self.env_overrides.get(env)
-        if override is None or not override.adpo:
-            return self.adpo
-        return TrainParams.model_validate({**self.adpo.model_dump(by_alias=True), **override.adpo})
+        return _train_params(json.dumps([KIND_DEFAULTS[ENVIRONMENTS[env]["kind"]]["adpo"],
+                                         self.adpo.model_dump(by_alias=True, exclude_none=True),
+                                         override.adpo if override is not None else {}], sort_keys=True))
 
     def params_for(self, env: str, algorithm: str) -> TrainParams:
-        """The optimisation knobs of one trial: :meth:`adpo_for` plus, for PPO, the ``ppo`` overrides."""
+        """The optimisation knobs of one trial: :meth:`adpo_for`, and for PPO (the baseline, the
+        pretrained starting policies and distillation teachers) the env kind's PPO defaults and
+        the ``ppo`` section on top."""
         params = self.adpo_for(env)
-        if algorithm != "ppo" or not self.ppo:
+        kind = KIND_DEFAULTS[ENVIRONMENTS[env]["kind"]]["ppo"]
+        if algorithm != "ppo" or not (self.ppo or kind):
             return params
-        return TrainParams.model_validate({**params.model_dump(by_alias=True), **self.ppo})
+        return _train_params(json.dumps([params.model_dump(by_alias=True), kind, self.ppo], sort_keys=True))
 
     def budget_for(self, env: str) -> Budget:
         override = self.env_overrides.get(env)
@@ -629,20 +778,79 @@ class TrialSpec:
         return asdict(self)
 
 
+@lru_cache(maxsize=4096)
+def _train_params(layers_json: str) -> TrainParams:
+    """:class:`TrainParams` from layers of knobs, later layers winning (cached: every trial asks)."""
+    data: dict[str, Any] = {}
+    for layer in json.loads(layers_json):
+        data.update(layer)
+    return TrainParams.model_validate(data)
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def teacher_key(spec: ExperimentSpec, env: str) -> str:
-    """A distillation teacher's identity: env, budget, seed, network and the PPO knobs it trains with."""
-    t = spec.distill.teacher
+@dataclass(frozen=True)
+class CleanPPO:
+    """A PPO policy trained on the clean env, kept in MLflow under ``key`` in ``experiment``: a
+    distillation teacher, or the pretrained start of online trials (``anchors.init.pretrain``)."""
+
+    env: str
+    env_steps: int
+    hidden_size: int
+    seed: int
+    experiment: str
+    key: str
+
+    @property
+    def trial(self) -> TrialSpec:
+        """The training run as a trial: PPO on the clean env, with this network and seed."""
+        return TrialSpec(self.env, "clean", "ppo", "none", self.hidden_size, self.seed)
+
+
+def clean_ppo(spec: ExperimentSpec, env: str, env_steps: int, hidden_size: int, seed: int, experiment: str) -> CleanPPO:
+    """The identity of a clean-env PPO policy: env, budget, seed, network and the PPO knobs it
+    trains with (and the evaluation episodes of its recorded return)."""
     knobs = spec.params_for(env, "ppo").model_dump(
         include={"lr", "gamma", "lambda_", "num_epochs", "minibatch_size", "train_batch_size",
                  "entropy_coeff", "vf_coeff", "grad_clip"}
     )
-    # the evaluation episodes too: the teacher's return is the yardstick of its students
     knobs["evaluation_episodes"] = spec.evaluation.episodes
-    return f"{env}_ppo_{t.env_steps}steps_h{t.hidden_size}_s{t.seed}_{_digest(knobs)}"
+    if spec.evaluation.explore:
+        knobs["evaluation_explore"] = True
+    key = f"{env}_ppo_{env_steps}steps_h{hidden_size}_s{seed}_{_digest(knobs)}"
+    return CleanPPO(env, env_steps, hidden_size, seed, experiment, key)
+
+
+def teacher_of(spec: ExperimentSpec, env: str) -> CleanPPO:
+    t = spec.distill.teacher
+    return clean_ppo(spec, env, t.env_steps, t.hidden_size, t.seed, t.experiment)
+
+
+def teacher_key(spec: ExperimentSpec, env: str) -> str:
+    """A distillation teacher's identity: env, budget, seed, network and the PPO knobs it trains with."""
+    return teacher_of(spec, env).key
+
+
+def pretrained_of(spec: ExperimentSpec, env: str, hidden_size: int) -> CleanPPO | None:
+    """The pretrained starting policy of ``env``'s online trials of ``hidden_size``, if any."""
+    init = spec.anchors.init
+    if init is None or init.pretrain is None or spec.distill is not None:
+        return None
+    p = init.pretrain
+    return clean_ppo(spec, env, p.env_steps, hidden_size, p.seed, p.experiment)
+
+
+def pretrained_policies(spec: ExperimentSpec) -> list[CleanPPO]:
+    """Every pretrained starting policy the grid needs: one per env and network size."""
+    out = [pretrained_of(spec, env, h) for env in spec.environments for h in spec.hidden_sizes]
+    return [p for p in out if p is not None]
+
+
+def init_slot(env: str, hidden_size: int) -> str:
+    """Where a trial's pinned starting policy is found in the launch's ``init_runs``."""
+    return f"{env}/h{hidden_size}"
 
 
 def dataset_key(spec: ExperimentSpec, env: str, scenario: str) -> str:
@@ -687,10 +895,19 @@ class TrialKnobs:
     list_size: int | None = None  # online, list_source batch
     anchor_mode: str | None = None
     anchor_params: tuple[tuple[str, Any], ...] = ()
+    # the author's loss variants (adpo; target_norm for dpo too); None where off
+    target_norm: str | None = None
+    tau_alpha: float | None = None
+    tau_min: float | None = None
+    q_center: bool | None = None
+    anchor_kl_coeff: float | None = None  # online only
+    #: where the trial starts (anchors.init): ``pretrain:<key>`` or a checkpoint path
+    init: str | None = None
     # environment and evaluation
     bandit: tuple[tuple[str, Any], ...] = ()
     eval_interval: int | None = None
     eval_episodes: int | None = None
+    eval_explore: bool | None = None
     # offline distillation students
     distill_teacher_key: str | None = None
     distill_dataset_key: str | None = None
@@ -730,6 +947,8 @@ class TrialKnobs:
                 name = "resources." + name
             elif name.startswith("eval_"):
                 name = "evaluation." + name.removeprefix("eval_")
+            elif name == "init":
+                name = "anchors.init"
             out[name.rstrip("_")] = value
         out.update({f"anchor.{k}": v for k, v in self.anchor_params})
         out.update({f"bandit.{k}": v for k, v in self.bandit})
@@ -761,7 +980,8 @@ def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
     if kind == "bandit":
         common["bandit"] = tuple(spec.bandit.model_dump().items())
     if kind == "mujoco":
-        common.update(eval_interval=spec.evaluation.interval, eval_episodes=spec.evaluation.episodes)
+        common.update(eval_interval=spec.evaluation.interval, eval_episodes=spec.evaluation.episodes,
+                      eval_explore=spec.evaluation.explore)
     if student:
         d = spec.distill
         common.update(
@@ -773,8 +993,10 @@ def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
         if trial.algorithm == "adpo":  # kd and bc have no preference loss and no anchor
             common.update(loss=p.loss, target=p.target, tau_anc=p.tau_anc, beta_q=p.beta_q,
                           anchor_mode=trial.anchor_mode,
-                          anchor_params=tuple(spec.anchors.schedule_params(trial.anchor_mode).items()))
+                          anchor_params=tuple(spec.anchors.schedule_params(trial.anchor_mode).items()),
+                          **_variants(p, p.loss))
         return TrialKnobs(**common)
+    common["init"] = _init_label(spec, trial)
     common.update(
         gamma=p.gamma, lambda_=p.lambda_, num_epochs=p.num_epochs, minibatch_size=p.minibatch_size,
         train_batch_size=p.train_batch_size, entropy_coeff=p.entropy_coeff, vf_coeff=p.vf_coeff,
@@ -785,13 +1007,33 @@ def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
     elif trial.algorithm == "dpo":
         # DPO: hard pairwise labels, the frozen initial policy as reference, lists of all actions
         common.update(loss="dpo", target="hard", tau_anc=p.tau_anc, beta_q=p.beta_q,
-                      list_source="actions", anchor_mode="fixed")
+                      list_source="actions", anchor_mode="fixed", **_variants(p, "dpo"))
     else:
         source = spec.list_source(trial.env)
         common.update(loss=p.loss, target=p.target, tau_anc=p.tau_anc, beta_q=p.beta_q, list_source=source,
                       list_size=p.list_size if source == "batch" else None, anchor_mode=trial.anchor_mode,
-                      anchor_params=tuple(spec.anchors.schedule_params(trial.anchor_mode).items()))
+                      anchor_params=tuple(spec.anchors.schedule_params(trial.anchor_mode).items()),
+                      **_variants(p, p.loss), anchor_kl_coeff=p.anchor_kl_coeff or None)
     return TrialKnobs(**common)
+
+
+def _variants(p: TrainParams, loss: str) -> dict[str, Any]:
+    """The author's loss variants a trial trains with (``None``: off, not logged)."""
+    out: dict[str, Any] = {"target_norm": p.target_norm if p.target_norm != "none" else None}
+    if loss == "listwise":
+        if p.tau_alpha > 0:
+            out.update(tau_alpha=p.tau_alpha, tau_min=p.tau_min)
+        out["q_center"] = True if p.q_center else None
+    return out
+
+
+def _init_label(spec: ExperimentSpec, trial: TrialSpec) -> str | None:
+    init = spec.anchors.init
+    if init is None:
+        return None
+    if init.pretrain is not None:
+        return "pretrain:" + pretrained_of(spec, trial.env, trial.hidden_size).key
+    return init.checkpoint_for(trial.env)
 
 
 def _fmt_loc(loc: tuple) -> str:
@@ -828,6 +1070,9 @@ def _format_errors(err: ValidationError) -> list[str]:
             lines.append(f"{_fmt_loc(loc)}: unknown key; allowed keys here: {', '.join(allowed)}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
+        if not loc and re.match(r"^[A-Za-z_][\w.\[\]-]*: ", msg):  # a spec-wide check naming its field
+            lines.append(msg)
+            continue
         lines.append(f"{_fmt_loc(loc)}: {msg}")
     return list(dict.fromkeys(lines))
 

@@ -8,6 +8,17 @@ Notation, for a list of candidates ``i = 1..L``:
 * ``q``                               target distribution over the list (see :mod:`targets`).
 
 Listwise:  ``L = -sum_i q_i log softmax(u)_i``; ``dL/ds_i = (softmax(u)_i - q_i) / tau_anc``.
+
+The author's variants of the listwise loss (the public ADPO trainer), each off by default:
+
+* ``target_norm='list'``: ``y`` is z-normalised within each list before the target,
+  ``(y - mean) / (std + 1e-8)`` (``std`` with ``ddof=1``; a one-candidate list gives 0), so
+  ``beta_q`` no longer depends on the signal's scale (:func:`normalize_signal`);
+* adaptive temperature: per list ``tau = max(tau_min, tau_anc * (1 - tau_alpha * H(q) / log K))``
+  with ``H(q)`` the target's entropy and ``K`` the list's candidates, no gradient through it
+  (:func:`adaptive_tau`): a confident target gets a wider trust region;
+* ``q_center``: ``u - sum_i q_i u_i`` before the softmax. ``log softmax`` is shift-invariant, so
+  this changes neither the loss nor its gradient (kept to reproduce the author's code; tested).
 Pairwise (anchored soft-DPO): ``z_ij = (s_i - s_j) - (r_i - r_j)``,
 ``L_ij = -[q_ij log sigmoid(beta z_ij) + (1 - q_ij) log sigmoid(-beta z_ij)]``;
 hard ``q_ij`` with the anchor as the reference policy is DPO.
@@ -24,25 +35,58 @@ import torch.nn.functional as F
 
 from adpo_ray.core.targets import hard_pairwise_target, list_target, pair_target
 
-__all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask"]
+__all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask",
+           "normalize_signal", "adaptive_tau"]
 
 
-def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float) -> torch.Tensor:
-    """``u = (s - r) / tau_anc``; the anchor scores are detached."""
-    if tau_anc <= 0:
+def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float | torch.Tensor) -> torch.Tensor:
+    """``u = (s - r) / tau_anc``; the anchor scores are detached. ``tau_anc`` is a number or a
+    per-list tensor of shape ``(..., 1)``."""
+    if not isinstance(tau_anc, torch.Tensor) and tau_anc <= 0:
         raise ValueError(f"tau_anc must be > 0, got {tau_anc}")
     return (s - r.detach()) / tau_anc
+
+
+def _counts(y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.ones_like(y) if mask is None else mask.to(y.dtype)
+    return w, w.sum(dim=-1, keepdim=True)
+
+
+def normalize_signal(y: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """``(y - mean) / (std + eps)`` within each list (``std`` with ``ddof=1`` over the real
+    candidates; a list of one candidate has std 0); padded slots are 0."""
+    w, n = _counts(y, mask)
+    mean = (y * w).sum(dim=-1, keepdim=True) / n.clamp(min=1.0)
+    var = (((y - mean) * w) ** 2).sum(dim=-1, keepdim=True) / (n - 1.0).clamp(min=1.0)
+    return (y - mean) * w / (var.sqrt() + eps)
+
+
+def adaptive_tau(q: torch.Tensor, tau_anc: float, alpha: float, tau_min: float,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per list ``max(tau_min, tau_anc * (1 - alpha * H(q) / log K))``, shape ``(..., 1)``, no
+    gradient; ``K`` counts the list's real candidates (a list of one has ``H / log K = 0``)."""
+    with torch.no_grad():
+        _, n = _counts(q, mask)
+        h = -torch.special.xlogy(q, q).sum(dim=-1, keepdim=True)
+        log_k = torch.log(n.clamp(min=1.0))
+        ratio = torch.where(log_k > 0, h / log_k.clamp(min=1e-12), torch.zeros_like(h))
+        return (tau_anc * (1.0 - alpha * ratio)).clamp(min=tau_min)
 
 
 def listwise_loss(
     s: torch.Tensor,
     r: torch.Tensor,
     q: torch.Tensor,
-    tau_anc: float,
+    tau_anc: float | torch.Tensor,
     mask: torch.Tensor | None = None,
+    q_center: bool = False,
 ) -> torch.Tensor:
-    """Anchored listwise loss ``-sum_i q_i log softmax((s - r) / tau_anc)_i`` per list."""
+    """Anchored listwise loss ``-sum_i q_i log softmax((s - r) / tau_anc)_i`` per list
+    (``q_center``: the logits minus their ``q``-weighted mean first, which changes nothing)."""
     u = anchored_logits(s, r, tau_anc)
+    if q_center:
+        q_real = q if mask is None else torch.where(mask, q, torch.zeros((), dtype=q.dtype, device=q.device))
+        u = u - (q_real.detach() * u).sum(dim=-1, keepdim=True)
     if mask is None:
         return -(q * torch.log_softmax(u, dim=-1)).sum(dim=-1)
     # Padded slots get a huge finite negative logit: their softmax mass is exactly 0, their
@@ -113,15 +157,28 @@ def adpo_loss(
     tau_anc: float = 1.0,
     beta_q: float = 1.0,
     mask: torch.Tensor | None = None,
+    target_norm: str = "none",
+    tau_alpha: float = 0.0,
+    tau_min: float = 0.05,
+    q_center: bool = False,
 ) -> torch.Tensor:
     """The ADPO loss of one variant per list, from scores and the raw signal ``y``.
 
     ``loss`` is one of :data:`LOSSES`; ``target`` one of ``targets.TARGETS`` (ignored by ``dpo``,
     which always uses hard pairs). The pairwise variants use ``beta = 1 / tau_anc`` so that one
-    temperature sets the trust region of every variant.
+    temperature sets the trust region of every variant. ``target_norm`` (``none`` | ``list``)
+    applies to every variant's signal; ``tau_alpha`` / ``tau_min`` and ``q_center`` to listwise only.
     """
+    if target_norm == "list":
+        y = normalize_signal(y, mask)
+    elif target_norm != "none":
+        raise ValueError(f"unknown target_norm {target_norm!r}; allowed: none, list")
     if loss == "listwise":
-        return listwise_loss(s, r, list_target(y, target, beta_q, mask), tau_anc, mask)
+        q = list_target(y, target, beta_q, mask)
+        tau = adaptive_tau(q, tau_anc, tau_alpha, tau_min, mask) if tau_alpha > 0 else tau_anc
+        return listwise_loss(s, r, q, tau, mask, q_center=q_center)
+    if tau_alpha > 0 or q_center:
+        raise ValueError(f"tau_alpha and q_center apply to the listwise loss, not {loss!r}")
     if loss == "pairwise":
         return pairwise_loss(s, r, pair_target(y, target, beta_q, mask), 1.0 / tau_anc, mask)
     if loss == "dpo":

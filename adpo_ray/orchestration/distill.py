@@ -22,12 +22,22 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from adpo_ray.metrics import ENV_STEPS, TEACHER_RETURN
 from adpo_ray.orchestration.mlflow_store import client as _client
 from adpo_ray.orchestration.mlflow_store import download, experiment_id
-from adpo_ray.spec import ExperimentSpec, TrialSpec, dataset_key, teacher_key
+from adpo_ray.spec import (
+    CleanPPO,
+    ExperimentSpec,
+    TrialSpec,
+    dataset_key,
+    init_slot,
+    pretrained_policies,
+    teacher_key,
+    teacher_of,
+)
 
 TEACHER_TAG = "adpo_ray.teacher_key"
 DATASET_TAG_PREFIX = "dataset."
@@ -36,41 +46,43 @@ TEACHER_FILE = "teacher.json"
 
 def teacher_trial(spec: ExperimentSpec, env: str) -> TrialSpec:
     """The teacher as a trial: PPO on the clean env, with the teacher's network and seed."""
-    t = spec.distill.teacher
-    return TrialSpec(env, "clean", "ppo", "none", t.hidden_size, t.seed)
+    return teacher_of(spec, env).trial
 
 
-# -- MLflow lookups ------------------------------------------------------------------------------
-def find_teacher(client, spec: ExperimentSpec, env: str, status: str = "FINISHED"):
-    """The newest teacher run with this env's key and ``status``, or None."""
-    runs = _teacher_runs(client, spec, env, status)
+# -- MLflow lookups (a clean-env PPO policy: a teacher, or a pretrained starting policy) ----------
+def find_policy(client, stage: CleanPPO, status: str = "FINISHED"):
+    """The newest run of ``stage`` with ``status``, or None."""
+    runs = _policy_runs(client, stage, status)
     return runs[0] if runs else None
 
 
-def _teacher_runs(client, spec: ExperimentSpec, env: str, status: str) -> list:
-    exp = client.get_experiment_by_name(spec.distill.teacher.experiment)
+def find_teacher(client, spec: ExperimentSpec, env: str, status: str = "FINISHED"):
+    return find_policy(client, teacher_of(spec, env), status)
+
+
+def _policy_runs(client, stage: CleanPPO, status: str) -> list:
+    exp = client.get_experiment_by_name(stage.experiment)
     if exp is None:
         return []
     return client.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{TEACHER_TAG}` = '{teacher_key(spec, env)}' and attributes.status = '{status}'",
+        filter_string=f"tags.`{TEACHER_TAG}` = '{stage.key}' and attributes.status = '{status}'",
         order_by=["attributes.start_time DESC"],
         max_results=100,
     )
 
 
-def claim_teacher(client, spec: ExperimentSpec, env: str, artifact_location: str | None) -> tuple[str, bool]:
-    """The teacher run this launch uses for ``env``: ``(run id, True)`` when this launch must train
+def claim_policy(client, stage: CleanPPO, artifact_location: str | None) -> tuple[str, bool]:
+    """The run this launch uses for ``stage``: ``(run id, True)`` when this launch must train
     it (its run is created now, RUNNING: the claim), ``(run id, False)`` when another launch is
     training it (wait for it). Two launches racing for one key both create a claim; the earlier
     claim wins, the later one is marked KILLED and waits."""
-    exp_id = experiment_id(client, spec.distill.teacher.experiment, artifact_location)
-    key = teacher_key(spec, env)
-    running = _teacher_runs(client, spec, env, "RUNNING")
+    exp_id = experiment_id(client, stage.experiment, artifact_location)
+    running = _policy_runs(client, stage, "RUNNING")
     if running:
         return running[-1].info.run_id, False  # the earliest claim
-    mine = client.create_run(exp_id, run_name=key, tags={TEACHER_TAG: key, "env": env})
-    claims = sorted(_teacher_runs(client, spec, env, "RUNNING"), key=lambda r: (r.info.start_time, r.info.run_id))
+    mine = client.create_run(exp_id, run_name=stage.key, tags={TEACHER_TAG: stage.key, "env": stage.env})
+    claims = sorted(_policy_runs(client, stage, "RUNNING"), key=lambda r: (r.info.start_time, r.info.run_id))
     if claims and claims[0].info.run_id != mine.info.run_id:
         client.set_terminated(mine.info.run_id, "KILLED")
         return claims[0].info.run_id, False
@@ -78,17 +90,17 @@ def claim_teacher(client, spec: ExperimentSpec, env: str, artifact_location: str
 
 
 def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0, timeout_s: float = 24 * 3600) -> str:
-    """Wait until another launch's teacher run ends; its id if it FINISHED, else RuntimeError."""
-    log(f"teacher run {run_id}: being trained by another launch; waiting for it")
+    """Wait until another launch's training of this policy ends; its id if it FINISHED, else RuntimeError."""
+    log(f"PPO run {run_id}: being trained by another launch; waiting for it")
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         status = client.get_run(run_id).info.status
         if status == "FINISHED":
             return run_id
         if status in ("FAILED", "KILLED"):
-            raise RuntimeError(f"teacher run {run_id} ended {status} in the launch that trained it; launch again")
+            raise RuntimeError(f"PPO run {run_id} ended {status} in the launch that trained it; launch again")
         time.sleep(poll_s)
-    raise TimeoutError(f"teacher run {run_id} did not finish within {timeout_s:.0f} s")
+    raise TimeoutError(f"PPO run {run_id} did not finish within {timeout_s:.0f} s")
 
 
 # -- teacher -----------------------------------------------------------------------------------
@@ -138,8 +150,9 @@ def obs_norm_of(algo) -> dict:
     raise RuntimeError("the teacher's env-to-module pipeline has no observation filter")
 
 
-def train_teacher(spec_json: str, env: str, tracking_uri: str, run_id: str) -> str:
-    """Train one teacher into its claimed MLflow run ``run_id`` (runs as a Ray task)."""
+def train_teacher(spec_json: str, stage_json: str, tracking_uri: str, run_id: str) -> str:
+    """Train one clean-env PPO policy (a teacher, or a pretrained start) into its claimed MLflow
+    run ``run_id`` (runs as a Ray task)."""
     import torch
     from mlflow.entities import Metric, Param, RunTag
 
@@ -148,12 +161,12 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, run_id: str) -> s
 
     torch.set_num_threads(1)
     spec = ExperimentSpec.model_validate_json(spec_json)
-    t = spec.distill.teacher
-    key = teacher_key(spec, env)
+    t = CleanPPO(**json.loads(stage_json))
+    key, env = t.key, t.env
     client = _client(tracking_uri)
     run = client.get_run(run_id)
     try:
-        knobs = spec.knobs(teacher_trial(spec, env))
+        knobs = spec.knobs(t.trial)
         config = build_algo_config(knobs)
         config.evaluation(evaluation_interval=None)
         algo = config.build_algo()
@@ -163,7 +176,8 @@ def train_teacher(spec_json: str, env: str, tracking_uri: str, run_id: str) -> s
             steps = int(result.get("num_env_steps_sampled_lifetime")
                         or result["env_runners"]["num_env_steps_sampled_lifetime"])
         obs_norm = obs_norm_of(algo)
-        ret = evaluate_policy(algo.get_module(), env, obs_norm, spec.evaluation.episodes, EVAL_SEED)
+        ret = evaluate_policy(algo.get_module(), env, obs_norm, spec.evaluation.episodes, EVAL_SEED,
+                              explore=spec.evaluation.explore)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "checkpoint"
             algo.save_to_path(str(ckpt))
@@ -242,37 +256,49 @@ def build_dataset(spec: ExperimentSpec, env: str, scenario: str, tracking_uri: s
     client.set_tag(run_id, DATASET_TAG_PREFIX + key, "complete")
 
 
-def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict:
-    """Teachers and datasets of every (env, scenario) of ``spec``: found in MLflow or made now.
-    Needs a connected Ray. Returns ``{env: {"run_id", "trained", "datasets_built"}}``."""
+def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: str,
+                    artifact_location: str | None, what: str = "teacher", log=print) -> dict[str, dict]:
+    """Clean-env PPO policies, found in MLflow by key or trained now (in parallel Ray tasks; a key
+    another launch is training is waited for, never trained twice). Needs a connected Ray.
+    Returns ``{key: {"run_id", "trained"}}``."""
     import ray
 
     client = _client(tracking_uri)
     out: dict[str, dict] = {}
     pending, elsewhere = {}, {}
-    for env in spec.environments:
-        run = find_teacher(client, spec, env)
+    for stage in {s.key: s for s in stages}.values():
+        run = find_policy(client, stage)
         if run is not None:
-            out[env] = {"run_id": run.info.run_id, "trained": False}
-            log(f"teacher {teacher_key(spec, env)}: reusing MLflow run {run.info.run_id} "
+            out[stage.key] = {"run_id": run.info.run_id, "trained": False}
+            log(f"{what} {stage.key}: reusing MLflow run {run.info.run_id} "
                 f"(clean return {run.data.metrics.get(TEACHER_RETURN, float('nan')):.1f})")
             continue
-        run_id, mine = claim_teacher(client, spec, env, artifact_location)
-        if not mine:  # another launch trains this very teacher: never a second one
-            elsewhere[env] = run_id
+        run_id, mine = claim_policy(client, stage, artifact_location)
+        if not mine:  # another launch trains this very policy: never a second one
+            elsewhere[stage.key] = run_id
             continue
-        log(f"teacher {teacher_key(spec, env)}: training RLlib PPO for {spec.distill.teacher.env_steps} env steps")
-        knobs = spec.knobs(teacher_trial(spec, env))  # a local learner on a GPU needs it reserved here
+        log(f"{what} {stage.key}: training RLlib PPO for {stage.env_steps} env steps")
+        knobs = spec.knobs(stage.trial)  # a local learner on a GPU needs it reserved here
         gpus = knobs.num_gpus_per_learner if knobs.num_learners == 0 else 0
-        pending[env] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
-            spec.model_dump_json(by_alias=True), env, tracking_uri, run_id
+        pending[stage.key] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
+            spec.model_dump_json(by_alias=True), json.dumps(asdict(stage)), tracking_uri, run_id
         )
-    for env, ref in pending.items():
-        out[env] = {"run_id": ray.get(ref), "trained": True}
-        info = teacher_info(tracking_uri, out[env]["run_id"])
-        log(f"teacher {info['key']}: trained, clean return {info['return_mean']:.1f}")
-    for env, run_id in elsewhere.items():
-        out[env] = {"run_id": wait_for_teacher(client, run_id, log), "trained": False}
+    for key, ref in pending.items():
+        out[key] = {"run_id": ray.get(ref), "trained": True}
+        info = teacher_info(tracking_uri, out[key]["run_id"])
+        log(f"{what} {key}: trained, clean return {info['return_mean']:.1f}")
+    for key, run_id in elsewhere.items():
+        out[key] = {"run_id": wait_for_teacher(client, run_id, log), "trained": False}
+    return out
+
+
+def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict:
+    """Teachers and datasets of every (env, scenario) of ``spec``: found in MLflow or made now.
+    Needs a connected Ray. Returns ``{env: {"run_id", "trained", "datasets_built"}}``."""
+    client = _client(tracking_uri)
+    stages = {env: teacher_of(spec, env) for env in spec.environments}
+    runs = ensure_policies(spec, list(stages.values()), tracking_uri, artifact_location, "teacher", log)
+    out = {env: dict(runs[stage.key]) for env, stage in stages.items()}
     for env in spec.environments:
         run = client.get_run(out[env]["run_id"])
         built = []
@@ -287,6 +313,29 @@ def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | No
             built.append(scenario)
         out[env]["datasets_built"] = built
     return out
+
+
+def prepare_init(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict[str, str]:
+    """The pretrained starting policies of an online grid (``anchors.init.pretrain``), found in
+    MLflow or trained now: ``{init_slot(env, hidden): run id}``, pinned for the whole launch."""
+    stages = {init_slot(p.env, p.hidden_size): p for p in pretrained_policies(spec)}
+    runs = ensure_policies(spec, list(stages.values()), tracking_uri, artifact_location, "pretrained policy", log)
+    return {slot: runs[p.key]["run_id"] for slot, p in stages.items()}
+
+
+def init_checkpoint(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str | None, init_runs: dict | None) -> str | None:
+    """The local checkpoint a trial starts from (``anchors.init``), or None: the path the spec
+    names, or the pretrained run pinned at launch, downloaded once per node."""
+    init = spec.anchors.init
+    if init is None or spec.distill is not None:
+        return None
+    if init.pretrain is None:
+        return init.checkpoint_for(trial.env)
+    slot = init_slot(trial.env, trial.hidden_size)
+    run_id = (init_runs or {}).get(slot)
+    if run_id is None:
+        raise FileNotFoundError(f"anchors.init.pretrain: no pretrained run pinned for {slot} at launch")
+    return str(download(tracking_uri, run_id, "checkpoint"))
 
 
 def check_shared_tracking(tracking_uri: str, capacity) -> None:

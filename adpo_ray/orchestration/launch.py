@@ -39,7 +39,8 @@ from adpo_ray.spec import ExperimentSpec, TrialSpec
 GRID_FILE = "adpo_grid.json"
 
 
-def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str, str] | None = None) -> dict[str, Any]:
+def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str, str] | None = None,
+                init_runs: dict[str, str] | None = None) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {"spec": spec.model_dump(mode="json", by_alias=True)}
@@ -52,6 +53,9 @@ def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str,
     if spec.distill is not None:  # students find their pinned teacher and its datasets there
         space["tracking_uri"] = tracking_uri
         space["distill_runs"] = dict(distill_runs or {})
+    if init_runs:  # trials find their pinned pretrained starting policy there
+        space["tracking_uri"] = tracking_uri
+        space["init_runs"] = dict(init_runs)
     return space
 
 
@@ -390,7 +394,7 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
         raise FileExistsError(f"{run_dir} already holds a grid; resume it with `adpo-ray resume {run_dir}` or pick another --name")
     claim_folder(run_dir, options.name)
     try:
-        spec, concurrency, distill_runs = _prepare(spec, options, plans, verbose)
+        spec, concurrency, distill_runs, init_runs = _prepare(spec, options, plans, verbose)
     except BaseException:
         release_folder(run_dir)  # nothing was recorded: the name is free again
         raise
@@ -399,12 +403,14 @@ def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verb
         "options": options.__dict__,
         "concurrency": concurrency,
         "distill_runs": distill_runs,
+        "init_runs": init_runs,
     }, indent=2))
-    return _fit(spec, options, concurrency, trainable, verbose, distill_runs)
+    return _fit(spec, options, concurrency, trainable, verbose, distill_runs, init_runs)
 
 
 def _prepare(spec: ExperimentSpec, options: GridOptions, plans: list[TrialPlan], verbose: int):
-    """Ray, the cluster's capacity, the fit check, the concurrency, distillation inputs."""
+    """Ray, the cluster's capacity, the fit check, the concurrency, distillation inputs and
+    pretrained starting policies."""
     _start(options.address)
     capacity = cluster_capacity(options.address)
     resolved = resolve_learner_gpus(spec, capacity)
@@ -420,7 +426,13 @@ def _prepare(spec: ExperimentSpec, options: GridOptions, plans: list[TrialPlan],
 
         check_shared_tracking(options.tracking_uri, capacity)
         distill_runs = {env: v["run_id"] for env, v in prepare(spec, options.tracking_uri, options.artifact_location).items()}
-    return spec, concurrency, distill_runs
+    init_runs = None
+    if spec.anchors.init is not None and spec.anchors.init.pretrain is not None:
+        from adpo_ray.orchestration.distill import check_shared_tracking, prepare_init
+
+        check_shared_tracking(options.tracking_uri, capacity)
+        init_runs = prepare_init(spec, options.tracking_uri, options.artifact_location)
+    return spec, concurrency, distill_runs, init_runs
 
 
 def release_folder(run_dir: str) -> None:
@@ -429,7 +441,7 @@ def release_folder(run_dir: str) -> None:
 
 
 def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable, verbose: int,
-         distill_runs: dict[str, str] | None = None):
+         distill_runs: dict[str, str] | None = None, init_runs: dict[str, str] | None = None):
     from ray import tune
 
     from adpo_ray.orchestration.tracking import MLflowTracker
@@ -438,7 +450,7 @@ def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable
     tracker = MLflowTracker(spec, options.tracking_uri, options.artifact_location, options.run_dir, options.name)
     tuner = tune.Tuner(
         trainable or GridTrainable,
-        param_space=param_space(spec, options.tracking_uri, distill_runs),
+        param_space=param_space(spec, options.tracking_uri, distill_runs, init_runs),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
             trial_name_creator=_trial_name,
@@ -492,13 +504,14 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     if not tune.Tuner.can_restore(run_dir):  # killed before Tune's first snapshot: start over here
         concurrency = data.get("concurrency") or max_concurrent(
             plan_trials(spec), cluster_capacity(options.address), options.max_concurrent)
-        return _fit(spec, options, concurrency, trainable, verbose, data.get("distill_runs")), spec, options
+        return _fit(spec, options, concurrency, trainable, verbose, data.get("distill_runs"),
+                    data.get("init_runs")), spec, options
     tuner = tune.Tuner.restore(
         run_dir,
         trainable=trainable or GridTrainable,
         resume_unfinished=True,
         resume_errored=True,
-        param_space=param_space(spec, options.tracking_uri, data.get("distill_runs")),
+        param_space=param_space(spec, options.tracking_uri, data.get("distill_runs"), data.get("init_runs")),
     )
     # Tune restores the callbacks pickled at launch; point the tracker at the folder as it is now
     # (Tune 2.60 has no public way to pass callbacks to a restore).

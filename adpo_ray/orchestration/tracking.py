@@ -30,7 +30,7 @@ from ray import tune
 from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key
 from adpo_ray.orchestration import storage
 from adpo_ray.orchestration.spool import SPOOL_DIR, Sender, Spool
-from adpo_ray.spec import ExperimentSpec, TrialSpec
+from adpo_ray.spec import ExperimentSpec, TrialSpec, init_slot
 
 PARENT_FILE = "adpo_mlflow_parent.json"
 #: The experiment's description in the MLflow UI: how to compare anchor strategies there.
@@ -207,6 +207,9 @@ class MLflowTracker(tune.Callback):
             teacher = (trial.config.get("distill_runs") or {}).get(t.env)
             if teacher:  # the teacher run pinned at launch, which this student learns from
                 params["distill.teacher_run_id"] = teacher
+            start = (trial.config.get("init_runs") or {}).get(init_slot(t.env, t.hidden_size))
+            if start:  # the pretrained run this trial (and its anchor) started from
+                params["anchors.init.run_id"] = start
             self._spool.append("run", key=key, name=t.tag, parent=self.parent_key, tags={
                 "tune_trial_id": trial.trial_id, **run_tags(t, self.spec.name), **self._software_tags,
             }, params=params)

@@ -67,7 +67,8 @@ def _resources(spec_json: str, env: str, algorithm: str, hidden_size: int):
 
 class GridTrainable(tune.Trainable):
     """``config = {"spec": <spec dict>, "trial": <TrialSpec dict>}`` (distillation grids add
-    ``"tracking_uri"`` and ``"distill_runs"``: the teacher run per env, pinned at launch)."""
+    ``"tracking_uri"`` and ``"distill_runs"``: the teacher run per env, pinned at launch; grids
+    starting from pretrained policies ``"init_runs"``: the run per env and network size)."""
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]):
@@ -79,6 +80,13 @@ class GridTrainable(tune.Trainable):
         self.spec, self.trial = trial_from_config(config, self.trial_id)
         self.budget = self.spec.budget_for(self.trial.env)
         self.algo = algo_config_from(config).build_algo()
+        from adpo_ray.orchestration.distill import init_checkpoint
+
+        start = init_checkpoint(self.spec, self.trial, config.get("tracking_uri"), config.get("init_runs"))
+        if start is not None:  # a restore from the trial's own checkpoint overwrites all of it
+            from adpo_ray.rllib.init import start_from_checkpoint
+
+            start_from_checkpoint(self.algo, start)
         self._last: dict[str, Any] = {}
 
     def _budget_reached(self, steps: float) -> bool:

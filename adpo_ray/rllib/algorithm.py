@@ -48,6 +48,12 @@ class ADPOConfig(FusedPPOConfig):
         self.anchor_mode = "dynamic"
         self.anchor_params: dict[str, Any] = {}
         self.anchor_init: str | None = None
+        # the author's loss variants (adpo_ray.core.losses), off by default
+        self.target_norm = "none"
+        self.tau_alpha = 0.0
+        self.tau_min = 0.05
+        self.q_center = False
+        self.anchor_kl_coeff = 0.0
         # ADPO's anchor is its trust region: PPO's KL penalty is off.
         self.use_kl_loss = False
 
@@ -64,6 +70,11 @@ class ADPOConfig(FusedPPOConfig):
         anchor_mode=NotProvided,
         anchor_params=NotProvided,
         anchor_init=NotProvided,
+        target_norm=NotProvided,
+        tau_alpha=NotProvided,
+        tau_min=NotProvided,
+        q_center=NotProvided,
+        anchor_kl_coeff=NotProvided,
         **kwargs,
     ) -> ADPOConfig:
         """ADPO's settings, on top of PPO's.
@@ -81,13 +92,22 @@ class ADPOConfig(FusedPPOConfig):
                 ``kl_triggered``) or an import path ``pkg.module:Class``.
             anchor_params: the schedule's constructor kwargs.
             anchor_init: ``None`` (the initial policy) or a checkpoint path whose policy becomes
-                the anchor.
+                the anchor (the anchor only; :func:`adpo_ray.rllib.init.start_from_checkpoint`
+                starts the policy, value function and observation filter from a checkpoint,
+                with the anchor at that policy unless ``anchor_init`` names another).
+            target_norm: ``none`` | ``list`` (z-normalise ``y`` within each list first).
+            tau_alpha, tau_min: adaptive temperature
+                ``max(tau_min, tau_anc * (1 - tau_alpha * H(q) / log K))`` per list (0: off).
+            q_center: centre the anchored logits by ``q`` (shift-invariant: no effect).
+            anchor_kl_coeff: adds ``coeff * KL(policy || anchor)`` (exact, per state) to the loss.
         """
         super().training(**kwargs)
         for name, value in dict(
             adpo_loss=adpo_loss, adpo_target=adpo_target, tau_anc=tau_anc, beta_q=beta_q,
             list_source=list_source, list_size=list_size, list_info_key=list_info_key,
             anchor_mode=anchor_mode, anchor_params=anchor_params, anchor_init=anchor_init,
+            target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min, q_center=q_center,
+            anchor_kl_coeff=anchor_kl_coeff,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -119,6 +139,11 @@ class ADPOConfig(FusedPPOConfig):
             self._value_error(f"list_source={self.list_source!r}; allowed: {', '.join(LIST_SOURCES)}")
         if not self.tau_anc > 0 or not self.beta_q > 0:
             self._value_error(f"tau_anc and beta_q must be > 0 (got {self.tau_anc}, {self.beta_q})")
+        if self.target_norm not in ("none", "list"):
+            self._value_error(f"target_norm={self.target_norm!r}; allowed: none, list")
+        if not 0 <= self.tau_alpha <= 1 or not self.tau_min > 0 or self.anchor_kl_coeff < 0:
+            self._value_error("tau_alpha must be in [0, 1], tau_min > 0 and anchor_kl_coeff >= 0 (got "
+                              f"{self.tau_alpha}, {self.tau_min}, {self.anchor_kl_coeff})")
         if self.list_size < 2:
             self._value_error(f"list_size must be >= 2, got {self.list_size}")
         try:

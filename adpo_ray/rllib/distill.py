@@ -75,14 +75,15 @@ def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> t
     return diag_gaussian_logp(actions, mean.unsqueeze(-2), log_std.unsqueeze(-2))
 
 
-def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: int) -> float:
-    """Mean clean return of ``module``'s mean action over ``episodes`` episodes (seeds ``seed``,
-    ``seed + 1``, ...) of the nominal env seen through the frozen ``obs_norm``. Teachers and
-    students are measured by this one function."""
+def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: int, explore: bool = False) -> float:
+    """Mean clean return of ``module``'s mean action (``explore``: a sampled action) over
+    ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...) of the nominal env seen through the
+    frozen ``obs_norm``. Teachers and students are measured by this one function."""
     from adpo_ray.envs.mujoco import make_mujoco
 
     env = make_mujoco(env_name, {"scenario": "clean", "obs_norm": obs_norm})
     device = next(module.parameters()).device
+    rng = np.random.default_rng(seed)
     returns = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
@@ -90,13 +91,22 @@ def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: 
         while not done:
             with torch.no_grad():
                 out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], device=device)})
-            mean, _ = split_gaussian(out[Columns.ACTION_DIST_INPUTS])
-            obs, reward, terminated, truncated, _ = env.step(mean[0].cpu().numpy())
+            mean, log_std = split_gaussian(out[Columns.ACTION_DIST_INPUTS])
+            action = mean[0].cpu().numpy()
+            if explore:
+                action = action + np.exp(log_std[0].cpu().numpy()) * rng.standard_normal(action.shape)
+            obs, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
             total += reward
             done = terminated or truncated
         returns.append(total)
     env.close()
     return float(np.mean(returns))
+
+
+def loss_variants_of(config) -> dict:
+    """The author's loss variants set on an ADPO or distillation config (:func:`adpo_ray.core.losses.adpo_loss`)."""
+    return dict(target_norm=config.target_norm, tau_alpha=config.tau_alpha, tau_min=config.tau_min,
+                q_center=config.q_center)
 
 
 class DistillTorchLearner(AnchorRefreshMixin, TorchLearner):
@@ -124,7 +134,7 @@ class DistillTorchLearner(AnchorRefreshMixin, TorchLearner):
             loss = adpo_loss(
                 logp, anchor_logp, batch["rewards"],
                 loss=config.adpo_loss, target=config.adpo_target,
-                tau_anc=config.tau_anc, beta_q=config.beta_q,
+                tau_anc=config.tau_anc, beta_q=config.beta_q, **loss_variants_of(config),
             ).mean()
         elif config.distill_method == "kd":
             loss = kd_loss(t_mean, t_log_std, mean, log_std)
@@ -153,8 +163,8 @@ class DistillTorchLearner(AnchorRefreshMixin, TorchLearner):
         return float(kl.mean())
 
     def evaluate(self, env_name: str, obs_norm: dict, episodes: int, seed: int,
-                 module_id: str = DEFAULT_MODULE_ID) -> float:
-        return evaluate_policy(self.module[module_id].unwrapped(), env_name, obs_norm, episodes, seed)
+                 module_id: str = DEFAULT_MODULE_ID, explore: bool = False) -> float:
+        return evaluate_policy(self.module[module_id].unwrapped(), env_name, obs_norm, episodes, seed, explore)
 
 
 class DistillConfig(AlgorithmConfig):
@@ -177,7 +187,9 @@ class DistillConfig(AlgorithmConfig):
         self.minibatch_states = 256
         self.eval_interval = 5
         self.eval_episodes = 3
+        self.eval_explore = False
         self.total_iterations: int | None = None
+        self.target_norm, self.tau_alpha, self.tau_min, self.q_center = "none", 0.0, 0.05, False
         self.num_env_runners = 0
 
     def training(self, *, distill_method=NotProvided, adpo_loss=NotProvided, adpo_target=NotProvided,
@@ -185,7 +197,8 @@ class DistillConfig(AlgorithmConfig):
                  anchor_params=NotProvided, dataset=NotProvided, obs_norm=NotProvided,
                  teacher_return=NotProvided, states_per_iteration=NotProvided,
                  minibatch_states=NotProvided, eval_interval=NotProvided, eval_episodes=NotProvided,
-                 total_iterations=NotProvided, **kwargs) -> DistillConfig:
+                 eval_explore=NotProvided, total_iterations=NotProvided, target_norm=NotProvided,
+                 tau_alpha=NotProvided, tau_min=NotProvided, q_center=NotProvided, **kwargs) -> DistillConfig:
         super().training(**kwargs)
         for name, value in dict(
             distill_method=distill_method, adpo_loss=adpo_loss, adpo_target=adpo_target,
@@ -193,6 +206,8 @@ class DistillConfig(AlgorithmConfig):
             dataset=dataset, obs_norm=obs_norm, teacher_return=teacher_return,
             states_per_iteration=states_per_iteration, minibatch_states=minibatch_states,
             eval_interval=eval_interval, eval_episodes=eval_episodes, total_iterations=total_iterations,
+            eval_explore=eval_explore, target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min,
+            q_center=q_center,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -261,9 +276,9 @@ class Distill(Algorithm):
         self.metrics.log_value((DISTILL_GROUP, DISTILL_KL_KEY), float(np.mean([v.get() for v in kl])), window=1)
         self.metrics.log_value((DISTILL_GROUP, DISTILL_STATES_KEY), states_trained, window=1)
         if it % cfg.eval_interval == 0 or (cfg.total_iterations and it >= cfg.total_iterations):
-            env_name, obs_norm, episodes = cfg.env_config["env"], cfg.obs_norm, cfg.eval_episodes
+            env_name, obs_norm, episodes, explore = cfg.env_config["env"], cfg.obs_norm, cfg.eval_episodes, cfg.eval_explore
             ret = self.learner_group.foreach_learner(
-                lambda lr: lr.evaluate(env_name, obs_norm, episodes, seed=EVAL_SEED)
+                lambda lr: lr.evaluate(env_name, obs_norm, episodes, seed=EVAL_SEED, explore=explore)
             )
             self.last_eval_iteration = it
             value = float(np.mean([v.get() for v in ret]))

@@ -73,6 +73,8 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             list_source=knobs.list_source,
             anchor_mode=knobs.anchor_mode,
             anchor_params=dict(knobs.anchor_params),
+            anchor_kl_coeff=knobs.anchor_kl_coeff or 0.0,
+            **loss_variants(knobs),
         )
         if knobs.list_size is not None:
             config.training(list_size=knobs.list_size)
@@ -88,7 +90,7 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
             evaluation_config=AlgorithmConfig.overrides(
-                env_config={**knobs.env_config, "scenario": "clean"}, explore=False
+                env_config={**knobs.env_config, "scenario": "clean"}, explore=bool(knobs.eval_explore)
             ),
         )
     return config
@@ -125,6 +127,7 @@ def build_distill_config(
             minibatch_states=knobs.distill_minibatch_states,
             eval_interval=knobs.eval_interval,
             eval_episodes=knobs.eval_episodes,
+            eval_explore=bool(knobs.eval_explore),
             total_iterations=knobs.iterations,
         )
         .rl_module(model_config=model_config(trial.hidden_size))
@@ -133,5 +136,11 @@ def build_distill_config(
     if knobs.loss is not None:  # an ADPO student; kd and bc have no preference loss
         config.training(adpo_loss=knobs.loss, adpo_target=knobs.target, tau_anc=knobs.tau_anc,
                         beta_q=knobs.beta_q, anchor_mode=knobs.anchor_mode,
-                        anchor_params=dict(knobs.anchor_params))
+                        anchor_params=dict(knobs.anchor_params), **loss_variants(knobs))
     return config
+
+
+def loss_variants(knobs: TrialKnobs) -> dict:
+    """The author's variants of the listwise loss as config knobs (their defaults where off)."""
+    return dict(target_norm=knobs.target_norm or "none", tau_alpha=knobs.tau_alpha or 0.0,
+                tau_min=knobs.tau_min or 0.05, q_center=bool(knobs.q_center))

@@ -13,8 +13,6 @@ Lists (``config.list_source``):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical, TorchDiagGaussian
@@ -27,7 +25,9 @@ from adpo_ray.core.losses import adpo_loss
 from adpo_ray.metrics import ENTROPY, LOSS_ADPO, LOSS_VF
 from adpo_ray.rllib.anchor_refresh import AnchorRefreshMixin
 from adpo_ray.rllib.connectors import LIST_SIGNAL
+from adpo_ray.rllib.distill import loss_variants_of
 from adpo_ray.rllib.fused import FusedPPOTorchLearner, masked_mean
+from adpo_ray.rllib.init import module_dir
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
 
 
@@ -140,7 +140,7 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
     def fused_loss(self, module_id, config, batch):
         module = self.module[module_id].unwrapped()
         fwd = module._forward_train(batch)  # the fused loop put the module in train mode
-        total, stats, logits = self.adpo_terms(module_id, config, batch, fwd, batch[ANCHOR_LOGP])
+        total, stats, logits = self.adpo_terms(module_id, config, batch, fwd, batch[ANCHOR_LOGP], batch[ANCHOR_LOGITS])
         # the KL to the anchor is a diagnostic (and the schedules' input): computed for every
         # minibatch at once after the loop, from the policy's outputs kept here
         return total, stats, logits.detach()
@@ -158,10 +158,11 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
                 per_minibatch = torch.where(mask, kl, torch.zeros((), device=kl.device)).sum(dim=1) / mask.sum(dim=1)
         values["anchor_kl"] = float(per_minibatch.mean())
 
-    def adpo_terms(self, module_id, config, batch, fwd, anchor_logp):
+    def adpo_terms(self, module_id, config, batch, fwd, anchor_logp, anchor_logits):
         """ADPO's total loss, its detached terms (:attr:`fused_terms`) and the policy's action
         distribution inputs on one minibatch, given the anchor's log-probabilities for its rows
-        (of the taken actions, or of every action with ``list_source='actions'``). Shared by both
+        (of the taken actions, or of every action with ``list_source='actions'``) and its
+        distribution inputs (for ``anchor_kl_coeff``). Shared by both
         update paths; no host sync (masks are applied by ``where``, never by boolean indexing)."""
         module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
@@ -170,7 +171,8 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
         dist_cls = module.get_train_action_dist_cls()
         logits = fwd[Columns.ACTION_DIST_INPUTS]
         dist = dist_cls.from_logits(logits)
-        knobs = dict(loss=config.adpo_loss, target=config.adpo_target, tau_anc=config.tau_anc, beta_q=config.beta_q)
+        knobs = dict(loss=config.adpo_loss, target=config.adpo_target, tau_anc=config.tau_anc, beta_q=config.beta_q,
+                     **loss_variants_of(config))
         if config.list_source == "actions":  # one list per row: every action of its context
             y = batch[LIST_SIGNAL]
             if mask is not None:
@@ -195,6 +197,8 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
         entropy, loss_vf = masked_mean(torch.stack([dist.entropy(), vf], dim=-1), mask).unbind()
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
         total = loss_adpo + config.vf_loss_coeff * loss_vf - entropy_coeff * entropy
+        if config.anchor_kl_coeff > 0:  # the author's KL penalty to the anchor, exact per state
+            total = total + config.anchor_kl_coeff * masked_mean(kl_from_logits(dist_cls, logits, anchor_logits), mask)
         stats = torch.stack([loss_adpo, loss_vf, entropy]).detach()
         return total, stats, logits
 
@@ -226,7 +230,7 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
                 anchor_logp = torch.log_softmax(anchor_logits, dim=-1)
             else:
                 anchor_logp = module.get_train_action_dist_cls().from_logits(anchor_logits).logp(batch[Columns.ACTIONS])
-        total, stats, logits = self.adpo_terms(module_id, config, batch, fwd_out, anchor_logp)
+        total, stats, logits = self.adpo_terms(module_id, config, batch, fwd_out, anchor_logp, anchor_logits)
         loss_adpo, loss_vf, entropy = stats.unbind()
         mask = batch.get(Columns.LOSS_MASK)
         with torch.no_grad():
@@ -240,11 +244,10 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
 def load_anchor_from_checkpoint(module: ADPOTorchRLModule, path: str, module_id: str) -> None:
     """Set the anchor to the policy saved at ``path``: an algorithm checkpoint directory (its
     module ``module_id`` is used) or an RLModule checkpoint directory."""
-    root = Path(path)
-    candidates = [root / "learner_group" / "learner" / "rl_module" / module_id, root / module_id, root]
-    module_dir = next((c for c in candidates if (c / "module_state.pkl").exists() or (c / "module_state.pt").exists()), None)
-    if module_dir is None:
-        raise FileNotFoundError(f"anchor_init: no RLModule checkpoint for {module_id!r} under {path}")
-    source = RLModule.from_checkpoint(str(module_dir))
+    try:
+        folder = module_dir(path, module_id)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"anchor_init: no RLModule checkpoint for {module_id!r} under {path}") from None
+    source = RLModule.from_checkpoint(str(folder))
     src_encoder = getattr(source.encoder, "actor_encoder", source.encoder)
     polyak_(module.anchor_parameters(), [*src_encoder.parameters(), *source.pi.parameters()], 1.0)

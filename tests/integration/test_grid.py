@@ -67,7 +67,7 @@ def check_grid_in_mlflow(client, spec, results, expected_iterations):
     assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
     assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     by_tag = {k.data.tags["trial"]: k for k in kids}
-    batch = spec.adpo.train_batch_size
+    batch = spec.adpo_for(spec.environments[0]).train_batch_size
     for r in results:
         trial = r.config["trial"]
         kid = by_tag[f"{trial['env']}_{trial['scenario']}_adpo-{trial['anchor_mode']}_h{trial['hidden_size']}_s{trial['seed']}"]
@@ -76,7 +76,7 @@ def check_grid_in_mlflow(client, spec, results, expected_iterations):
             assert tags[key] == str(trial[key])
         assert tags["hidden_size"] == str(trial["hidden_size"]) and tags["algorithm"] == "adpo"
         assert {"noise_type", "severity", "grid", "git_commit", "version.ray"} <= set(tags)
-        assert params["tau_anc"] == str(spec.adpo.tau_anc) and params["anchor_mode"] == trial["anchor_mode"]
+        assert params["tau_anc"] == str(spec.adpo_for(trial["env"]).tau_anc) and params["anchor_mode"] == trial["anchor_mode"]
         assert len(params) < 40  # curated, not RLlib's ~300 keys
         assert kid.info.status == "FINISHED"
         # Tune and MLflow agree on the final values and on the whole history

@@ -41,7 +41,7 @@ def test_defaults_and_trial_axes():
     # per (scenario, hidden, seed): adpo x 2 modes + ppo + dpo = 4
     assert len(trials) == 2 * 2 * 3 * 4
     assert {t.method for t in trials} == {"adpo-fixed", "adpo-dynamic", "ppo", "dpo"}
-    assert spec.adpo.lambda_ == 0.95 and spec.experiment_name == "t"
+    assert spec.adpo_for("PreferenceBandit").lambda_ == 0.95 and spec.experiment_name == "t"
 
 
 def test_dpo_only_on_bandit_in_mixed_grid():
@@ -53,7 +53,7 @@ def test_dpo_only_on_bandit_in_mixed_grid():
 
 def test_lambda_alias_in_yaml():
     spec = parse_spec({**MINIMAL, "adpo": {"lambda": 0.9}})
-    assert spec.adpo.lambda_ == 0.9
+    assert spec.adpo_for(spec.environments[0]).lambda_ == 0.9
 
 
 def _with(path: str, value):
@@ -74,7 +74,7 @@ _DELETE = object()
 BAD = [
     # (mutation path, value, expected field in the message, expected hint)
     ("bogus", 1, "bogus", "unknown key; allowed keys here: adpo, algorithms"),
-    ("adpo.tau", 0.5, "adpo.tau", "unknown key; allowed keys here: beta_q"),
+    ("adpo.tau", 0.5, "adpo.tau", "unknown key; allowed keys here: anchor_kl_coeff, beta_q"),
     ("budget.iterations", -5, "budget.iterations", "greater than or equal to 1"),
     ("budget", {}, "budget", "set iterations or env_steps"),
     ("budget", _DELETE, "budget", "Field required"),

@@ -25,9 +25,10 @@ ONLINE = {
     "adpo": {"loss": "pairwise", "tau_anc": 0.7, "beta_q": 0.25, "lr": 0.002, "list_size": 6,
              "minibatch_size": 32, "train_batch_size": 256, "num_epochs": 3, "entropy_coeff": 0.01},
     "ppo": {"lr": 0.0004, "num_epochs": 7},
-    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 4096}, "adpo": {"loss": "listwise", "gamma": 0.97}}},
+    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 4096}, "adpo": {"loss": "listwise", "gamma": 0.97,
+                      "target_norm": "list", "tau_alpha": 0.5, "tau_min": 0.1, "q_center": True, "anchor_kl_coeff": 0.2}}},
     "resources": {"num_envs_per_env_runner": 4},
-    "evaluation": {"interval": 3, "episodes": 4},
+    "evaluation": {"interval": 3, "episodes": 4, "explore": True},
     "bandit": {"num_items": 5, "eval_contexts": 64},
 }
 DISTILL = {
@@ -60,6 +61,7 @@ def _online_attrs(config) -> dict:
         "resources.learner_compile": config.fused_compile,
         "evaluation.interval": config.evaluation_interval,
         "evaluation.episodes": config.evaluation_duration,
+        "evaluation.explore": (config.evaluation_config or {}).get("explore"),
         **{f"bandit.{k}": v for k, v in config.env_config.items() if k not in ("env", "scenario")},
     }
 
@@ -68,6 +70,8 @@ def _adpo_attrs(config) -> dict:
     return {"loss": config.adpo_loss, "target": config.adpo_target, "tau_anc": config.tau_anc,
             "beta_q": config.beta_q, "list_source": getattr(config, "list_source", None),
             "list_size": getattr(config, "list_size", None), "anchor_mode": config.anchor_mode,
+            "target_norm": config.target_norm, "tau_alpha": config.tau_alpha, "tau_min": config.tau_min,
+            "q_center": config.q_center, "anchor_kl_coeff": getattr(config, "anchor_kl_coeff", None),
             **{f"anchor.{k}": v for k, v in config.anchor_params.items()}}
 
 
@@ -129,6 +133,7 @@ def test_student_params_equal_the_rllib_config(trial):
         "distill.states_per_iteration": config.states_per_iteration,
         "distill.minibatch_states": config.minibatch_states,
         "evaluation.interval": config.eval_interval, "evaluation.episodes": config.eval_episodes,
+        "evaluation.explore": config.eval_explore,
         "resources.num_env_runners": config.num_env_runners,
         "resources.num_envs_per_env_runner": config.num_envs_per_env_runner,
         "resources.num_learners": config.num_learners,

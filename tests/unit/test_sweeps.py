@@ -21,7 +21,7 @@ def test_grid_sweep_expands_every_trial_at_every_point():
     knobs = spec.knobs(t)
     assert (knobs.beta_q, knobs.lr) == (2.0, 0.01)
     assert knobs.params()["beta_q"] == "2.0" and knobs.params()["lr"] == "0.01"
-    assert spec.knobs(TrialSpec(**{**t.as_dict(), "sweep": ()})).lr == spec.adpo.lr  # the point, not the spec
+    assert spec.knobs(TrialSpec(**{**t.as_dict(), "sweep": ()})).lr == spec.adpo_for(t.env).lr  # the point, not the spec
 
 
 def test_sweep_of_ppo_bandit_and_anchor_params():
