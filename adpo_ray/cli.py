@@ -132,6 +132,16 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
                 f"(experiment {d.teacher.experiment!r})")
     else:
         work = f"total env steps: {total:,}"
+        init = spec.anchors.init
+        if init is not None and init.pretrain is not None:
+            n = len(spec.environments) * len(spec.hidden_sizes)
+            work += (f"; before them, {n} pretrained starting polic{'y' if n == 1 else 'ies'} (PPO on the clean env, "
+                     f"{init.pretrain.env_steps:,} env steps each, one per env and hidden size), unless MLflow "
+                     f"already holds them (experiment {init.pretrain.experiment!r})")
+        elif init is not None:
+            work += f"; every trial starts from the checkpoint(s) {init.checkpoint}"
+    for path, why in spec.departs_from_defaults.items():
+        work += f"\ndeparts from the MuJoCo defaults: {path} ({why})"
     methods = len({p.trial.base_method for p in plans})
     gpu_trials = sum(1 for p in plans if p.required.get("GPU"))
     device = (f"learners: {gpu_trials} trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "

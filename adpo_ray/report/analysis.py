@@ -15,6 +15,13 @@ GROUP = ["env", "scenario", "hidden_size", "method"]
 DYNAMIC, FIXED = "adpo-dynamic", "adpo-fixed"
 
 
+def _start_of(trials: pd.DataFrame) -> str:
+    """Where these trials started (``anchors.init``): pretrained, a checkpoint, or random init."""
+    if "start" not in trials or trials["start"].isna().all():
+        return "random init"
+    return ", ".join(dict.fromkeys(trials["start"].fillna("random init")))
+
+
 def headline(env: str) -> str:
     return HEADLINE[ENVIRONMENTS[env]["kind"]]
 
@@ -63,11 +70,13 @@ def compare(trials: pd.DataFrame, a: str = DYNAMIC, b: str = FIXED) -> pd.DataFr
         va, vb, paired = _paired(xa, xb, metric, keys)
         rel, rl, rh = stats.relative_improvement(va, vb, paired=paired)
         poi, pl, ph = stats.probability_of_improvement(va, vb, paired=paired)
+        mde = stats.minimum_detectable_effect(va, vb, paired=paired)
         rows.append({
             "env": env, "level": level, "group": label, "hidden_size": hidden, "metric": metric,
             "a": a, "b": b, "n_a": len(va), "n_b": len(vb), "mean_a": float(np.mean(va)), "mean_b": float(np.mean(vb)),
             "rel_improvement": rel, "rel_ci_low": rl, "rel_ci_high": rh,
-            "p_improvement": poi, "p_ci_low": pl, "p_ci_high": ph, "paired": paired,
+            "p_improvement": poi, "p_ci_low": pl, "p_ci_high": ph, "paired": paired, "mde": mde,
+            "start": _start_of(sub),
         })
 
     for env, e in finished(trials).groupby("env", sort=False):
@@ -186,7 +195,10 @@ def paper_claims(trials: pd.DataFrame, comparisons: pd.DataFrame) -> list[Claim]
             _fmt_ci(r["rel_improvement"], r["rel_ci_low"], r["rel_ci_high"], pct=True)
             + f"; P(dynamic > fixed) = {_fmt_ci(r['p_improvement'], r['p_ci_low'], r['p_ci_high'])}",
             stats.verdict(r["rel_ci_low"], r["rel_ci_high"], 0.05),
-            note,
+            "; ".join(x for x in (
+                note, f"start: {r['start']}",
+                f"minimum detectable effect {100 * r['mde']:.1f}% (80% power, 5% level, {r['n_a']} "
+                f"{'pairs' if r['paired'] else 'trials each'})" if pd.notna(r["mde"]) else "") if x),
         ))
 
     # 2. Offline distillation: fixed anchor = teacher vs KD.

@@ -72,8 +72,9 @@ def _compare_view(comparisons: pd.DataFrame) -> pd.DataFrame:
         f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else f"{p:.2f}"
         for p, lo, hi in zip(v["p_improvement"], v["p_ci_low"], v["p_ci_high"], strict=True)
     ]
+    v["min. detectable"] = [f"{100 * m:.1f}%" if pd.notna(m) else "-" for m in v.get("mde", [float("nan")] * len(v))]
     return v[["env", "level", "group", "hidden_size", "metric", "a", "b", "n_a", "n_b", "mean_a", "mean_b",
-              "rel. improvement [95% CI]", "P(a > b) [95% CI]"]]
+              "rel. improvement [95% CI]", "P(a > b) [95% CI]", "min. detectable"]]
 
 
 def _ci_view(frame: pd.DataFrame, value: str, label: str, fmt: str) -> pd.DataFrame:
@@ -116,7 +117,7 @@ def build_report(data: GridData, out_dir: str | Path, reference: str = "adpo-fix
     trials = data.trials
     files: dict[str, Path] = {}
 
-    cols = ["trial", *COORDS, "status", *[c for c in METRIC_COLUMNS if c in trials]]
+    cols = ["trial", *[c for c in COORDS if c in trials], "status", *[c for c in METRIC_COLUMNS if c in trials]]
     trials[cols].to_csv(out / "results.csv", index=False)
     files["results.csv"] = out / "results.csv"
 
@@ -167,7 +168,9 @@ def build_report(data: GridData, out_dir: str | Path, reference: str = "adpo-fix
          "Relative improvement `(mean(a) - mean(b)) / |mean(b)|` and probability of improvement "
          "`P(a > b)` (ties 1/2), with percentile-bootstrap CIs; paired by seed and setting when every "
          "trial has its partner (then P is over the matched pairs). `noise_type` and `overall` rows "
-         "pool the noisy scenarios (clean excluded). Only finished trials count."),
+         "pool the noisy scenarios (clean excluded). Only finished trials count. `min. detectable`: "
+         "the relative effect a t-test at 5% detects with 80% power given the measured variance "
+         "(smaller effects can pass unseen at this number of seeds)."),
         ("Per group", _group_view(groups),
          f"Final headline metric over seeds: mean, std, IQM (25% trimmed mean) and "
          f"{int(CONFIDENCE * 100)}% bootstrap CI of the mean ({N_RESAMPLES} resamples)."),

@@ -16,7 +16,7 @@ import pandas as pd
 from adpo_ray.core.noise import SCENARIOS, TWELVE
 from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, is_metric_key
 
-COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed"]
+COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start"]
 SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
 
 
@@ -27,6 +27,13 @@ class GridData:
     source: str
     parent_run_id: str | None = None
     experiment_id: str | None = None
+
+
+def start_label(init: str | None) -> str:
+    """A trial's ``anchors.init`` param as the report's start label."""
+    if not init:
+        return "random init"
+    return "pretrained PPO" if str(init).startswith("pretrain:") else f"checkpoint {init}"
 
 
 def _coords(trial: dict) -> dict:
@@ -83,7 +90,8 @@ def load_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = 
         tags = run.data.tags
         if "trial" not in tags:
             continue
-        row = {"trial": tags["trial"], **_coords(tags), "status": run.info.status, "run_id": run.info.run_id}
+        row = {"trial": tags["trial"], **_coords(tags), "status": run.info.status, "run_id": run.info.run_id,
+               "start": start_label(run.data.params.get("anchors.init"))}
         row.update(run.data.metrics)
         rows.append(row)
         for key in CURVE_METRICS:
@@ -115,7 +123,10 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
             history = history.drop_duplicates(ENV_STEPS, keep="first").sort_values(ENV_STEPS)
         # error.txt stays behind after a retried failure: the last result's `done` says more
         done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
-        row = {"trial": tag, **_coords({**config["trial"], "method": trial.method}), "status": "FINISHED" if done else "UNFINISHED", "run_id": None}
+        init = (config.get("spec", {}).get("anchors") or {}).get("init")
+        label = None if not init else ("pretrain:" if init.get("pretrain") else init.get("checkpoint"))
+        row = {"trial": tag, **_coords({**config["trial"], "method": trial.method}),
+               "status": "FINISHED" if done else "UNFINISHED", "run_id": None, "start": start_label(label)}
         if not history.empty:
             last = history.iloc[-1]
             row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})

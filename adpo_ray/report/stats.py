@@ -116,6 +116,30 @@ def probability_of_improvement(a, b, *, paired: bool = False) -> tuple[float, fl
     return value, low, high
 
 
+def minimum_detectable_effect(a, b, *, paired: bool = False, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest relative improvement ``(mean(a) - mean(b)) / |mean(b)|`` that a two-sided
+    t-test at level ``alpha`` detects with probability ``power``, given these samples' measured
+    variance: ``(t_{1-alpha/2} + t_{power}) * SE / |mean(b)|``, with ``SE`` of the paired
+    differences (``n - 1`` degrees of freedom) or of the difference of means (Welch's). NaN when
+    a sample has fewer than two values."""
+    from scipy.stats import t as student_t
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2 or abs(np.mean(b)) < 1e-12:
+        return float("nan")
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"paired samples need equal sizes, got {len(a)} and {len(b)}")
+        se = np.std(a - b, ddof=1) / np.sqrt(len(a))
+        df = len(a) - 1
+    else:
+        va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+        se = np.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
+    mult = student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)
+    return float(mult * se / abs(np.mean(b)))
+
+
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED = "supported", "contradicted", "inconclusive", "not measured"
 
 
