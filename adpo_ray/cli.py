@@ -176,7 +176,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"{device}\n"
         f"cluster at full scale: {capacity.describe()}\n"
         f"at once: {concurrency} trial(s)\n"
-        f"estimated wall time: {took} at {rates} env steps/s per trial and "
+        f"estimated wall time: {took} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
         f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
@@ -313,6 +313,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def dry_run(spec, options, args) -> int:
     """Print the capacity plan: on the cluster YAML given (full scale), else on this machine."""
     from adpo_ray.orchestration.planning import (
+        STUDENT_THROUGHPUT,
+        STUDENT_THROUGHPUT_SOURCE,
         THROUGHPUT,
         THROUGHPUT_SOURCE,
         capacity_from_yaml,
@@ -329,6 +331,8 @@ def dry_run(spec, options, args) -> int:
     concurrency = max_concurrent(plans, capacity, options.max_concurrent or spec.resources.max_concurrent_trials)
     if args.steps_per_second:
         sps, source = dict.fromkeys(spec.environments, args.steps_per_second), "--steps-per-second"
+    elif spec.distill is not None:
+        sps, source = {env: STUDENT_THROUGHPUT[env] for env in spec.environments}, STUDENT_THROUGHPUT_SOURCE
     else:
         sps, source = {env: THROUGHPUT[env] for env in spec.environments}, THROUGHPUT_SOURCE
     print_plan(spec, plans, options, capacity, concurrency, sps, source)

@@ -233,6 +233,12 @@ THROUGHPUT = {"PreferenceBandit": 870.0, "HalfCheetah-v5": 589.0, "Hopper-v5": 9
 #: Seconds from a trial's start to its first result (building the algorithm), same bench.
 STARTUP_S = {"PreferenceBandit": 6.2, "HalfCheetah-v5": 7.4, "Hopper-v5": 11.4}
 THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial on a 2-core machine"
+#: Dataset states per second of one distillation student (2 at once on 2 cores, 2,048 states per
+#: iteration, a 5-episode clean evaluation every 20 iterations included): the distill_check
+#: students of the n-step check (README "Offline distillation"), on a 2-core machine otherwise quiet.
+#: Students read no simulator while training: pricing them at env steps/s overstates them ~10x.
+STUDENT_THROUGHPUT = {"HalfCheetah-v5": 13_300.0, "Hopper-v5": 31_500.0}
+STUDENT_THROUGHPUT_SOURCE = "dataset states/s measured on distill_check students on a 2-core machine"
 
 
 def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_second: dict[str, float],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adpo_ray.spec import SpecError, load_spec, parse_spec
+from adpo_ray.spec import SpecError, init_slot, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {
@@ -214,3 +214,20 @@ def test_ppo_overrides_only_ppo_trials():
         parse_spec({**MINIMAL, "ppo": {"lrate": 0.1}})
     with pytest.raises(SpecError, match="ppo: lr: Input should be greater than 0"):
         parse_spec({**MINIMAL, "ppo": {"lr": -1}})
+
+
+INIT_SPEC = {"name": "init", "environments": ["Hopper-v5"], "algorithms": ["adpo", "ppo"], "hidden_sizes": [16],
+             "budget": {"env_steps": 512}, "anchors": {"init": {"pretrain": {"env_steps": 1024}}}}
+
+
+def test_init_spec_errors_name_the_field():
+    with pytest.raises(SpecError, match="anchors.init: give exactly one of checkpoint"):
+        parse_spec({**INIT_SPEC, "anchors": {"init": {}}})
+    with pytest.raises(SpecError, match="anchors.init.pretrain: MuJoCo envs only"):
+        parse_spec({**INIT_SPEC, "environments": ["PreferenceBandit", "Hopper-v5"]})
+    with pytest.raises(SpecError, match=r"anchors.init.checkpoint: one path for 2 environments"):
+        parse_spec({**INIT_SPEC, "environments": ["HalfCheetah-v5", "Hopper-v5"],
+                    "anchors": {"init": {"checkpoint": "/x"}}})
+    ok = parse_spec({**INIT_SPEC, "environments": ["HalfCheetah-v5", "Hopper-v5"],
+                     "anchors": {"init": {"checkpoint": {"HalfCheetah-v5": "/a", "Hopper-v5": "/b"}}}})
+    assert ok.knobs(ok.trials()[0]).init == "/a" and init_slot("Hopper-v5", 16) == "Hopper-v5/h16"

@@ -270,3 +270,18 @@ def test_dry_run_shows_the_signals_cost(capsys, tmp_path):
     out = capsys.readouterr().out
     assert rc == 0
     assert "scored by nstep (1,600,000 simulator steps: candidates x 10 per state)" in " ".join(out.split())
+    # students are priced at dataset states/s (they step no simulator while training), not env steps/s
+    from adpo_ray.orchestration.planning import STUDENT_THROUGHPUT
+
+    assert "dataset states/s per trial" in out and f"{STUDENT_THROUGHPUT['Hopper-v5']:,.0f}" in out
+
+
+def test_dry_run_of_the_fair_online_check(capsys, tmp_path):
+    """The fair online claim check validates and its dry run prints its size and its pretraining."""
+    from adpo_ray.cli import main
+
+    rc = main(["grid", "--config", "online_claim_check", "--dry-run", "--storage-path", str(tmp_path)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert rc == 0
+    assert "trials: 150 = 2 env(s) x 5 scenario(s) x 5 method(s) x 1 hidden size(s) x 3 seed(s)" in out
+    assert "2 pretrained starting policies (PPO on the clean env, 300,000 env steps each" in out

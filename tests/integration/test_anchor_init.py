@@ -1,0 +1,142 @@
+"""Online trials from a competent start (``anchors.init``) on real RLlib, Tune and MLflow: every
+anchor mode and PPO start from the same pretrained parameters and observation statistics (the
+anchor is that policy: KL 0 before the first update), the pretraining is trained once and reused
+by a second launch, and each child run records which run it started from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+
+from adpo_ray.orchestration.distill import TEACHER_TAG
+from adpo_ray.orchestration.launch import GridOptions, run_grid
+from adpo_ray.report.build import build_report
+from adpo_ray.report.data import load_mlflow
+from adpo_ray.rllib.factory import build_algo_config
+from adpo_ray.rllib.init import policy_state, start_from_checkpoint
+from adpo_ray.rllib.learner import kl_from_logits
+from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS
+from adpo_ray.spec import TrialSpec, parse_spec, pretrained_of
+
+pytestmark = pytest.mark.slow
+
+INIT = {
+    "name": "init_small",
+    "environments": ["Hopper-v5"],
+    "scenarios": ["gaussian-high"],
+    "algorithms": ["adpo", "ppo"],
+    "anchors": {"modes": ["fixed", "dynamic", "ema", "kl_triggered"],
+                "init": {"pretrain": {"env_steps": 1024, "seed": 3}}},
+    "hidden_sizes": [16],
+    "budget": {"env_steps": 512, "checkpoint_every": 1},
+    "adpo": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 1},
+    "resources": {"num_envs_per_env_runner": 4},
+    "evaluation": {"interval": 1, "episodes": 1},
+}
+
+
+def _module_params(algo) -> dict[str, np.ndarray]:
+    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
+    spec = parse_spec(INIT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    opts = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+                       storage_path=str(tmp_path / "ray_results"), name="first")
+    results = run_grid(spec, opts, verbose=0)
+    assert len(results) == 5 and not results.errors
+    out = capsys.readouterr().out
+    assert "pretrained policy" in out and "training RLlib PPO for 1024 env steps" in out
+
+    client = MlflowClient(uri)
+    stage = pretrained_of(spec, "Hopper-v5", 16)
+    runs = client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags[TEACHER_TAG] == stage.key
+    pretrained = runs[0].info.run_id
+    kids = [r for r in client.search_runs([client.get_experiment_by_name("init_small").experiment_id])
+            if "trial" in r.data.tags]
+    assert {k.data.tags["method"] for k in kids} == {"adpo-fixed", "adpo-dynamic", "adpo-ema", "adpo-kl_triggered", "ppo"}
+    for k in kids:  # each child run records the run it (and its anchor) started from
+        assert k.data.params["anchors.init.run_id"] == pretrained
+        assert k.data.params["anchors.init"] == "pretrain:" + stage.key
+    report = build_report(load_mlflow(uri, "init_small"), tmp_path / "report")
+    assert "start: pretrained PPO" in report["report.md"].read_text()
+
+    # a second launch of the same spec reuses the pretrained run: nothing is trained again
+    opts2 = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+                        storage_path=str(tmp_path / "ray_results"), name="second")
+    assert not run_grid(parse_spec({**INIT, "algorithms": ["ppo"]}), opts2, verbose=0).errors
+    out = capsys.readouterr().out
+    assert f"reusing MLflow run {pretrained}" in out and "training RLlib PPO" not in out
+    assert len(client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])) == 1
+    again = [r for r in client.search_runs([client.get_experiment_by_name("init_small").experiment_id])
+             if r.data.tags.get("trial") and r.data.tags.get("method") == "ppo"]
+    assert {r.data.params["anchors.init.run_id"] for r in again} == {pretrained}
+
+
+def test_every_mode_starts_from_the_same_parameters(ray_local, tmp_path):
+    """From a saved PPO algorithm: the learner's policy and value function, the anchor, the env
+    runner's policy and its observation filter are the saved ones; KL(policy || anchor) is 0."""
+    spec = parse_spec({**INIT, "anchors": {**INIT["anchors"], "init": {"checkpoint": str(tmp_path / "src")}}})
+    source = build_algo_config(spec.knobs(TrialSpec("Hopper-v5", "clean", "ppo", "none", 16, 7))).build_algo()
+    try:
+        source.train()
+        source.save_to_path(str(tmp_path / "src"))
+        saved_filter = source.env_runner._env_to_module.get_state()
+    finally:
+        source.stop()
+    saved = policy_state(tmp_path / "src")
+    obs = torch.randn(64, 11)
+    for algorithm, mode in [("adpo", "fixed"), ("adpo", "dynamic"), ("adpo", "ema"), ("adpo", "kl_triggered"),
+                            ("ppo", "none")]:
+        algo = build_algo_config(spec.knobs(TrialSpec("Hopper-v5", "clean", algorithm, mode, 16, 0))).build_algo()
+        try:
+            before = _module_params(algo)
+            assert any(not np.array_equal(before[k], v) for k, v in saved.items())  # a fresh init differs
+            start_from_checkpoint(algo, tmp_path / "src")
+            after = _module_params(algo)
+            for k, v in saved.items():  # policy and value function
+                np.testing.assert_array_equal(after[k], v)
+            runner = algo.env_runner.module.state_dict()
+            for k, v in runner.items():
+                np.testing.assert_array_equal(v.detach().cpu().numpy(), saved[k])
+            assert _filter_equal(algo.env_runner._env_to_module.get_state(), saved_filter)
+            if algorithm == "adpo":
+                module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+                for a, p in zip(module.anchor_parameters(), module.policy_parameters(), strict=True):
+                    assert torch.equal(a, p)  # the anchor is the pretrained policy
+                with torch.no_grad():
+                    pi = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+                    anchor = module.forward_target({Columns.OBS: obs})[ANCHOR_DIST_INPUTS]
+                kl = kl_from_logits(module.get_train_action_dist_cls(), pi, anchor)
+                assert float(kl.abs().max()) == 0.0
+        finally:
+            algo.stop()
+
+
+def test_start_refuses_a_network_of_another_size(ray_local, tmp_path):
+    spec = parse_spec({**INIT, "hidden_sizes": [16, 24]})
+    source = build_algo_config(spec.knobs(TrialSpec("Hopper-v5", "clean", "ppo", "none", 24, 0))).build_algo()
+    source.save_to_path(str(tmp_path / "src"))
+    source.stop()
+    algo = build_algo_config(spec.knobs(TrialSpec("Hopper-v5", "clean", "adpo", "fixed", 16, 0))).build_algo()
+    try:
+        with pytest.raises(Exception, match="does not fit"):
+            start_from_checkpoint(algo, tmp_path / "src")
+    finally:
+        algo.stop()
+
+
+def _filter_equal(a, b) -> bool:
+    """Two connector-pipeline states hold the same numbers (nested dicts of arrays and scalars)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_filter_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_filter_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
