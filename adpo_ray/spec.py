@@ -193,7 +193,7 @@ class TrainParams(_Strict):
     num_epochs: _count(1, 1000) = 4
     minibatch_size: _count(1, 1_000_000) = 128
     train_batch_size: _count(1, 10_000_000) = 512
-    grad_clip: PosFloat | None = 0.5
+    grad_clip: NonNegFloat = 0.5  # global-norm clipping; 0: none
     # the author's variants of the listwise loss (:mod:`adpo_ray.core.losses`); off by default
     #: ``list``: z-normalise the signal within each list before the target (``beta_q`` scale-free)
     target_norm: Literal["none", "list"] = "none"
@@ -973,7 +973,7 @@ def _knobs(spec: ExperimentSpec, trial: TrialSpec) -> TrialKnobs:
     minibatch = spec.distill.minibatch_states if student else p.minibatch_size
     common: dict[str, Any] = dict(
         trial=trial, kind=kind, iterations=budget.iterations, env_steps=budget.env_steps,
-        checkpoint_every=budget.checkpoint_every, lr=p.lr, grad_clip=p.grad_clip,
+        checkpoint_every=budget.checkpoint_every, lr=p.lr, grad_clip=p.grad_clip or None,
         num_env_runners=res.num_env_runners, num_envs_per_env_runner=res.num_envs_per_env_runner,
         num_learners=res.num_learners, num_gpus_per_learner=learner_gpus(res, trial.hidden_size, minibatch),
     )
