@@ -15,6 +15,11 @@ spec, a teacher exists and, for every scenario, its dataset exists:
 
 A second launch finds both by key and trains nothing. Each student trial downloads its dataset once
 per node into a local cache (:func:`student_inputs`).
+
+The same clean-env PPO runs are the pretrained starting policies of online grids
+(``anchors.init.pretrain``, :func:`prepare_init`): one per env and network size, keyed like
+teachers (a teacher and a starting policy with equal settings are one run), pinned at launch, and
+downloaded once per node by the trials that start from them (:func:`init_checkpoint`).
 """
 
 from __future__ import annotations

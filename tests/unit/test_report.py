@@ -177,3 +177,32 @@ def test_report_builds_when_no_trial_has_finished(tmp_path):
     curves = pd.DataFrame(columns=["trial", "env_steps", "metric", "value"])
     files = build_report(GridData(trials, curves, "test"), tmp_path)
     assert (tmp_path / "report.html").exists() and "results.csv" in files
+
+
+def test_minimum_detectable_effect_hand_computed():
+    # paired: differences 1, 2, 3 (sd 1, n 3), mean(b) 10; t(0.975, 2) = 4.302653, t(0.8, 2) = 1.060660
+    b = np.array([10.0, 10.0, 10.0])
+    a = b + np.array([1.0, 2.0, 3.0])
+    expected = (4.302653 + 1.060660) * (1.0 / np.sqrt(3)) / 10.0
+    assert stats.minimum_detectable_effect(a, b, paired=True) == pytest.approx(expected, abs=1e-6)
+    # independent samples of equal variance and size: Welch's df = 2 (n - 1) = 4
+    a2, b2 = np.array([9.0, 10.0, 11.0]), np.array([19.0, 20.0, 21.0])
+    se = np.sqrt(1.0 / 3 + 1.0 / 3)
+    expected2 = (2.776445 + 0.940965) * se / 20.0  # t(0.975, 4), t(0.8, 4)
+    assert stats.minimum_detectable_effect(a2, b2) == pytest.approx(expected2, abs=1e-6)
+    # more seeds detect smaller effects; one value detects nothing
+    rng = np.random.default_rng(0)
+    small = stats.minimum_detectable_effect(100 + rng.normal(size=5), 100 + rng.normal(size=5), paired=True)
+    large = stats.minimum_detectable_effect(100 + rng.normal(size=50), 100 + rng.normal(size=50), paired=True)
+    assert large < small
+    assert np.isnan(stats.minimum_detectable_effect([1.0], [2.0]))
+
+
+def test_claims_say_where_trials_started_and_what_they_can_detect():
+    trials = synthetic_trials()
+    claims = paper_claims(trials, compare(trials))
+    online = [c for c in claims if c.claim.startswith("Online RL under noise")][0]
+    assert "start: random init" in online.note and "minimum detectable effect" in online.note
+    started = trials.assign(start="pretrained PPO")
+    online = [c for c in paper_claims(started, compare(started)) if c.claim.startswith("Online RL")][0]
+    assert "start: pretrained PPO" in online.note
