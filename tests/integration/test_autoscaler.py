@@ -106,7 +106,10 @@ def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
             [sys.executable, str(ROOT / "run_grid.py"), "--config", str(spec_file), "--address", "auto",
              "--tracking-uri", f"sqlite:///{db}", "--storage-path", str(tmp_path / "ray_results"),
              "--name", "grow", "--no-report"],
-            env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+            # `--address auto` finds this cluster through RAY_ADDRESS, as on its head node: Ray's own
+            # lookup may pick another cluster running here (this test session's Ray, for one)
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}, capture_output=True, text=True, timeout=900,
+            cwd=tmp_path,
         )
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
         # the launch planned for the autoscaler's node types, not the lone head
