@@ -447,12 +447,6 @@ class ExperimentSpec(_Strict):
                                      + x["msg"].removeprefix("Value error, ") for x in e.errors())
                     where = "ppo" if algo == "ppo" and self.ppo else "adpo"
                     raise ValueError(f"{where}: {msgs} (with {env}'s defaults)") from None
-        if self.ppo:
-            try:
-                self.params_for(self.environments[0], "ppo")
-            except ValidationError as e:
-                msgs = "; ".join(f"{_fmt_loc(x['loc'])}: {x['msg']}" for x in e.errors())
-                raise ValueError(f"ppo: {msgs}") from None
         bad = [e for e in self.environments if self.list_source(e) == "actions" != ENVIRONMENTS[e]["list_source"]]
         if bad and "adpo" in self.algorithms:
             raise ValueError(

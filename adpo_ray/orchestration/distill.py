@@ -49,20 +49,11 @@ DATASET_TAG_PREFIX = "dataset."
 TEACHER_FILE = "teacher.json"
 
 
-def teacher_trial(spec: ExperimentSpec, env: str) -> TrialSpec:
-    """The teacher as a trial: PPO on the clean env, with the teacher's network and seed."""
-    return teacher_of(spec, env).trial
-
-
 # -- MLflow lookups (a clean-env PPO policy: a teacher, or a pretrained starting policy) ----------
 def find_policy(client, stage: CleanPPO, status: str = "FINISHED"):
     """The newest run of ``stage`` with ``status``, or None."""
     runs = _policy_runs(client, stage, status)
     return runs[0] if runs else None
-
-
-def find_teacher(client, spec: ExperimentSpec, env: str, status: str = "FINISHED"):
-    return find_policy(client, teacher_of(spec, env), status)
 
 
 def _policy_runs(client, stage: CleanPPO, status: str) -> list:
