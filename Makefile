@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-unit install lint scenarios mlflow-ui report clean
+.PHONY: run test test-unit install lint scenarios mlflow-ui report docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(STAMP) $(CHROMIUM)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+# The documentation site (docs/, mkdocs-material + mkdocstrings), built strict into site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check adpo_ray tests bench run_grid.py
 
@@ -52,4 +56,4 @@ scenarios: $(STAMP)
 	$(BIN)/adpo-ray scenarios
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info site
