@@ -19,6 +19,22 @@ The author's variants of the listwise loss (the public ADPO trainer), each off b
   (:func:`adaptive_tau`): a confident target gets a wider trust region;
 * ``q_center``: ``u - sum_i q_i u_i`` before the softmax. ``log softmax`` is shift-invariant, so
   this changes neither the loss nor its gradient (kept to reproduce the author's code; tested).
+* ``clip_log_ratio``, ``clip_score``: ``s - r`` clamped to ``[-c, c]`` before the temperature, and
+  ``u`` clamped to ``[-c, c]`` after it (0: off); where a clamp binds, no gradient flows.
+
+Plackett-Luce (ListMLE, the author's current default): the list ranked by the signal, best first
+(``sigma``), and per rank ``k`` the loss ``l_k = logsumexp(u_sigma(k:)) - u_sigma(k)`` — minus the
+log-probability that the k-th best candidate is drawn first from those not yet ranked. Knobs:
+
+* ``top_k``: only the first ``top_k`` ranks count (None: every rank; a rank past the list counts
+  nothing); the last rank of a list is certain (``l = 0``) and never counts;
+* ``label_smoothing`` ``eps``: ``l_k <- (1 - eps) l_k + eps (logsumexp(u_sigma(k:)) - mean(u_sigma(k:)))``,
+  the cross-entropy of each rank's draw against the uniform draw over the candidates left;
+* ``poly_epsilon`` ``e``: ``l_k <- l_k + e (1 - exp(-min(l_k, 20)))`` (Poly-1 on each rank's draw,
+  after smoothing; the cap keeps ``exp`` finite);
+* ties in the signal keep the list's order (a stable sort), so equal candidates are ranked by
+  position; the loss per list is the mean over its counted ranks.
+
 Pairwise (anchored soft-DPO): ``z_ij = (s_i - s_j) - (r_i - r_j)``,
 ``L_ij = -[q_ij log sigmoid(beta z_ij) + (1 - q_ij) log sigmoid(-beta z_ij)]``;
 hard ``q_ij`` with the anchor as the reference policy is DPO.
@@ -36,15 +52,21 @@ import torch.nn.functional as F
 from adpo_ray.core.targets import hard_pairwise_target, list_target, pair_target
 
 __all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask",
-           "normalize_signal", "adaptive_tau"]
+           "normalize_signal", "adaptive_tau", "plackett_luce_loss"]
 
 
-def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float | torch.Tensor) -> torch.Tensor:
+def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float | torch.Tensor,
+                    clip_log_ratio: float = 0.0, clip_score: float = 0.0) -> torch.Tensor:
     """``u = (s - r) / tau_anc``; the anchor scores are detached. ``tau_anc`` is a number or a
-    per-list tensor of shape ``(..., 1)``."""
+    per-list tensor of shape ``(..., 1)``. ``clip_log_ratio`` clamps ``s - r`` and ``clip_score``
+    clamps ``u`` to ``[-c, c]`` (0: off)."""
     if not isinstance(tau_anc, torch.Tensor) and tau_anc <= 0:
         raise ValueError(f"tau_anc must be > 0, got {tau_anc}")
-    return (s - r.detach()) / tau_anc
+    d = s - r.detach()
+    if clip_log_ratio > 0:
+        d = d.clamp(-clip_log_ratio, clip_log_ratio)
+    u = d / tau_anc
+    return u.clamp(-clip_score, clip_score) if clip_score > 0 else u
 
 
 def _counts(y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +102,12 @@ def listwise_loss(
     tau_anc: float | torch.Tensor,
     mask: torch.Tensor | None = None,
     q_center: bool = False,
+    clip_log_ratio: float = 0.0,
+    clip_score: float = 0.0,
 ) -> torch.Tensor:
     """Anchored listwise loss ``-sum_i q_i log softmax((s - r) / tau_anc)_i`` per list
     (``q_center``: the logits minus their ``q``-weighted mean first, which changes nothing)."""
-    u = anchored_logits(s, r, tau_anc)
+    u = anchored_logits(s, r, tau_anc, clip_log_ratio, clip_score)
     if q_center:
         q_real = q if mask is None else torch.where(mask, q, torch.zeros((), dtype=q.dtype, device=q.device))
         u = u - (q_real.detach() * u).sum(dim=-1, keepdim=True)
@@ -95,6 +119,58 @@ def listwise_loss(
     log_p = torch.log_softmax(u + mask_bias(mask, u.dtype), dim=-1)
     q = torch.where(mask, q, torch.zeros((), dtype=q.dtype, device=q.device))
     return -(q * log_p).sum(dim=-1) * mask.any(dim=-1)  # a list with no candidate counts 0
+
+
+def plackett_luce_loss(
+    s: torch.Tensor,
+    r: torch.Tensor,
+    y: torch.Tensor,
+    tau_anc: float | torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    top_k: int | None = None,
+    label_smoothing: float = 0.0,
+    poly_epsilon: float = 0.0,
+    clip_log_ratio: float = 0.0,
+    clip_score: float = 0.0,
+) -> torch.Tensor:
+    """Anchored Plackett-Luce (ListMLE) loss per list, shape ``(...)``, over ``u = (s - r) /
+    tau_anc`` ranked by the signal ``y`` (see the module docstring for ``top_k``,
+    ``label_smoothing``, ``poly_epsilon`` and the clamps). A list with fewer than two real
+    candidates, or ``top_k=0``, counts 0.
+
+    Source: the ranking loss of the ADPO author's public trainer (``_compute_plackett_luce_loss``,
+    defaults there: top 3, smoothing 0.1, poly 1, clamps 5 and 10), written here from the math.
+    """
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 or None (every rank), got {top_k}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    u = anchored_logits(s, r, tau_anc, clip_log_ratio, clip_score)
+    real = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
+    # best first, padding last, ties in list order
+    key = torch.where(real, y.detach(), torch.full_like(y, -torch.inf))
+    order = torch.argsort(key, dim=-1, descending=True, stable=True)
+    u_sorted = torch.gather(u, -1, order)
+    w = torch.gather(real, -1, order)
+    # suffix logsumexp over the candidates not yet ranked (padding carries no mass)
+    masked = u_sorted + mask_bias(w, u.dtype)
+    lse = torch.logcumsumexp(masked.flip(-1), dim=-1).flip(-1)
+    per_rank = lse - u_sorted
+    if label_smoothing > 0:
+        wf = w.to(u.dtype)
+        suffix_sum = torch.cumsum((u_sorted * wf).flip(-1), dim=-1).flip(-1)
+        suffix_n = torch.cumsum(wf.flip(-1), dim=-1).flip(-1).clamp(min=1.0)
+        per_rank = (1.0 - label_smoothing) * per_rank + label_smoothing * (lse - suffix_sum / suffix_n)
+    if poly_epsilon:
+        per_rank = per_rank + poly_epsilon * (1.0 - torch.exp(-per_rank.clamp(max=20.0)))
+    n = real.sum(dim=-1, keepdim=True)
+    ranks = torch.arange(u.shape[-1], device=u.device)
+    counted = ranks < (n - 1)  # the last real rank is certain
+    if top_k is not None:
+        counted = counted & (ranks < top_k)
+    per_rank = torch.where(counted, per_rank, torch.zeros((), dtype=u.dtype, device=u.device))
+    return per_rank.sum(dim=-1) / counted.sum(dim=-1).clamp(min=1)
 
 
 def mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -144,7 +220,7 @@ def dpo_loss(
     return pairwise_loss(s, r, hard_pairwise_target(y), beta, mask)
 
 
-LOSSES: tuple[str, ...] = ("listwise", "pairwise", "dpo")
+LOSSES: tuple[str, ...] = ("listwise", "plackett_luce", "pairwise", "dpo")
 
 
 def adpo_loss(
@@ -161,24 +237,39 @@ def adpo_loss(
     tau_alpha: float = 0.0,
     tau_min: float = 0.05,
     q_center: bool = False,
+    pl_top_k: int | None = None,
+    label_smoothing: float = 0.0,
+    poly_epsilon: float = 0.0,
+    clip_log_ratio: float = 0.0,
+    clip_score: float = 0.0,
 ) -> torch.Tensor:
     """The ADPO loss of one variant per list, from scores and the raw signal ``y``.
 
     ``loss`` is one of :data:`LOSSES`; ``target`` one of ``targets.TARGETS`` (ignored by ``dpo``,
     which always uses hard pairs). The pairwise variants use ``beta = 1 / tau_anc`` so that one
     temperature sets the trust region of every variant. ``target_norm`` (``none`` | ``list``)
-    applies to every variant's signal; ``tau_alpha`` / ``tau_min`` and ``q_center`` to listwise only.
+    applies to every variant's signal; ``tau_alpha`` / ``tau_min`` and ``q_center`` to listwise only;
+    ``pl_top_k``, ``label_smoothing`` and ``poly_epsilon`` to ``plackett_luce`` only; the clamps
+    ``clip_log_ratio`` and ``clip_score`` to both listwise losses.
     """
     if target_norm == "list":
         y = normalize_signal(y, mask)
     elif target_norm != "none":
         raise ValueError(f"unknown target_norm {target_norm!r}; allowed: none, list")
+    if loss != "plackett_luce" and (pl_top_k is not None or label_smoothing or poly_epsilon):
+        raise ValueError(f"pl_top_k, label_smoothing and poly_epsilon apply to 'plackett_luce', not {loss!r}")
     if loss == "listwise":
         q = list_target(y, target, beta_q, mask)
         tau = adaptive_tau(q, tau_anc, tau_alpha, tau_min, mask) if tau_alpha > 0 else tau_anc
-        return listwise_loss(s, r, q, tau, mask, q_center=q_center)
-    if tau_alpha > 0 or q_center:
-        raise ValueError(f"tau_alpha and q_center apply to the listwise loss, not {loss!r}")
+        return listwise_loss(s, r, q, tau, mask, q_center=q_center, clip_log_ratio=clip_log_ratio,
+                             clip_score=clip_score)
+    if loss == "plackett_luce":
+        if tau_alpha > 0 or q_center:
+            raise ValueError("tau_alpha and q_center apply to the listwise loss, not 'plackett_luce'")
+        return plackett_luce_loss(s, r, y, tau_anc, mask, top_k=pl_top_k, label_smoothing=label_smoothing,
+                                  poly_epsilon=poly_epsilon, clip_log_ratio=clip_log_ratio, clip_score=clip_score)
+    if tau_alpha > 0 or q_center or clip_log_ratio or clip_score:
+        raise ValueError(f"tau_alpha, q_center and the clamps apply to the listwise losses, not {loss!r}")
     if loss == "pairwise":
         return pairwise_loss(s, r, pair_target(y, target, beta_q, mask), 1.0 / tau_anc, mask)
     if loss == "dpo":
