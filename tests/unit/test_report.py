@@ -243,3 +243,25 @@ def test_summary_survives_a_grid_where_no_trial_produced_a_result(tmp_path, caps
     assert frame[["env", "method", "status"]].values.tolist() == [["Hopper-v5", "adpo-dynamic", "ERROR"]]
     print_summary(spec, [failed, lost], options)
     assert "1 trial(s) errored: Hopper-v5:clean:adpo-dynamic" in capsys.readouterr().out
+
+
+def test_relative_improvement_against_a_baseline_with_zeros():
+    """A baseline whose resamples can have mean 0 (only its zeros drawn): the ratio is unbounded
+    there, so its CI is NaN, without warnings; the value itself stays (mean(b) is not 0)."""
+    import warnings
+
+    a, b = [1.0, 2.0, 3.0, 2.0], [0.0, 0.0, 0.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or scipy warnings
+        for paired in (False, True):
+            rel, low, high = stats.relative_improvement(a, b, paired=paired)
+            assert rel == 7.0 and np.isnan(low) and np.isnan(high)  # (2 - 0.25) / 0.25
+        assert all(np.isnan(stats.relative_improvement(a, [0.0, 0.0, 0.0, 0.0])))  # no ratio at all
+        # one zero among ten: a resample of ten zeros (p = 1e-10) is never drawn, the CI stands
+        a, b = np.array([1.0, 2, 3, 2, 2, 2, 2, 2, 2, 2]), np.array([0.0, 5, 5, 5, 5, 5, 5, 5, 5, 5])
+        rel, low, high = stats.relative_improvement(a, b)
+    ref = sps.bootstrap((a, b), lambda x, y, axis=-1: (x.mean(axis) - y.mean(axis)) / np.abs(y.mean(axis)),
+                        confidence_level=0.95, n_resamples=2000, method="percentile", rng=np.random.default_rng(0))
+    assert rel == pytest.approx(2.0 / 4.5 - 1)
+    assert (low, high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert np.isfinite(low) and np.isfinite(high)
