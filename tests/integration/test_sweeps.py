@@ -73,6 +73,9 @@ def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tm
     assert len(results) == 2 and not results.errors and results.mlflow_pending == 0
     folders = sorted(Path(r.path).name for r in results)
     assert folders == sorted(t.dirname for t in trials) and all(len(f.encode()) <= 200 for f in folders)
+    from adpo_ray.orchestration.status import grid_status
+
+    assert grid_status(opts.run_dir).trials["finished"] == 2  # `adpo-ray status` finds the folders
     client = MlflowClient(opts.tracking_uri)
     parents, kids = children(client, "ident")
     assert len(kids) == 2
