@@ -9,7 +9,6 @@ from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.metrics import HEADLINE, is_metric_key
 from adpo_ray.spec import TrialSpec
 
-
 #: The columns of :func:`summary_frame`, there even when no trial has a row.
 COLUMNS = [*TrialSpec.__dataclass_fields__, "method", "status"]
 

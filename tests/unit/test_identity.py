@@ -5,9 +5,9 @@ error before anything starts; a name too long for a folder is shortened and stay
 import pytest
 import yaml
 
-from adpo_ray.cli import main
 from adpo_ray import spec as specs
 from adpo_ray import sweeps
+from adpo_ray.cli import main
 from adpo_ray.spec import SpecError, TrialSpec, parse_spec
 
 BASE = {"name": "ident", "environments": ["PreferenceBandit"], "scenarios": ["clean"],
