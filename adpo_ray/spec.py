@@ -751,13 +751,16 @@ def check_identities(trials: list[TrialSpec]) -> None:
             key = ident(t)
             other = seen.setdefault(key, t)
             if other is not t:
-                def point(x: TrialSpec) -> str:
-                    return ", ".join(f"{k}={v!r}" for k, v in x.sweep) or "no sweep"
                 raise ValueError(
-                    f"sweep: two trials would have the same {what} {key!r}: the points ({point(other)}) and "
-                    f"({point(t)}); their runs, folders and report groups would merge. List values that "
+                    f"sweep: two trials would have the same {what} {key!r}: the points ({_point(other)}) and "
+                    f"({_point(t)}); their runs, folders and report groups would merge. List values that "
                     "differ as written (e.g. 0.5 and 0.25, not 0.5 and '0.5')"
                 )
+
+
+def _point(trial: TrialSpec) -> str:
+    """A trial's sweep point with every value as Python writes it (``'0.5'`` is not ``0.5``)."""
+    return ", ".join(f"{k}={v!r}" for k, v in trial.sweep) or "no sweep"
 
 
 #: The longest trial folder name kept as it is: file systems take 255 bytes per path component,
