@@ -40,7 +40,7 @@ from adpo_ray.sweeps import SWEEP_SECTIONS, Distribution, Search, distribution_b
 
 __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "load_spec", "parse_spec",
            "teacher_key", "dataset_key", "CleanPPO", "clean_ppo", "teacher_of", "pretrained_of",
-           "pretrained_policies", "init_slot", "KIND_DEFAULTS"]
+           "pretrained_policies", "init_slot", "KIND_DEFAULTS", "check_identities"]
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
 Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
@@ -471,6 +471,8 @@ class ExperimentSpec(_Strict):
             raise ValueError("the grid is empty: no trial results from these axes")
         if n > MAX_TRIALS:
             raise ValueError(f"the grid has {n:,} trials; at most {MAX_TRIALS:,} (split it into several specs)")
+        if self.grid_axes() and self.search is None:  # without a sweep, the grid's own axes tell trials apart
+            check_identities(self.trials())
         return self
 
     def _check_departures(self) -> None:
@@ -567,14 +569,18 @@ class ExperimentSpec(_Strict):
                 candidates = distribution_bounds(value)
             else:
                 candidates = value
-                if len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
-                    raise ValueError(f"sweep.{path}: a value is listed twice")
+            seen: dict[Any, Any] = {}
             for v in candidates:
                 try:
                     self.with_values({path: v})
                 except ValidationError as e:
                     msgs = "; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())
                     raise ValueError(f"sweep.{path}: value {v!r}: {msgs}") from None
+                held = _swept_value(path, v)
+                if isinstance(value, list) and _same(held) in seen:
+                    raise ValueError(f"sweep.{path}: a value is listed twice ({seen[_same(held)]!r} and {v!r} "
+                                     "are the same value for this knob); list each value once")
+                seen[_same(held)] = v
         if self.search is not None:
             from adpo_ray.metrics import CURATED
 
@@ -714,6 +720,55 @@ class ExperimentSpec(_Strict):
         return out
 
 
+def _swept_value(path: str, value: Any) -> Any:
+    """A sweep value as its knob holds it once validated, so that values written differently
+    compare equal (``1`` and ``1.0`` of a float knob, ``'1e-3'`` and ``0.001``, ``1`` and ``true``
+    of a switch). Anchor parameters reach their schedule as written."""
+    section, _, knob = path.partition(".")
+    model = {"adpo": TrainSection, "ppo": TrainSection, "bandit": BanditParams}.get(section)
+    if model is None:
+        return value
+    name = next(n for n, f in model.model_fields.items() if knob in (n, f.alias))
+    return getattr(model.model_validate({knob: value}), name)
+
+
+def _same(value: Any) -> Any:
+    """A key under which equal values meet (``1 == 1.0 == True``, as the knobs read them)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return json.dumps(value, sort_keys=True, default=str)
+
+
+def check_identities(trials: list[TrialSpec]) -> None:
+    """Raise ValueError unless every trial has its own identity: tag (MLflow run key, ``trial``
+    tag, run name), method label within its coordinates, and folder name (:attr:`TrialSpec.dirname`).
+    The error names both trials and their sweep points."""
+    for what, ident in (("name", lambda t: t.tag), ("folder name", lambda t: t.dirname)):
+        seen: dict[str, TrialSpec] = {}
+        for t in trials:
+            key = ident(t)
+            other = seen.setdefault(key, t)
+            if other is not t:
+                raise ValueError(
+                    f"sweep: two trials would have the same {what} {key!r}: the points ({_point(other)}) and "
+                    f"({_point(t)}); their runs, folders and report groups would merge. List values that "
+                    "differ as written (e.g. 0.5 and 0.25, not 0.5 and '0.5')"
+                )
+
+
+def _point(trial: TrialSpec) -> str:
+    """A trial's sweep point with every value as Python writes it (``'0.5'`` is not ``0.5``)."""
+    return ", ".join(f"{k}={v!r}" for k, v in trial.sweep) or "no sweep"
+
+
+#: The longest trial folder name kept as it is: file systems take 255 bytes per path component,
+#: and the margin leaves room for the suffixes that storage and sync tools add to a name.
+MAX_DIRNAME_BYTES = 200
+_DIRNAME_SAFE = re.compile(r"[A-Za-z0-9_.,=+-]+")
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """The coordinates of one trial in the grid."""
@@ -759,6 +814,19 @@ class TrialSpec:
         if self.sweep:
             tag += f"_{sweep_label(self.sweep)}"
         return f"{tag}_{self.sample}" if self.sample else tag
+
+    @property
+    def dirname(self) -> str:
+        """The trial's folder name (Tune's trial folder, its MLflow run name and spool files): its
+        :attr:`tag`; a tag longer than :data:`MAX_DIRNAME_BYTES` or with characters a folder name
+        cannot hold (``/``, spaces...) is cut, those characters made ``_``, and a digest of the whole
+        tag appended, so distinct tags keep distinct names. The full tag stays in MLflow."""
+        tag = self.tag
+        if len(tag.encode()) <= MAX_DIRNAME_BYTES and _DIRNAME_SAFE.fullmatch(tag):
+            return tag
+        digest = hashlib.sha256(tag.encode()).hexdigest()[:16]
+        safe = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", tag)
+        return f"{safe[:MAX_DIRNAME_BYTES - len(digest) - 1]}_{digest}"
 
     @property
     def noise_type(self) -> str:

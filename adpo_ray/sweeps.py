@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Distribution", "Search", "Asha", "SWEEP_SECTIONS", "apply_sets", "set_path", "sweep_label",
-           "distribution_bounds", "grid_values"]
+           "format_value", "distribution_bounds", "grid_values"]
 
 #: Spec sections whose knobs can be swept, and how a path into them looks.
 SWEEP_SECTIONS = ("adpo", "ppo", "bandit", "anchors.params")
@@ -125,12 +125,17 @@ def apply_sets(data: dict, sets: list[str]) -> dict:
 
 
 def sweep_label(values: dict[str, Any] | tuple) -> str:
-    """``adpo.lr=0.001,adpo.beta_q=2``: a sweep point, compact and stable."""
+    """``adpo.lr=0.001,adpo.beta_q=2``: a sweep point, compact and exact (every value written so
+    that it reads back as itself: distinct points never share a label)."""
     items = values.items() if isinstance(values, dict) else values
-    return ",".join(f"{k}={_fmt(v)}" for k, v in items)
+    return ",".join(f"{k}={format_value(v)}" for k, v in items)
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A sweep value as a label writes it: a float in the shortest text that reads back as the
+    same float (Python's ``repr``: ``0.0030001``, ``1e-05``), without a trailing ``.0`` (``2``);
+    anything else as ``str``."""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        text = repr(v)
+        return text[:-2] if text.endswith(".0") else text
     return str(v)

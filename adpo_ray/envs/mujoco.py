@@ -14,6 +14,8 @@ the episode's uncorrupted return, so the clean training return can be reported n
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -21,7 +23,7 @@ import numpy as np
 
 from adpo_ray.core.noise import CLEAN, Scenario, get_scenario
 
-__all__ = ["NoisyMujoco", "REWARD_SCALE", "ObsNorm", "make_mujoco"]
+__all__ = ["NoisyMujoco", "REWARD_SCALE", "ObsNorm", "make_mujoco", "import_mujoco", "gl_error"]
 
 #: The unit of reward noise per env: the standard deviation of the per-step reward under a
 #: uniform-random policy (20,000 steps, seed 0, measured with gymnasium 1.2.2 / mujoco 4.0.0:
@@ -100,12 +102,66 @@ class ObsNorm:
         return cls(d["mean"], d["std"], d.get("clip"))
 
 
+#: Why MuJoCo's OpenGL backend (``MUJOCO_GL``) could not be loaded in this process; None when it
+#: was, or before MuJoCo is imported.
+_GL_ERROR: str | None = None
+
+
+def import_mujoco() -> None:
+    """Import ``mujoco`` so that ``MUJOCO_GL`` matters only where something renders.
+
+    ``import mujoco`` loads the OpenGL backend that ``MUJOCO_GL`` names
+    (``mujoco.rendering.classic.gl_context``), and a backend that cannot load fails the import
+    itself, simulation included: ``osmesa`` without OSMesa raises PyOpenGL's AttributeError
+    (which MuJoCo does not catch), an unknown name a RuntimeError. Then MuJoCo is imported with
+    rendering off (``MUJOCO_GL=disable`` during the import, the environment restored after) and
+    the reason kept for :func:`make_mujoco`, which refuses to render with it. Errors that are not
+    the backend's (MuJoCo missing) propagate."""
+    global _GL_ERROR
+    if "mujoco" in sys.modules:
+        return
+    saved = {k: os.environ.get(k) for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    try:
+        import mujoco  # noqa: F401
+        return
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the GL backend's failure, whatever its type
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    os.environ["MUJOCO_GL"] = "disable"
+    try:
+        import mujoco  # noqa: F401, F811
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _GL_ERROR = reason
+
+
+def gl_error(render_mode: str) -> str | None:
+    """Why this process cannot render (``render_mode``) with MuJoCo, naming ``MUJOCO_GL`` and the
+    fix; None when its OpenGL backend loaded. Call after :func:`import_mujoco`."""
+    if _GL_ERROR is None:
+        return None
+    gl = os.environ.get("MUJOCO_GL", "")
+    return (f"render_mode={render_mode!r} needs MuJoCo's OpenGL backend, and MUJOCO_GL={gl!r} could not be "
+            f"loaded ({_GL_ERROR}). Set MUJOCO_GL=egl (a GPU, or Mesa's EGL), MUJOCO_GL=osmesa with OSMesa "
+            "installed (e.g. apt-get install libosmesa6), or MUJOCO_GL=glfw with a display")
+
+
 def make_mujoco(name: str, config: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make(name)`` with actions clipped to the action box and the scenario from
     ``config["scenario"]`` applied; ``config["obs_norm"]`` (an :class:`ObsNorm` dict) adds a
-    frozen observation normalisation; ``config["render_mode"]`` (e.g. ``rgb_array``) renders."""
+    frozen observation normalisation; ``config["render_mode"]`` (e.g. ``rgb_array``) renders.
+    Without ``render_mode`` it works whatever ``MUJOCO_GL`` says; with it, a ``MUJOCO_GL`` whose
+    backend cannot load is a RuntimeError naming the variable and the fix (:func:`gl_error`)."""
     config = dict(config or {})
     extra = {"render_mode": config["render_mode"]} if config.get("render_mode") else {}
+    import_mujoco()  # before gymnasium's MuJoCo envs import it
+    if extra and gl_error(extra["render_mode"]):
+        raise RuntimeError(gl_error(extra["render_mode"]))
     env = gym.make(name, disable_env_checker=True, **extra)  # checked in the tests; it costs every step
     env = NoisyMujoco(env, config.get("scenario", CLEAN), REWARD_SCALE.get(name, 1.0))
     if config.get("obs_norm"):

@@ -153,7 +153,9 @@ def progress_reporter(spec: ExperimentSpec):
 
 
 def _trial_name(trial) -> str:
-    return TrialSpec.from_config(trial.config, trial.trial_id).tag
+    """Tune's name and folder of a trial: its tag, shortened where a folder name could not hold it
+    (:attr:`TrialSpec.dirname`)."""
+    return TrialSpec.from_config(trial.config, trial.trial_id).dirname
 
 
 # -- launch ------------------------------------------------------------------------------------

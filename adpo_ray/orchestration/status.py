@@ -86,7 +86,7 @@ def grid_status(run_dir: str) -> GridStatus:
     for trial in spec.trials():
         progress = envs.setdefault(trial.env, EnvProgress())
         budget = trial_env_steps(spec.knobs(trial))
-        state, steps = _trial_state(root / trial.tag)
+        state, steps = _trial_state(root / trial.dirname)
         if state == "started":
             state = "running" if alive else "stopped"
         progress.trials[state] += 1

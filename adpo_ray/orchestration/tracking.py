@@ -210,7 +210,7 @@ class MLflowTracker(tune.Callback):
             start = (trial.config.get("init_runs") or {}).get(init_slot(t.env, t.hidden_size))
             if start:  # the pretrained run this trial (and its anchor) started from
                 params["anchors.init.run_id"] = start
-            self._spool.append("run", key=key, name=t.tag, parent=self.parent_key, tags={
+            self._spool.append("run", key=key, name=t.dirname, parent=self.parent_key, tags={
                 "tune_trial_id": trial.trial_id, **run_tags(t, self.spec.name), **self._software_tags,
             }, params=params)
             self._state["runs"].add(key)
@@ -243,7 +243,7 @@ class MLflowTracker(tune.Callback):
         key = self._child(trial)
         history = self._state["history"].pop(key, {})
         if history:
-            path = self._spool.folder / "files" / TrialSpec.from_config(trial.config, trial.trial_id).tag / "metrics.csv"
+            path = self._spool.folder / "files" / TrialSpec.from_config(trial.config, trial.trial_id).dirname / "metrics.csv"
             write_history_csv(path, history)
             self._spool.append("artifact", key=key, path=self._spool.relative(str(path)), artifact_path=None)
         checkpoint = trial.checkpoint
@@ -257,7 +257,7 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         key = self._child(trial)
         if trial.error_file and Path(trial.error_file).exists():
-            path = self._spool.keep_file(trial.error_file, f"{TrialSpec.from_config(trial.config, trial.trial_id).tag}/error.txt")
+            path = self._spool.keep_file(trial.error_file, f"{TrialSpec.from_config(trial.config, trial.trial_id).dirname}/error.txt")
             self._spool.append("artifact", key=key, path=self._spool.relative(path), artifact_path=None)
         self._spool.append("status", key=key, status="FAILED")
         self._state["ended"].add(key)
@@ -328,8 +328,33 @@ def launch_summary(finals) -> dict[str, float]:
         s = summarize(xs)
         for name, value in (("mean", s.mean), ("iqm", s.iqm), ("ci_low", s.ci_low), ("ci_high", s.ci_high), ("n", s.n)):
             if value == value:  # not NaN (one trial has no CI)
-                out[f"summary/{env}/{method}/{short}_{name}"] = float(value)
+                out[f"summary/{env}/{metric_method(method)}/{short}_{name}"] = float(value)
     return out
+
+
+#: The longest method part of a summary metric: MLflow takes metric names of up to 250 characters.
+MAX_METRIC_METHOD = 150
+
+
+def metric_method(method: str) -> str:
+    """A method label as MLflow takes it in a metric name (letters, digits, ``_ - . : /`` and
+    spaces; at most 250 characters): a sweep's ``adpo-dynamic (adpo.lr=0.001,adpo.beta_q=2)``
+    becomes ``adpo-dynamic adpo.lr:0.001 adpo.beta_q:2``. A label that would still not fit, or
+    could be read two ways, is cut to :data:`MAX_METRIC_METHOD` characters with a digest of the
+    whole label appended (the child runs' ``method`` tag keeps it whole)."""
+    import hashlib
+    import re
+
+    word = r"[\w.\-]+"  # no ':' or ' ': the mapping below reads back one way
+    base, _, label = method.partition(" (")
+    items = label.removesuffix(")").split(",") if label else []
+    text = " ".join([base, *(item.replace("=", ":", 1) for item in items)])
+    readable = re.fullmatch(word, base) and all(re.fullmatch(f"{word}={word}", item) for item in items)
+    if readable and len(text) <= MAX_METRIC_METHOD:
+        return text
+    digest = hashlib.sha256(method.encode()).hexdigest()[:12]
+    safe = re.sub(r"[^\w.\- :]", "_", text)
+    return f"{safe[:MAX_METRIC_METHOD - len(digest) - 1]} {digest}"
 
 
 def replay_state(spool: Spool) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         if "trial" not in config:
             continue
         trial = TrialSpec.from_config(config)
-        tag = params.parent.name  # the trial's folder is named by its tag (a search's adds Tune's trial id)
+        tag = params.parent.name  # the trial's folder name (TrialSpec.dirname; a search's tag holds Tune's trial id)
         progress = params.parent / "progress.csv"
         history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
         if not history.empty and ENV_STEPS in history:

@@ -8,11 +8,13 @@
 * :func:`verdict`: how a measured interval stands against a claimed range.
 
 Bootstrap CIs use :func:`scipy.stats.bootstrap` (percentile method, fixed seed so reports are
-reproducible). With fewer than 2 values a CI is ``(nan, nan)``.
+reproducible). With fewer than 2 values, or a statistic undefined on some resample (a relative
+improvement over a baseline resampled to mean 0), a CI is ``(nan, nan)``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,23 +43,29 @@ def iqm(x) -> float:
 
 def bootstrap_ci(data: tuple, statistic, *, paired: bool = False, vectorized: bool = True) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic(*data)``; ``(nan, nan)`` if any sample has < 2 values
-    or the statistic is constant (a degenerate bootstrap distribution)."""
+    or the statistic is undefined (NaN) on some resample; ``(value, value)`` if every sample is
+    constant (a degenerate bootstrap distribution)."""
     data = tuple(np.asarray(d, dtype=float) for d in data)
     if any(len(d) < 2 for d in data):
         return float("nan"), float("nan")
     if all(np.all(d == d[0]) for d in data):
         value = float(statistic(*data)) if not vectorized else float(statistic(*data, axis=-1))
         return value, value
-    res = stats.bootstrap(
-        data,
-        statistic,
-        paired=paired,
-        vectorized=vectorized,
-        confidence_level=CONFIDENCE,
-        n_resamples=N_RESAMPLES,
-        method="percentile",
-        rng=np.random.default_rng(SEED),
-    )
+    with warnings.catch_warnings():
+        # NaN resamples are answered below; scipy's warning about them speaks of BCa, not used here
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap(
+            data,
+            statistic,
+            paired=paired,
+            vectorized=vectorized,
+            confidence_level=CONFIDENCE,
+            n_resamples=N_RESAMPLES,
+            method="percentile",
+            rng=np.random.default_rng(SEED),
+        )
+    if not np.all(np.isfinite(res.bootstrap_distribution)):
+        return float("nan"), float("nan")
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -72,15 +80,34 @@ def summarize(x) -> Summary:
     return Summary(len(x), float(x.mean()), std, iqm(x), low, high)
 
 
+#: A baseline mean below this in magnitude counts as zero: no ratio to it is defined.
+ZERO_BASELINE = 1e-12
+
+
 def _rel(a, b, axis=-1):
+    """The relative improvement per resample; NaN where the baseline's mean is ~0."""
     mb = np.mean(b, axis=axis)
-    return (np.mean(a, axis=axis) - mb) / np.abs(mb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(mb) < ZERO_BASELINE, np.nan, (np.mean(a, axis=axis) - mb) / np.abs(mb))
 
 
 def relative_improvement(a, b, *, paired: bool = False) -> tuple[float, float, float]:
-    """``(mean(a) - mean(b)) / |mean(b)|`` and its 95% bootstrap CI (NaN when mean(b) is ~0)."""
+    """``(mean(a) - mean(b)) / |mean(b)|`` and its 95% percentile bootstrap CI, as
+    ``(value, ci_low, ci_high)`` (fractions: 0.1 is +10%).
+
+    The ratio is undefined where the baseline's mean is ~0 (``|mean| < ZERO_BASELINE``), and
+    then it is NaN, never infinite:
+
+    * the value and the CI are NaN when ``mean(b)`` itself is ~0 (or a sample is empty);
+    * the CI alone is NaN when some bootstrap resample of ``b`` has a mean of ~0 — e.g. a
+      baseline with zeros, where a resample can draw only its zeros: the ratio is unbounded over
+      the resampling distribution, so no interval of it is meaningful (compare the difference of
+      means instead). A baseline whose zero-mean resamples are too rare to be drawn keeps its CI.
+
+    The CI is also NaN with fewer than 2 values per sample. ``paired``: resample matched pairs
+    (same seed and setting); the samples must then have equal sizes (ValueError otherwise)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) == 0 or len(b) == 0 or abs(np.mean(b)) < 1e-12:
+    if len(a) == 0 or len(b) == 0 or abs(np.mean(b)) < ZERO_BASELINE:
         return float("nan"), float("nan"), float("nan")
     value = float(_rel(a, b))
     if paired and len(a) != len(b):

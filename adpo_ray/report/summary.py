@@ -9,20 +9,37 @@ from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.metrics import HEADLINE, is_metric_key
 from adpo_ray.spec import TrialSpec
 
+#: The columns of :func:`summary_frame`, there even when no trial has a row.
+COLUMNS = [*TrialSpec.__dataclass_fields__, "method", "status"]
+
 
 def summary_frame(results) -> Any:
-    """One row per trial: coordinates, status and final curated metrics."""
+    """One row per trial: coordinates, status and final curated metrics (:data:`COLUMNS`, then
+    the metrics). A trial that errored before its first result has no config in its result: its
+    coordinates are read from the ``params.json`` in its folder."""
     import pandas as pd
 
     rows = []
     for r in results:
-        if not r.config:  # a trial that never started (the grid was interrupted first)
+        config = r.config or (_params_of(r) if r.error else None)
+        if not config:  # a trial that never started (the grid was interrupted first)
             continue
-        t = TrialSpec.from_config(r.config, (r.metrics or {}).get("trial_id", ""))
+        t = TrialSpec.from_config(config, (r.metrics or {}).get("trial_id", ""))
         row = {**t.as_dict(), "method": t.method, "status": "ERROR" if r.error else "TERMINATED"}
         row.update({k: v for k, v in (r.metrics or {}).items() if is_metric_key(k)})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=COLUMNS) if not rows else pd.DataFrame(rows)
+
+
+def _params_of(result) -> dict | None:
+    """The config Tune wrote into a trial's folder (``params.json``), or None if it cannot be read."""
+    import json
+
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+            return json.loads(f.read())
+    except Exception:  # noqa: BLE001 - no folder, no file, storage away: the trial goes unlisted
+        return None
 
 
 def headline_table(frame, env: str):

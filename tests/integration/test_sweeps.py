@@ -57,6 +57,47 @@ def test_grid_sweep_trials_names_params_and_report(ray_local, tmp_path):
     assert sorted(tune_data.trials["method"]) == sorted(data.trials["method"])
 
 
+def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tmp_path):
+    """adpo.lr 0.0030001 and 0.0030004 (one label, one MLflow run and one report group at 4
+    significant digits) with 14 knobs more at one value each (a name longer than a folder name
+    may be): two trials in two folders of at most 200 bytes, two child runs with the exact values
+    and the full names, two methods in the report, the launch summary delivered to MLflow."""
+    from ..unit.test_identity import LONG
+
+    spec = parse_spec({**BANDIT, "name": "ident", "hidden_sizes": [16],
+                       "sweep": {**LONG, "adpo.lr": [0.0030001, 0.0030004]}})
+    trials = spec.trials()
+    assert len(trials) == 2 and all(len(t.tag) > 255 for t in trials)
+    opts = options(tmp_path, "id")
+    results = run_grid(spec, opts)
+    assert len(results) == 2 and not results.errors and results.mlflow_pending == 0
+    folders = sorted(Path(r.path).name for r in results)
+    assert folders == sorted(t.dirname for t in trials) and all(len(f.encode()) <= 200 for f in folders)
+    from adpo_ray.orchestration.status import grid_status
+
+    assert grid_status(opts.run_dir).trials["finished"] == 2  # `adpo-ray status` finds the folders
+    client = MlflowClient(opts.tracking_uri)
+    parents, kids = children(client, "ident")
+    assert len(kids) == 2
+    by_lr = {k.data.tags["sweep.adpo.lr"]: k for k in kids}
+    assert sorted(by_lr) == ["0.0030001", "0.0030004"]
+    for t in trials:
+        kid = by_lr[repr(dict(t.sweep)["adpo.lr"])]
+        assert kid.data.params["lr"] == kid.data.tags["sweep.adpo.lr"]  # the knob that trained
+        assert (kid.data.tags["trial"], kid.data.tags["method"]) == (t.tag, t.method)
+        assert kid.info.run_name == t.dirname and kid.info.status == "FINISHED"
+    data = load_mlflow(opts.tracking_uri, "ident")
+    assert sorted(data.trials["method"]) == sorted(t.method for t in trials)  # two groups of one
+    assert sorted(load_tune_folder(opts.run_dir).trials["method"]) == sorted(data.trials["method"])
+    from adpo_ray.orchestration.tracking import metric_method
+
+    (parent,) = parents
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    for t in trials:
+        assert f"summary/PreferenceBandit/{metric_method(t.method)}/winmass_n" in parent.data.metrics
+
+
 SEARCH = {
     **BANDIT,
     "name": "search",

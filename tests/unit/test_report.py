@@ -206,3 +206,62 @@ def test_claims_say_where_trials_started_and_what_they_can_detect():
     started = trials.assign(start="pretrained PPO")
     online = [c for c in paper_claims(started, compare(started)) if c.claim.startswith("Online RL")][0]
     assert "start: pretrained PPO" in online.note
+
+
+def test_summary_survives_a_grid_where_no_trial_produced_a_result(tmp_path, capsys):
+    """Every trial errored before its first result (Tune's results then carry no config): the
+    end-of-grid summary lists them by their coordinates from params.json, or, with no folder to
+    read, prints an empty table, instead of a KeyError."""
+    import json
+    from types import SimpleNamespace
+
+    from pyarrow import fs
+
+    from adpo_ray.cli import print_summary
+    from adpo_ray.report.summary import summary_frame
+    from adpo_ray.spec import parse_spec
+
+    trial = {"env": "Hopper-v5", "scenario": "clean", "algorithm": "adpo", "anchor_mode": "dynamic",
+             "hidden_size": 64, "seed": 0, "sweep": [], "sample": ""}
+    folder = tmp_path / "Hopper-v5_clean_adpo-dynamic_h64_s0"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"trial": trial}))
+    failed = SimpleNamespace(config=None, metrics={"trial_id": "a_00000"}, error=RuntimeError("GL"),
+                             path=str(folder), filesystem=fs.LocalFileSystem())
+    lost = SimpleNamespace(config=None, metrics={"trial_id": "a_00001"}, error=RuntimeError("GL"),
+                           path=str(tmp_path / "gone"), filesystem=fs.LocalFileSystem())
+    spec = parse_spec({"name": "h", "environments": ["Hopper-v5"], "scenarios": ["clean"],
+                       "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": 1}})
+    options = SimpleNamespace(run_dir=str(tmp_path), tracking_uri="sqlite:///m.db", artifact_location=None)
+
+    frame = summary_frame([lost])
+    assert frame.empty and {"env", "scenario", "method", "status"} <= set(frame.columns)
+    print_summary(spec, [lost], options)
+    assert "errored" not in capsys.readouterr().out
+
+    frame = summary_frame([failed, lost])
+    assert frame[["env", "method", "status"]].values.tolist() == [["Hopper-v5", "adpo-dynamic", "ERROR"]]
+    print_summary(spec, [failed, lost], options)
+    assert "1 trial(s) errored: Hopper-v5:clean:adpo-dynamic" in capsys.readouterr().out
+
+
+def test_relative_improvement_against_a_baseline_with_zeros():
+    """A baseline whose resamples can have mean 0 (only its zeros drawn): the ratio is unbounded
+    there, so its CI is NaN, without warnings; the value itself stays (mean(b) is not 0)."""
+    import warnings
+
+    a, b = [1.0, 2.0, 3.0, 2.0], [0.0, 0.0, 0.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or scipy warnings
+        for paired in (False, True):
+            rel, low, high = stats.relative_improvement(a, b, paired=paired)
+            assert rel == 7.0 and np.isnan(low) and np.isnan(high)  # (2 - 0.25) / 0.25
+        assert all(np.isnan(stats.relative_improvement(a, [0.0, 0.0, 0.0, 0.0])))  # no ratio at all
+        # one zero among ten: a resample of ten zeros (p = 1e-10) is never drawn, the CI stands
+        a, b = np.array([1.0, 2, 3, 2, 2, 2, 2, 2, 2, 2]), np.array([0.0, 5, 5, 5, 5, 5, 5, 5, 5, 5])
+        rel, low, high = stats.relative_improvement(a, b)
+    ref = sps.bootstrap((a, b), lambda x, y, axis=-1: (x.mean(axis) - y.mean(axis)) / np.abs(y.mean(axis)),
+                        confidence_level=0.95, n_resamples=2000, method="percentile", rng=np.random.default_rng(0))
+    assert rel == pytest.approx(2.0 / 4.5 - 1)
+    assert (low, high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert np.isfinite(low) and np.isfinite(high)
