@@ -1,6 +1,7 @@
 """Every use of a private Tune / Ray-core name by the orchestration layer, one small function
-each: this layer's own adapter, next to :mod:`adpo_ray.rllib._ray_private` (RLlib's, which the
-RLlib layer below must not take Tune launching code from). Both were written for the same Ray,
+each. This layer has its own adapter because these uses (restoring a Tuner, reading the
+autoscaler's status) are launching concerns that do not belong in the RLlib layer below, whose
+adapter is :mod:`adpo_ray.rllib._ray_private`. Both were written for the same Ray,
 :data:`~adpo_ray.rllib._ray_private.RAY_VERSION`; importing that module checks the running one."""
 
 from __future__ import annotations

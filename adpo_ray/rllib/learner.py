@@ -61,8 +61,8 @@ def compact_into_lists(
 
 def kl_from_logits(dist_cls, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """Per-row KL(p || q) of two action distributions given by their inputs: closed forms for
-    RLlib's diagonal Gaussian and categorical (a few fused ops, no distribution objects), else
-    the distribution's own ``kl``."""
+    RLlib's diagonal Gaussian (:func:`adpo_ray.core.distill.diag_gaussian_kl`) and categorical
+    (a few fused ops, no distribution objects), else the distribution's own ``kl``."""
     if issubclass(dist_cls, TorchDiagGaussian):
         return diag_gaussian_kl(*split_gaussian(p_logits), *split_gaussian(q_logits))
     if issubclass(dist_cls, TorchCategorical):
