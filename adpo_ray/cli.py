@@ -11,7 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from adpo_ray.orchestration import storage
-from adpo_ray.spec import SpecError, load_spec
+from adpo_ray.spec import SpecError, load_spec, method_name
+
+#: The method a report measures every other against, unless --reference names another.
+REFERENCE = method_name("adpo", "fixed")
 
 
 def _console() -> Console:
@@ -30,6 +33,13 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_spec_error(path: str, error: SpecError) -> None:
+    """``<path>: invalid`` and one indented ``field.path: message`` line per problem, on stderr."""
+    print(f"{path}: invalid", file=sys.stderr)
+    for line in error.errors:
+        print(f"  {line}", file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
@@ -37,9 +47,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             spec = load_spec(path, args.set or ())
         except SpecError as e:
-            print(f"{path}: invalid", file=sys.stderr)
-            for line in e.errors:
-                print(f"  {line}", file=sys.stderr)
+            print_spec_error(path, e)
             status = 2
             continue
         print(f"{path}: ok, {spec.trial_count()} trials")
@@ -68,9 +76,7 @@ def _load(path: str, sets=()):
     try:
         return load_spec(path, sets)
     except SpecError as e:
-        print(f"{path}: invalid", file=sys.stderr)
-        for line in e.errors:
-            print(f"  {line}", file=sys.stderr)
+        print_spec_error(path, e)
         if not Path(path).exists():
             names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
             print(f"  presets you can name instead: {names}", file=sys.stderr)
@@ -214,7 +220,7 @@ def print_summary(spec, results, options) -> None:
     )
 
 
-def write_report(args_out: str | None, data, tracking_uri: str | None, reference: str = "adpo-fixed") -> Path:
+def write_report(args_out: str | None, data, tracking_uri: str | None, reference: str = REFERENCE) -> Path:
     from adpo_ray.report.build import build_report, log_report
 
     out = Path(args_out)
@@ -524,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR", help="read a Tune results folder instead of MLflow")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
     p.add_argument("--no-log", action="store_true", help="do not attach the report to the parent MLflow run")
-    p.add_argument("--reference", default="adpo-fixed", metavar="METHOD",
-                   help="the method every other is measured against (default: adpo-fixed)")
+    p.add_argument("--reference", default=REFERENCE, metavar="METHOD",
+                   help="the method every other is measured against (default: %(default)s)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="roll a trained policy out on a scenario (a child run id or a checkpoint)")

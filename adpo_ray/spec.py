@@ -40,7 +40,7 @@ from adpo_ray.sweeps import SWEEP_SECTIONS, Distribution, Search, distribution_b
 
 __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "load_spec", "parse_spec",
            "teacher_key", "dataset_key", "CleanPPO", "clean_ppo", "teacher_of", "pretrained_of",
-           "pretrained_policies", "init_slot", "KIND_DEFAULTS", "check_identities"]
+           "pretrained_policies", "init_slot", "KIND_DEFAULTS", "check_identities", "method_name"]
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
 Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
@@ -60,7 +60,13 @@ Hidden = _count(1, 8192)
 MAX_TRIALS = 200_000
 
 assert set(EnvName.__args__) == set(ENVIRONMENTS)  # one list of environments
-assert set(LOSSES) == {"listwise", "pairwise", "dpo"} and set(TARGETS) == {"softmax", "kde", "hard"}
+assert set(LOSSES) == {"listwise", "plackett_luce", "pairwise", "dpo"} and set(TARGETS) == {"softmax", "kde", "hard"}
+
+
+def method_name(algorithm: str, anchor_mode: str | None) -> str:
+    """A trial's method as reports and MLflow tags name it: ``adpo-<anchor_mode>`` for ADPO
+    (``adpo-dynamic``, ``adpo-fixed``...), else the algorithm (``ppo``, ``dpo``, ``kd``, ``bc``)."""
+    return f"adpo-{anchor_mode}" if algorithm == "adpo" else algorithm
 
 
 class SpecError(ValueError):
@@ -179,7 +185,7 @@ class TrainParams(_Strict):
     (network updates, batches, GAE). PPO trials read it through the ``ppo:`` overrides
     (:meth:`ExperimentSpec.params_for`)."""
 
-    loss: Literal["listwise", "pairwise", "dpo"] = "listwise"
+    loss: Literal["listwise", "plackett_luce", "pairwise", "dpo"] = "listwise"
     target: Literal["softmax", "kde", "hard"] = "softmax"
     list_source: Literal["auto", "actions", "batch"] = "auto"
     tau_anc: PosFloat = 1.0
@@ -800,7 +806,7 @@ class TrialSpec:
     @property
     def base_method(self) -> str:
         """``adpo-dynamic``, ``adpo-fixed``, ``ppo``, ``dpo``, ``kd``, ``bc``."""
-        return f"adpo-{self.anchor_mode}" if self.algorithm == "adpo" else self.algorithm
+        return method_name(self.algorithm, self.anchor_mode)
 
     @property
     def method(self) -> str:

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Distribution", "Search", "Asha", "SWEEP_SECTIONS", "apply_sets", "set_path", "sweep_label",
-           "format_value", "distribution_bounds", "grid_values"]
+           "format_value", "distribution_bounds"]
 
 #: Spec sections whose knobs can be swept, and how a path into them looks.
 SWEEP_SECTIONS = ("adpo", "ppo", "bandit", "anchors.params")
@@ -56,14 +56,6 @@ class Distribution(_Strict):
     @property
     def kind(self) -> str:
         return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
-
-
-SweepValue = Annotated[list[Any], Field(min_length=1)] | Distribution
-
-
-def grid_values(value: SweepValue) -> list[Any] | None:
-    """The values of a grid axis, or None for a distribution."""
-    return value if isinstance(value, list) else None
 
 
 def distribution_bounds(value: Distribution) -> list[Any]:

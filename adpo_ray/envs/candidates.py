@@ -30,7 +30,7 @@ import numpy as np
 from adpo_ray.envs.mujoco import REWARD_SCALE, ObsNorm, make_mujoco
 
 __all__ = ["COLUMNS", "SIGNALS", "Policy", "Signal", "collect", "dataset_metadata", "probe", "read_dataset",
-           "sim_state", "step_from", "write_dataset"]
+           "sim_state", "write_dataset"]
 
 Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Value = Callable[[np.ndarray], float]
@@ -55,15 +55,6 @@ COLUMNS: dict[str, str] = {
 def sim_state(env: gym.Env) -> tuple[np.ndarray, np.ndarray]:
     data = env.unwrapped.data
     return data.qpos.copy(), data.qvel.copy()
-
-
-def step_from(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray) -> float:
-    """Restore ``(qpos, qvel)`` and step the bare simulator once: the clean one-step reward of
-    ``action`` (clipped to the action box) from that state. Wrappers (time limit, noise) are
-    bypassed, so probing does not advance the episode."""
-    base = env.unwrapped
-    base.set_state(qpos, qvel)
-    return _bare_step(base, action)[1]
 
 
 class Signal:

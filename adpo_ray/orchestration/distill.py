@@ -100,24 +100,17 @@ def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0, timeou
 
 
 # -- teacher -----------------------------------------------------------------------------------
-def teacher_policy(checkpoint: str | Path):
-    """A numpy callable ``obs -> (mean, log_std)`` of the teacher saved at an algorithm checkpoint."""
-    return teacher_callables(checkpoint)[0]
-
-
 def teacher_callables(checkpoint: str | Path):
     """The teacher saved at an algorithm checkpoint as numpy callables: its policy
     ``obs -> (mean, log_std)`` and its value function ``obs -> V(obs)`` (normalised observations)."""
     import torch
-    from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    from adpo_ray.rllib.distill import split_gaussian
+    from adpo_ray.rllib.init import module_dir
+    from adpo_ray.rllib.module import split_gaussian
 
-    module = RLModule.from_checkpoint(
-        str(Path(checkpoint) / "learner_group" / "learner" / "rl_module" / DEFAULT_MODULE_ID)
-    )
+    module = RLModule.from_checkpoint(str(module_dir(checkpoint)))
     module.eval()
 
     def policy(obs):
@@ -136,9 +129,10 @@ def teacher_callables(checkpoint: str | Path):
 def obs_norm_of(algo) -> dict:
     """An online algorithm's observation filter (running mean/std), frozen, as an ObsNorm dict."""
     from adpo_ray.envs.mujoco import ObsNorm
+    from adpo_ray.rllib import _ray_private as rp
 
-    for connector in algo.env_runner._env_to_module.connectors:
-        filters = getattr(connector, "_filters", None)
+    for connector in rp.env_to_module(algo.env_runner).connectors:
+        filters = rp.mean_std_filters(connector)
         if filters:
             filt = filters[next(iter(filters))]
             stats = filt.running_stats
@@ -152,8 +146,8 @@ def train_teacher(spec_json: str, stage_json: str, tracking_uri: str, run_id: st
     import torch
     from mlflow.entities import Metric, Param, RunTag
 
-    from adpo_ray.rllib.distill import EVAL_SEED, evaluate_policy
     from adpo_ray.rllib.factory import build_algo_config
+    from adpo_ray.rllib.rollout import EVAL_SEED, evaluate_policy
 
     torch.set_num_threads(1)
     spec = ExperimentSpec.model_validate_json(spec_json)

@@ -48,12 +48,17 @@ def checkpoint_of(source: str, tracking_uri: str) -> tuple[Path, str | None]:
     return download(tracking_uri, source, "checkpoint"), source
 
 
-def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 10, seed: int = 10_000,
+def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 10, seed: int | None = None,
              video: Path | None = None) -> Evaluation:
-    """Evaluate the policy saved at ``checkpoint`` (needs a connected Ray to restore it)."""
+    """Evaluate the policy saved at ``checkpoint`` (needs a connected Ray to restore it): MuJoCo
+    episodes reset with seeds ``seed``, ``seed + 1``, ... (default
+    :data:`~adpo_ray.rllib.rollout.EVAL_SEED`, the episodes teachers and students are measured on)."""
     from ray.rllib.algorithms.algorithm import Algorithm
 
+    from adpo_ray.orchestration.distill import obs_norm_of
+    from adpo_ray.rllib import _ray_private as rp
     from adpo_ray.rllib.env import register
+    from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns
 
     register()
     algo = Algorithm.from_checkpoint(str(checkpoint))
@@ -64,52 +69,19 @@ def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 1
         if ENVIRONMENTS[env]["kind"] == "bandit":
             from adpo_ray.rllib.callbacks import _winmass_on_learner
 
-            value = _winmass_on_learner(algo.learner_group._learner, {**env_config, "scenario": scenario})
+            value = _winmass_on_learner(rp.local_learner(algo.learner_group), {**env_config, "scenario": scenario})
             note = "--video: the bandit has no frames to record" if video else None
             return Evaluation(env, scenario, "winmass", value, 0.0, 0, video_note=note)
-        obs_norm = env_config.get("obs_norm") or _online_obs_norm(algo)
+        obs_norm = env_config.get("obs_norm") or obs_norm_of(algo)
         module = algo.get_module()
-        returns = [_episode(module, env, scenario, obs_norm, seed + i) for i in range(episodes)]
+        seed = EVAL_SEED if seed is None else seed
+        returns = episode_returns(module, env, obs_norm, episodes, seed, scenario=scenario)
         result = Evaluation(env, scenario, "return", float(np.mean(returns)), float(np.std(returns)), episodes)
         if video is not None:
             result.video, result.video_note = _record(module, env, scenario, obs_norm, seed, video)
         return result
     finally:
         algo.stop()
-
-
-def _online_obs_norm(algo) -> dict:
-    from adpo_ray.orchestration.distill import obs_norm_of
-
-    return obs_norm_of(algo)
-
-
-def _mean_action(module, obs):
-    import torch
-    from ray.rllib.core.columns import Columns
-
-    from adpo_ray.rllib.distill import split_gaussian
-
-    with torch.no_grad():
-        out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], dtype=torch.float32)})
-    return split_gaussian(out[Columns.ACTION_DIST_INPUTS])[0][0].numpy()
-
-
-def _episode(module, env_name: str, scenario: str, obs_norm: dict, seed: int, frames: list | None = None) -> float:
-    """The clean return of one episode of the mean action (noise never reaches the yardstick)."""
-    from adpo_ray.envs.mujoco import make_mujoco
-
-    env = make_mujoco(env_name, {"scenario": scenario, "obs_norm": obs_norm,
-                                 "render_mode": "rgb_array" if frames is not None else None})
-    obs, _ = env.reset(seed=seed)
-    done, info = False, {}
-    while not done:
-        obs, _, terminated, truncated, info = env.step(_mean_action(module, obs))
-        if frames is not None:
-            frames.append(env.render())
-        done = terminated or truncated
-    env.close()
-    return float(info["clean_return"])
 
 
 def _record(module, env_name: str, scenario: str, obs_norm: dict, seed: int, path: Path) -> tuple[str | None, str]:
@@ -119,9 +91,11 @@ def _record(module, env_name: str, scenario: str, obs_norm: dict, seed: int, pat
         import imageio_ffmpeg  # noqa: F401 - the MP4 writer
     except ImportError:
         return None, "--video needs an MP4 writer: pip install imageio-ffmpeg"
+    from adpo_ray.rllib.rollout import episode_returns
+
     frames: list = []
     try:
-        _episode(module, env_name, scenario, obs_norm, seed, frames)
+        episode_returns(module, env_name, obs_norm, 1, seed, scenario=scenario, frames=frames)
     except Exception as e:  # noqa: BLE001 - MuJoCo's renderer could not start
         gl = os.environ.get("MUJOCO_GL", "unset")
         return None, (f"--video: MuJoCo could not render offscreen (MUJOCO_GL={gl}: {type(e).__name__}: "

@@ -18,7 +18,7 @@ from typing import Any
 
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.metrics import ENV_STEPS, EVAL_RETURN, EVAL_WINMASS, TRAINING_ITERATION
-from adpo_ray.orchestration import storage
+from adpo_ray.orchestration import _ray_private, storage
 from adpo_ray.orchestration.mlflow_store import (
     check_tracking,
     default_artifact_location,
@@ -282,10 +282,9 @@ def autoscaler_config() -> dict | None:
     embedded Ray). Ray 2.60 keeps them in the monitor's config file on the head: a zero-CPU task
     pinned to the head reads it; the monitor's pid is in its status in Ray's internal KV."""
     import ray
-    from ray.experimental import internal_kv
 
     try:
-        raw = internal_kv._internal_kv_get("__autoscaling_status")
+        raw = _ray_private.autoscaling_status()
         pid = json.loads(raw).get("monitor_pid") if raw else None
         task = ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})(_read_autoscaling_config)
         config = ray.get(task.remote(pid), timeout=60)
@@ -517,7 +516,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     )
     # Tune restores the callbacks pickled at launch; point the tracker at the folder as it is now
     # (Tune 2.60 has no public way to pass callbacks to a restore).
-    trackers = [c for c in tuner._local_tuner.get_run_config().callbacks or [] if isinstance(c, MLflowTracker)]
+    trackers = [c for c in _ray_private.tuner_run_config(tuner).callbacks or [] if isinstance(c, MLflowTracker)]
     for tracker in trackers:
         tracker.run_dir = run_dir
     results = tuner.fit()

@@ -10,9 +10,10 @@ import pandas as pd
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.metrics import EVAL_OVER_TEACHER, EVAL_RETURN, EVAL_WINMASS, HEADLINE, KL_TEACHER
 from adpo_ray.report import stats
+from adpo_ray.spec import method_name
 
 GROUP = ["env", "scenario", "hidden_size", "method"]
-DYNAMIC, FIXED = "adpo-dynamic", "adpo-fixed"
+DYNAMIC, FIXED = method_name("adpo", "dynamic"), method_name("adpo", "fixed")
 
 
 def _start_of(trials: pd.DataFrame) -> str:
@@ -104,7 +105,7 @@ def _fmt_ci(value: float, low: float, high: float, pct: bool = False) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-STUDENT_ORDER = ["adpo-fixed", "adpo-dynamic", "kd", "bc"]  # report row order
+STUDENT_ORDER = [FIXED, DYNAMIC, "kd", "bc"]  # report row order
 RETURN, OVER_TEACHER, KL = EVAL_RETURN, EVAL_OVER_TEACHER, KL_TEACHER
 
 

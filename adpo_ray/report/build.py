@@ -10,7 +10,7 @@ import pandas as pd
 from adpo_ray.metrics import REPORT_COLUMNS
 from adpo_ray.report import plots
 from adpo_ray.report import ranking as rk
-from adpo_ray.report.analysis import compare, distill_table, group_stats, paper_claims
+from adpo_ray.report.analysis import FIXED, compare, distill_table, group_stats, paper_claims
 from adpo_ray.report.data import COORDS, GridData
 from adpo_ray.report.stats import CONFIDENCE, N_RESAMPLES
 
@@ -109,7 +109,7 @@ def _relative_view(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
     return _compare_view(keep)
 
 
-def build_report(data: GridData, out_dir: str | Path, reference: str = "adpo-fixed") -> dict[str, Path]:
+def build_report(data: GridData, out_dir: str | Path, reference: str = FIXED) -> dict[str, Path]:
     """Write every report file into ``out_dir``; returns name -> path. ``reference``: the method
     every other is measured against (default: the fixed anchor)."""
     out = Path(out_dir)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from adpo_ray.core.noise import SCENARIOS, TWELVE
 from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, is_metric_key
+from adpo_ray.spec import method_name
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start"]
 SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
@@ -38,7 +39,7 @@ def start_label(init: str | None) -> str:
 
 def _coords(trial: dict) -> dict:
     scen = SCENARIOS.get(trial["scenario"])
-    method = trial.get("method") or (f"adpo-{trial['anchor_mode']}" if trial["algorithm"] == "adpo" else trial["algorithm"])
+    method = trial.get("method") or method_name(trial["algorithm"], trial["anchor_mode"])
     return {
         "env": trial["env"],
         "scenario": trial["scenario"],

@@ -24,10 +24,12 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from adpo_ray.core.anchors import make_schedule
 from adpo_ray.core.losses import LOSSES
 from adpo_ray.core.targets import TARGETS
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.connectors import AddListSignalFromInfos
 from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.rllib.learner import ADPOTorchLearner
 from adpo_ray.rllib.module import ADPOTorchRLModule
+from adpo_ray.rllib.settings import set_provided
 
 LIST_SOURCES = ("actions", "batch")
 
@@ -102,15 +104,13 @@ class ADPOConfig(FusedPPOConfig):
             anchor_kl_coeff: adds ``coeff * KL(policy || anchor)`` (exact, per state) to the loss.
         """
         super().training(**kwargs)
-        for name, value in dict(
-            adpo_loss=adpo_loss, adpo_target=adpo_target, tau_anc=tau_anc, beta_q=beta_q,
+        set_provided(
+            self, adpo_loss=adpo_loss, adpo_target=adpo_target, tau_anc=tau_anc, beta_q=beta_q,
             list_source=list_source, list_size=list_size, list_info_key=list_info_key,
             anchor_mode=anchor_mode, anchor_params=anchor_params, anchor_init=anchor_init,
             target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min, q_center=q_center,
             anchor_kl_coeff=anchor_kl_coeff,
-        ).items():
-            if value is not NotProvided:
-                setattr(self, name, value)
+        )
         return self
 
     def get_default_learner_class(self):
@@ -132,28 +132,29 @@ class ADPOConfig(FusedPPOConfig):
     def validate(self) -> None:
         super().validate()
         if self.adpo_loss not in LOSSES:
-            self._value_error(f"adpo_loss={self.adpo_loss!r}; allowed: {', '.join(LOSSES)}")
+            rp.config_value_error(self, f"adpo_loss={self.adpo_loss!r}; allowed: {', '.join(LOSSES)}")
         if self.adpo_target not in TARGETS:
-            self._value_error(f"adpo_target={self.adpo_target!r}; allowed: {', '.join(TARGETS)}")
+            rp.config_value_error(self, f"adpo_target={self.adpo_target!r}; allowed: {', '.join(TARGETS)}")
         if self.list_source not in LIST_SOURCES:
-            self._value_error(f"list_source={self.list_source!r}; allowed: {', '.join(LIST_SOURCES)}")
+            rp.config_value_error(self, f"list_source={self.list_source!r}; allowed: {', '.join(LIST_SOURCES)}")
         if not self.tau_anc > 0 or not self.beta_q > 0:
-            self._value_error(f"tau_anc and beta_q must be > 0 (got {self.tau_anc}, {self.beta_q})")
+            rp.config_value_error(self, f"tau_anc and beta_q must be > 0 (got {self.tau_anc}, {self.beta_q})")
         if self.target_norm not in ("none", "list"):
-            self._value_error(f"target_norm={self.target_norm!r}; allowed: none, list")
+            rp.config_value_error(self, f"target_norm={self.target_norm!r}; allowed: none, list")
         if not 0 <= self.tau_alpha <= 1 or not self.tau_min > 0 or self.anchor_kl_coeff < 0:
-            self._value_error("tau_alpha must be in [0, 1], tau_min > 0 and anchor_kl_coeff >= 0 (got "
-                              f"{self.tau_alpha}, {self.tau_min}, {self.anchor_kl_coeff})")
+            rp.config_value_error(self, "tau_alpha must be in [0, 1], tau_min > 0 and anchor_kl_coeff >= 0 "
+                                  f"(got {self.tau_alpha}, {self.tau_min}, {self.anchor_kl_coeff})")
         if self.list_size < 2:
-            self._value_error(f"list_size must be >= 2, got {self.list_size}")
+            rp.config_value_error(self, f"list_size must be >= 2, got {self.list_size}")
         try:
             make_schedule(self.anchor_mode, **(self.anchor_params or {}))
         except ValueError as e:
-            self._value_error(f"anchor_mode / anchor_params: {e}")
+            rp.config_value_error(self, f"anchor_mode / anchor_params: {e}")
         if self.list_source == "actions":
             space = self._env_action_space()
             if space is not None and not isinstance(space, gym.spaces.Discrete):
-                self._value_error(
+                rp.config_value_error(
+                    self,
                     f"list_source='actions' needs a discrete action space (a list is every action of "
                     f"one context), but env {self.env!r} has {space}; use list_source='batch'"
                 )

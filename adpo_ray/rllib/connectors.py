@@ -11,6 +11,8 @@ from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
+from adpo_ray.rllib import _ray_private as rp
+
 #: Train-batch column holding the per-candidate signal ``y`` (shape ``(B, K)``).
 LIST_SIGNAL = "adpo_list_signal"
 
@@ -58,17 +60,15 @@ class BatchedMeanStdFilter(MeanStdFilter):
     """
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, persistent_data=None, **kwargs):
-        if self._filters is None:
-            self._init_new_filters()
-        filt = self._filters.get(None)
-        if self._multi_agent or filt is None or not isinstance(filt.running_stats, RunningStat):
+        filt = rp.single_agent_filter(self)
+        if filt is None or not isinstance(filt.running_stats, RunningStat):
             return super().__call__(rl_module=rl_module, batch=batch, episodes=episodes, explore=explore,
                                     persistent_data=persistent_data, **kwargs)
         sa_episodes = list(self.single_agent_episode_iterator(episodes))
         if not sa_episodes:
             return batch
         obs = np.stack([e.get_observations(indices=-1) for e in sa_episodes])
-        if self._update_stats:
+        if rp.updates_filter_stats(self):
             push_batch(filt.running_stats, obs)
             push_batch(filt.buffer, obs)
         out = obs

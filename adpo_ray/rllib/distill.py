@@ -55,52 +55,18 @@ from adpo_ray.metrics import (
     LOSS_DISTILL,
     TRAIN_KL_TEACHER,
 )
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.anchor_refresh import AnchorRefreshMixin
-from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
+from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule, split_gaussian
+from adpo_ray.rllib.rollout import EVAL_SEED, evaluate_policy
+from adpo_ray.rllib.settings import set_provided
 
 #: Dataset columns a learner minibatch carries (``obs`` becomes ``Columns.OBS``).
 LEARNER_COLUMNS = ("actions", "rewards", "teacher_logp", "teacher_mean", "teacher_log_std")
 
-EVAL_SEED = 10_000  # teachers and students are evaluated on the same episodes
-
-
-def split_gaussian(dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RLlib's diagonal-Gaussian inputs ``[mean, log_std]`` -> ``(mean, log_std)``."""
-    mean, log_std = torch.chunk(dist_inputs, 2, dim=-1)
-    return mean, log_std
-
-
 def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Diagonal-Gaussian log-probs of ``actions`` ``(B, K, A)`` under per-state ``(B, A)`` params."""
     return diag_gaussian_logp(actions, mean.unsqueeze(-2), log_std.unsqueeze(-2))
-
-
-def evaluate_policy(module, env_name: str, obs_norm: dict, episodes: int, seed: int, explore: bool = False) -> float:
-    """Mean clean return of ``module``'s mean action (``explore``: a sampled action) over
-    ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...) of the nominal env seen through the
-    frozen ``obs_norm``. Teachers and students are measured by this one function."""
-    from adpo_ray.envs.mujoco import make_mujoco
-
-    env = make_mujoco(env_name, {"scenario": "clean", "obs_norm": obs_norm})
-    device = next(module.parameters()).device
-    rng = np.random.default_rng(seed)
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            with torch.no_grad():
-                out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], device=device)})
-            mean, log_std = split_gaussian(out[Columns.ACTION_DIST_INPUTS])
-            action = mean[0].cpu().numpy()
-            if explore:
-                action = action + np.exp(log_std[0].cpu().numpy()) * rng.standard_normal(action.shape)
-            obs, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
 
 
 def loss_variants_of(config) -> dict:
@@ -200,17 +166,15 @@ class DistillConfig(AlgorithmConfig):
                  eval_explore=NotProvided, total_iterations=NotProvided, target_norm=NotProvided,
                  tau_alpha=NotProvided, tau_min=NotProvided, q_center=NotProvided, **kwargs) -> DistillConfig:
         super().training(**kwargs)
-        for name, value in dict(
-            distill_method=distill_method, adpo_loss=adpo_loss, adpo_target=adpo_target,
+        set_provided(
+            self, distill_method=distill_method, adpo_loss=adpo_loss, adpo_target=adpo_target,
             tau_anc=tau_anc, beta_q=beta_q, anchor_mode=anchor_mode, anchor_params=anchor_params,
             dataset=dataset, obs_norm=obs_norm, teacher_return=teacher_return,
             states_per_iteration=states_per_iteration, minibatch_states=minibatch_states,
             eval_interval=eval_interval, eval_episodes=eval_episodes, total_iterations=total_iterations,
             eval_explore=eval_explore, target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min,
             q_center=q_center,
-        ).items():
-            if value is not NotProvided:
-                setattr(self, name, value)
+        )
         return self
 
     def get_default_learner_class(self):
@@ -222,15 +186,15 @@ class DistillConfig(AlgorithmConfig):
     def validate(self) -> None:
         super().validate()
         if self.distill_method not in DISTILL_METHODS:
-            self._value_error(f"distill_method={self.distill_method!r}; allowed: {', '.join(DISTILL_METHODS)}")
+            rp.config_value_error(self, f"distill_method={self.distill_method!r}; allowed: {', '.join(DISTILL_METHODS)}")
         if self.adpo_loss not in LOSSES or self.adpo_target not in TARGETS:
-            self._value_error(f"adpo_loss / adpo_target: allowed {LOSSES} / {TARGETS}")
+            rp.config_value_error(self, f"adpo_loss / adpo_target: allowed {LOSSES} / {TARGETS}")
         if self.minibatch_states > self.states_per_iteration:
-            self._value_error("minibatch_states must be <= states_per_iteration")
+            rp.config_value_error(self, "minibatch_states must be <= states_per_iteration")
         try:
             make_schedule(self.anchor_mode, **(self.anchor_params or {}))
         except ValueError as e:
-            self._value_error(f"anchor_mode / anchor_params: {e}")
+            rp.config_value_error(self, f"anchor_mode / anchor_params: {e}")
 
 
 class Distill(Algorithm):

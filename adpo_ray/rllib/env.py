@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-from ray.tune.registry import ENV_CREATOR, _global_registry, register_env
+from ray.tune.registry import register_env
 
 from adpo_ray.envs import make_env
+from adpo_ray.rllib._ray_private import registered_env_creator
 
 ENV_NAME = "adpo_ray_env"
 
@@ -24,8 +25,8 @@ def env_action_space(env: Any, env_config: dict | None) -> gym.Space | None:
         return None
     if isinstance(env, type) and issubclass(env, gym.Env):
         instance = env(env_config or {})
-    elif isinstance(env, str) and _global_registry.contains(ENV_CREATOR, env):
-        instance = _global_registry.get(ENV_CREATOR, env)(env_config or {})
+    elif isinstance(env, str) and (creator := registered_env_creator(env)) is not None:
+        instance = creator(env_config or {})
     elif isinstance(env, str):
         instance = gym.make(env)
     else:

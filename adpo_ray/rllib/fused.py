@@ -15,7 +15,7 @@ RLlib's Learner API (``Learner.update`` is its documented override point):
 * logs the update's mean loss terms and RLlib's step counters once.
 
 Numerically it is RLlib's path: with the same seed and shuffles (``fused_shuffle="rllib"``), one
-update gives the same parameters to within 1e-5 (``tests/unit/test_fused_learner.py``).
+update gives the same parameters to within 1e-5 (``tests/integration/test_fused_learner.py``).
 ``learner_update="rllib"`` selects RLlib's own loop, unchanged. Single-learner, feed-forward
 modules with one tensor observation and global-norm clipping take the fused path; anything else
 (several learners, learning-rate schedules, grad scalers, recurrent modules) runs RLlib's path.
@@ -48,6 +48,8 @@ from ray.rllib.utils.metrics import (
 )
 
 from adpo_ray.core.minibatches import minibatch_plan
+from adpo_ray.rllib import _ray_private as rp
+from adpo_ray.rllib.settings import set_provided
 
 LEARNER_UPDATES = ("fused", "rllib")
 FUSED_SHUFFLES = ("device", "rllib")
@@ -64,16 +66,13 @@ class FusedLearnerConfigMixin:
         self.fused_compile = False
 
     def _set_fused(self, learner_update, fused_shuffle, fused_compile) -> None:
-        for name, value in dict(learner_update=learner_update, fused_shuffle=fused_shuffle,
-                                fused_compile=fused_compile).items():
-            if value is not NotProvided:
-                setattr(self, name, value)
+        set_provided(self, learner_update=learner_update, fused_shuffle=fused_shuffle, fused_compile=fused_compile)
 
     def _validate_fused(self) -> None:
         if self.learner_update not in LEARNER_UPDATES:
-            self._value_error(f"learner_update={self.learner_update!r}; allowed: {', '.join(LEARNER_UPDATES)}")
+            rp.config_value_error(self, f"learner_update={self.learner_update!r}; allowed: {', '.join(LEARNER_UPDATES)}")
         if self.fused_shuffle not in FUSED_SHUFFLES:
-            self._value_error(f"fused_shuffle={self.fused_shuffle!r}; allowed: {', '.join(FUSED_SHUFFLES)}")
+            rp.config_value_error(self, f"fused_shuffle={self.fused_shuffle!r}; allowed: {', '.join(FUSED_SHUFFLES)}")
 
 
 class FusedUpdateMixin:
@@ -98,7 +97,7 @@ class FusedUpdateMixin:
         per-parameter loop's time at our sizes); RLlib's path keeps RLlib's own."""
         if getattr(self.config, "learner_update", "rllib") != "fused":
             return super().configure_optimizers_for_module(module_id, config)
-        params = self.get_parameters(self._module[module_id])
+        params = self.get_parameters(self.module[module_id])
         try:
             optimizer = torch.optim.Adam(params, fused=True)
         except RuntimeError:  # no fused kernel for this device
@@ -111,9 +110,9 @@ class FusedUpdateMixin:
         return (
             getattr(cfg, "learner_update", "rllib") == "fused"
             and cfg.num_learners <= 1
-            and self._lr_scheduler_classes is None
-            and self._grad_scalers is None
-            and not self._torch_compile_complete_update
+            and not rp.has_lr_schedulers(self)
+            and not rp.has_grad_scalers(self)
+            and not rp.compiles_complete_update(self)
             and cfg.grad_clip_by == "global_norm"
             and len(self.module) == 1
             and not any(m.is_stateful() for m in self.module.values())
@@ -131,15 +130,15 @@ class FusedUpdateMixin:
                 minibatch_size=minibatch_size, shuffle_batch_per_epoch=shuffle_batch_per_epoch,
                 _no_metrics_reduce=_no_metrics_reduce, **kwargs,
             )
-        self._check_is_built()
+        rp.check_is_built(self)
         self.before_gradient_based_update(timesteps=timesteps or {})
         if training_data is None:
             training_data = TrainingData(batch=batch, batches=batches, batch_refs=batch_refs,
                                          episodes=episodes, episodes_refs=episodes_refs)
         training_data.validate()
         training_data.solve_refs()
-        self._weights_seq_no += 1
-        ma_batch = self._make_batch_if_necessary(training_data=training_data)
+        rp.next_weights_seq_no(self)
+        ma_batch = rp.multi_agent_batch(self, training_data)
         for module_id, module_batch in list(ma_batch.policy_batches.items()):
             if not self.should_module_be_updated(module_id, ma_batch):
                 continue
@@ -164,7 +163,7 @@ class FusedUpdateMixin:
             )
         n = len(module_batch)
         permute = np.random.permutation if config.fused_shuffle == "rllib" else None
-        plan = minibatch_plan(n, minibatch_size, num_epochs, shuffle=shuffle, permute=permute, device=self._device)
+        plan = minibatch_plan(n, minibatch_size, num_epochs, shuffle=shuffle, permute=permute, device=self.device)
         wanted = self.fused_columns(config)
         rows = {k: v for k, v in data.items() if k in wanted}
         rows.update(self.fused_prepare(module_id, config, data))
@@ -178,8 +177,8 @@ class FusedUpdateMixin:
             groups.append((optimizer, params))
             norm_key = f"gradients_{name}_global_norm"  # RLlib's name (the last optimizer's)
         grad_clip = config.grad_clip
-        terms = torch.zeros(len(self.fused_terms) + 2, device=self._device)
-        norm = torch.zeros((), device=self._device)
+        terms = torch.zeros(len(self.fused_terms) + 2, device=self.device)
+        norm = torch.zeros((), device=self.device)
         buckets = None  # per optimizer: one flat buffer whose views are the parameters' grads
         kept = None
         for i, idx in enumerate(plan):
@@ -226,7 +225,7 @@ class FusedUpdateMixin:
         rows = num_minibatches * minibatch_size
         env_rows = num_minibatches * env_steps  # RLlib counts the whole batch's env steps per minibatch
         log = self.metrics.log_value
-        log((module_id, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+        log((module_id, WEIGHTS_SEQ_NO), rp.weights_seq_no(self), window=1)
         log((module_id, MODULE_TRAIN_BATCH_SIZE_MEAN), minibatch_size, reduce="mean")
         log((module_id, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum")
         log((module_id, NUM_MODULE_STEPS_TRAINED_LIFETIME), rows, reduce="lifetime_sum", with_throughput=True)
@@ -235,7 +234,7 @@ class FusedUpdateMixin:
         log((ALL_MODULES, NUM_ENV_STEPS_TRAINED), env_rows, reduce="sum", with_throughput=True)
         log((ALL_MODULES, NUM_ENV_STEPS_TRAINED_LIFETIME), env_rows, reduce="lifetime_sum", with_throughput=True)
         if WEIGHTS_SEQ_NO in data:
-            lag = (self._weights_seq_no - data[WEIGHTS_SEQ_NO]).float()
+            lag = (rp.weights_seq_no(self) - data[WEIGHTS_SEQ_NO]).float()
             log((module_id, DIFF_NUM_GRAD_UPDATES_VS_SAMPLER_POLICY), float(masked_mean(lag, data.get(Columns.LOSS_MASK))), window=1)
 
     # -- what subclasses give -------------------------------------------------------------
@@ -344,7 +343,7 @@ class FusedPPOTorchLearner(FusedUpdateMixin, PPOTorchLearner):
     def fused_loss(self, module_id, config, batch):
         module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
-        fwd = module._forward_train(batch)  # the fused loop put the module in train mode
+        fwd = rp.forward_train(module, batch)  # the fused loop put the module in train mode
         dist = module.get_train_action_dist_cls().from_logits(fwd[Columns.ACTION_DIST_INPUTS])
         ratio = torch.exp(dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP])
         adv = batch[Columns.ADVANTAGES]

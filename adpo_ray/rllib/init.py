@@ -18,6 +18,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.checkpoints import Checkpointable
 
 from adpo_ray.core.anchors import polyak_
+from adpo_ray.rllib import _ray_private as rp
 
 #: Module-state keys of ADPO's anchor (never taken from a source: the anchor is set to the policy).
 ANCHOR_PREFIXES = ("_anchor_encoder.", "_anchor_pi.")
@@ -77,7 +78,7 @@ def start_from_checkpoint(algo, path: str | Path, module_id: str = DEFAULT_MODUL
     filt = observation_filter_state(path)
     if filt is not None:
         def set_filter(runner):
-            runner._env_to_module.set_state(filt)
+            rp.env_to_module(runner).set_state(filt)
 
         for group in (algo.env_runner_group, algo.eval_env_runner_group):
             if group is not None:

@@ -21,14 +21,16 @@ from ray.rllib.core.rl_module.apis import TargetNetworkAPI
 from ray.rllib.core.rl_module.rl_module import RLModule
 
 from adpo_ray.core.anchors import polyak_
+from adpo_ray.core.distill import diag_gaussian_kl
 from adpo_ray.core.losses import adpo_loss
 from adpo_ray.metrics import ENTROPY, LOSS_ADPO, LOSS_VF
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.anchor_refresh import AnchorRefreshMixin
 from adpo_ray.rllib.connectors import LIST_SIGNAL
 from adpo_ray.rllib.distill import loss_variants_of
 from adpo_ray.rllib.fused import FusedPPOTorchLearner, masked_mean
 from adpo_ray.rllib.init import module_dir
-from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule
+from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule, split_gaussian
 
 
 def group_into_lists(x: torch.Tensor, list_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,14 +61,10 @@ def compact_into_lists(
 
 def kl_from_logits(dist_cls, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """Per-row KL(p || q) of two action distributions given by their inputs: closed forms for
-    RLlib's diagonal Gaussian and categorical (a few fused ops, no distribution objects), else
-    the distribution's own ``kl``."""
+    RLlib's diagonal Gaussian (:func:`adpo_ray.core.distill.diag_gaussian_kl`) and categorical
+    (a few fused ops, no distribution objects), else the distribution's own ``kl``."""
     if issubclass(dist_cls, TorchDiagGaussian):
-        mu_p, log_std_p = p_logits.chunk(2, dim=-1)
-        mu_q, log_std_q = q_logits.chunk(2, dim=-1)
-        var_ratio = torch.exp(2 * (log_std_p - log_std_q))
-        t1 = ((mu_p - mu_q) * torch.exp(-log_std_q)) ** 2
-        return (0.5 * (var_ratio + t1 - 1) - (log_std_p - log_std_q)).sum(dim=-1)
+        return diag_gaussian_kl(*split_gaussian(p_logits), *split_gaussian(q_logits))
     if issubclass(dist_cls, TorchCategorical):
         log_p, log_q = torch.log_softmax(p_logits, dim=-1), torch.log_softmax(q_logits, dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
@@ -139,7 +137,7 @@ class ADPOTorchLearner(AnchorRefreshMixin, FusedPPOTorchLearner):
 
     def fused_loss(self, module_id, config, batch):
         module = self.module[module_id].unwrapped()
-        fwd = module._forward_train(batch)  # the fused loop put the module in train mode
+        fwd = rp.forward_train(module, batch)  # the fused loop put the module in train mode
         total, stats, logits = self.adpo_terms(module_id, config, batch, fwd, batch[ANCHOR_LOGP], batch[ANCHOR_LOGITS])
         # the KL to the anchor is a diagnostic (and the schedules' input): computed for every
         # minibatch at once after the loop, from the policy's outputs kept here

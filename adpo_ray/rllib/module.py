@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.models.base import ENCODER_OUT
 from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS, TargetNetworkAPI
 
 ANCHOR_DIST_INPUTS = TARGET_NETWORK_ACTION_DIST_INPUTS
+
+
+def split_gaussian(dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLlib's diagonal-Gaussian inputs ``[mean, log_std]`` ``(..., 2A)`` -> ``(mean, log_std)``,
+    each ``(..., A)``."""
+    mean, log_std = torch.chunk(dist_inputs, 2, dim=-1)
+    return mean, log_std
 
 
 class ADPOTorchRLModule(DefaultPPOTorchRLModule, TargetNetworkAPI):

@@ -88,7 +88,7 @@ BAD = [
     ("hidden_sizes", [0], "hidden_sizes[0]", "greater than or equal to 1"),
     ("hidden_sizes", [64, 64], "hidden_sizes", "duplicate hidden_sizes: 64"),
     ("seeds", ["a"], "seeds[0]", "valid integer"),
-    ("adpo.loss", "hinge", "adpo.loss", "'listwise', 'pairwise' or 'dpo'"),
+    ("adpo.loss", "hinge", "adpo.loss", "'listwise', 'plackett_luce', 'pairwise' or 'dpo'"),
     ("adpo.target", "soft", "adpo.target", "'softmax', 'kde' or 'hard'"),
     ("adpo.tau_anc", 0, "adpo.tau_anc", "greater than 0"),
     ("adpo.list_size", 1, "adpo.list_size", "greater than or equal to 2"),

@@ -1,6 +1,7 @@
-"""Layering (DESIGN.md): every module imports only its own package or the layers below it, the
-lower layers import no Ray, and no import cycle exists between modules (imports inside
-functions count too)."""
+"""Layering (README, "Layout"): every module imports only its own package or the layers below it,
+the lower layers import no Ray, and no import cycle exists between modules (imports inside
+functions count too). Each Ray-using layer reaches private Ray names through its own adapter
+(``_ray_private``), which sits at the bottom of its package so that any module there can use it."""
 
 from __future__ import annotations
 
@@ -115,3 +116,23 @@ def test_the_cycle_check_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     # the cycle this layering once had: tracking -> distill -> tracking
     assert find_cycle({"t": {"d", "s"}, "d": {"t"}, "s": set()}) == ["d", "t", "d"]
+
+
+#: The private-Ray adapters (tests/unit/test_ray_private.py) and the project modules each may import.
+ADAPTERS = {
+    "adpo_ray.rllib._ray_private": set(),
+    "adpo_ray.orchestration._ray_private": {"adpo_ray.rllib._ray_private"},
+}
+
+
+def test_the_adapters_sit_at_the_bottom_of_their_layer():
+    for module, allowed in ADAPTERS.items():
+        assert module in MODULES, f"{module} is missing"
+        assert internal(MODULES[module]) <= allowed, f"{module} imports {sorted(internal(MODULES[module]) - allowed)}"
+
+
+def test_new_rllib_modules_have_the_rllib_layer():
+    # the modules that took over facts written twice: one home each, in the RLlib layer
+    for module in ("adpo_ray.rllib._ray_private", "adpo_ray.rllib.rollout", "adpo_ray.rllib.settings"):
+        assert module in MODULES and layer(module) == layer("adpo_ray.rllib")
+    assert layer("adpo_ray.orchestration._ray_private") == layer("adpo_ray.orchestration")

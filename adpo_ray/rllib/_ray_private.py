@@ -1,0 +1,169 @@
+"""Every use of a private RLlib / Tune name by the RLlib layer, one small function each.
+
+RLlib's new API stack leaves some things this project needs without a public accessor (the local
+learner of a learner group, an env runner's env-to-module pipeline, the observation filter's
+statistics, the Learner internals the fused update mirrors). They are reached here and nowhere
+else (``tests/unit/test_ray_private.py`` fails on a private Ray name used outside the adapters),
+so that moving to another Ray means reviewing this module and
+:mod:`adpo_ray.orchestration._ray_private` (Tune and Ray core: that layer's own adapter), not the
+whole package.
+
+Every function was written against Ray :data:`RAY_VERSION` (the version ``pyproject.toml`` pins).
+Importing this module with another Ray warns (:class:`RayVersionWarning`) rather than raises: the
+pin already keeps an ordinary install on that version, a renamed attribute fails loudly at its
+call site, and the integration tests that compare the fused update with RLlib's own loop catch a
+changed meaning; raising would also stop commands that never reach these functions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import ray
+
+__all__ = [
+    "RAY_VERSION", "RayVersionWarning", "check_ray_version", "PRIVATE_NAMES",
+    "config_value_error", "forward_train", "local_learner", "env_to_module",
+    "mean_std_filters", "single_agent_filter", "updates_filter_stats", "registered_env_creator",
+    "has_lr_schedulers", "has_grad_scalers", "compiles_complete_update", "check_is_built",
+    "next_weights_seq_no", "weights_seq_no", "multi_agent_batch",
+]
+
+#: The Ray release every adapter here (and in :mod:`adpo_ray.orchestration._ray_private`) was
+#: written for.
+RAY_VERSION = "2.60.0"
+
+#: The private Ray names reached here (tests/unit/test_ray_private.py rejects them anywhere but in
+#: the adapters, even where the project has a name of its own spelled alike).
+PRIVATE_NAMES = frozenset({
+    "_value_error", "_forward_train", "_learner", "_env_to_module", "_filters",
+    "_init_new_filters", "_multi_agent", "_update_stats", "_global_registry",
+    "_lr_scheduler_classes", "_grad_scalers", "_torch_compile_complete_update",
+    "_check_is_built", "_weights_seq_no", "_make_batch_if_necessary",
+})
+
+
+class RayVersionWarning(UserWarning):
+    """The running Ray is not the one the private-API adapters were written for."""
+
+
+def check_ray_version(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the running ``ray.__version__``) is :data:`RAY_VERSION`;
+    if not, a :class:`RayVersionWarning` naming both versions and the adapter modules to review."""
+    version = ray.__version__ if version is None else version
+    if version == RAY_VERSION:
+        return True
+    warnings.warn(
+        f"adpo_ray reaches private RLlib/Tune attributes written for Ray {RAY_VERSION}, but Ray "
+        f"{version} is running; review adpo_ray/rllib/_ray_private.py and "
+        f"adpo_ray/orchestration/_ray_private.py, or install ray=={RAY_VERSION}",
+        RayVersionWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+check_ray_version()
+
+
+# -- AlgorithmConfig ----------------------------------------------------------------------------
+def config_value_error(config, message: str) -> None:
+    """``AlgorithmConfig._value_error`` (Ray 2.60.0): raise ``ValueError(message)`` from
+    ``validate()`` (RLlib's wording and its ``experimental(_validate_config=False)`` opt-out,
+    which logs the message instead)."""
+    config._value_error(message)
+
+
+# -- RLModule -----------------------------------------------------------------------------------
+def forward_train(module, batch: dict[str, Any]) -> dict[str, Any]:
+    """``RLModule._forward_train`` (Ray 2.60.0): the module's training forward pass without the
+    public ``forward_train``'s per-call ``train()`` switch (the caller put it in train mode)."""
+    return module._forward_train(batch)
+
+
+# -- LearnerGroup, EnvRunner, connectors --------------------------------------------------------
+def local_learner(learner_group):
+    """``LearnerGroup._learner`` (Ray 2.60.0): the learner living in this process (``None``
+    with remote learners, ``num_learners > 0``)."""
+    return learner_group._learner
+
+
+def env_to_module(env_runner):
+    """``SingleAgentEnvRunner._env_to_module`` (Ray 2.60.0): the runner's env-to-module
+    connector pipeline (it holds the observation filter)."""
+    return env_runner._env_to_module
+
+
+def mean_std_filters(connector) -> dict | None:
+    """``MeanStdFilter._filters`` (Ray 2.60.0): the connector's filters by agent id (``None``
+    for an agent-less single-agent env), or ``None`` when ``connector`` is no filter or has seen
+    no observation yet."""
+    return getattr(connector, "_filters", None)
+
+
+def single_agent_filter(connector):
+    """The single-agent filter of a ``MeanStdFilter`` connector (``_filters[None]``, created
+    first by ``_init_new_filters`` as its first call does; Ray 2.60.0), or ``None`` for a
+    multi-agent one (``_multi_agent``)."""
+    if connector._filters is None:
+        connector._init_new_filters()
+    if connector._multi_agent:
+        return None
+    return connector._filters.get(None)
+
+
+def updates_filter_stats(connector) -> bool:
+    """``MeanStdFilter._update_stats`` (Ray 2.60.0): whether the connector updates its running
+    statistics (false on evaluation runners' synced copies)."""
+    return bool(connector._update_stats)
+
+
+def registered_env_creator(name: str):
+    """The env creator registered with Tune under ``name`` (``ray.tune.registry._global_registry``,
+    Ray 2.60.0), or ``None``."""
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    if not _global_registry.contains(ENV_CREATOR, name):
+        return None
+    return _global_registry.get(ENV_CREATOR, name)
+
+
+# -- Learner internals mirrored by the fused update (adpo_ray.rllib.fused) ----------------------
+def has_lr_schedulers(learner) -> bool:
+    """``TorchLearner._lr_scheduler_classes is not None`` (Ray 2.60.0): torch LR schedulers set."""
+    return learner._lr_scheduler_classes is not None
+
+
+def has_grad_scalers(learner) -> bool:
+    """``TorchLearner._grad_scalers is not None`` (Ray 2.60.0): mixed-precision grad scalers set."""
+    return learner._grad_scalers is not None
+
+
+def compiles_complete_update(learner) -> bool:
+    """``TorchLearner._torch_compile_complete_update`` (Ray 2.60.0): RLlib compiles its whole
+    update step."""
+    return bool(learner._torch_compile_complete_update)
+
+
+def check_is_built(learner) -> None:
+    """``Learner._check_is_built()`` (Ray 2.60.0): a ``ValueError`` unless ``build()`` ran."""
+    learner._check_is_built()
+
+
+def next_weights_seq_no(learner) -> int:
+    """Count one more weights update, as ``Learner.update`` does (``_weights_seq_no += 1``,
+    Ray 2.60.0); returns the new number."""
+    learner._weights_seq_no += 1
+    return learner._weights_seq_no
+
+
+def weights_seq_no(learner) -> int:
+    """``Learner._weights_seq_no`` (Ray 2.60.0): the learner's weights update count."""
+    return learner._weights_seq_no
+
+
+def multi_agent_batch(learner, training_data):
+    """``Learner._make_batch_if_necessary`` (Ray 2.60.0): ``training_data`` (batch or episodes)
+    as a ``MultiAgentBatch``, episodes through the learner connector (GAE, value targets)."""
+    return learner._make_batch_if_necessary(training_data=training_data)
