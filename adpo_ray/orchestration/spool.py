@@ -153,8 +153,10 @@ class Spool:
         disk before the watermark moves past it, so a crash in between rejects it again at worst
         (:meth:`rejected` counts it once)."""
         line = json.dumps({"offset": offset, "time": time.time(), "reason": reason, "record": record}, default=float)
-        with open(self.folder / REJECTED, "a") as f:
-            f.write(line + "\n")
+        path = self.folder / REJECTED
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+        with open(path, "a") as f:
+            f.write(("\n" if torn else "") + line + "\n")  # never glued onto a line torn by a crash
             f.flush()
             os.fsync(f.fileno())
 
