@@ -432,21 +432,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Deliver a launch's MLflow writes that its tracker could not send (store unreachable)."""
+    """Deliver a launch's MLflow writes that its tracker could not send (store unreachable); exit
+    1 while some are still pending, 0 when none is (writes MLflow refused for good are counted
+    and kept aside, never retried)."""
     from adpo_ray.orchestration.launch import load_grid_file
     from adpo_ray.orchestration.tracking import sync
 
     run_dir = str(args.run_dir).rstrip("/") if storage.is_uri(str(args.run_dir)) else str(Path(args.run_dir).resolve())
     try:
         _, options = load_grid_file(run_dir)
-        sent, pending, error = sync(run_dir, options.name, timeout_s=args.timeout)
+        res = sync(run_dir, options.name, timeout_s=args.timeout)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if pending:
-        print(f"MLflow: {sent} write(s) delivered, {pending} still pending ({error}); run `adpo-ray sync {run_dir}` again")
+    rejected = (f"; {res.rejected} refused by MLflow for good now, {res.rejected_total} in all "
+                f"(kept with MLflow's reasons in {res.rejected_file})" if res.rejected_total else "")
+    if res.pending:
+        print(f"MLflow: {res.delivered} write(s) delivered, {res.pending} still pending ({res.last_error}){rejected}; "
+              f"run `adpo-ray sync {run_dir}` again once the tracking store answers")
         return 1
-    print(f"MLflow: {sent} write(s) delivered; nothing pending")
+    print(f"MLflow: {res.delivered} write(s) delivered; nothing pending{rejected}")
     return 0
 
 

@@ -5,6 +5,7 @@
 * :func:`check_tracking`: reach the store once, quickly, before anything starts;
 * :func:`experiment_id`: get-or-create an experiment (restoring a deleted one);
 * :func:`download`: an artifact of a run in a local cache, once per machine;
+* :func:`mlflow_key`: a metric, param or tag name MLflow takes, made from any label;
 * the default local store: :func:`default_tracking_uri`, :func:`default_artifact_location`.
 
 The tracker (:mod:`adpo_ray.orchestration.tracking`), the launch and distillation import it.
@@ -12,7 +13,9 @@ The tracker (:mod:`adpo_ray.orchestration.tracking`), the launch and distillatio
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -27,6 +30,29 @@ BOUNDED_HTTP = {
 }
 #: For the reachability probe: one try, a short timeout.
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+#: What MLflow refuses in a key: anything but letters, digits, ``_-. /`` (colons too: stores on
+#: Windows refuse them); a run of such characters ending a path segment is dropped, others become ``_``.
+_KEY_REFUSED_AT_END = re.compile(r"[^A-Za-z0-9_\-. /]+(?=/|$)")
+_KEY_REFUSED = re.compile(r"[^A-Za-z0-9_\-. /]+")
+#: MLflow's longest metric, param or tag key.
+MAX_KEY_LENGTH = 250
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow metric, param or tag key: refused characters replaced (see
+    :data:`_KEY_REFUSED`; ``adpo-dynamic (adpo.beta_q=0.5)`` becomes ``adpo-dynamic _adpo.beta_q_0.5``),
+    empty, ``.`` and ``..`` path segments dropped (MLflow refuses keys that resolve to another
+    path), and a key over :data:`MAX_KEY_LENGTH` characters cut, ending in a hash of the whole
+    name so that two long names stay apart. A key of letters, digits and ``_-. /`` alone, with no
+    such segments, comes back unchanged."""
+    key = _KEY_REFUSED.sub("_", _KEY_REFUSED_AT_END.sub("", name))
+    key = "/".join(seg for seg in key.split("/") if seg not in ("", ".", "..")) or "_"
+    if len(key) > MAX_KEY_LENGTH:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        key = f"{key[:MAX_KEY_LENGTH - 9].rstrip('/')}-{digest}"
+    return key
 
 
 class TrackingError(RuntimeError):

@@ -10,6 +10,15 @@ idempotent: a run is found again by its ``adpo_ray.run_key`` tag before one is c
 batch whose step MLflow already holds is skipped, params, tags, statuses and artifacts are
 rewritten with the same values. So every write reaches MLflow exactly once, however often the
 store went away.
+
+A write MLflow refuses for good (:func:`is_permanent`: a name or value it does not take, a param
+logged again with another value) is set aside once with MLflow's reason in ``rejected.jsonl``
+beside the records, and the records behind it go on; anything else (connection errors, timeouts,
+5xx, a locked database) is retried. A run deleted in the MLflow UI while writes for it are still
+coming is restored (``restore_run``: its id, history and its children's links stay valid); a run
+purged from the store altogether is created again from its run record and linked to its parent
+(the history it held is gone with it). When a run cannot be created at all, each later write of
+that run is rejected naming that cause.
 """
 
 from __future__ import annotations
@@ -30,7 +39,38 @@ SPOOL_DIR = "mlflow_spool"
 RECORDS = "records.jsonl"
 SENT = "sent.json"
 HEADER = "spool.json"
+REJECTED = "rejected.jsonl"
 RUN_KEY_TAG = "adpo_ray.run_key"
+
+#: MLflow error codes that say the write itself is wrong (the same write always fails); every
+#: other failure (INTERNAL_ERROR for connection errors, timeouts and exhausted 5xx retries,
+#: TEMPORARILY_UNAVAILABLE, DEADLINE_EXCEEDED, REQUEST_LIMIT_EXCEEDED, auth) may pass later.
+#: The sqlite store raises these codes directly; over REST, ``RestException`` carries the code
+#: the server raised (INVALID_STATE arrives with HTTP 500 but its JSON body names it).
+PERMANENT_CODES = frozenset({
+    "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
+    "RESOURCE_ALREADY_EXISTS",
+})
+
+
+class Rejected(Exception):
+    """A record that can never be delivered (its reason is the message)."""
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether ``error``, raised by an MLflow client call, means the same write will always fail."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, Rejected) or (
+        isinstance(error, MlflowException) and error.error_code in PERMANENT_CODES)
+
+
+def reason_of(error: BaseException) -> str:
+    """``error`` in one line: its type (and MLflow code) and the first line of its message."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    code = getattr(error, "error_code", None)
+    return f"{type(error).__name__}{f' {code}' if code else ''}: {first}"
 
 
 class Spool:
@@ -108,6 +148,33 @@ class Spool:
         """Records not delivered yet."""
         return sum(1 for r, _ in self.records(self.sent()) if r is not None)
 
+    def reject(self, record: dict, offset: int, reason: str) -> None:
+        """Set ``record`` (ending at byte ``offset``) aside with MLflow's ``reason``; flushed to
+        disk before the watermark moves past it, so a crash in between rejects it again at worst
+        (:meth:`rejected` counts it once)."""
+        line = json.dumps({"offset": offset, "time": time.time(), "reason": reason, "record": record}, default=float)
+        path = self.folder / REJECTED
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+        with open(path, "a") as f:
+            f.write(("\n" if torn else "") + line + "\n")  # never glued onto a line torn by a crash
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rejected(self) -> list[dict]:
+        """The records set aside (``{"offset", "time", "reason", "record"}``), once each, in order."""
+        try:
+            lines = (self.folder / REJECTED).read_text().splitlines()
+        except OSError:
+            return []
+        out: dict[int, dict] = {}
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                out.setdefault(int(entry["offset"]), entry)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash: its record is rejected again or delivered
+        return list(out.values())
+
     def close(self) -> None:
         with self._lock:
             self._file.close()
@@ -135,6 +202,10 @@ class Sender:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one drain at a time
         self.last_error: str | None = None
+        self.rejected = 0  # records this sender set aside
+        # runs whose creation MLflow refused, with the reason: their later writes are refused too
+        self._failed_runs = {e["record"]["key"]: e["reason"] for e in spool.rejected()
+                             if e["record"].get("op") == "run"}
 
     @property
     def client(self):
@@ -176,28 +247,70 @@ class Sender:
 
     # -- delivery --------------------------------------------------------------------------
     def drain(self) -> bool:
-        """Send every pending record; True when none is left (False: stopped at a failure)."""
+        """Send every pending record; True when none is left (False: stopped at a failure that
+        may pass). A record MLflow refuses for good is tried once more on its own (after restoring
+        its run, if that was deleted), then set aside (:meth:`Spool.reject`) and counted in
+        ``rejected``; delivery goes on behind it."""
         with self._lock:
             pending = self.spool.records(self.spool.sent())
             i = 0
             while i < len(pending):
-                record, _ = pending[i]
-                end = i + 1
+                record, offset = pending[i]
                 try:
-                    if record is None:
-                        pass  # a torn line
-                    elif record["op"] == "metrics":
-                        end = self._send_metrics(pending, i)
-                    else:
-                        self._send(record)
-                except Exception as e:  # noqa: BLE001 - the store is down or refused: retry later
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    self.last_error = f"{type(e).__name__}: {first}"
-                    return False
+                    try:
+                        end = self._deliver(pending, i)
+                    except Exception as e:  # noqa: BLE001 - sorted into permanent and transient
+                        if not is_permanent(e):
+                            raise
+                        end = self._deliver(pending, i, alone=True)
+                except Exception as e:  # noqa: BLE001 - see above
+                    if not is_permanent(e):  # the store is down or busy: retry later
+                        self.last_error = reason_of(e)
+                        return False
+                    self.spool.reject(record, offset, reason_of(e))
+                    self.rejected += 1
+                    if record["op"] == "run" and self.known_run(record["key"]) is None:
+                        self._failed_runs[record["key"]] = reason_of(e)
+                    end = i + 1
                 i = end
                 self.spool.mark_sent(pending[i - 1][1])
             self.last_error = None
             return True
+
+    def _deliver(self, pending: list, i: int, alone: bool = False) -> int:
+        """Send ``pending[i]`` (with the metric records after it unless ``alone``); the index after
+        what went. ``alone`` is the second try after a permanent error: first restore the run."""
+        record = pending[i][0]
+        if record is None:
+            return i + 1  # a torn line
+        if alone:
+            self._revive(record)
+        if record["op"] == "metrics":
+            return self._send_metrics(pending, i, max_values=0 if alone else 5000)
+        self._send(record)
+        return i + 1
+
+    def _revive(self, record: dict) -> None:
+        """Undo what the MLflow UI may have done to ``record``'s run since it was last seen: a
+        deleted experiment or run is restored; a run purged for good is forgotten (the next
+        :meth:`run_id` creates it again)."""
+        from mlflow.exceptions import MlflowException
+
+        if record["op"] == "run":
+            self._experiment_id = None  # looked up again: restored if deleted
+        run_id = self._runs.get(record["key"])
+        if run_id is None:
+            return
+        try:
+            info = self.client.get_run(run_id).info
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self._runs.pop(record["key"])
+            self._max_step.pop(run_id, None)
+            return
+        if info.lifecycle_stage == "deleted":
+            self.client.restore_run(run_id)
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
@@ -210,12 +323,18 @@ class Sender:
         return self._experiment_id
 
     def run_id(self, key: str) -> str | None:
-        """The MLflow run of ``key``: known, or found by its tag (None if not created yet)."""
+        """The MLflow run of ``key``: known, or found by its tag (None if not created yet). A
+        run found deleted is restored: it is the one its writes belong to."""
+        from mlflow.entities import ViewType
+
         if key not in self._runs:
             found = self.client.search_runs(
-                [self._experiment()], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1
+                [self._experiment()], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1,
+                run_view_type=ViewType.ALL,
             )
             if found:
+                if found[0].info.lifecycle_stage == "deleted":
+                    self.client.restore_run(found[0].info.run_id)
                 self._remember(key, found[0].info.run_id)
         return self._runs.get(key)
 
@@ -233,21 +352,9 @@ class Sender:
             self.on_run(key, run_id, self._experiment_id)
 
     def _send(self, record: dict) -> None:
-        from mlflow.entities import Param
-
         op, key = record["op"], record["key"]
         if op == "run":
-            if self.run_id(key) is None:
-                tags = {**record["tags"], RUN_KEY_TAG: key}
-                if record.get("parent"):
-                    tags["mlflow.parentRunId"] = self._require(record["parent"])
-                run = self.client.create_run(self._experiment(), run_name=record["name"], tags=tags)
-                self._remember(key, run.info.run_id)
-            params = record.get("params") or {}
-            if params:
-                items = [Param(k, str(v)) for k, v in params.items()]
-                for i in range(0, len(items), 100):  # MLflow takes 100 params per batch
-                    self.client.log_batch(self._require(key), params=items[i:i + 100])
+            self._create(record)
         elif op == "tag":
             self.client.set_tag(self._require(key), record["name"], record["value"])
         elif op == "status":
@@ -255,12 +362,56 @@ class Sender:
         elif op == "artifact":
             self._send_artifact(self._require(key), record)
         else:
-            raise ValueError(f"unknown spool record {op!r}")
+            raise Rejected(f"unknown spool record {op!r}")
+
+    def _create(self, record: dict) -> str:
+        """Create the run of a ``run`` record unless it exists, and log its params; its id. A
+        param MLflow refuses does not cost the others: they go one by one, then the refused ones
+        are named (:class:`Rejected`)."""
+        from mlflow.entities import Param
+
+        key = record["key"]
+        if self.run_id(key) is None:
+            tags = {**record["tags"], RUN_KEY_TAG: key}
+            if record.get("parent"):
+                tags["mlflow.parentRunId"] = self._require(record["parent"])
+            run = self.client.create_run(self._experiment(), run_name=record["name"], tags=tags)
+            self._remember(key, run.info.run_id)
+        run_id = self._runs[key]
+        items = [Param(k, str(v)) for k, v in (record.get("params") or {}).items()]
+        refused = []
+        for i in range(0, len(items), 100):  # MLflow takes 100 params per batch
+            try:
+                self.client.log_batch(run_id, params=items[i:i + 100])
+            except Exception as e:  # noqa: BLE001 - a refused batch is retried param by param
+                if not is_permanent(e):
+                    raise
+                for item in items[i:i + 100]:
+                    try:
+                        self.client.log_batch(run_id, params=[item])
+                    except Exception as one:  # noqa: BLE001 - transient ones propagate
+                        if not is_permanent(one):
+                            raise
+                        refused.append(f"{item.key}: {reason_of(one)}")
+        if refused:
+            raise Rejected(f"run {key!r} created, {len(refused)} param(s) refused: " + "; ".join(refused))
+        return run_id
 
     def _require(self, key: str) -> str:
-        run_id = self.run_id(key)
+        """The MLflow run of ``key``, created again from its run record if the store lost it;
+        :class:`Rejected` naming the cause when it cannot be had."""
+        run_id = self.known_run(key)
+        if run_id is None and key in self._failed_runs:
+            raise Rejected(f"the run of {key!r} was never created: {self._failed_runs[key]}")
+        run_id = run_id or self.run_id(key)
         if run_id is None:
-            raise LookupError(f"no MLflow run for {key!r} yet")
+            record = next((r for r, _ in self.spool.records() if r and r["op"] == "run" and r["key"] == key), None)
+            if record is None:
+                raise Rejected(f"the spool holds no run record for {key!r}")
+            try:
+                run_id = self._create(record)
+            except Rejected:  # only its params were refused: that was said when the record went
+                run_id = self._runs[key]
         return run_id
 
     def _send_metrics(self, pending: list, start: int, max_values: int = 5000) -> int:

@@ -19,20 +19,24 @@ in the report read from Tune's folder), so every trial has one child run and one
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray import tune
 
 from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key
 from adpo_ray.orchestration import storage
-from adpo_ray.orchestration.spool import SPOOL_DIR, Sender, Spool
+from adpo_ray.orchestration.mlflow_store import mlflow_key
+from adpo_ray.orchestration.spool import REJECTED, SPOOL_DIR, Sender, Spool
 from adpo_ray.spec import ExperimentSpec, TrialSpec, init_slot
 
 PARENT_FILE = "adpo_mlflow_parent.json"
+#: Parent-run tags ``method_label/<name>``: the method label behind each summary metric's name.
+LABEL_TAG = "method_label"
 #: The experiment's description in the MLflow UI: how to compare anchor strategies there.
 EXPERIMENT_NOTE = (  # plain words: the UI renders it as Markdown (angle brackets would vanish as tags)
     "Compare anchor strategies: each launch is a parent run; its `summary/ENV/METHOD/METRIC_mean` (and _iqm, "
@@ -77,7 +81,7 @@ def run_tags(trial: TrialSpec, grid: str) -> dict[str, str]:
         "method": trial.method,
         "hidden_size": str(trial.hidden_size),
         "seed": str(trial.seed),
-        **{f"sweep.{path}": str(value) for path, value in trial.sweep},
+        **{mlflow_key(f"sweep.{path}"): str(value) for path, value in trial.sweep},
         **({"sample": trial.sample} if trial.sample else {}),
     }
 
@@ -137,6 +141,7 @@ class MLflowTracker(tune.Callback):
         self.run_dir = str(run_dir)
         self.launch_name = launch_name
         self.pending_at_end: int | None = None
+        self.rejected_at_end: int | None = None
         self._spool: Spool | None = None
         self._sender: Sender | None = None
         self._state: dict[str, Any] = {}
@@ -212,7 +217,7 @@ class MLflowTracker(tune.Callback):
                 params["anchors.init.run_id"] = start
             self._spool.append("run", key=key, name=t.dirname, parent=self.parent_key, tags={
                 "tune_trial_id": trial.trial_id, **run_tags(t, self.spec.name), **self._software_tags,
-            }, params=params)
+            }, params={mlflow_key(k): v for k, v in params.items()})
             self._state["runs"].add(key)
         return key
 
@@ -264,16 +269,23 @@ class MLflowTracker(tune.Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         ok = all(t.status == "TERMINATED" for t in trials)
-        summary = launch_summary(self._state["final"].values())
+        finals = list(self._state["final"].values())
+        summary = launch_summary(finals)
         if summary:  # the launch's per-method numbers, on its parent run
-            steps = int(sum(m.get(ENV_STEPS, 0) for _, _, m in self._state["final"].values()))
+            for name, label in method_names(method for _, method, _ in finals).items():
+                self._spool.append("tag", key=self.parent_key, name=mlflow_key(f"{LABEL_TAG}/{name}"), value=label)
+            steps = int(sum(m.get(ENV_STEPS, 0) for _, _, m in finals))
             self._spool.append("metrics", key=self.parent_key, step=steps, time=time.time(),
                                metrics={**summary, ENV_STEPS: steps})
         self._spool.append("status", key=self.parent_key, status="FINISHED" if ok else "FAILED")
         self.pending_at_end = self._sender.stop(flush_timeout=FLUSH_TIMEOUT_S)
+        self.rejected_at_end = len(self._spool.rejected())
         parent = self._sender.known_run(self.parent_key)
         if parent:  # (re)write the note of the parent run, whatever became of it since launch
             write_parent_note(self.run_dir, parent, self._sender.experiment_id)
+        if self.rejected_at_end:
+            print(f"MLflow: {self.rejected_at_end} write(s) refused by {self.tracking_uri} for good; "
+                  f"they are kept with MLflow's reasons in {self._spool.folder / REJECTED}")
         if self.pending_at_end:
             print(f"MLflow: {self.pending_at_end} write(s) not delivered to {self.tracking_uri} "
                   f"({self._sender.last_error}); they are kept in {self._spool.folder}. Once the "
@@ -302,7 +314,7 @@ def spec_params(spec_dict: dict) -> dict[str, str]:
             for k, v in value.items():
                 walk(f"{prefix}.{k}", v)
         elif value is not None:
-            out[prefix] = (",".join(map(str, value)) if isinstance(value, list) else str(value))[:6000]
+            out[mlflow_key(prefix)] = (",".join(map(str, value)) if isinstance(value, list) else str(value))[:6000]
 
     for section in ("adpo", "ppo", "bandit", "budget", "evaluation", "resources", "env_overrides", "distill"):
         walk(f"spec.{section}", spec_dict.get(section))
@@ -310,13 +322,31 @@ def spec_params(spec_dict: dict) -> dict[str, str]:
     return out
 
 
+def method_names(methods) -> dict[str, str]:
+    """Each method label's name in MLflow keys (:func:`mlflow_key`), as ``{name: label}``: a
+    sweep point's label (``adpo-dynamic (adpo.beta_q=0.5)``) holds characters MLflow refuses in
+    keys. Two labels that would share a name both get a hash of their label appended."""
+    labels = sorted(set(methods))
+    names = {label: mlflow_key(label) for label in labels}
+    taken: dict[str, int] = {}
+    for name in names.values():
+        taken[name] = taken.get(name, 0) + 1
+    for label, name in names.items():
+        if taken[name] > 1:
+            names[label] = mlflow_key(f"{name}-{hashlib.sha256(label.encode()).hexdigest()[:6]}")
+    return {name: label for label, name in names.items()}
+
+
 def launch_summary(finals) -> dict[str, float]:
     """Per env and method over the launch's trials, the final headline metric's mean, IQM and 95%
-    bootstrap CI, and the trial count: ``summary/<env>/<method>/<metric>_<statistic>``."""
+    bootstrap CI, and the trial count: ``summary/<env>/<method>/<metric>_<statistic>``, with the
+    method as :func:`method_names` names it (its label is the parent's ``method_label/...`` tag)."""
     from adpo_ray.envs import ENVIRONMENTS
     from adpo_ray.metrics import HEADLINE
     from adpo_ray.report.stats import summarize
 
+    finals = list(finals)
+    name_of = {label: name for name, label in method_names(method for _, method, _ in finals).items()}
     values: dict[tuple[str, str], list[float]] = {}
     for env, method, metrics in finals:
         metric = HEADLINE[ENVIRONMENTS[env]["kind"]]
@@ -328,33 +358,8 @@ def launch_summary(finals) -> dict[str, float]:
         s = summarize(xs)
         for name, value in (("mean", s.mean), ("iqm", s.iqm), ("ci_low", s.ci_low), ("ci_high", s.ci_high), ("n", s.n)):
             if value == value:  # not NaN (one trial has no CI)
-                out[f"summary/{env}/{metric_method(method)}/{short}_{name}"] = float(value)
+                out[mlflow_key(f"summary/{env}/{name_of[method]}/{short}_{name}")] = float(value)
     return out
-
-
-#: The longest method part of a summary metric: MLflow takes metric names of up to 250 characters.
-MAX_METRIC_METHOD = 150
-
-
-def metric_method(method: str) -> str:
-    """A method label as MLflow takes it in a metric name (letters, digits, ``_ - . : /`` and
-    spaces; at most 250 characters): a sweep's ``adpo-dynamic (adpo.lr=0.001,adpo.beta_q=2)``
-    becomes ``adpo-dynamic adpo.lr:0.001 adpo.beta_q:2``. A label that would still not fit, or
-    could be read two ways, is cut to :data:`MAX_METRIC_METHOD` characters with a digest of the
-    whole label appended (the child runs' ``method`` tag keeps it whole)."""
-    import hashlib
-    import re
-
-    word = r"[\w.\-]+"  # no ':' or ' ': the mapping below reads back one way
-    base, _, label = method.partition(" (")
-    items = label.removesuffix(")").split(",") if label else []
-    text = " ".join([base, *(item.replace("=", ":", 1) for item in items)])
-    readable = re.fullmatch(word, base) and all(re.fullmatch(f"{word}={word}", item) for item in items)
-    if readable and len(text) <= MAX_METRIC_METHOD:
-        return text
-    digest = hashlib.sha256(method.encode()).hexdigest()[:12]
-    safe = re.sub(r"[^\w.\- :]", "_", text)
-    return f"{safe[:MAX_METRIC_METHOD - len(digest) - 1]} {digest}"
 
 
 def replay_state(spool: Spool) -> dict[str, Any]:
@@ -397,9 +402,23 @@ def write_history_csv(path: Path, history: dict[int, dict[str, float]]) -> None:
             writer.writerow([step, *(history[step].get(c, "") for c in columns)])
 
 
-def sync(run_dir: str, launch_name: str, *, timeout_s: float = 300.0) -> tuple[int, int, str | None]:
-    """Deliver a launch's pending MLflow writes (`adpo-ray sync`); returns (delivered, still
-    pending, last error)."""
+class SyncResult(NamedTuple):
+    """What `adpo-ray sync` did: records ``delivered`` now, still ``pending`` (the store failed in
+    a way that may pass: ``last_error``), ``rejected`` now by MLflow for good, ``rejected_total``
+    over the launch, all kept with their reasons in ``rejected_file``."""
+
+    delivered: int
+    pending: int
+    rejected: int
+    rejected_total: int
+    rejected_file: str
+    last_error: str | None
+
+
+def sync(run_dir: str, launch_name: str, *, timeout_s: float = 300.0) -> SyncResult:
+    """Deliver a launch's pending MLflow writes (`adpo-ray sync`), retrying failures that may pass
+    for up to ``timeout_s`` seconds; writes MLflow refuses for good are set aside at once (see
+    :mod:`adpo_ray.orchestration.spool`). Raises FileNotFoundError when ``run_dir`` has no spool."""
     folder = spool_folder(str(run_dir), launch_name)
     if not os.path.exists(os.path.join(folder, "spool.json")):
         raise FileNotFoundError(f"{run_dir} has no MLflow spool ({folder})")
@@ -411,5 +430,7 @@ def sync(run_dir: str, launch_name: str, *, timeout_s: float = 300.0) -> tuple[i
     while not sender.drain() and time.time() < deadline:
         time.sleep(2)
     after = spool.pending()
+    total = len(spool.rejected())
     spool.close()
-    return before - after, after, sender.last_error
+    return SyncResult(before - after - sender.rejected, after, sender.rejected, total,
+                      str(spool.folder / REJECTED), sender.last_error)

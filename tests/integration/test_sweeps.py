@@ -89,13 +89,14 @@ def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tm
     data = load_mlflow(opts.tracking_uri, "ident")
     assert sorted(data.trials["method"]) == sorted(t.method for t in trials)  # two groups of one
     assert sorted(load_tune_folder(opts.run_dir).trials["method"]) == sorted(data.trials["method"])
-    from adpo_ray.orchestration.tracking import metric_method
+    from adpo_ray.orchestration.tracking import method_names
 
     (parent,) = parents
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
-    for t in trials:
-        assert f"summary/PreferenceBandit/{metric_method(t.method)}/winmass_n" in parent.data.metrics
+    for name, label in method_names(t.method for t in trials).items():
+        assert f"summary/PreferenceBandit/{name}/winmass_n" in parent.data.metrics
+        assert parent.data.tags[f"method_label/{name}"] == label
 
 
 SEARCH = {

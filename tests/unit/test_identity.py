@@ -109,14 +109,12 @@ def test_folder_names_hold_no_path_characters():
 def test_summary_metric_names_are_ones_mlflow_takes_and_stay_distinct():
     from mlflow.utils.validation import validate_param_and_metric_name
 
-    from adpo_ray.orchestration.tracking import launch_summary, metric_method
+    from adpo_ray.orchestration.tracking import launch_summary, method_names
 
-    assert metric_method("adpo-fixed") == "adpo-fixed"
-    assert metric_method("adpo-dynamic (adpo.beta_q=2,adpo.lr=0.0030001)") == "adpo-dynamic adpo.beta_q:2 adpo.lr:0.0030001"
     long_a = parse_spec({**BASE, "sweep": {**LONG, "bandit.problem_seed": [0, 1]}}).trials()
     methods = [t.method for t in long_a] + ["adpo-dynamic (adpo.lr=1e+16)", "adpo-ema (anchors.params.ema.rate=a b)"]
-    names = [metric_method(m) for m in methods]
-    assert len(set(names)) == len(names)
+    names = method_names(methods)
+    assert len(names) == len(methods) and set(names.values()) == set(methods)
     summary = launch_summary([("PreferenceBandit", m, {"eval/winmass": 0.5}) for m in methods])
     assert len(summary) == 3 * len(methods)  # mean, IQM and n of one trial each (no CI)
     for key in summary:

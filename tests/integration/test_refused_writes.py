@@ -1,0 +1,119 @@
+"""Writes MLflow refuses, on real grids (real Ray, Tune, RLlib, MLflow): a sweep's method labels
+become valid metric names on the parent run, and a child run deleted in the MLflow UI while its
+trial runs is restored, holding the launch's other writes up not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adpo_ray.orchestration.spool import RUN_KEY_TAG
+
+from .test_grid import SMALL, children, mlflow_server
+from .test_survival import _check_complete, _grid
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {
+    "name": "sweepnames",
+    "environments": ["PreferenceBandit"],
+    "scenarios": ["clean"],
+    "algorithms": ["adpo"],
+    "anchors": {"modes": ["dynamic"]},
+    "hidden_sizes": [16],
+    "seeds": [0],
+    "budget": {"iterations": 2},
+    "adpo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+    "sweep": {"adpo.beta_q": [0.5, 2.0]},
+}
+
+
+def test_sweep_summary_under_valid_names(tmp_path):
+    """The parent of a sweep ends FINISHED with its per-method summary under names MLflow takes,
+    each name's label in a tag; nothing is refused, nothing pending; the report finds the runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _grid(SWEEP, tmp_path, uri, "sw", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    assert "not delivered" not in out and "refused" not in out, out[-3000:]
+    client = MlflowClient(uri)
+    parents, kids = children(client, "sweepnames")
+    assert len(parents) == 1 and len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    winmass = {k.data.tags["sweep.adpo.beta_q"]: k.data.metrics["eval/winmass"] for k in kids}
+    for value, name in (("0.5", "adpo-dynamic _adpo.beta_q_0.5"), ("2.0", "adpo-dynamic _adpo.beta_q_2")):
+        metrics = parent.data.metrics
+        assert metrics[f"summary/PreferenceBandit/{name}/winmass_mean"] == pytest.approx(winmass[value])
+        assert metrics[f"summary/PreferenceBandit/{name}/winmass_n"] == 1
+        assert parent.data.tags[f"method_label/{name}"] == f"adpo-dynamic (adpo.beta_q={float(value):.4g})"
+    assert not (tmp_path / "ray_results" / "sw" / "mlflow_spool" / "rejected.jsonl").exists()
+    report = (tmp_path / "ray_results" / "sw" / "report" / "report.md").read_text()
+    assert "adpo-dynamic (adpo.beta_q=0.5)" in report and "adpo-dynamic (adpo.beta_q=2)" in report
+
+
+DELETED = {**SMALL, "name": "deletedchild", "scenarios": ["clean", "flip-high", "flip-low"],
+           "anchors": {"modes": ["dynamic"]}, "hidden_sizes": [16], "budget": {"iterations": 3},
+           "resources": {"max_concurrent_trials": 1}}
+
+
+def _finished_in_spool(spool_records, key: str) -> bool:
+    """Whether the tracker has already written the run's FINISHED status (its last write)."""
+    if not spool_records.exists():
+        return False
+    for line in spool_records.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if record.get("key") == key and record.get("op") == "status" and record.get("status") == "FINISHED":
+            return True
+    return False
+
+
+def test_child_deleted_while_grid_runs_is_restored(tmp_path):
+    """A child run deleted in the UI while its trial still has writes to come (a real `mlflow
+    server`): the run is restored under its id, every trial ends up in MLflow with its full
+    history, the parent FINISHED, nothing refused, nothing pending."""
+    env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "120"}
+    records = tmp_path / "ray_results" / "d" / "mlflow_spool" / "records.jsonl"
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
+        proc = _grid(DELETED, tmp_path, uri, "d", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        client = MlflowClient(uri)
+        seen: set[str] = set()
+        deleted: str | None = None
+        deadline = time.time() + 600
+        while deleted is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                _, kids = children(client, "deletedchild")
+            except Exception:  # noqa: BLE001 - the experiment is not there yet
+                continue
+            for kid in kids:
+                run_id = kid.info.run_id
+                if run_id in seen:
+                    continue
+                seen.add(run_id)
+                client.delete_run(run_id)
+                # The spool is append-only and written before anything is sent: with no FINISHED
+                # record for the run now, after the deletion, its last writes are still to come.
+                if _finished_in_spool(records, kid.data.tags[RUN_KEY_TAG]):
+                    client.restore_run(run_id)  # its trial ended first: this run proves nothing
+                    continue
+                deleted = run_id
+                break
+        out, _ = proc.communicate(timeout=900)
+        assert deleted is not None, "no child run was caught while its trial ran:\n" + out[-3000:]
+        assert proc.returncode == 0, out[-4000:]
+        assert "not delivered" not in out and "refused" not in out, out[-3000:]
+        client = MlflowClient(uri)
+        assert client.get_run(deleted).info.lifecycle_stage == "active"  # restored, not made anew
+        _, kids = children(client, "deletedchild")
+        assert deleted in {k.info.run_id for k in kids}
+        _check_complete(client, "deletedchild", DELETED, 3, SMALL["adpo"]["train_batch_size"])
+    assert not (records.parent / "rejected.jsonl").exists()
