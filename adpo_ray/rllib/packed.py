@@ -167,14 +167,19 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
             return batch
         obs = np.stack([e.get_observations(indices=-1) for e in sa_episodes])
         members = np.fromiter((_member(e) for e in sa_episodes), dtype=np.int64, count=len(sa_episodes))
-        out = np.empty_like(obs)
-        # stable: each member's rows stay in sub-env order, as in the solo trial's batch
-        order = np.argsort(members, kind="stable")
-        bounds = np.searchsorted(members[order], np.arange(self.num_members + 1))
-        for k in range(self.num_members):
-            rows = order[bounds[k]:bounds[k + 1]]
-            if rows.size:
-                out[rows] = self._filter_rows(self._filters[k], obs[rows])
+        k = self.num_members
+        if len(members) % k == 0 and np.array_equal(members, np.repeat(np.arange(k), len(members) // k)):
+            # the env runner's case: every member's N rows, in sub-env order; one stacked update
+            out = self._filter_stacked(obs.reshape(k, -1, *obs.shape[1:])).reshape(obs.shape)
+        else:
+            out = np.empty_like(obs)
+            # stable: each member's rows stay in sub-env order, as in the solo trial's batch
+            order = np.argsort(members, kind="stable")
+            bounds = np.searchsorted(members[order], np.arange(k + 1))
+            for m in range(k):
+                rows = order[bounds[m]:bounds[m + 1]]
+                if rows.size:
+                    out[rows] = self._filter_rows(self._filters[m], obs[rows])
         for episode, row in zip(sa_episodes, out, strict=True):
             episode.set_observations(at_indices=-1, new_data=row)
             episode.observation_space = self.observation_space
@@ -191,6 +196,22 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
             out = out / (filt.running_stats.std + SMALL_NUMBER)
         if filt.clip:
             out = np.clip(out, -filt.clip, filt.clip)
+        return out.astype(x.dtype)
+
+    def _filter_stacked(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_filter_rows` for all members at once; ``x`` is ``(K, n, d)``, member k's rows ``x[k]``."""
+        filters = [self._filters[m] for m in range(self.num_members)]
+        if self._update_stats:
+            push_stacked([f.running_stats for f in filters], x)
+            push_stacked([f.buffer for f in filters], x)
+        first = filters[0]
+        out = x
+        if first.demean:
+            out = out - np.stack([f.running_stats.mean_array for f in filters])[:, None]
+        if first.destd:
+            out = out / (stacked_std([f.running_stats for f in filters]) + SMALL_NUMBER)[:, None]
+        if first.clip:
+            out = np.clip(out, -first.clip, first.clip)
         return out.astype(x.dtype)
 
     @staticmethod
@@ -218,3 +239,42 @@ class AddMemberColumn(ConnectorV2):
             self.add_n_batch_items(batch, MEMBER, items_to_add=np.full(n, _member(sa_episode), dtype=np.int64),
                                    num_items=n, single_agent_episode=sa_episode)
         return batch
+
+
+def push_stacked(stats: list[RunningStat], x: np.ndarray) -> None:
+    """Push ``x[k]`` (``x``: ``(K, n, d)``) into ``stats[k]`` for every ``k``: the same result, bit
+    for bit, as :func:`~adpo_ray.rllib.connectors.push_batch` per member, in one array update."""
+    n_b = x.shape[1]
+    if n_b == 0:
+        return
+    mean_b = x.mean(axis=1)
+    m2_b = ((x - mean_b[:, None]) ** 2).sum(axis=1)
+    n_a = np.array([s.num_pushes for s in stats], dtype=np.int64)
+    old_mean = np.stack([s.mean_array for s in stats])
+    old_m2 = np.stack([s.sum_sq_diff_array for s in stats])
+    n = n_a + n_b
+    delta = mean_b - old_mean
+    new_mean = old_mean + delta * (n_b / n)[:, None]
+    new_m2 = old_m2 + m2_b + delta**2 * (n_a * n_b / n)[:, None]
+    d_mean, d_m2 = new_mean - old_mean, new_m2 - old_m2
+    for k, stat in enumerate(stats):
+        stat.mean_array[...] = new_mean[k]
+        stat.sum_sq_diff_array[...] = new_m2[k]
+        # the "delta" arrays move exactly as the main ones do under push(); a first push sets them
+        if n_a[k] == 0:
+            stat.mean_delta_array[...] = new_mean[k]
+            stat.sum_sq_diff_delta_array[...] += new_m2[k]
+        else:
+            stat.mean_delta_array[...] += d_mean[k]
+            stat.sum_sq_diff_delta_array[...] += d_m2[k]
+        stat.num_pushes = int(n[k])
+        stat.num_pushes_delta += n_b
+
+
+def stacked_std(stats: list[RunningStat]) -> np.ndarray:
+    """``np.stack([s.std for s in stats])`` (``(K, d)`` float32) in one array operation."""
+    n = np.array([s.num_pushes for s in stats], dtype=np.float64)
+    m2 = np.stack([s.sum_sq_diff_array for s in stats])
+    var = (m2 / np.maximum(n - 1, 1)[:, None]).astype(np.float32)
+    var[n <= 1] = 0.0  # RunningStat.var's convention for n <= 1
+    return np.sqrt(np.maximum(0, var))

@@ -1,16 +1,19 @@
 """A trial pack's vector env: member k's slice of the pack is, step for step, the solo trial's
-vector env (built as RLlib's env runner builds it) for the same seed and actions; bad pack
-configs fail early, naming the field."""
+vector env (built as RLlib's env runner builds it) for the same seed and actions; the per-member
+filter is one solo filter per member; bad pack configs fail early, naming the field."""
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from adpo_ray.envs.packed import PackedVectorEnv, make_packed_env
+from adpo_ray.rllib.connectors import BatchedMeanStdFilter
 from adpo_ray.rllib.factory import build_algo_config
-from adpo_ray.rllib.packed import configure_pack
+from adpo_ray.rllib.packed import MEMBER, PackedMeanStdFilter, configure_pack
 from adpo_ray.spec import TrialSpec, parse_spec
 
 N = 2
@@ -125,3 +128,42 @@ def test_configure_pack_needs_a_seed_and_valid_members():
         configure_pack(config.debugging(seed=None), [{**knobs.env_config, "seed": 0}], 2)
     with pytest.raises(ValueError, match=r"members\[0\].seed"):
         configure_pack(config.debugging(seed=0), [knobs.env_config], 2)
+
+
+def filter_step(filt, rows, members, space):
+    """One env-to-module call on fresh episodes holding ``rows`` as their newest observation."""
+    episodes = []
+    for row, member in zip(rows, members):
+        episode = SingleAgentEpisode(observation_space=space, action_space=gym.spaces.Discrete(2))
+        episode.add_env_reset(observation=row)
+        if member is not None:
+            episode.custom_data[MEMBER] = member
+        episodes.append(episode)
+    filt(rl_module=None, batch={}, episodes=episodes)
+    return np.stack([e.get_observations(-1) for e in episodes])
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_packed_filter_is_one_solo_filter_per_member(shuffled):
+    """Rows are routed by their episode's member (grouped, as the env runner orders them, or
+    shuffled) and normalised by that member's statistics only: member k's state and outputs are a
+    solo filter's fed member k's rows."""
+    k, n, d = 3, 4, 5
+    space = gym.spaces.Box(-np.inf, np.inf, (d,), np.float64)
+    pack, solos = PackedMeanStdFilter(num_members=k), [BatchedMeanStdFilter() for _ in range(k)]
+    for filt in (pack, *solos):  # as a connector pipeline sets them
+        filt.input_observation_space, filt.input_action_space = space, gym.spaces.Discrete(2)
+    rng = np.random.default_rng(0)
+    members = np.repeat(np.arange(k), n)
+    for step in range(6):
+        rows = rng.normal(size=(k * n, d)) * np.arange(1, k + 1).repeat(n)[:, None] + members[:, None] * 10
+        order = rng.permutation(k * n) if shuffled else np.arange(k * n)
+        rows, of = rows[order], members[order]
+        out = filter_step(pack, rows, of, space)
+        for m, solo in enumerate(solos):  # member m's rows in the order the pack saw them
+            np.testing.assert_array_equal(out[of == m], filter_step(solo, rows[of == m], [None] * n, space))
+    state = pack.get_state()
+    for m, solo in enumerate(solos):
+        np.testing.assert_equal(PackedMeanStdFilter.member_states(state)[m], solo.get_state())
+    with pytest.raises(KeyError, match="has no custom_data\\['member'\\]"):
+        filter_step(pack, rows[:1], [None], space)
