@@ -22,10 +22,16 @@ from gymnasium.vector.utils import batch_space
 
 from adpo_ray.envs import make_env
 
-__all__ = ["PackedVectorEnv", "make_packed_env"]
+__all__ = ["PackedVectorEnv", "check_members", "make_packed_env"]
 
 
-def _check_members(members: Any, num_envs_per_member: Any) -> None:
+def check_members(members: Any, num_envs_per_member: Any) -> None:
+    """Check a pack's ``members`` (non-empty list of env config dicts, each with an int ``seed``,
+    all naming the same env) and ``num_envs_per_member`` (int >= 1).
+
+    Raises:
+        ValueError: naming the bad field (``members[k].seed``...) and what is allowed.
+    """
     if not isinstance(members, (list, tuple)) or not members:
         raise ValueError(f"members must be a non-empty list of env configs (dicts), got {members!r}")
     for k, member in enumerate(members):
@@ -68,7 +74,7 @@ class PackedVectorEnv(gym.vector.VectorEnv):
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, members: list[dict[str, Any]], num_envs_per_member: int, seed_base: int = 0):
-        _check_members(members, num_envs_per_member)
+        check_members(members, num_envs_per_member)
         self.members = [dict(m) for m in members]
         self.num_members = len(self.members)
         self.num_envs_per_member = int(num_envs_per_member)
@@ -152,7 +158,7 @@ def make_packed_env(config: dict[str, Any]) -> gym.Env | PackedVectorEnv:
     """
     members = config.get("members")
     per_member = config.get("num_envs_per_member")
-    _check_members(members, per_member)
+    check_members(members, per_member)
     if "num_envs" not in config:
         return make_env(_env_config(members[0]))
     if config["num_envs"] != len(members) * per_member:

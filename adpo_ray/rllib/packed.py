@@ -33,7 +33,7 @@ from ray.rllib.utils.typing import StateDict
 from ray.tune.registry import register_env
 
 from adpo_ray.envs import ENVIRONMENTS
-from adpo_ray.envs.packed import PackedVectorEnv, make_packed_env
+from adpo_ray.envs.packed import PackedVectorEnv, check_members, make_packed_env
 from adpo_ray.metrics import CLEAN_RETURN_KEY, MEMBER_GROUP
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter, push_batch
 
@@ -72,9 +72,9 @@ def configure_pack(config: AlgorithmConfig, members: list[dict[str, Any]], num_e
     if config.seed is None:
         raise ValueError("configure_pack needs config.seed (config.debugging(seed=...)): the pack's seed "
                          "base, to which env runners add their worker offset")
+    check_members(members, num_envs_per_member)
     env_config = {"members": [dict(m) for m in members], "num_envs_per_member": num_envs_per_member,
                   "seed_base": int(config.seed)}
-    make_packed_env(env_config)  # validates members before anything starts; a single env is cheap
     num_members = len(members)
     config.environment(register_pack(), env_config=env_config)
     config.env_runners(num_envs_per_env_runner=num_members * num_envs_per_member,
@@ -232,7 +232,7 @@ class AddMemberColumn(ConnectorV2):
     the observations row for row."""
 
     def __call__(self, *, rl_module, batch: dict[str, Any], episodes, explore=None, shared_data=None, **kwargs):
-        if MEMBER in batch:
+        if MEMBER in batch:  # added already: a second pass would double the column's rows
             return batch
         for sa_episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             n = len(sa_episode)

@@ -15,7 +15,7 @@ from ray.rllib.utils.filter import RunningStat
 from adpo_ray.metrics import CLEAN_RETURN_KEY, MEMBER_GROUP
 from adpo_ray.rllib.packed import ENV_INDEX, MEMBER, PackedMeanStdFilter
 
-from ..unit.test_packed_env import N, SEEDS, pack_config, solo_config
+from ..unit.test_packed_env import SEEDS, N, pack_config, solo_config
 
 SCENARIOS = ["gaussian-high", "shift-high"]
 
@@ -30,7 +30,7 @@ def runners(env_name: str, zero_weights: bool = False):
             for name, param in pack.module.named_parameters():
                 if name.endswith("weight"):
                     param.zero_()
-    solos = [SingleAgentEnvRunner(config=solo_config(env_name, s, seed)[0]) for s, seed in zip(SCENARIOS, SEEDS)]
+    solos = [SingleAgentEnvRunner(config=solo_config(env_name, s, seed)[0]) for s, seed in zip(SCENARIOS, SEEDS, strict=True)]
     for solo in solos:
         solo.set_state({COMPONENT_RL_MODULE: pack.module.get_state()})
     return pack, solos

@@ -31,7 +31,7 @@ def solo_config(env_name: str, scenario: str, seed: int, num_envs: int = N):
 
 def pack_config(env_name: str, scenarios: list[str], seeds: list[int], pack_seed: int = 100):
     config, _ = solo_config(env_name, scenarios[0], pack_seed)
-    members = [{**solo_config(env_name, s, seed)[1].env_config, "seed": seed} for s, seed in zip(scenarios, seeds)]
+    members = [{**solo_config(env_name, s, seed)[1].env_config, "seed": seed} for s, seed in zip(scenarios, seeds, strict=True)]
     return configure_pack(config, members, N)
 
 
@@ -43,7 +43,7 @@ def runner_env(config, worker_index: int = 0):
 
 def assert_same_infos(pack_infos, solo_infos):
     assert len(pack_infos) == len(solo_infos)
-    for p, s in zip(pack_infos, solo_infos):
+    for p, s in zip(pack_infos, solo_infos, strict=True):
         assert p.keys() == s.keys()
         for key in p:
             np.testing.assert_array_equal(p[key], s[key])
@@ -60,7 +60,7 @@ def assert_same_infos(pack_infos, solo_infos):
 )
 def test_member_stream_equals_solo_trials(env_name, scenarios, steps, worker_index):
     pack, pack_seed = runner_env(pack_config(env_name, scenarios, SEEDS), worker_index)
-    solos = [runner_env(solo_config(env_name, s, seed)[0], worker_index) for s, seed in zip(scenarios, SEEDS)]
+    solos = [runner_env(solo_config(env_name, s, seed)[0], worker_index) for s, seed in zip(scenarios, SEEDS, strict=True)]
     assert isinstance(pack.unwrapped, PackedVectorEnv) and pack.num_envs == len(SEEDS) * N
     obs, infos = pack.reset(seed=pack_seed)
     for k, (solo, solo_seed) in enumerate(solos):
@@ -78,7 +78,7 @@ def test_member_stream_equals_solo_trials(env_name, scenarios, steps, worker_ind
         for k, (solo, _) in enumerate(solos):
             rows = slice(k * N, (k + 1) * N)
             s_result = solo.step(actions[rows])
-            for got, want in zip(result[:4], s_result[:4]):
+            for got, want in zip(result[:4], s_result[:4], strict=True):
                 np.testing.assert_array_equal(got[rows], want)
             assert_same_infos(result[4][rows], s_result[4])
         ends += int(np.sum(result[2] | result[3]))
@@ -133,7 +133,7 @@ def test_configure_pack_needs_a_seed_and_valid_members():
 def filter_step(filt, rows, members, space):
     """One env-to-module call on fresh episodes holding ``rows`` as their newest observation."""
     episodes = []
-    for row, member in zip(rows, members):
+    for row, member in zip(rows, members, strict=True):
         episode = SingleAgentEpisode(observation_space=space, action_space=gym.spaces.Discrete(2))
         episode.add_env_reset(observation=row)
         if member is not None:
@@ -155,7 +155,7 @@ def test_packed_filter_is_one_solo_filter_per_member(shuffled):
         filt.input_observation_space, filt.input_action_space = space, gym.spaces.Discrete(2)
     rng = np.random.default_rng(0)
     members = np.repeat(np.arange(k), n)
-    for step in range(6):
+    for _ in range(6):
         rows = rng.normal(size=(k * n, d)) * np.arange(1, k + 1).repeat(n)[:, None] + members[:, None] * 10
         order = rng.permutation(k * n) if shuffled else np.arange(k * n)
         rows, of = rows[order], members[order]
