@@ -9,8 +9,9 @@ policy, no noise wrapper). "pack" is RLlib's SingleAgentEnvRunner on a pack of `
 wrapper, the per-member observation filter, the policy forward pass of RLlib's default PPO module
 (hidden 64) batched over all ``K*N`` rows, the connectors, episode bookkeeping and per-member
 metrics. Everything runs in this process on one CPU thread; rounds alternate raw / pack and
-medians are compared. ``--profile`` adds a cProfile of the pack's sampling at 64 envs. The last
-line is ``ratio=<pack / raw at 64 envs>``.
+medians are compared. Per size, the env runner's own timers say where a vector step's time goes;
+``--profile`` adds a cProfile of the pack's sampling at 64 envs. The last line is
+``ratio=<pack / raw at 64 envs>``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,30 @@ def pack_steps_per_s(runner, steps: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+#: RLlib's own env runner timers (seconds per vector step), and what they time.
+TIMERS = {"env_step_timer": "env step", "env_to_module_connector/connector_pipeline_timer": "env-to-module",
+          "rlmodule_inference_timer": "policy forward", "module_to_env_connector/connector_pipeline_timer": "module-to-env"}
+
+
+def breakdown(runner, steps: int) -> str:
+    """Where one vector step's time goes, from the env runner's own timers (ms per vector step)."""
+    runner.get_metrics()
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        done += sum(len(e) for e in runner.sample(num_timesteps=min(4096, steps - done), explore=True))
+    per_step = (time.perf_counter() - start) / (done / runner.num_envs)
+    metrics = runner.get_metrics()
+    parts = {}
+    for path, name in TIMERS.items():
+        value = metrics
+        for key in path.split("/"):
+            value = value[key]
+        parts[name] = value.peek()
+    parts["rest (episodes, unbatch, callbacks)"] = per_step - sum(parts.values())
+    return ", ".join(f"{name} {1e3 * t:.2f} ms ({t / per_step:.0%})" for name, t in parts.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
@@ -106,6 +131,7 @@ def main() -> None:
             raw.append(raw_steps_per_s(args.env, size, args.steps))
             pack.append(pack_steps_per_s(runner, args.steps))
             print(f"{size} envs round {i}: raw {raw[-1]:,.0f} steps/s   pack {pack[-1]:,.0f} steps/s")
+        print(f"{size} envs, per vector step: {breakdown(runner, args.steps)}")
         if args.profile and size == 64:
             profiler = cProfile.Profile()
             profiler.enable()

@@ -24,7 +24,10 @@ from typing import Any
 import numpy as np
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.connectors.common import NumpyToTensor, TensorToNumpy
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.module_to_env import GetActions
+from ray.rllib.core.columns import Columns
 from ray.rllib.utils import force_list
 from ray.rllib.utils.filter import MeanStdFilter as _MeanStdFilter
 from ray.rllib.utils.filter import RunningStat
@@ -63,8 +66,9 @@ def configure_pack(config: AlgorithmConfig, members: list[dict[str, Any]], num_e
 
     Sets the env, ``num_envs_per_env_runner = K * N``, ``gym_env_vectorize_mode =
     "vector_entry_point"``, adds :class:`PackCallbacks` to the callbacks, sets the learner
-    connector to :class:`AddMemberColumn` and, for MuJoCo envs, the env-to-module connector to
-    :class:`PackedMeanStdFilter`. Evaluation settings are left alone.
+    connector to :class:`AddMemberColumn` and, for MuJoCo envs, batched connector pipelines:
+    :class:`PackedMeanStdFilter` then RLlib's ``NumpyToTensor`` into the module, RLlib's
+    ``GetActions`` and ``TensorToNumpy`` out of it. Evaluation settings are left alone.
 
     Raises:
         ValueError: ``config.seed`` unset, or bad ``members`` / ``num_envs_per_member``.
@@ -83,8 +87,15 @@ def configure_pack(config: AlgorithmConfig, members: list[dict[str, Any]], num_e
     config.callbacks([*callbacks, PackCallbacks])
     config.training(learner_connector=lambda obs_space, act_space: AddMemberColumn(obs_space, act_space))
     if ENVIRONMENTS[members[0].get("env", "PreferenceBandit")]["kind"] == "mujoco":
+        # Batched pipelines: the filter hands the module its (K*N, d) observations in row order
+        # and the actions go back to the env as one array, instead of RLlib's default pieces,
+        # which move every row through per-episode lists and back.
         config.env_runners(
-            env_to_module_connector=lambda env, spaces=None, device=None: PackedMeanStdFilter(num_members=num_members)
+            env_to_module_connector=lambda env, spaces=None, device=None: [
+                PackedMeanStdFilter(num_members=num_members, add_obs_column=True), NumpyToTensor(device=device)],
+            module_to_env_connector=lambda env, spaces=None: [GetActions(), TensorToNumpy()],
+            add_default_connectors_to_env_to_module_pipeline=False,
+            add_default_connectors_to_module_to_env_pipeline=False,
         )
     return config
 
@@ -138,14 +149,17 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
     solo trial's filter. The state maps member ``k`` to the state RLlib's filter keeps under its
     single-agent key ``None``, so checkpoints, restores and the merge across env runners work
     unchanged; :meth:`member_states` / :meth:`pack_states` convert to and from solo states.
-    Flat ``Box`` observations only.
+    Flat ``Box`` observations only. ``add_obs_column`` also puts the normalised observations, row
+    ``i`` from ``episodes[i]``, in the batch's ``obs`` column (for a pipeline without RLlib's
+    default pieces, which would otherwise collect them from the episodes).
     """
 
-    def __init__(self, *args, num_members: int, **kwargs):
+    def __init__(self, *args, num_members: int, add_obs_column: bool = False, **kwargs):
         if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 1:
             raise ValueError(f"num_members must be an int >= 1, got {num_members!r}")
         super().__init__(*args, **kwargs)
         self.num_members = num_members
+        self.add_obs_column = add_obs_column
 
     def _init_new_filters(self):
         super()._init_new_filters()
@@ -183,6 +197,8 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
         for episode, row in zip(sa_episodes, out, strict=True):
             episode.set_observations(at_indices=-1, new_data=row)
             episode.observation_space = self.observation_space
+        if self.add_obs_column:
+            batch[Columns.OBS] = out
         return batch
 
     def _filter_rows(self, filt: _MeanStdFilter, x: np.ndarray) -> np.ndarray:

@@ -40,13 +40,19 @@ def member_episodes(episodes, k: int):
     return [e for e in episodes if e.custom_data[MEMBER] == k]
 
 
-def assert_same_episodes(got, want):
+def assert_same_episodes(got, want, outputs_atol: float = 0.0):
+    """Same observations, actions, rewards, ends and model outputs; ``outputs_atol`` allows for
+    float32 matmuls whose last bit depends on the batch size (K*N rows in the pack, N solo)."""
     assert len(got) == len(want) > 0
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g.get_observations(), w.get_observations())
         np.testing.assert_array_equal(g.get_actions(), w.get_actions())
         np.testing.assert_array_equal(g.get_rewards(), w.get_rewards())
         assert (g.is_terminated, g.is_truncated) == (w.is_terminated, w.is_truncated)
+        assert g.extra_model_outputs.keys() == w.extra_model_outputs.keys()
+        for key in w.extra_model_outputs:  # what the learner reads: action logp, dist inputs
+            np.testing.assert_allclose(g.get_extra_model_outputs(key), w.get_extra_model_outputs(key),
+                                       rtol=0, atol=outputs_atol)
 
 
 def test_bandit_pack_rows_members_and_metrics_match_solo_trials():
@@ -66,7 +72,7 @@ def test_bandit_pack_rows_members_and_metrics_match_solo_trials():
     pack_metrics = pack.get_metrics()[MEMBER_GROUP]
     for k, solo in enumerate(solos):
         solo_episodes = solo.sample(num_timesteps=steps * N, explore=False)
-        assert_same_episodes(member_episodes(episodes, k), solo_episodes)
+        assert_same_episodes(member_episodes(episodes, k), solo_episodes, outputs_atol=1e-6)
         solo_metrics = solo.get_metrics()
         for key in (CLEAN_RETURN_KEY, "episode_return_mean", "episode_len_mean"):
             assert pack_metrics[str(k)][key].peek() == solo_metrics[key].peek(), (k, key)
@@ -123,3 +129,18 @@ def test_mujoco_pack_filter_and_metrics_are_each_solo_trials():
 def test_packed_filter_rejects_a_bad_member_count(num_members):
     with pytest.raises(ValueError, match="num_members must be an int >= 1"):
         PackedMeanStdFilter(num_members=num_members)
+
+
+def test_mujoco_pack_batched_pipelines_keep_rows_with_their_sub_envs():
+    """The MuJoCo pack's batched pipelines hand row i to sub-env i: every stored action is the
+    deterministic policy's output on that episode's own (filtered) observation."""
+    pack = SingleAgentEnvRunner(config=pack_config("HalfCheetah-v5", SCENARIOS, SEEDS))
+    episodes = pack.sample(num_timesteps=5 * pack.num_envs, explore=False)
+    assert [e.custom_data[ENV_INDEX] for e in episodes] == list(range(pack.num_envs))
+    obs = np.concatenate([e.get_observations(slice(0, len(e))) for e in episodes])
+    with torch.no_grad():
+        out = pack.module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)})
+    mean = out[Columns.ACTION_DIST_INPUTS].numpy()[:, :pack.env.single_action_space.shape[0]]
+    actions = np.concatenate([e.get_actions() for e in episodes])
+    np.testing.assert_allclose(actions, mean, rtol=0, atol=1e-6)
+    assert np.ptp(actions, axis=0).min() > 1e-3  # actions differ across rows: a permutation would show
