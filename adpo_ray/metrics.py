@@ -51,6 +51,10 @@ HEADLINE = {"bandit": EVAL_WINMASS, "mujoco": EVAL_RETURN}
 # -- source keys: what our RLlib parts log, and where -------------------------------------------
 #: ``env_runners/<key>``: the clean-reward return of each training episode (callbacks).
 CLEAN_RETURN_KEY = "train_clean_return"
+#: ``env_runners/<MEMBER_GROUP>/<k>/<key>``: a trial pack's member ``k``'s episode metrics, keyed
+#: as a solo trial's env runners key them (:data:`CLEAN_RETURN_KEY`, ``episode_return_mean``,
+#: ``episode_len_mean``), so a pack's result splits into solo-shaped ones.
+MEMBER_GROUP = "member"
 #: ``eval/winmass``: the bandit's WinMass, added to each training result (callbacks).
 EVAL_GROUP, WINMASS_KEY = "eval", "winmass"
 #: ``distill/<key>``: what the offline distillation algorithm adds to each result.

@@ -1,0 +1,151 @@
+"""Trial-pack sampling throughput: a pack's env runner vs raw gymnasium stepping, side by side.
+
+    python bench/pack_sampling.py [--env HalfCheetah-v5] [--sizes 16,64,128] [--per-member 8]
+                                  [--steps 20000] [--rounds 3] [--profile]
+
+"raw" steps ``K*N`` gymnasium envs (``gym.make``) in a plain loop with uniform-random actions (no
+policy, no noise wrapper). "pack" is RLlib's SingleAgentEnvRunner on a pack of ``K`` members x
+``N`` envs (members alternate a reward-noise and a shift scenario, seeds 0..K-1): the scenario
+wrapper, the per-member observation filter, the policy forward pass of RLlib's default PPO module
+(hidden 64) batched over all ``K*N`` rows, the connectors, episode bookkeeping and per-member
+metrics. Everything runs in this process on one CPU thread; rounds alternate raw / pack and
+medians are compared. Per size, the env runner's own timers say where a vector step's time goes;
+``--profile`` adds a cProfile of the pack's sampling at 64 envs. The last line is
+``ratio=<pack / raw at 64 envs>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SCENARIOS = ("gaussian-high", "shift-high")
+
+
+def raw_steps_per_s(env_name: str, num_envs: int, steps: int) -> float:
+    import gymnasium as gym
+
+    envs = [gym.make(env_name) for _ in range(num_envs)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+        env.action_space.seed(i)
+    done = 0
+    start = time.perf_counter()
+    while done < steps:
+        for env in envs:
+            _, _, term, trunc, _ = env.step(env.action_space.sample())
+            if term or trunc:
+                env.reset()
+        done += num_envs
+    elapsed = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    return done / elapsed
+
+
+def build_runner(env_name: str, num_members: int, per_member: int):
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from adpo_ray.rllib.factory import build_algo_config
+    from adpo_ray.rllib.packed import configure_pack
+    from adpo_ray.spec import TrialSpec, parse_spec
+
+    spec = parse_spec({
+        "name": "bench", "environments": [env_name], "scenarios": list(SCENARIOS), "algorithms": ["ppo"],
+        "budget": {"iterations": 1},
+        "resources": {"num_env_runners": 0, "num_envs_per_env_runner": per_member},
+    })
+    knobs = [spec.knobs(TrialSpec(env_name, SCENARIOS[k % 2], "ppo", "none", 64, k)) for k in range(num_members)]
+    config = build_algo_config(knobs[0]).evaluation(evaluation_interval=None)
+    members = [{**kn.env_config, "seed": kn.trial.seed} for kn in knobs]
+    return SingleAgentEnvRunner(config=configure_pack(config, members, per_member))
+
+
+def pack_steps_per_s(runner, steps: int) -> float:
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        episodes = runner.sample(num_timesteps=min(4096, steps - done), explore=True)
+        runner.get_metrics()  # as the training loop does after every sample
+        done += sum(len(e) for e in episodes)
+    return done / (time.perf_counter() - start)
+
+
+#: RLlib's own env runner timers (seconds per vector step), and what they time.
+TIMERS = {"env_step_timer": "env step", "env_to_module_connector/connector_pipeline_timer": "env-to-module",
+          "rlmodule_inference_timer": "policy forward", "module_to_env_connector/connector_pipeline_timer": "module-to-env"}
+
+
+def breakdown(runner, steps: int) -> str:
+    """Where one vector step's time goes, from the env runner's own timers (ms per vector step)."""
+    runner.get_metrics()
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        done += sum(len(e) for e in runner.sample(num_timesteps=min(4096, steps - done), explore=True))
+    per_step = (time.perf_counter() - start) / (done / runner.num_envs)
+    metrics = runner.get_metrics()
+    parts = {}
+    for path, name in TIMERS.items():
+        value = metrics
+        for key in path.split("/"):
+            value = value[key]
+        parts[name] = value.peek()
+    parts["rest (episodes, unbatch, callbacks)"] = per_step - sum(parts.values())
+    return ", ".join(f"{name} {1e3 * t:.2f} ms ({t / per_step:.0%})" for name, t in parts.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--sizes", default="16,64,128", help="K*N values (each a multiple of --per-member)")
+    parser.add_argument("--per-member", type=int, default=8, help="N, envs per member")
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    bad = [s for s in sizes if s % args.per_member]
+    if bad:
+        parser.error(f"--sizes {bad} are not multiples of --per-member {args.per_member}")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import torch
+
+    torch.set_num_threads(1)
+    results = {}
+    for size in sizes:
+        runner = build_runner(args.env, size // args.per_member, args.per_member)
+        pack_steps_per_s(runner, 2_000)  # warm-up
+        raw, pack = [], []
+        for i in range(args.rounds):
+            raw.append(raw_steps_per_s(args.env, size, args.steps))
+            pack.append(pack_steps_per_s(runner, args.steps))
+            print(f"{size} envs round {i}: raw {raw[-1]:,.0f} steps/s   pack {pack[-1]:,.0f} steps/s")
+        print(f"{size} envs, per vector step: {breakdown(runner, args.steps)}")
+        if args.profile and size == 64:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            pack_steps_per_s(runner, args.steps)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        runner.stop()
+        results[size] = (statistics.median(raw), statistics.median(pack))
+    for size, (r, p) in results.items():
+        print(f"env={args.env} envs={size} ({size // args.per_member} members x {args.per_member}) "
+              f"raw_median={r:,.0f} pack_median={p:,.0f} steps/s ratio={p / r:.3f}")
+    ref = 64 if 64 in results else sizes[-1]
+    print(f"ratio={results[ref][1] / results[ref][0]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
