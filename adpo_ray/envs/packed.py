@@ -7,18 +7,18 @@ resets a solo trial's sync vector env with ``seed + worker_index``, and gymnasiu
 ``j`` that seed ``+ j``), so a member's stream of observations, rewards, noise, infos and resets is
 the solo trial's for the same seed and actions.
 
-Stepping is synchronous in one process, with the same next-step autoreset as gymnasium's
-``SyncVectorEnv``, but one plain loop over the sub-envs without its per-step copies.
+Stepping is gymnasium's ``SyncVectorEnv`` (synchronous, in one process, next-step autoreset, the
+solo trial's vector env): only the seeds differ, one list of per-sub-env seeds from the one seed
+RLlib's env runner resets with.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
 from adpo_ray.envs import make_env
 
@@ -52,7 +52,7 @@ def check_members(members: Any, num_envs_per_member: Any) -> None:
         raise ValueError(f"num_envs_per_member must be an int >= 1, got {num_envs_per_member!r}")
 
 
-class PackedVectorEnv(gym.vector.VectorEnv):
+class PackedVectorEnv(gym.vector.SyncVectorEnv):
     """``len(members) * num_envs_per_member`` sub-envs; sub-env ``i`` belongs to member ``i // N``.
 
     Args:
@@ -71,30 +71,23 @@ class PackedVectorEnv(gym.vector.VectorEnv):
             whose observation or action spaces differ.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
-
     def __init__(self, members: list[dict[str, Any]], num_envs_per_member: int, seed_base: int = 0):
         check_members(members, num_envs_per_member)
         self.members = [dict(m) for m in members]
         self.num_members = len(self.members)
         self.num_envs_per_member = int(num_envs_per_member)
         self.seed_base = int(seed_base)
-        self.num_envs = self.num_members * self.num_envs_per_member
         #: ``member_index[i]``: the member of sub-env ``i``, shape ``(K * N,)`` int64.
         self.member_index = np.repeat(np.arange(self.num_members, dtype=np.int64), self.num_envs_per_member)
-        self.envs = [make_env(_env_config(m)) for m in self.members for _ in range(self.num_envs_per_member)]
-        first = self.envs[0]
-        for i, env in enumerate(self.envs):
-            if env.observation_space != first.observation_space or env.action_space != first.action_space:
+        envs = [make_env(_env_config(m)) for m in self.members for _ in range(self.num_envs_per_member)]
+        for i, env in enumerate(envs):  # before SyncVectorEnv's own check, to name the member
+            if env.observation_space != envs[0].observation_space or env.action_space != envs[0].action_space:
                 raise ValueError(
                     f"members[{i // self.num_envs_per_member}] has spaces {env.observation_space}, "
-                    f"{env.action_space}; a pack needs members[0]'s {first.observation_space}, {first.action_space}"
+                    f"{env.action_space}; a pack needs members[0]'s {envs[0].observation_space}, "
+                    f"{envs[0].action_space}"
                 )
-        self.single_observation_space = first.observation_space
-        self.single_action_space = first.action_space
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        super().__init__([partial(_built, env) for env in envs])
 
     def member_of(self, env_index: int) -> int:
         """The member (``0 .. K-1``) that sub-env ``env_index`` belongs to."""
@@ -111,35 +104,11 @@ class PackedVectorEnv(gym.vector.VectorEnv):
         return [int(m["seed"]) + offset + j for m in self.members for j in range(n)]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        observations, infos = [], {}
-        for i, (env, sub_seed) in enumerate(zip(self.envs, self.sub_env_seeds(seed), strict=True)):
-            obs, info = env.reset(seed=sub_seed, options=options)
-            observations.append(obs)
-            infos = self._add_info(infos, info, i)
-        self._autoreset[:] = False
-        return np.stack(observations), infos
+        return super().reset(seed=self.sub_env_seeds(seed), options=options)
 
-    def step(self, actions):
-        n = self.num_envs
-        observations = [None] * n
-        rewards = np.zeros(n, dtype=np.float64)
-        terminations = np.zeros(n, dtype=bool)
-        truncations = np.zeros(n, dtype=bool)
-        infos: dict[str, Any] = {}
-        autoreset = self._autoreset
-        for i, env in enumerate(self.envs):
-            if autoreset[i]:  # next-step autoreset, as SyncVectorEnv: the step after an episode's end
-                observations[i], info = env.reset()
-            else:
-                observations[i], rewards[i], terminations[i], truncations[i], info = env.step(actions[i])
-            if info:
-                infos = self._add_info(infos, info, i)
-        self._autoreset = terminations | truncations
-        return np.stack(observations), rewards, terminations, truncations, infos
 
-    def close_extras(self, **kwargs) -> None:
-        for env in self.envs:
-            env.close()
+def _built(env: gym.Env) -> gym.Env:
+    return env
 
 
 def _env_config(member: dict[str, Any]) -> dict[str, Any]:

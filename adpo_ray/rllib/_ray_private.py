@@ -26,6 +26,7 @@ __all__ = [
     "RAY_VERSION", "RayVersionWarning", "check_ray_version", "PRIVATE_NAMES",
     "config_value_error", "forward_train", "local_learner", "env_to_module",
     "mean_std_filters", "single_agent_filter", "updates_filter_stats", "registered_env_creator",
+    "builds_own_filters", "built_filters",
     "has_lr_schedulers", "has_grad_scalers", "compiles_complete_update", "check_is_built",
     "next_weights_seq_no", "weights_seq_no", "multi_agent_batch",
 ]
@@ -111,6 +112,37 @@ def single_agent_filter(connector):
     if connector._multi_agent:
         return None
     return connector._filters.get(None)
+
+
+def built_filters(connector) -> dict:
+    """A ``MeanStdFilter`` connector's filters by key (``_filters``, Ray 2.60.0), built first by
+    its ``_init_new_filters`` hook if it has seen no observation yet (as its first call does)."""
+    if connector._filters is None:
+        connector._init_new_filters()
+    return connector._filters
+
+
+def builds_own_filters(cls):
+    """Class decorator for a ``MeanStdFilter`` subclass with filters of its own keys: RLlib builds a
+    connector's per-agent filters in its private hook ``_init_new_filters`` (Ray 2.60.0; called by
+    ``__call__``, ``get_state``, ``set_state``, ``reset_state`` and ``merge_states``). The hook
+    becomes RLlib's own build followed by ``cls.build_filters(self, solo)``, whose result (a dict of
+    RLlib ``_MeanStdFilter`` objects by key) replaces RLlib's; ``solo`` is the single-agent filter
+    RLlib built (its shape and settings), so RLlib's state handling works for any keys.
+
+    Raises (when the hook runs):
+        ValueError: for a multi-agent env (single-agent observations only).
+    """
+    from ray.rllib.connectors.env_to_module import MeanStdFilter
+
+    def _init_new_filters(self) -> None:
+        MeanStdFilter._init_new_filters(self)
+        if self._multi_agent or set(self._filters) != {None}:
+            raise ValueError(f"{cls.__name__} takes single-agent observations only")
+        self._filters = self.build_filters(self._filters[None])
+
+    cls._init_new_filters = _init_new_filters
+    return cls
 
 
 def updates_filter_stats(connector) -> bool:

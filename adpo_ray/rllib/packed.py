@@ -38,6 +38,7 @@ from ray.tune.registry import register_env
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.envs.packed import PackedVectorEnv, check_members, make_packed_env
 from adpo_ray.metrics import CLEAN_RETURN_KEY, MEMBER_GROUP
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter, push_batch
 
 PACK_ENV_NAME = "adpo_ray_pack"
@@ -141,6 +142,7 @@ class PackCallbacks(RLlibCallback):
             metrics_logger.log_value((*key, CLEAN_RETURN_KEY), float(last["clean_return"]), reduce="mean", window=100)
 
 
+@rp.builds_own_filters
 class PackedMeanStdFilter(BatchedMeanStdFilter):
     """:class:`BatchedMeanStdFilter` with one running mean/std per member, never shared.
 
@@ -161,21 +163,16 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
         self.num_members = num_members
         self.add_obs_column = add_obs_column
 
-    def _init_new_filters(self):
-        super()._init_new_filters()
-        if self._multi_agent or set(self._filters) != {None}:
-            raise ValueError("PackedMeanStdFilter takes single-agent observations only")
-        solo = self._filters[None]
+    def build_filters(self, solo: _MeanStdFilter) -> dict[int, _MeanStdFilter]:
+        """One filter per member, each like RLlib's single-agent ``solo`` (see
+        :func:`adpo_ray.rllib._ray_private.builds_own_filters`)."""
         if not isinstance(solo.running_stats, RunningStat):
             raise ValueError("PackedMeanStdFilter takes flat Box observations only")
-        self._filters = {
-            k: _MeanStdFilter(solo.shape, demean=solo.demean, destd=solo.destd, clip=solo.clip)
-            for k in range(self.num_members)
-        }
+        return {k: _MeanStdFilter(solo.shape, demean=solo.demean, destd=solo.destd, clip=solo.clip)
+                for k in range(self.num_members)}
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, persistent_data=None, **kwargs):
-        if self._filters is None:
-            self._init_new_filters()
+        filters = self._member_filters()
         sa_episodes = list(self.single_agent_episode_iterator(episodes))
         if not sa_episodes:
             return batch
@@ -193,7 +190,7 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
             for m in range(k):
                 rows = order[bounds[m]:bounds[m + 1]]
                 if rows.size:
-                    out[rows] = self._filter_rows(self._filters[m], obs[rows])
+                    out[rows] = self._filter_rows(filters[m], obs[rows])
         for episode, row in zip(sa_episodes, out, strict=True):
             episode.set_observations(at_indices=-1, new_data=row)
             episode.observation_space = self.observation_space
@@ -201,8 +198,11 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
             batch[Columns.OBS] = out
         return batch
 
+    def _member_filters(self) -> dict[int, _MeanStdFilter]:
+        return rp.built_filters(self)
+
     def _filter_rows(self, filt: _MeanStdFilter, x: np.ndarray) -> np.ndarray:
-        if self._update_stats:
+        if rp.updates_filter_stats(self):
             push_batch(filt.running_stats, x)
             push_batch(filt.buffer, x)
         out = x
@@ -216,8 +216,8 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
 
     def _filter_stacked(self, x: np.ndarray) -> np.ndarray:
         """:meth:`_filter_rows` for all members at once; ``x`` is ``(K, n, d)``, member k's rows ``x[k]``."""
-        filters = [self._filters[m] for m in range(self.num_members)]
-        if self._update_stats:
+        filters = [self._member_filters()[m] for m in range(self.num_members)]
+        if rp.updates_filter_stats(self):
             push_stacked([f.running_stats for f in filters], x)
             push_stacked([f.buffer for f in filters], x)
         first = filters[0]
