@@ -115,14 +115,15 @@ def pairwise_loss(
     s: torch.Tensor,
     r: torch.Tensor,
     q_pair: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Anchored soft-DPO over all pairs ``i < j`` of each list, averaged over the pairs.
 
-    ``q_pair[..., i, j]`` is the target probability that candidate ``i`` beats ``j``.
+    ``q_pair[..., i, j]`` is the target probability that candidate ``i`` beats ``j``; ``beta`` is
+    a number or a per-list tensor of shape ``(..., 1, 1)``.
     """
-    if beta <= 0:
+    if not isinstance(beta, torch.Tensor) and beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     d = s - r.detach()
     z = d[..., :, None] - d[..., None, :]  # (s_i - s_j) - (r_i - r_j)
@@ -137,7 +138,7 @@ def dpo_loss(
     s: torch.Tensor,
     r: torch.Tensor,
     y: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPO: the pairwise loss with hard labels ``1[y_i > y_j]`` (ties count 1/2)."""
@@ -154,8 +155,8 @@ def adpo_loss(
     *,
     loss: str = "listwise",
     target: str = "softmax",
-    tau_anc: float = 1.0,
-    beta_q: float = 1.0,
+    tau_anc: float | torch.Tensor = 1.0,
+    beta_q: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
     target_norm: str = "none",
     tau_alpha: float = 0.0,
@@ -168,6 +169,8 @@ def adpo_loss(
     which always uses hard pairs). The pairwise variants use ``beta = 1 / tau_anc`` so that one
     temperature sets the trust region of every variant. ``target_norm`` (``none`` | ``list``)
     applies to every variant's signal; ``tau_alpha`` / ``tau_min`` and ``q_center`` to listwise only.
+    ``tau_anc`` and ``beta_q`` are numbers or per-list tensors of shape ``(..., 1)`` (e.g. one value
+    per member of a trial pack, shape ``(K, 1, 1)`` for lists ``(K, n_lists, L)``).
     """
     if target_norm == "list":
         y = normalize_signal(y, mask)
@@ -179,6 +182,8 @@ def adpo_loss(
         return listwise_loss(s, r, q, tau, mask, q_center=q_center)
     if tau_alpha > 0 or q_center:
         raise ValueError(f"tau_alpha and q_center apply to the listwise loss, not {loss!r}")
+    # the pair terms are (..., L, L): a per-list tensor needs one more axis to broadcast
+    beta_q, tau_anc = (x[..., None] if isinstance(x, torch.Tensor) else x for x in (beta_q, tau_anc))
     if loss == "pairwise":
         return pairwise_loss(s, r, pair_target(y, target, beta_q, mask), 1.0 / tau_anc, mask)
     if loss == "dpo":
