@@ -137,7 +137,7 @@ class StackedActorCritic:
         for i, sd in enumerate(state_dicts):
             if [n for n in sd if not n.startswith("_anchor")] != names:
                 raise ValueError(f"state_dicts[{i}]: keys differ from member 0's")
-            for n, shape in layout:
+            for n, _ in layout:
                 if sd[n].shape != first[n].shape:
                     raise ValueError(f"state_dicts[{i}][{n!r}]: shape {tuple(sd[n].shape)}, member 0 has "
                                      f"{tuple(first[n].shape)}")
@@ -244,7 +244,7 @@ def clip_grad_norm_stacked_(grad: torch.Tensor, max_norm: torch.Tensor) -> torch
 # -- 3. one Adam for all members --------------------------------------------------------------
 class StackedAdam:
     """K independent ``torch.optim.Adam`` (``decoupled=True``: ``AdamW``) over the rows of a
-    ``(K, P)`` parameter matrix, elementwise: the same betas and eps for all, per-member ``lr`` and
+    ``(K, P)`` parameter matrix (``StackedActorCritic.theta``, updated in place), elementwise: the same betas and eps for all, per-member ``lr`` and
     ``weight_decay`` ``(K,)`` and per-member step counts (members may start at different steps).
 
     :meth:`step` takes the ``(K, P)`` gradient and returns which members it skipped: a member
@@ -314,10 +314,6 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=1)
     mask = mask.reshape(*mask.shape, *([1] * (x.ndim - 2)))
     return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1) / mask.sum(dim=1)
-
-
-def _col(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    return x.reshape(-1, *([1] * (ndim - 1)))
 
 
 @dataclass

@@ -134,14 +134,19 @@ def member_rows(seed: int, kind: str, gaussian: bool, n: int, with_mask: bool, d
     return r
 
 
+def seeded_permute(seed: int):
+    """Each member's own shuffles (its own seed)."""
+    g = torch.Generator().manual_seed(seed)
+    return lambda n: torch.randperm(n, generator=g)
+
+
 def build(kind: str, dtype, lr=None, with_mask=False, n=48, minibatch=12, epochs=3):
     """K solo members (models, Adams, rows, plans) and their stacked twin."""
     gaussian = kind != "adpo_actions"
     lr = KNOBS["lr"] if lr is None else lr
     solos = [Solo(gaussian, seed=10 + k, log_std_clip=[20.0, 0.5, 20.0][k]).to(dtype) for k in range(K)]
     rows = [member_rows(100 + k, kind, gaussian, n, with_mask, dtype) for k in range(K)]
-    plans = [minibatch_plan(n, minibatch, epochs, permute=lambda m, g=torch.Generator().manual_seed(7 + k): torch.randperm(m, generator=g))
-             for k in range(K)]
+    plans = [minibatch_plan(n, minibatch, epochs, permute=seeded_permute(7 + k)) for k in range(K)]
     net = StackedActorCritic.from_state_dicts([s.state_dict() for s in solos], "gaussian" if gaussian else "categorical")
     opt = StackedAdam(net.theta, lr)
     return solos, rows, plans, net, opt
@@ -334,6 +339,19 @@ def test_polyak_stacked_is_polyak_on_each_member():
     for k in range(K):
         assert all(torch.equal(anchor[i][k], solo[k][i]) for i in range(2))
     assert not torch.equal(anchor[0][1], policy[0][1]) and torch.equal(anchor[0][2], policy[0][2])  # control
+
+
+def test_anchor_of_the_stacked_net_refreshes_per_member():
+    net = StackedActorCritic.from_state_dicts([Solo(True, seed=k).state_dict() for k in range(K)], "gaussian")
+    anchor = net.anchor()
+    obs = torch.randn(K, 6, OBS)
+    with torch.no_grad():
+        net.theta.add_(0.1)  # the policy moves on
+        polyak_stacked_([anchor], [net.theta[:, :net.policy_size]], torch.tensor([0.0, 0.5, 1.0]))
+        now, before = net.policy(obs), net.policy(obs, theta=anchor)
+    assert torch.equal(before[2], now[2])  # hard copy
+    assert not torch.allclose(before[0], now[0], atol=1e-3)  # kept: still the old policy
+    torch.testing.assert_close(anchor[1], net.theta[1, :net.policy_size] - 0.05, rtol=0, atol=1e-6)  # half way
 
 
 @pytest.mark.parametrize("loss,target", [("listwise", "softmax"), ("listwise", "kde"), ("listwise", "hard"),
