@@ -5,19 +5,19 @@ ms per member-minibatch of PPO's update, side by side, on one thread.
                                  [--minibatches 20] [--rounds 5] [--no-stock]
 
 HalfCheetah shapes (obs 17, actions 6, Gaussian policy), RLlib's default actor-critic (two tanh
-layers of ``hidden``, separate policy and value nets). Per (K, hidden), each round times
-``--minibatches`` minibatches of
+layers of ``hidden``, separate policy and value nets). Every round times, one after another so
+that all see the same machine load, per (K, hidden):
 
-* ``stacked``: :func:`~adpo_ray.core.packed.stacked_update` of K members (gather, batched
-  forward/backward, per-member clip, one Adam);
-* ``solo``: K plain-torch learners one after another (``nn.Sequential`` nets, PPO loss,
-  ``clip_grad_norm_``, ``torch.optim.Adam``), the loop a pack replaces;
+* ``stacked``: ``--minibatches`` minibatches of :func:`~adpo_ray.core.packed.stacked_update` for K
+  members (gather, batched forward/backward, per-member clip, one Adam);
+* ``solo``: the same for K plain-torch learners one after another (``nn.Sequential`` nets, PPO
+  loss, ``clip_grad_norm_``, ``torch.optim.Adam``), the loop a pack replaces;
 
-and ``stock``: stock RLlib PPO's learner update per minibatch (``bench/learner.py``'s build and
-timing, batch 2,048, 10 epochs). Also the forward + backward of K=16 members by ``baddbmm``
-against ``torch.func.vmap`` of ``functional_call`` (the choice :class:`StackedActorCritic`
-documents). Prints one JSON line, then ``ratio=<stacked K=16 hidden 64 / stock hidden 64>`` (the
-goal is <= 0.1).
+and per hidden size ``stock``: one learner update of stock RLlib PPO (``bench/learner.py``'s
+build and timing: batch 2,048 sampled once, 10 epochs). Medians over the rounds. Then the
+forward + backward of K=16 members by ``baddbmm`` against ``torch.func.vmap`` of
+``functional_call`` (the choice :class:`StackedActorCritic` documents). Prints one JSON line,
+then ``ratio=<stacked K=16 hidden 64 / stock hidden 64>`` (the goal is <= 0.1).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def make_rows(k: int, n: int) -> dict[str, torch.Tensor]:
             "advantages": torch.randn(k, n), "value_targets": torch.randn(k, n)}
 
 
-def time_stacked(k: int, hidden: int, args) -> float:
+def stacked_round(k: int, hidden: int, args):
+    """A function timing one round of the stacked update: ms per member-minibatch."""
     nets = [solo_nets(hidden) for _ in range(k)]
     net = StackedActorCritic.from_state_dicts([rllib_state_dict(*n) for n in nets], "gaussian")
     opt = StackedAdam(net.theta, LR)
@@ -76,12 +77,13 @@ def time_stacked(k: int, hidden: int, args) -> float:
     plans = torch.stack([minibatch_plan(n, args.minibatch, 1) for _ in range(k)])
     clip = torch.full((k,), GRAD_CLIP)
     stacked_update(net, opt, ppo_terms, knobs, rows, plans[:, :2], clip)  # warm-up
-    times = []
-    for _ in range(args.rounds):
+
+    def run() -> float:
         start = time.perf_counter()
         stacked_update(net, opt, ppo_terms, knobs, rows, plans, clip)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / (args.minibatches * k)
+        return 1000 * (time.perf_counter() - start) / (args.minibatches * k)
+
+    return run
 
 
 def solo_loss(pi, vf, log_std_clip, b):
@@ -94,7 +96,8 @@ def solo_loss(pi, vf, log_std_clip, b):
     return policy + VF_COEFF * vf_loss - ENT_COEFF * dist.entropy().sum(-1).mean()
 
 
-def time_solo(k: int, hidden: int, args) -> float:
+def solo_round(k: int, hidden: int, args):
+    """A function timing one round of K plain-torch learners: ms per member-minibatch."""
     learners = []
     for _ in range(k):
         pi, vf = solo_nets(hidden)
@@ -105,7 +108,7 @@ def time_solo(k: int, hidden: int, args) -> float:
     plans = [minibatch_plan(n, args.minibatch, 1) for _ in range(k)]
     clip = torch.tensor([20.0])
 
-    def run(m):
+    def minibatches(m: int) -> None:
         for i in range(m):
             for j, (pi, vf, params, adam) in enumerate(learners):
                 b = {name: v[j][plans[j][i]] for name, v in rows.items()}
@@ -114,13 +117,14 @@ def time_solo(k: int, hidden: int, args) -> float:
                 torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
                 adam.step()
 
-    run(2)
-    times = []
-    for _ in range(args.rounds):
+    minibatches(2)  # warm-up
+
+    def run() -> float:
         start = time.perf_counter()
-        run(args.minibatches)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / (args.minibatches * k)
+        minibatches(args.minibatches)
+        return 1000 * (time.perf_counter() - start) / (args.minibatches * k)
+
+    return run
 
 
 def time_forward_backward(k: int, hidden: int, minibatch: int, reps: int = 50) -> dict[str, float]:
@@ -157,22 +161,22 @@ def time_forward_backward(k: int, hidden: int, minibatch: int, reps: int = 50) -
     return {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
 
 
-def time_stock(hiddens: list[int], args) -> dict[int, float]:
-    """Stock RLlib PPO's ms per minibatch, built and timed by ``bench/learner.py``."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
+def stock_rounds(hiddens: list[int], args) -> dict[int, object]:
+    """Per hidden size, a function timing one learner update of stock RLlib PPO (batch 2,048, 10
+    epochs): ms per minibatch. Built and timed by ``bench/learner.py``; Ray must be running."""
     from bench import learner
 
-    ns = argparse.Namespace(env="HalfCheetah-v5", batch=2048, epochs=10, minibatch=args.minibatch, rounds=args.rounds)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        sampler = learner.build("ppo", ns.env, ns.batch, ns.epochs, ns.minibatch, hiddens[0], "cpu")
-        episodes = sampler.env_runner.sample(num_timesteps=ns.batch, explore=True)
-        sampler.stop()
-        return {h: learner.measure("cpu", h, ["stock_ppo"], ns, episodes)["stock_ppo"] for h in hiddens}
-    finally:
-        ray.shutdown()
+    ns = argparse.Namespace(env="HalfCheetah-v5", batch=2048, epochs=10, minibatch=args.minibatch)
+    sampler = learner.build("ppo", ns.env, ns.batch, ns.epochs, ns.minibatch, hiddens[0], "cpu")
+    episodes = sampler.env_runner.sample(num_timesteps=ns.batch, explore=True)
+    sampler.stop()
+    minibatches = ns.epochs * -(-sum(len(e) for e in episodes) // ns.minibatch)
+    rounds = {}
+    for h in hiddens:
+        algo = learner.build("ppo", ns.env, ns.batch, ns.epochs, ns.minibatch, h, "cpu", "stock")
+        learner.time_update(algo, episodes, ns.epochs, ns.minibatch)  # warm-up
+        rounds[h] = lambda algo=algo: 1000 * learner.time_update(algo, episodes, ns.epochs, ns.minibatch) / minibatches
+    return rounds
 
 
 def main() -> None:
@@ -188,20 +192,34 @@ def main() -> None:
         parser.error("--ks must include 16 and --hidden 64 (the ratio's row)")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    rows = []
+    timers = {}
     for h in args.hidden:
         for k in args.ks:
-            rows.append(dict(hidden=h, K=k, stacked_ms=round(time_stacked(k, h, args), 4),
-                             solo_ms=round(time_solo(k, h, args), 4)))
-            print(f"hidden={h} K={k} stacked {rows[-1]['stacked_ms']} solo {rows[-1]['solo_ms']} ms per member-minibatch",
-                  flush=True)
+            timers[("stacked", h, k)] = stacked_round(k, h, args)
+            timers[("solo", h, k)] = solo_round(k, h, args)
+    if not args.no_stock:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        import ray
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        timers.update({("stock", h, 1): run for h, run in stock_rounds(args.hidden, args).items()})
+    # rounds interleave every learner, so that all of them see the same machine load
+    times: dict[tuple, list[float]] = {key: [] for key in timers}
+    for i in range(args.rounds):
+        for key, run in timers.items():
+            times[key].append(run())
+        print(f"round {i}: " + " ".join(f"{p}/h{h}/K{k}={t[-1]:.3f}" for (p, h, k), t in times.items()), flush=True)
+    if not args.no_stock:
+        ray.shutdown()
+    ms = {key: statistics.median(t) for key, t in times.items()}
+    rows = [dict(hidden=h, K=k, stacked_ms=round(ms[("stacked", h, k)], 4), solo_ms=round(ms[("solo", h, k)], 4))
+            for h in args.hidden for k in args.ks]
+    stock = {h: round(ms[("stock", h, 1)], 4) for h in args.hidden if ("stock", h, 1) in ms}
     fwd_bwd = {h: time_forward_backward(16, h, args.minibatch) for h in args.hidden}
-    stock = {} if args.no_stock else time_stock(args.hidden, args)
-    print(json.dumps({"unit": "ms per member-minibatch", "minibatch": args.minibatch, "threads": 1, "rows": rows,
-                      "stock_rllib_ppo_ms_per_minibatch": stock, "fwd_bwd_k16_ms": fwd_bwd}))
+    print(json.dumps({"unit": "ms per member-minibatch (median of rounds)", "minibatch": args.minibatch, "threads": 1,
+                      "rows": rows, "stock_rllib_ppo_ms_per_minibatch": stock, "fwd_bwd_k16_ms": fwd_bwd}))
     if stock:
-        k16 = next(r for r in rows if r["K"] == 16 and r["hidden"] == 64)
-        print(f"ratio={k16['stacked_ms'] / stock[64]:.3f}")
+        print(f"ratio={ms[('stacked', 64, 16)] / stock[64]:.3f}")
 
 
 if __name__ == "__main__":

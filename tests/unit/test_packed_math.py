@@ -317,8 +317,8 @@ def test_stacked_adam_is_k_torch_adams_from_different_steps(variant):
         for k, (p, adam) in enumerate(zip(params, adams, strict=True)):
             p.grad = grads[k].clone()
             adam.step()
-        opt.step(grads)
-        unloaded.step(grads)
+        opt.step(grads.clone())  # step works in its gradient's storage
+        unloaded.step(grads.clone())
     for k, p in enumerate(params):
         torch.testing.assert_close(theta[k], p.detach(), rtol=0, atol=1e-6)
         torch.testing.assert_close(opt.exp_avg_sq[k], adams[k].state[p]["exp_avg_sq"], rtol=0, atol=1e-6)
