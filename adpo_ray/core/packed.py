@@ -33,6 +33,7 @@ from adpo_ray.core.losses import adpo_loss
 
 __all__ = [
     "ACTION_DISTS",
+    "Knobs",
     "StackedActorCritic",
     "StackedAdam",
     "clip_grad_norm_stacked_",
@@ -89,9 +90,10 @@ class StackedActorCritic:
     policy's part, ``theta[:, :policy_size]``, is laid out as an anchor made by :meth:`anchor`.
 
     Forward by ``torch.baddbmm``, chosen by measurement over ``torch.func.vmap`` of
-    ``functional_call`` on the stacked solo module (``bench/pack_learner.py``, one thread,
-    forward + backward of K=16 members, minibatch 64: 1.35 vs 3.40 ms at hidden 64, 6.3 vs
-    7.9 ms at hidden 256): vmap adds a batching layer over each op and its backward.
+    ``functional_call`` on the solo module with stacked parameters (``bench/pack_learner.py``:
+    forward + backward of K=16 members, minibatch 64, one thread, medians of alternating runs on a
+    shared 2-core machine): 2.7 vs 3.8 ms at hidden 64 and 32 vs 41 ms at hidden 256; baddbmm was
+    faster in every such run, by 15-40 %.
     """
 
     def __init__(self, theta: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]], policy_size: int,
