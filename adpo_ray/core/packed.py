@@ -329,7 +329,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 @dataclass
 class Knobs:
-    """Per-member loss knobs, each ``(K,)`` (build them with :func:`member_values`): PPO's
+    """Per-member loss knobs, each ``(K,)`` (build and check them with :meth:`of`): PPO's
     ``clip_param``, ``vf_clip_param``, ``vf_loss_coeff``, ``entropy_coeff``, ADPO's ``tau_anc``,
     ``beta_q``. Pack-wide (one per pack, not per member): the ADPO loss variant in ``adpo``
     (``loss``, ``target``, ``target_norm``, ``tau_alpha``, ``tau_min``, ``q_center``: the keyword
@@ -357,9 +357,11 @@ class Knobs:
             raise ValueError("tau_anc and beta_q: give both (ADPO) or neither (PPO)")
         if list_size < 0:
             raise ValueError(f"list_size must be >= 1 for list_source: batch (0: the actions layout), got {list_size}")
-        return cls(vf_clip_param=pos("vf_clip_param", vf_clip_param), vf_loss_coeff=pos("vf_loss_coeff", vf_loss_coeff, False),
-                   entropy_coeff=pos("entropy_coeff", entropy_coeff, False), clip_param=pos("clip_param", clip_param),
-                   tau_anc=pos("tau_anc", tau_anc), beta_q=pos("beta_q", beta_q), list_size=list_size, adpo=adpo)
+        return cls(vf_clip_param=pos("vf_clip_param", vf_clip_param),
+                   vf_loss_coeff=pos("vf_loss_coeff", vf_loss_coeff, strict=False),
+                   entropy_coeff=pos("entropy_coeff", entropy_coeff, strict=False),
+                   clip_param=pos("clip_param", clip_param), tau_anc=pos("tau_anc", tau_anc),
+                   beta_q=pos("beta_q", beta_q), list_size=list_size, adpo=adpo)
 
 
 def _value_entropy(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tensor], entropy: torch.Tensor):
@@ -433,7 +435,8 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     ``rows``: per-row inputs ``(K, N, ...)``; ``plans``: ``(K, M, minibatch_size)`` row indices
     (member ``k``'s :func:`~adpo_ray.core.minibatches.minibatch_plan`, stacked); ``loss_fn``:
     :func:`ppo_terms` or :func:`adpo_terms`; ``grad_clip`` ``(K,)`` (``inf``: off). Per minibatch:
-    gather, loss, gradient, per-member clip, Adam. For ADPO's ``list_source: batch`` with a
+    gather, loss, gradient, per-member clip, Adam (a member whose gradient is not finite, e.g.
+    from a NaN in its rows or a minibatch with no valid row, skips that step). For ADPO's ``list_source: batch`` with a
     ``loss_mask``, each minibatch's valid rows go first and its lists get a mask (as the fused
     learner's plan does). Returns ``(terms, skipped)``: the mean over
     minibatches of ``(K, 4)`` [total, grad norm, *loss terms] and ``(K,)`` counts of skipped steps.
