@@ -92,8 +92,8 @@ class StackedActorCritic:
     Forward by ``torch.baddbmm``, chosen by measurement over ``torch.func.vmap`` of
     ``functional_call`` on the solo module with stacked parameters (``bench/pack_learner.py``:
     forward + backward of K=16 members, minibatch 64, one thread, medians of alternating runs on a
-    shared 2-core machine): 2.7 vs 3.8 ms at hidden 64 and 32 vs 41 ms at hidden 256; baddbmm was
-    faster in every such run, by 15-40 %.
+    shared 2-core machine): 2.8 vs 3.9 ms at hidden 64 and 19.5 vs 20.7 ms at hidden 256; baddbmm
+    was faster in each of three such runs, by 22-38 % at hidden 64 and 6-22 % at hidden 256.
     """
 
     def __init__(self, theta: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]], policy_size: int,
