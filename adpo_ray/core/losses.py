@@ -191,14 +191,15 @@ def pairwise_loss(
     s: torch.Tensor,
     r: torch.Tensor,
     q_pair: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Anchored soft-DPO over all pairs ``i < j`` of each list, averaged over the pairs.
 
-    ``q_pair[..., i, j]`` is the target probability that candidate ``i`` beats ``j``.
+    ``q_pair[..., i, j]`` is the target probability that candidate ``i`` beats ``j``; ``beta`` is
+    a number or a per-list tensor of shape ``(..., 1, 1)``.
     """
-    if beta <= 0:
+    if not isinstance(beta, torch.Tensor) and beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     d = s - r.detach()
     z = d[..., :, None] - d[..., None, :]  # (s_i - s_j) - (r_i - r_j)
@@ -213,7 +214,7 @@ def dpo_loss(
     s: torch.Tensor,
     r: torch.Tensor,
     y: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPO: the pairwise loss with hard labels ``1[y_i > y_j]`` (ties count 1/2)."""
@@ -230,8 +231,8 @@ def adpo_loss(
     *,
     loss: str = "listwise",
     target: str = "softmax",
-    tau_anc: float = 1.0,
-    beta_q: float = 1.0,
+    tau_anc: float | torch.Tensor = 1.0,
+    beta_q: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
     target_norm: str = "none",
     tau_alpha: float = 0.0,
@@ -250,7 +251,9 @@ def adpo_loss(
     temperature sets the trust region of every variant. ``target_norm`` (``none`` | ``list``)
     applies to every variant's signal; ``tau_alpha`` / ``tau_min`` and ``q_center`` to listwise only;
     ``pl_top_k``, ``label_smoothing`` and ``poly_epsilon`` to ``plackett_luce`` only; the clamps
-    ``clip_log_ratio`` and ``clip_score`` to both listwise losses.
+    ``clip_log_ratio`` and ``clip_score`` to both listwise losses. ``tau_anc`` and ``beta_q`` are
+    numbers or per-list tensors of shape ``(..., 1)`` (e.g. one value per member of a trial pack,
+    shape ``(K, 1, 1)`` for lists ``(K, n_lists, L)``).
     """
     if target_norm == "list":
         y = normalize_signal(y, mask)
@@ -270,6 +273,8 @@ def adpo_loss(
                                   poly_epsilon=poly_epsilon, clip_log_ratio=clip_log_ratio, clip_score=clip_score)
     if tau_alpha > 0 or q_center or clip_log_ratio or clip_score:
         raise ValueError(f"tau_alpha, q_center and the clamps apply to the listwise losses, not {loss!r}")
+    # the pair terms are (..., L, L): a per-list tensor needs one more axis to broadcast
+    beta_q, tau_anc = (x[..., None] if isinstance(x, torch.Tensor) else x for x in (beta_q, tau_anc))
     if loss == "pairwise":
         return pairwise_loss(s, r, pair_target(y, target, beta_q, mask), 1.0 / tau_anc, mask)
     if loss == "dpo":

@@ -31,8 +31,10 @@ TARGETS: tuple[str, ...] = ("softmax", "kde", "hard")
 _KDE_EPS = 1e-6
 
 
-def softmax_target(y: torch.Tensor, beta_q: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    if beta_q <= 0:
+def softmax_target(y: torch.Tensor, beta_q: float | torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(y / beta_q)`` over each list; ``beta_q`` is a number or a per-list tensor of
+    shape ``(..., 1)`` (checked by whoever builds it: a check here would read the device)."""
+    if not isinstance(beta_q, torch.Tensor) and beta_q <= 0:
         raise ValueError(f"beta_q must be > 0, got {beta_q}")
     logits = y / beta_q
     if mask is not None:
@@ -40,8 +42,10 @@ def softmax_target(y: torch.Tensor, beta_q: float, mask: torch.Tensor | None = N
     return torch.softmax(logits, dim=-1)
 
 
-def pairwise_target(y: torch.Tensor, beta_q: float) -> torch.Tensor:
-    if beta_q <= 0:
+def pairwise_target(y: torch.Tensor, beta_q: float | torch.Tensor) -> torch.Tensor:
+    """``sigmoid((y_i - y_j) / beta_q)``; ``beta_q`` is a number or a per-list tensor of shape
+    ``(..., 1, 1)``."""
+    if not isinstance(beta_q, torch.Tensor) and beta_q <= 0:
         raise ValueError(f"beta_q must be > 0, got {beta_q}")
     return torch.sigmoid((y[..., :, None] - y[..., None, :]) / beta_q)
 
