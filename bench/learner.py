@@ -39,7 +39,7 @@ def build(algorithm: str, env_name: str, batch: int, epochs: int, minibatch: int
     spec = parse_spec({
         "name": "bench", "environments": [env_name], "scenarios": ["clean"], "algorithms": [algorithm],
         "budget": {"iterations": 1},
-        "adpo": {"train_batch_size": batch, "num_epochs": epochs, "minibatch_size": minibatch},
+        "train": {"train_batch_size": batch, "num_epochs": epochs, "minibatch_size": minibatch},
         "hidden_sizes": [hidden],
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 8,
                       "learner_device": "gpu" if device == "cuda" else "cpu",

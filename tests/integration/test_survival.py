@@ -167,7 +167,8 @@ def test_restore_from_final_checkpoint_trains_no_more(ray_local, tmp_path):
 
 
 def test_two_launches_needing_one_teacher_train_it_once(ray_local, tmp_path):
-    from adpo_ray.orchestration.distill import TEACHER_TAG, prepare
+    from adpo_ray.orchestration.datasets import prepare
+    from adpo_ray.orchestration.policies import TEACHER_TAG
 
     from .test_distill import DISTILL
 

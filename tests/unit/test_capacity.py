@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from adpo_ray.core.devices import LEARNER_MS, gpu_pays, nearest_measurement
 from adpo_ray.orchestration.planning import (
     Capacity,
     NodeType,
@@ -25,11 +24,12 @@ from adpo_ray.orchestration.planning import (
     resolve_learner_gpus,
 )
 from adpo_ray.spec import SpecError, TrialSpec, parse_spec
+from adpo_ray.spec.devices import LEARNER_MS, gpu_pays, nearest_measurement
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TrialSpec("Hopper-v5", "flip-high", "adpo", "dynamic", 128, 7)
 SPEC = {"name": "cap", "environments": ["Hopper-v5"], "scenarios": ["clean"], "budget": {"iterations": 10},
-        "hidden_sizes": [64, 1024], "adpo": {"minibatch_size": 1024, "train_batch_size": 2048}}
+        "hidden_sizes": [64, 1024], "train": {"minibatch_size": 1024, "train_batch_size": 2048}}
 
 
 def plan(cpu: float, gpu: float = 0.0, n_bundles: int = 1) -> TrialPlan:
@@ -162,7 +162,7 @@ def test_estimate_wall_time_longest_first():
 
 
 def test_distillation_on_several_nodes_needs_a_shared_tracking_store():
-    from adpo_ray.orchestration.distill import check_shared_tracking
+    from adpo_ray.orchestration.policies import check_shared_tracking
 
     one, many = cap((8, 0, 1)), cap((8, 0, 1), (8, 0, 2), autoscaling=True)
     for uri in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "http://localhost:5000", "/tmp/mlruns"):

@@ -43,7 +43,7 @@ def test_the_adpo_method_name_is_made_once():
         return (isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant)
                 and str(node.values[0].value).endswith("adpo-") and len(node.values) > 1)
 
-    assert modules_where(adpo_fstring) == {"adpo_ray/spec.py"}
+    assert modules_where(adpo_fstring) == {"adpo_ray/spec/trials.py"}
 
 
 def test_spec_errors_are_printed_by_one_function():

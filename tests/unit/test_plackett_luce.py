@@ -106,7 +106,7 @@ def test_poly_term_adds_epsilon_times_one_minus_the_rank_probability():
     g0 = [p0[0], p0[1] - 1, p0[2]]
     g1 = [p1[0], 0.0, p1[1] - 1]
     a0, a1 = 1 + math.exp(-L0), 1 + math.exp(-L1)
-    assert s.grad[0].tolist() == pytest.approx([(a0 * x + a1 * z) / 2 for x, z in zip(g0, g1)], abs=1e-12)
+    assert s.grad[0].tolist() == pytest.approx([(a0 * x + a1 * z) / 2 for x, z in zip(g0, g1, strict=True)], abs=1e-12)
 
 
 def test_clamps_bound_the_log_ratio_and_the_score_and_stop_their_gradient():
