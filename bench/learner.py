@@ -14,7 +14,7 @@ Prints the median ms per minibatch of each learner at each hidden size, then the
 is ``ratio=<our PPO / stock PPO>`` at the first hidden size. ``--rllib-adpo`` adds ADPO on RLlib's
 loop (``resources.learner_update: rllib``), ``--compile`` our PPO and ADPO with the minibatch loss
 compiled (``resources.learner_compile: true``; compiling happens in the warm-up). On CUDA these figures feed the learner-device table
-of ``adpo_ray/core/devices.py``.
+of ``adpo_ray/spec/devices.py``.
 """
 
 from __future__ import annotations

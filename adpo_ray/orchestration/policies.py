@@ -239,8 +239,9 @@ def init_checkpoint(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str | 
 
 
 def check_shared_tracking(tracking_uri: str, capacity) -> None:
-    """Distillation trials read and write MLflow themselves (teachers, datasets): on more than one
-    node they all need one store they can reach. A sqlite file or a loopback server is each
+    """Trials that read stored policies or datasets (distillation students, online trials from a
+    pretrained start) read MLflow themselves: on more than one node they all need one store they
+    can reach. A sqlite file or a loopback server is each
     node's own: an error before launch, saying what to pass instead."""
     from urllib.parse import urlparse
 

@@ -76,8 +76,8 @@ def _move_train_knobs(data: dict) -> tuple[dict, list[str]]:
         adpo = dict(adpo)
         for knob in [k for k in adpo if k in TRAIN_KNOBS]:
             if knob in train:
-                raise ValueError(f"{where}adpo.{knob} and {where}train.{knob}: the same knob twice; "
-                                 f"keep {where}train.{knob}")
+                raise ValueError(f"{where}adpo.{knob}: also given as {where}train.{knob}; keep "
+                                 f"{where}train.{knob} alone (`adpo:` holds ADPO's loss knobs)")
             train[knob] = adpo.pop(knob)
             moved.append(f"{where}adpo.{knob}")
         section.update(adpo=adpo, train=train)
@@ -99,7 +99,7 @@ def _move_train_knobs(data: dict) -> tuple[dict, list[str]]:
                 moved.append(f"{field}.{path}")
                 path = f"train.{knob}"
                 if path in paths:
-                    raise ValueError(f"{field}.adpo.{knob} and {field}.{path}: the same knob twice; keep {path}")
+                    raise ValueError(f"{field}.adpo.{knob}: also given as {field}.{path}; keep {field}.{path} alone")
             renamed[path] = value
         data[field] = renamed
     return data, moved

@@ -30,6 +30,9 @@ class SpecDeprecationWarning(FutureWarning):
     once per message)."""
 
 
+_TOLD: dict = {}
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model class that owns the field path ``loc`` (for 'allowed keys' hints)."""
     model: type[BaseModel] | None = ExperimentSpec
@@ -73,7 +76,10 @@ def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
     except ValidationError as e:
         raise SpecError(format_errors(e), source) from None
     for line in spec.deprecations:
-        warnings.warn(f"{source}: {line}", SpecDeprecationWarning, stacklevel=2)
+        # told as the spec's own warning (its file, no line of this module's source), once per
+        # process and message under Python's default filter
+        warnings.warn_explicit(line, SpecDeprecationWarning, filename=source, lineno=0, module=__name__,
+                               registry=_TOLD)
     return spec
 
 

@@ -54,8 +54,11 @@ def test_older_set_paths_are_read_as_train(tmp_path):
 
 
 def test_a_knob_in_both_places_is_an_error_naming_both():
-    with pytest.raises(SpecError, match=r"adpo\.lr and train\.lr: the same knob twice"):
+    with pytest.raises(SpecError) as e:
         parse_spec({**BASE, "adpo": {"lr": 0.1}, "train": {"lr": 0.2}})
+    assert e.value.errors == ["adpo.lr: also given as train.lr; keep train.lr alone (`adpo:` holds ADPO's loss knobs)"]
+    with pytest.raises(SpecError, match=r"sweep\.adpo\.lr: also given as sweep\.train\.lr"):
+        parse_spec({**BASE, "sweep": {"adpo.lr": [0.1], "train.lr": [0.2]}})
     with pytest.raises(SpecError, match=r"adpo\.clip_param: unknown key"):
         parse_spec({**BASE, "ppo": {"lr": 0.1}, "adpo": {"clip_param": 0.1}})
     with pytest.raises(SpecError, match=r"ppo: .*tau_anc.*Extra inputs are not permitted"):
