@@ -69,10 +69,10 @@ def _move_train_knobs(data: dict) -> tuple[dict, list[str]]:
         adpo = section.get("adpo")
         if not isinstance(adpo, dict) or not TRAIN_KNOBS & set(adpo):
             return section
-        section = dict(section)
-        train = dict(section.get("train") or {})
         if not isinstance(section.get("train") or {}, dict):
             return section  # the section's own validation names the error
+        section = dict(section)
+        train = dict(section.get("train") or {})
         adpo = dict(adpo)
         for knob in [k for k in adpo if k in TRAIN_KNOBS]:
             if knob in train:

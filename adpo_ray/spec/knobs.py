@@ -123,7 +123,7 @@ class TrialKnobs:
             out[name.rstrip("_")] = value
         out.update({f"anchor.{k}": v for k, v in self.anchor_params})
         out.update({f"bandit.{k}": v for k, v in self.bandit})
-        return {k: str(v) for k, v in out.items() if v is not None}
+        return {k: str(v) for k, v in out.items()}
 
 
 def derive_knobs(spec, trial: TrialSpec) -> TrialKnobs:
