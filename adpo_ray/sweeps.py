@@ -1,6 +1,6 @@
 """Sweeps, searches and command-line overrides of a spec (no Ray import).
 
-* ``sweep:`` maps a knob's dotted path (``adpo.lr``, ``ppo.lr``, ``bandit.num_items``,
+* ``sweep:`` maps a knob's dotted path (``train.lr``, ``adpo.beta_q``, ``ppo.lr``, ``bandit.num_items``,
   ``anchors.params.ema.rate``) to a grid (a list) or a distribution
   (``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``, both ends
   included, or ``{choice: [a, b, ...]}``).
@@ -22,7 +22,7 @@ __all__ = ["Distribution", "Search", "Asha", "SWEEP_SECTIONS", "apply_sets", "se
            "format_value", "distribution_bounds"]
 
 #: Spec sections whose knobs can be swept, and how a path into them looks.
-SWEEP_SECTIONS = ("adpo", "ppo", "bandit", "anchors.params")
+SWEEP_SECTIONS = ("train", "adpo", "ppo", "bandit", "anchors.params")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 
 

@@ -14,7 +14,7 @@ Prints the median ms per minibatch of each learner at each hidden size, then the
 is ``ratio=<our PPO / stock PPO>`` at the first hidden size. ``--rllib-adpo`` adds ADPO on RLlib's
 loop (``resources.learner_update: rllib``), ``--compile`` our PPO and ADPO with the minibatch loss
 compiled (``resources.learner_compile: true``; compiling happens in the warm-up). On CUDA these figures feed the learner-device table
-of ``adpo_ray/core/devices.py``.
+of ``adpo_ray/spec/devices.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def build(algorithm: str, env_name: str, batch: int, epochs: int, minibatch: int
     spec = parse_spec({
         "name": "bench", "environments": [env_name], "scenarios": ["clean"], "algorithms": [algorithm],
         "budget": {"iterations": 1},
-        "adpo": {"train_batch_size": batch, "num_epochs": epochs, "minibatch_size": minibatch},
+        "train": {"train_batch_size": batch, "num_epochs": epochs, "minibatch_size": minibatch},
         "hidden_sizes": [hidden],
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 8,
                       "learner_device": "gpu" if device == "cuda" else "cpu",

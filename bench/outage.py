@@ -32,7 +32,8 @@ SPEC = {
     "environments": ["PreferenceBandit"],
     "scenarios": ["clean", "flip-high"],
     "anchors": {"modes": ["fixed", "dynamic"]},
-    "adpo": {"lr": 0.003, "beta_q": 0.5, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2},
+    "train": {"lr": 0.003, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2},
+    "adpo": {"beta_q": 0.5},
 }
 
 

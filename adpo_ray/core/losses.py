@@ -52,7 +52,10 @@ import torch.nn.functional as F
 from adpo_ray.core.targets import hard_pairwise_target, list_target, pair_target
 
 __all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask",
-           "normalize_signal", "adaptive_tau", "plackett_luce_loss"]
+           "normalize_signal", "adaptive_tau", "plackett_luce_loss", "TAU_MIN"]
+
+#: The adaptive temperature's floor by default (``tau_min``): every layer that sets it reads this.
+TAU_MIN = 0.05
 
 
 def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float | torch.Tensor,
@@ -236,7 +239,7 @@ def adpo_loss(
     mask: torch.Tensor | None = None,
     target_norm: str = "none",
     tau_alpha: float = 0.0,
-    tau_min: float = 0.05,
+    tau_min: float = TAU_MIN,
     q_center: bool = False,
     pl_top_k: int | None = None,
     label_smoothing: float = 0.0,

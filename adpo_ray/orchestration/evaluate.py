@@ -55,7 +55,7 @@ def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 1
     :data:`~adpo_ray.rllib.rollout.EVAL_SEED`, the episodes teachers and students are measured on)."""
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from adpo_ray.orchestration.distill import obs_norm_of
+    from adpo_ray.orchestration.policies import obs_norm_of
     from adpo_ray.rllib import _ray_private as rp
     from adpo_ray.rllib.env import register
     from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns

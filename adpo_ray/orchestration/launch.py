@@ -423,13 +423,14 @@ def _prepare(spec: ExperimentSpec, options: GridOptions, plans: list[TrialPlan],
         print(f"cluster at full scale: {capacity.describe()}; up to {concurrency} trial(s) at once")
     distill_runs = None
     if spec.distill is not None:  # teachers and datasets first: found in MLflow or made now
-        from adpo_ray.orchestration.distill import check_shared_tracking, prepare
+        from adpo_ray.orchestration.datasets import prepare
+        from adpo_ray.orchestration.policies import check_shared_tracking
 
         check_shared_tracking(options.tracking_uri, capacity)
         distill_runs = {env: v["run_id"] for env, v in prepare(spec, options.tracking_uri, options.artifact_location).items()}
     init_runs = None
     if spec.anchors.init is not None and spec.anchors.init.pretrain is not None:
-        from adpo_ray.orchestration.distill import check_shared_tracking, prepare_init
+        from adpo_ray.orchestration.policies import check_shared_tracking, prepare_init
 
         check_shared_tracking(options.tracking_uri, capacity)
         init_runs = prepare_init(spec, options.tracking_uri, options.artifact_location)

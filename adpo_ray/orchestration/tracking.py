@@ -145,16 +145,21 @@ class MLflowTracker(tune.Callback):
         self._spool: Spool | None = None
         self._sender: Sender | None = None
         self._state: dict[str, Any] = {}
+        self._spec: ExperimentSpec | None = None
 
-    # The spool's file and the sender's thread are this process's: never pickled with the Tuner.
+    # The spool's file, the sender's thread and the validated spec are this process's: never
+    # pickled with the Tuner (the spec travels as its dict).
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_spool=None, _sender=None, _state={})
+        state.update(_spool=None, _sender=None, _state={}, _spec=None)
         return state
 
     @property
     def spec(self) -> ExperimentSpec:
-        return ExperimentSpec.model_validate(self.spec_dict)
+        """The launch's spec, validated once per process (every new trial reads it)."""
+        if getattr(self, "_spec", None) is None:  # a tracker unpickled from an older Tuner has none
+            self._spec = ExperimentSpec.model_validate(self.spec_dict)
+        return self._spec
 
     @property
     def parent_key(self) -> str:
@@ -316,7 +321,7 @@ def spec_params(spec_dict: dict) -> dict[str, str]:
         elif value is not None:
             out[mlflow_key(prefix)] = (",".join(map(str, value)) if isinstance(value, list) else str(value))[:6000]
 
-    for section in ("adpo", "ppo", "bandit", "budget", "evaluation", "resources", "env_overrides", "distill"):
+    for section in ("train", "adpo", "ppo", "bandit", "budget", "evaluation", "resources", "env_overrides", "distill"):
         walk(f"spec.{section}", spec_dict.get(section))
     walk("spec.anchors.params", spec_dict.get("anchors", {}).get("params"))
     return out

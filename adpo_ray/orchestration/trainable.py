@@ -1,8 +1,10 @@
 """The Tune trainable of every grid trial: one RLlib algorithm per trial (ADPO, DPO or PPO online;
 an ADPO, KD or BC student offline).
 
-Tune reserves the algorithm's own placement group (main process, env runners, learners) through
-:meth:`GridTrainable.default_resource_request`; results are reduced to the curated metrics.
+Every trial reads its settings from one record, its :class:`~adpo_ray.spec.TrialKnobs` (budget,
+checkpoint interval, resources, the RLlib config). Tune reserves the algorithm's own placement
+group (main process, env runners, learners) through :meth:`GridTrainable.default_resource_request`,
+sized from the trial's own knobs; results are reduced to the curated metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from ray import tune
 
 from adpo_ray.metrics import ENV_STEPS, EVAL_METRICS, EVAL_RETURN, curate
-from adpo_ray.spec import ExperimentSpec, TrialSpec
+from adpo_ray.spec import ExperimentSpec, TrialKnobs, TrialSpec
 
 
 def search_key(metric: str) -> str:
@@ -40,27 +42,29 @@ def trial_from_config(config: dict[str, Any], trial_id: str = "") -> tuple[Exper
     return _spec(json.dumps(config["spec"], sort_keys=True)), TrialSpec.from_config(config, trial_id)
 
 
-def algo_config_from(config: dict[str, Any]):
+def algo_config_from(config: dict[str, Any], knobs: TrialKnobs):
+    """The RLlib config of the trial of a Tune ``config`` with ``knobs`` (a student's with its
+    pinned teacher's dataset)."""
     from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 
     spec, trial = trial_from_config(config)
     if spec.distill is None:
-        return build_algo_config(spec.knobs(trial))
-    from adpo_ray.orchestration.distill import student_inputs
+        return build_algo_config(knobs)
+    from adpo_ray.orchestration.datasets import student_inputs
 
     teacher = config["distill_runs"][trial.env]
-    return build_distill_config(spec.knobs(trial), **student_inputs(spec, trial, config["tracking_uri"], teacher))
+    return build_distill_config(knobs, **student_inputs(spec, trial, config["tracking_uri"], teacher))
 
 
-@lru_cache(maxsize=256)
-def _resources(spec_json: str, env: str, algorithm: str, hidden_size: int):
-    """A trial's placement group. It depends on the env, the method and (through the learner's
-    device) the network size; Tune asks on the driver for every trial, so answers are cached."""
+@lru_cache(maxsize=1024)
+def _resources(spec_json: str, trial_json: str):
+    """A trial's placement group, from its own knobs (its sweep point included: a swept minibatch
+    or network size can move its learner to a GPU). Tune asks on the driver for every trial, so
+    answers are cached by the trial's identity."""
     from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 
     spec = _spec(spec_json)
-    trial = next(t for t in spec.trials() if (t.env, t.algorithm, t.hidden_size) == (env, algorithm, hidden_size))
-    knobs = spec.knobs(trial)
+    knobs = spec.knobs(TrialSpec(**json.loads(trial_json)))
     algo_config = build_algo_config(knobs) if spec.distill is None else build_distill_config(knobs)
     return algo_config.algo_class.default_resource_request(algo_config)
 
@@ -72,15 +76,15 @@ class GridTrainable(tune.Trainable):
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]):
-        trial = config["trial"]
-        return _resources(json.dumps(config["spec"], sort_keys=True), trial["env"], trial["algorithm"],
-                          int(trial["hidden_size"]))
+        trial = TrialSpec.from_config(config)  # a search's sampled point included
+        key = json.dumps({**trial.as_dict(), "sample": ""}, sort_keys=True, default=str)
+        return _resources(json.dumps(config["spec"], sort_keys=True), key)
 
     def setup(self, config: dict[str, Any]) -> None:
         self.spec, self.trial = trial_from_config(config, self.trial_id)
-        self.budget = self.spec.budget_for(self.trial.env)
-        self.algo = algo_config_from(config).build_algo()
-        from adpo_ray.orchestration.distill import init_checkpoint
+        self.knobs = self.spec.knobs(self.trial)
+        self.algo = algo_config_from(config, self.knobs).build_algo()
+        from adpo_ray.orchestration.policies import init_checkpoint
 
         start = init_checkpoint(self.spec, self.trial, config.get("tracking_uri"), config.get("init_runs"))
         if start is not None:  # a restore from the trial's own checkpoint overwrites all of it
@@ -90,8 +94,8 @@ class GridTrainable(tune.Trainable):
         self._last: dict[str, Any] = {}
 
     def _budget_reached(self, steps: float) -> bool:
-        b = self.budget
-        return bool((b.iterations and self.algo.iteration >= b.iterations) or (b.env_steps and steps >= b.env_steps))
+        k = self.knobs
+        return bool((k.iterations and self.algo.iteration >= k.iterations) or (k.env_steps and steps >= k.env_steps))
 
     def step(self) -> dict[str, Any]:
         if self._last and self._budget_reached(self._last.get(ENV_STEPS, 0)):
@@ -103,14 +107,14 @@ class GridTrainable(tune.Trainable):
         if not self._evaluated_this_iteration():
             for key in EVAL_METRICS:
                 result.pop(key, None)  # RLlib repeats the last evaluation's numbers
-        it, b = self.algo.iteration, self.budget
+        it = self.algo.iteration
         if self._budget_reached(result.get(ENV_STEPS, 0)):
             result["done"] = True  # the trial's own budget: bandit and MuJoCo trials differ
             if EVAL_RETURN not in result and self.spec.distill is None and self.algo.config.evaluation_interval:
                 # every trial ends with a clean evaluation of its final policy
                 final = curate({"evaluation": self.algo.evaluate()})
                 result.update({k: v for k, v in final.items() if k in EVAL_METRICS})
-        elif it % b.checkpoint_every == 0:
+        elif it % self.knobs.checkpoint_every == 0:
             result["should_checkpoint"] = True
         # Tune's TensorBoard logger plots against `timesteps_total`: env steps, as MLflow does
         result["timesteps_total"] = int(result.get(ENV_STEPS, 0))

@@ -26,6 +26,7 @@ from adpo_ray.core.losses import LOSSES
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.connectors import AddListSignalFromInfos
+from adpo_ray.rllib.distill import LossVariantsConfigMixin
 from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.rllib.learner import ADPOTorchLearner
 from adpo_ray.rllib.module import ADPOTorchRLModule
@@ -34,7 +35,7 @@ from adpo_ray.rllib.settings import set_provided
 LIST_SOURCES = ("actions", "batch")
 
 
-class ADPOConfig(FusedPPOConfig):
+class ADPOConfig(LossVariantsConfigMixin, FusedPPOConfig):
     """PPOConfig plus ADPO's settings (see :meth:`training`) and the fused learner update's
     (:class:`~adpo_ray.rllib.fused.FusedPPOConfig`)."""
 
@@ -50,11 +51,7 @@ class ADPOConfig(FusedPPOConfig):
         self.anchor_mode = "dynamic"
         self.anchor_params: dict[str, Any] = {}
         self.anchor_init: str | None = None
-        # the author's loss variants (adpo_ray.core.losses), off by default
-        self.target_norm = "none"
-        self.tau_alpha = 0.0
-        self.tau_min = 0.05
-        self.q_center = False
+        self._init_loss_variants()
         self.anchor_kl_coeff = 0.0
         # ADPO's anchor is its trust region: PPO's KL penalty is off.
         self.use_kl_loss = False
@@ -76,13 +73,18 @@ class ADPOConfig(FusedPPOConfig):
         tau_alpha=NotProvided,
         tau_min=NotProvided,
         q_center=NotProvided,
+        pl_top_k=NotProvided,
+        label_smoothing=NotProvided,
+        poly_epsilon=NotProvided,
+        clip_log_ratio=NotProvided,
+        clip_score=NotProvided,
         anchor_kl_coeff=NotProvided,
         **kwargs,
     ) -> ADPOConfig:
         """ADPO's settings, on top of PPO's.
 
         Args:
-            adpo_loss: ``listwise`` | ``pairwise`` | ``dpo``.
+            adpo_loss: ``listwise`` | ``plackett_luce`` | ``pairwise`` | ``dpo``.
             adpo_target: ``softmax`` | ``kde`` | ``hard`` (how ``q`` is made from ``y``).
             tau_anc: anchor temperature (trust-region size); the pairwise beta is ``1 / tau_anc``.
             beta_q: target temperature.
@@ -101,6 +103,10 @@ class ADPOConfig(FusedPPOConfig):
             tau_alpha, tau_min: adaptive temperature
                 ``max(tau_min, tau_anc * (1 - tau_alpha * H(q) / log K))`` per list (0: off).
             q_center: centre the anchored logits by ``q`` (shift-invariant: no effect).
+            pl_top_k, label_smoothing, poly_epsilon: the Plackett-Luce loss's rank knobs
+                (``pl_top_k`` None: every rank; see :mod:`adpo_ray.core.losses`).
+            clip_log_ratio, clip_score: the listwise losses' clamps of ``s - r`` and of the
+                anchored logits (0: off).
             anchor_kl_coeff: adds ``coeff * KL(policy || anchor)`` (exact, per state) to the loss.
         """
         super().training(**kwargs)
@@ -108,9 +114,11 @@ class ADPOConfig(FusedPPOConfig):
             self, adpo_loss=adpo_loss, adpo_target=adpo_target, tau_anc=tau_anc, beta_q=beta_q,
             list_source=list_source, list_size=list_size, list_info_key=list_info_key,
             anchor_mode=anchor_mode, anchor_params=anchor_params, anchor_init=anchor_init,
-            target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min, q_center=q_center,
             anchor_kl_coeff=anchor_kl_coeff,
         )
+        self._set_loss_variants(target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min, q_center=q_center,
+                                pl_top_k=pl_top_k, label_smoothing=label_smoothing, poly_epsilon=poly_epsilon,
+                                clip_log_ratio=clip_log_ratio, clip_score=clip_score)
         return self
 
     def get_default_learner_class(self):
@@ -139,11 +147,9 @@ class ADPOConfig(FusedPPOConfig):
             rp.config_value_error(self, f"list_source={self.list_source!r}; allowed: {', '.join(LIST_SOURCES)}")
         if not self.tau_anc > 0 or not self.beta_q > 0:
             rp.config_value_error(self, f"tau_anc and beta_q must be > 0 (got {self.tau_anc}, {self.beta_q})")
-        if self.target_norm not in ("none", "list"):
-            rp.config_value_error(self, f"target_norm={self.target_norm!r}; allowed: none, list")
-        if not 0 <= self.tau_alpha <= 1 or not self.tau_min > 0 or self.anchor_kl_coeff < 0:
-            rp.config_value_error(self, "tau_alpha must be in [0, 1], tau_min > 0 and anchor_kl_coeff >= 0 "
-                                  f"(got {self.tau_alpha}, {self.tau_min}, {self.anchor_kl_coeff})")
+        self._validate_loss_variants()
+        if self.anchor_kl_coeff < 0:
+            rp.config_value_error(self, f"anchor_kl_coeff must be >= 0, got {self.anchor_kl_coeff}")
         if self.list_size < 2:
             rp.config_value_error(self, f"list_size must be >= 2, got {self.list_size}")
         try:

@@ -32,7 +32,10 @@ def _winmass_on_learner(learner, env_config: dict) -> float:
     return winmass(problem, probs, n=int(env_config.get("eval_contexts", 1024)))
 
 
-class ADPOCallbacks(RLlibCallback):
+class CleanMetricsCallbacks(RLlibCallback):
+    """Logs the clean yardsticks of every online trial, ADPO, DPO and PPO alike: the bandit's
+    ``eval/winmass`` after each iteration and each training episode's clean return."""
+
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
         last = episode.get_infos(-1)
         if metrics_logger is not None and isinstance(last, dict) and "clean_return" in last:

@@ -42,7 +42,7 @@ from adpo_ray.core.distill import (
     diag_gaussian_logp,
     kd_loss,
 )
-from adpo_ray.core.losses import LOSSES, adpo_loss
+from adpo_ray.core.losses import LOSSES, TAU_MIN, adpo_loss
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs.candidates import read_dataset
 from adpo_ray.metrics import (
@@ -59,7 +59,7 @@ from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.anchor_refresh import AnchorRefreshMixin
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS, ADPOTorchRLModule, split_gaussian
 from adpo_ray.rllib.rollout import EVAL_SEED, evaluate_policy
-from adpo_ray.rllib.settings import set_provided
+from adpo_ray.rllib.settings import OptimizerConfigMixin, OptimizerLearnerMixin, set_provided
 
 #: Dataset columns a learner minibatch carries (``obs`` becomes ``Columns.OBS``).
 LEARNER_COLUMNS = ("actions", "rewards", "teacher_logp", "teacher_mean", "teacher_log_std")
@@ -69,13 +69,54 @@ def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> t
     return diag_gaussian_logp(actions, mean.unsqueeze(-2), log_std.unsqueeze(-2))
 
 
+#: The author's loss variants a config carries, as :func:`adpo_ray.core.losses.adpo_loss` names them.
+LOSS_VARIANTS = ("target_norm", "tau_alpha", "tau_min", "q_center", "pl_top_k", "label_smoothing",
+                 "poly_epsilon", "clip_log_ratio", "clip_score")
+
+
+class LossVariantsConfigMixin:
+    """The author's loss variants (:func:`adpo_ray.core.losses.adpo_loss`) as settings of an
+    ADPO or distillation config, each off by default (``pl_top_k`` None: every rank counts)."""
+
+    def _init_loss_variants(self) -> None:
+        self.target_norm = "none"
+        self.tau_alpha = 0.0
+        self.tau_min = TAU_MIN
+        self.q_center = False
+        self.pl_top_k: int | None = None
+        self.label_smoothing = 0.0
+        self.poly_epsilon = 0.0
+        self.clip_log_ratio = 0.0
+        self.clip_score = 0.0
+
+    def _set_loss_variants(self, **values) -> None:
+        set_provided(self, **values)
+
+    def _validate_loss_variants(self) -> None:
+        if self.target_norm not in ("none", "list"):
+            rp.config_value_error(self, f"target_norm={self.target_norm!r}; allowed: none, list")
+        if not 0 <= self.tau_alpha <= 1 or not self.tau_min > 0:
+            rp.config_value_error(self, f"tau_alpha must be in [0, 1] and tau_min > 0 (got {self.tau_alpha}, {self.tau_min})")
+        if self.pl_top_k is not None and self.pl_top_k < 1:
+            rp.config_value_error(self, f"pl_top_k must be >= 1 or None (every rank), got {self.pl_top_k}")
+        if not 0 <= self.label_smoothing <= 1 or min(self.poly_epsilon, self.clip_log_ratio, self.clip_score) < 0:
+            rp.config_value_error(self, "label_smoothing must be in [0, 1], poly_epsilon, clip_log_ratio and "
+                                  f"clip_score >= 0 (got {self.label_smoothing}, {self.poly_epsilon}, "
+                                  f"{self.clip_log_ratio}, {self.clip_score})")
+        try:  # the loss itself says which variants fit it
+            adpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), loss=self.adpo_loss,
+                      target=self.adpo_target, **loss_variants_of(self))
+        except ValueError as e:
+            rp.config_value_error(self, f"adpo_loss={self.adpo_loss!r} with its variants: {e}")
+
+
 def loss_variants_of(config) -> dict:
-    """The author's loss variants set on an ADPO or distillation config (:func:`adpo_ray.core.losses.adpo_loss`)."""
-    return dict(target_norm=config.target_norm, tau_alpha=config.tau_alpha, tau_min=config.tau_min,
-                q_center=config.q_center)
+    """The author's loss variants set on an ADPO or distillation config, as keyword arguments of
+    :func:`adpo_ray.core.losses.adpo_loss`."""
+    return {name: getattr(config, name) for name in LOSS_VARIANTS}
 
 
-class DistillTorchLearner(AnchorRefreshMixin, TorchLearner):
+class DistillTorchLearner(AnchorRefreshMixin, OptimizerLearnerMixin, TorchLearner):
     def _attach_anchor(self, module_id: str, module) -> None:
         # only ADPO with a moving anchor needs a network copy; anchor = teacher uses stored log-probs
         cfg = self.config.get_config_for_module(module_id)
@@ -133,7 +174,7 @@ class DistillTorchLearner(AnchorRefreshMixin, TorchLearner):
         return evaluate_policy(self.module[module_id].unwrapped(), env_name, obs_norm, episodes, seed, explore)
 
 
-class DistillConfig(AlgorithmConfig):
+class DistillConfig(LossVariantsConfigMixin, OptimizerConfigMixin, AlgorithmConfig):
     """An offline student. ``dataset`` is a dict of numpy columns (see
     :data:`adpo_ray.envs.candidates.COLUMNS`) or a local dataset folder (:func:`read_dataset`)."""
 
@@ -155,7 +196,8 @@ class DistillConfig(AlgorithmConfig):
         self.eval_episodes = 3
         self.eval_explore = False
         self.total_iterations: int | None = None
-        self.target_norm, self.tau_alpha, self.tau_min, self.q_center = "none", 0.0, 0.05, False
+        self._init_loss_variants()
+        self._init_optimizer()
         self.num_env_runners = 0
 
     def training(self, *, distill_method=NotProvided, adpo_loss=NotProvided, adpo_target=NotProvided,
@@ -164,7 +206,14 @@ class DistillConfig(AlgorithmConfig):
                  teacher_return=NotProvided, states_per_iteration=NotProvided,
                  minibatch_states=NotProvided, eval_interval=NotProvided, eval_episodes=NotProvided,
                  eval_explore=NotProvided, total_iterations=NotProvided, target_norm=NotProvided,
-                 tau_alpha=NotProvided, tau_min=NotProvided, q_center=NotProvided, **kwargs) -> DistillConfig:
+                 tau_alpha=NotProvided, tau_min=NotProvided, q_center=NotProvided, pl_top_k=NotProvided,
+                 label_smoothing=NotProvided, poly_epsilon=NotProvided, clip_log_ratio=NotProvided,
+                 clip_score=NotProvided, torch_optimizer=NotProvided, weight_decay=NotProvided,
+                 **kwargs) -> DistillConfig:
+        """The student's settings on top of RLlib's (``lr``, ``grad_clip``...): its method, the
+        ADPO loss and its variants (as :class:`~adpo_ray.rllib.algorithm.ADPOConfig`'s), the
+        dataset and its batches, evaluation, and the optimiser (``torch_optimizer``,
+        ``weight_decay``)."""
         super().training(**kwargs)
         set_provided(
             self, distill_method=distill_method, adpo_loss=adpo_loss, adpo_target=adpo_target,
@@ -172,9 +221,12 @@ class DistillConfig(AlgorithmConfig):
             dataset=dataset, obs_norm=obs_norm, teacher_return=teacher_return,
             states_per_iteration=states_per_iteration, minibatch_states=minibatch_states,
             eval_interval=eval_interval, eval_episodes=eval_episodes, total_iterations=total_iterations,
-            eval_explore=eval_explore, target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min,
-            q_center=q_center,
+            eval_explore=eval_explore,
         )
+        self._set_loss_variants(target_norm=target_norm, tau_alpha=tau_alpha, tau_min=tau_min, q_center=q_center,
+                                pl_top_k=pl_top_k, label_smoothing=label_smoothing, poly_epsilon=poly_epsilon,
+                                clip_log_ratio=clip_log_ratio, clip_score=clip_score)
+        self._set_optimizer(torch_optimizer, weight_decay)
         return self
 
     def get_default_learner_class(self):
@@ -189,6 +241,8 @@ class DistillConfig(AlgorithmConfig):
             rp.config_value_error(self, f"distill_method={self.distill_method!r}; allowed: {', '.join(DISTILL_METHODS)}")
         if self.adpo_loss not in LOSSES or self.adpo_target not in TARGETS:
             rp.config_value_error(self, f"adpo_loss / adpo_target: allowed {LOSSES} / {TARGETS}")
+        self._validate_loss_variants()
+        self._validate_optimizer()
         if self.minibatch_states > self.states_per_iteration:
             rp.config_value_error(self, "minibatch_states must be <= states_per_iteration")
         try:

@@ -1,7 +1,9 @@
 """One trial's effective settings (:class:`~adpo_ray.spec.TrialKnobs`) -> an RLlib AlgorithmConfig:
 ADPO, DPO or the PPO baseline online, and the offline distillation students (``adpo``, ``kd``, ``bc``).
 
-The builders read only the knobs record, which is also what MLflow logs as the trial's params."""
+The builders read only the knobs record, which is also what MLflow logs as the trial's params:
+every value as it is (a knob that is off is its off value), and a knob that does not apply to
+the trial's method (``None``) is left at the config class's own setting."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
 from adpo_ray.rllib.algorithm import ADPOConfig
-from adpo_ray.rllib.callbacks import ADPOCallbacks
+from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter
+from adpo_ray.rllib.distill import LOSS_VARIANTS
 from adpo_ray.rllib.env import register
 from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.spec import TrialKnobs
+from adpo_ray.spec.knobs import ALL_RANKS
 
 
 def rows_per_step(knobs: TrialKnobs) -> int:
@@ -53,13 +57,15 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             num_epochs=knobs.num_epochs,
             entropy_coeff=knobs.entropy_coeff,
             vf_loss_coeff=knobs.vf_coeff,
-            grad_clip=knobs.grad_clip,
+            grad_clip=rllib_grad_clip(knobs),
             use_kl_loss=False,
-            learner_update=knobs.learner_update or "fused",
-            fused_compile=bool(knobs.learner_compile),
+            learner_update=knobs.learner_update,
+            fused_compile=knobs.learner_compile,
+            torch_optimizer=knobs.optimizer,
+            weight_decay=knobs.weight_decay,
         )
         .rl_module(model_config=model_config(trial.hidden_size))
-        .callbacks(ADPOCallbacks)
+        .callbacks(CleanMetricsCallbacks)
         .debugging(seed=trial.seed)
     )
     if knobs.clip_param is not None:
@@ -73,11 +79,12 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             list_source=knobs.list_source,
             anchor_mode=knobs.anchor_mode,
             anchor_params=dict(knobs.anchor_params),
-            anchor_kl_coeff=knobs.anchor_kl_coeff or 0.0,
             **loss_variants(knobs),
         )
         if knobs.list_size is not None:
             config.training(list_size=knobs.list_size)
+        if knobs.anchor_kl_coeff is not None:
+            config.training(anchor_kl_coeff=knobs.anchor_kl_coeff)
     if knobs.kind == "mujoco":
         # Observation normalisation (running mean/std, batched per vector step); actions are
         # clipped to the box inside the env (NoisyMujoco), so RLlib's per-item action connector is
@@ -90,7 +97,7 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
             evaluation_config=AlgorithmConfig.overrides(
-                env_config={**knobs.env_config, "scenario": "clean"}, explore=bool(knobs.eval_explore)
+                env_config={**knobs.env_config, "scenario": "clean"}, explore=knobs.eval_explore
             ),
         )
     return config
@@ -104,7 +111,7 @@ def build_distill_config(
     teacher_return: float | None = None,
 ) -> AlgorithmConfig:
     """The RLlib config of one offline distillation student (``adpo``, ``kd`` or ``bc``). The
-    dataset and teacher facts come from :func:`adpo_ray.orchestration.distill.student_inputs`
+    dataset and teacher facts come from :func:`adpo_ray.orchestration.datasets.student_inputs`
     (left out, the config still sizes the trial's resources)."""
     from adpo_ray.rllib.distill import DistillConfig
 
@@ -118,7 +125,9 @@ def build_distill_config(
         .learners(num_learners=knobs.num_learners, num_gpus_per_learner=knobs.num_gpus_per_learner)
         .training(
             lr=knobs.lr,
-            grad_clip=knobs.grad_clip,
+            grad_clip=rllib_grad_clip(knobs),
+            torch_optimizer=knobs.optimizer,
+            weight_decay=knobs.weight_decay,
             distill_method=trial.algorithm,
             dataset=dataset,
             obs_norm=obs_norm,
@@ -127,7 +136,7 @@ def build_distill_config(
             minibatch_states=knobs.distill_minibatch_states,
             eval_interval=knobs.eval_interval,
             eval_episodes=knobs.eval_episodes,
-            eval_explore=bool(knobs.eval_explore),
+            eval_explore=knobs.eval_explore,
             total_iterations=knobs.iterations,
         )
         .rl_module(model_config=model_config(trial.hidden_size))
@@ -140,7 +149,17 @@ def build_distill_config(
     return config
 
 
+def rllib_grad_clip(knobs: TrialKnobs) -> float | None:
+    """The trial's global-norm clip as RLlib takes it: ``None`` is RLlib's "no clipping" (a 0
+    would scale every gradient to 0 on RLlib's update path)."""
+    return knobs.grad_clip if knobs.grad_clip > 0 else None
+
+
 def loss_variants(knobs: TrialKnobs) -> dict:
-    """The author's variants of the listwise loss as config knobs (their defaults where off)."""
-    return dict(target_norm=knobs.target_norm or "none", tau_alpha=knobs.tau_alpha or 0.0,
-                tau_min=knobs.tau_min or 0.05, q_center=bool(knobs.q_center))
+    """The author's loss variants that apply to the trial's loss, as config knobs (the rest keep
+    the config's settings). Every rank counting (:data:`~adpo_ray.spec.knobs.ALL_RANKS`) is the
+    loss's ``pl_top_k=None``."""
+    out = {name: getattr(knobs, name) for name in LOSS_VARIANTS if getattr(knobs, name) is not None}
+    if out.get("pl_top_k") == ALL_RANKS:
+        out["pl_top_k"] = None
+    return out

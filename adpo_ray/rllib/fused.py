@@ -49,33 +49,37 @@ from ray.rllib.utils.metrics import (
 
 from adpo_ray.core.minibatches import minibatch_plan
 from adpo_ray.rllib import _ray_private as rp
-from adpo_ray.rllib.settings import set_provided
+from adpo_ray.rllib.settings import OptimizerConfigMixin, OptimizerLearnerMixin, set_provided
+from adpo_ray.spec.sections import LEARNER_UPDATES
 
-LEARNER_UPDATES = ("fused", "rllib")
 FUSED_SHUFFLES = ("device", "rllib")
 _SMALL = 1e-5  # RLlib's SMALL_NUMBER, in explained variance
 
 
-class FusedLearnerConfigMixin:
+class FusedLearnerConfigMixin(OptimizerConfigMixin):
     """The ``learner_update`` / ``fused_shuffle`` / ``fused_compile`` settings of an
-    AlgorithmConfig whose learner is a :class:`FusedUpdateMixin`."""
+    AlgorithmConfig whose learner is a :class:`FusedUpdateMixin`, and its optimiser's
+    (:class:`~adpo_ray.rllib.settings.OptimizerConfigMixin`)."""
 
     def _init_fused(self) -> None:
-        self.learner_update = "fused"
+        self.learner_update = LEARNER_UPDATES[0]
         self.fused_shuffle = "device"
         self.fused_compile = False
+        self._init_optimizer()
 
-    def _set_fused(self, learner_update, fused_shuffle, fused_compile) -> None:
+    def _set_fused(self, learner_update, fused_shuffle, fused_compile, torch_optimizer, weight_decay) -> None:
         set_provided(self, learner_update=learner_update, fused_shuffle=fused_shuffle, fused_compile=fused_compile)
+        self._set_optimizer(torch_optimizer, weight_decay)
 
     def _validate_fused(self) -> None:
+        self._validate_optimizer()
         if self.learner_update not in LEARNER_UPDATES:
             rp.config_value_error(self, f"learner_update={self.learner_update!r}; allowed: {', '.join(LEARNER_UPDATES)}")
         if self.fused_shuffle not in FUSED_SHUFFLES:
             rp.config_value_error(self, f"fused_shuffle={self.fused_shuffle!r}; allowed: {', '.join(FUSED_SHUFFLES)}")
 
 
-class FusedUpdateMixin:
+class FusedUpdateMixin(OptimizerLearnerMixin):
     """A torch Learner whose ``update`` runs all epochs x minibatches in one loop on its device.
 
     Subclasses give the loss of one minibatch (:meth:`fused_loss`, returning the total loss and
@@ -91,18 +95,11 @@ class FusedUpdateMixin:
         if getattr(self.config, "fused_compile", False):
             self._fused_loss_fn = torch.compile(self.fused_loss, dynamic=False)
 
-    def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        """RLlib's optimizer (Adam over the module's parameters at ``config.lr``), as one fused
-        kernel per step where torch has one for the device (CPU and CUDA: a third of the
-        per-parameter loop's time at our sizes); RLlib's path keeps RLlib's own."""
-        if getattr(self.config, "learner_update", "rllib") != "fused":
-            return super().configure_optimizers_for_module(module_id, config)
-        params = self.get_parameters(self.module[module_id])
-        try:
-            optimizer = torch.optim.Adam(params, fused=True)
-        except RuntimeError:  # no fused kernel for this device
-            optimizer = torch.optim.Adam(params)
-        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+    def fused_optimizer(self) -> bool:
+        """The fused path steps its optimiser as one fused kernel where torch has one for the
+        device (CPU and CUDA: a third of the per-parameter loop's time at our sizes); RLlib's
+        path keeps RLlib's per-parameter step."""
+        return self.config.learner_update == "fused"
 
     # -- which path -----------------------------------------------------------------------
     def fused_applies(self) -> bool:
@@ -389,12 +386,13 @@ class FusedPPOConfig(FusedLearnerConfigMixin, PPOConfig):
         self._init_fused()
 
     def training(self, *, learner_update=NotProvided, fused_shuffle=NotProvided, fused_compile=NotProvided,
-                 **kwargs) -> FusedPPOConfig:
+                 torch_optimizer=NotProvided, weight_decay=NotProvided, **kwargs) -> FusedPPOConfig:
         """PPO's settings, plus ``learner_update`` (``fused`` | ``rllib``), ``fused_shuffle``
         (``device``: permutations drawn on the learner's device; ``rllib``: numpy's global RNG,
-        RLlib's exact minibatches) and ``fused_compile`` (``torch.compile`` the minibatch loss)."""
+        RLlib's exact minibatches), ``fused_compile`` (``torch.compile`` the minibatch loss),
+        ``torch_optimizer`` (``adam`` | ``adamw``) and ``weight_decay`` (>= 0)."""
         super().training(**kwargs)
-        self._set_fused(learner_update, fused_shuffle, fused_compile)
+        self._set_fused(learner_update, fused_shuffle, fused_compile, torch_optimizer, weight_decay)
         return self
 
     def get_default_learner_class(self):

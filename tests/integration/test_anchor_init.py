@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
-from adpo_ray.orchestration.distill import TEACHER_TAG
 from adpo_ray.orchestration.launch import GridOptions, run_grid
+from adpo_ray.orchestration.policies import TEACHER_TAG
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow
 from adpo_ray.rllib.factory import build_algo_config
@@ -33,7 +33,7 @@ INIT = {
                 "init": {"pretrain": {"env_steps": 1024, "seed": 3}}},
     "hidden_sizes": [16],
     "budget": {"env_steps": 512, "checkpoint_every": 1},
-    "adpo": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 1},
+    "train": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 1},
     "resources": {"num_envs_per_env_runner": 4},
     "evaluation": {"interval": 1, "episodes": 1},
 }

@@ -53,7 +53,7 @@ SPEC = {
     "anchors": {"modes": ["fixed", "dynamic"]},
     "seeds": [0, 1],
     "budget": {"iterations": 4, "checkpoint_every": 2},
-    "adpo": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 0.003},
+    "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 0.003},
 }
 
 

@@ -47,7 +47,7 @@ def submit_grid_job(cluster, tmp_path: Path):
         "scenarios": ["flip-high"],
         "anchors": {"modes": ["fixed", "dynamic"]},
         "budget": {"iterations": 2},
-        "adpo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
+        "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
     }
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))

@@ -8,8 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from adpo_ray.metrics import curate
-from adpo_ray.orchestration.distill import DATASET_TAG_PREFIX, TEACHER_TAG
+from adpo_ray.orchestration.datasets import DATASET_TAG_PREFIX
 from adpo_ray.orchestration.launch import GridOptions, run_grid
+from adpo_ray.orchestration.policies import TEACHER_TAG
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow
 from adpo_ray.rllib.factory import build_distill_config
@@ -25,7 +26,7 @@ DISTILL = {
     "anchors": {"modes": ["fixed", "dynamic"]},
     "hidden_sizes": [32],
     "budget": {"iterations": 4, "checkpoint_every": 2},
-    "adpo": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 2, "lr": 0.001},
+    "train": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 2, "lr": 0.001},
     "distill": {
         "teacher": {"env_steps": 1024, "hidden_size": 32, "seed": 5},
         "dataset": {"states": 240, "candidates": 4, "chunks": 2, "heldout_fraction": 0.25},
@@ -53,7 +54,7 @@ def synthetic_dataset(n=600, seed=0):
 
 @pytest.mark.parametrize("algorithm,anchor", [("adpo", "fixed"), ("adpo", "dynamic"), ("kd", "none"), ("bc", "none")])
 def test_student_trains_and_logs(ray_local, algorithm, anchor):
-    spec = parse_spec({**DISTILL, "budget": {"iterations": 3}, "adpo": {"lr": 0.003}})
+    spec = parse_spec({**DISTILL, "budget": {"iterations": 3}, "train": {"lr": 0.003}})
     trial = TrialSpec("Hopper-v5", "clean", algorithm, anchor, 32, 0)
     norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
     algo = build_distill_config(spec.knobs(trial), dataset=synthetic_dataset(), obs_norm=norm, teacher_return=50.0).build_algo()
@@ -140,11 +141,11 @@ def test_teacher_value_from_a_checkpoint_scores_q_lookahead(ray_local, tmp_path)
 
     from adpo_ray.envs.candidates import Signal, collect, probe, sim_state
     from adpo_ray.envs.mujoco import ObsNorm, make_mujoco
-    from adpo_ray.orchestration.distill import teacher_callables
+    from adpo_ray.orchestration.policies import teacher_callables
     from adpo_ray.rllib.factory import build_algo_config
 
     spec = parse_spec({"name": "t", "environments": ["Hopper-v5"], "scenarios": ["clean"], "algorithms": ["ppo"],
-                       "budget": {"iterations": 1}, "adpo": {"train_batch_size": 256, "minibatch_size": 64}})
+                       "budget": {"iterations": 1}, "train": {"train_batch_size": 256, "minibatch_size": 64}})
     algo = build_algo_config(spec.knobs(spec.trials()[0])).build_algo()
     try:
         algo.train()

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 BATCH, EPOCHS, MINIBATCH = 512, 3, 64
 
 
-def build(env, algorithm, mode, path, shuffle="rllib", compile=False, **adpo):
+def build(env, algorithm, mode, path, shuffle="rllib", compile=False, minibatch_size=MINIBATCH, **adpo):
     spec = parse_spec({
         "name": "fused", "environments": [env], "algorithms": [algorithm], "budget": {"iterations": 1},
-        "adpo": {"train_batch_size": BATCH, "num_epochs": EPOCHS, "minibatch_size": MINIBATCH, **adpo},
+        "train": {"train_batch_size": BATCH, "num_epochs": EPOCHS, "minibatch_size": minibatch_size}, "adpo": adpo,
         "anchors": {"modes": [mode] if algorithm == "adpo" else ["dynamic"],
                     "params": {"kl_triggered": {"threshold": 1e-4, "window": 1}}},
         "resources": {"num_envs_per_env_runner": 2, "learner_update": path, "learner_compile": compile},

@@ -35,7 +35,8 @@ SMALL = {
     "scenarios": ["clean", "flip-high"],
     "anchors": {"modes": ["fixed", "dynamic"]},
     "budget": {"iterations": 3, "checkpoint_every": 2},
-    "adpo": {"lr": 0.003, "beta_q": 0.5, "train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+    "train": {"lr": 0.003, "train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+    "adpo": {"beta_q": 0.5},
 }
 
 
@@ -67,7 +68,7 @@ def check_grid_in_mlflow(client, spec, results, expected_iterations):
     assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
     assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     by_tag = {k.data.tags["trial"]: k for k in kids}
-    batch = spec.adpo_for(spec.environments[0]).train_batch_size
+    batch = spec.train_for(spec.environments[0], "adpo").train_batch_size
     for r in results:
         trial = r.config["trial"]
         kid = by_tag[f"{trial['env']}_{trial['scenario']}_adpo-{trial['anchor_mode']}_h{trial['hidden_size']}_s{trial['seed']}"]
@@ -114,7 +115,7 @@ def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
         assert parent.data.metrics[f"{prefix}_mean"] == pytest.approx(np.mean(finals))
         assert parent.data.metrics[f"{prefix}_n"] == 2
         assert parent.data.metrics[f"{prefix}_ci_low"] <= parent.data.metrics[f"{prefix}_mean"] <= parent.data.metrics[f"{prefix}_ci_high"]
-    assert parent.data.params["spec.adpo.lr"] == "0.003" and parent.data.params["spec.budget.iterations"] == "3"
+    assert parent.data.params["spec.train.lr"] == "0.003" and parent.data.params["spec.budget.iterations"] == "3"
     note = client.get_experiment_by_name(spec.experiment_name).tags["mlflow.note.content"]
     assert "Compare anchor strategies" in note and "anchor_mode" in note
     # the metrics CSV artifact is the run's history
@@ -319,7 +320,7 @@ def test_sigkill_driver_then_resume(tmp_path):
     step twice, finished trials not re-run."""
     spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high"],
                  "budget": {"iterations": 8, "checkpoint_every": 2},
-                 "adpo": {**SMALL["adpo"], "train_batch_size": 512, "minibatch_size": 128}}
+                 "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128}}
     spec_file = tmp_path / "killed.yaml"
     spec_file.write_text(yaml.safe_dump(spec_dict))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -468,7 +469,7 @@ def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
     spec = parse_spec({
         "name": "mujoco_small", "environments": ["HalfCheetah-v5", "Hopper-v5"], "scenarios": ["gaussian-high"],
         "algorithms": ["adpo", "ppo"], "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": 5},
-        "adpo": {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 1},
+        "train": {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 1},
         "resources": {"num_envs_per_env_runner": 4}, "evaluation": {"interval": 2, "episodes": 1},
     })
     opts = options(tmp_path, "mujoco")

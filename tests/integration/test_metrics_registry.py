@@ -20,7 +20,7 @@ ONLINE = {
     "environments": ["PreferenceBandit", "Hopper-v5"],
     "algorithms": ["adpo", "ppo"],
     "budget": {"iterations": 2},
-    "adpo": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1},
+    "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1},
     "evaluation": {"interval": 1, "episodes": 1},
 }
 #: Groups of an RLlib result where our parts log; RLlib's own keys elsewhere are not ours.

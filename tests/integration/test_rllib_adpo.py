@@ -14,7 +14,8 @@ BANDIT = {
     "name": "t",
     "environments": ["PreferenceBandit"],
     "budget": {"iterations": 10},
-    "adpo": {"lr": 0.003, "beta_q": 0.5, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 4},
+    "train": {"lr": 0.003, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 4},
+    "adpo": {"beta_q": 0.5},
     "anchors": {"modes": ["fixed", "dynamic", "ema", "kl_triggered"],
                 "params": {"ema": {"rate": 0.2}, "kl_triggered": {"threshold": 0.02, "window": 1}}},
 }
@@ -209,7 +210,7 @@ def test_batch_lists_on_hopper(ray_local):
         "name": "h",
         "environments": ["Hopper-v5"],
         "budget": {"iterations": 2},
-        "adpo": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 2, "list_size": 8},
+        "train": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 2}, "adpo": {"list_size": 8},
         "anchors": {"modes": ["dynamic"]},
     }
     algo = make_algo("dynamic", env="Hopper-v5", scenario="gaussian-high", spec=spec)

@@ -95,7 +95,7 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
         assert "nothing pending" in res.stdout
         again = _cli("sync", str(tmp_path / "ray_results" / "o"), cwd=tmp_path)
         assert again.returncode == 0 and "0 write(s) delivered" in again.stdout  # exactly once
-        _check_complete(MlflowClient(uri), "outage", spec_dict, 6, SMALL["adpo"]["train_batch_size"])
+        _check_complete(MlflowClient(uri), "outage", spec_dict, 6, SMALL["train"]["train_batch_size"])
 
 
 KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
@@ -129,7 +129,7 @@ def test_driver_killed_then_resume(tmp_path, point):
     res = _cli("resume", str(run_dir), cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (run_dir / "report" / "report.html").exists()
-    _check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["adpo"]["train_batch_size"])
+    _check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
 
 
 def test_two_launches_with_one_name(tmp_path):
@@ -167,7 +167,8 @@ def test_restore_from_final_checkpoint_trains_no_more(ray_local, tmp_path):
 
 
 def test_two_launches_needing_one_teacher_train_it_once(ray_local, tmp_path):
-    from adpo_ray.orchestration.distill import TEACHER_TAG, prepare
+    from adpo_ray.orchestration.datasets import prepare
+    from adpo_ray.orchestration.policies import TEACHER_TAG
 
     from .test_distill import DISTILL
 

@@ -28,27 +28,27 @@ BANDIT = {
     "scenarios": ["clean"],
     "anchors": {"modes": ["dynamic"]},
     "budget": {"iterations": 2},
-    "adpo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+    "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
 }
 
 
 def test_grid_sweep_trials_names_params_and_report(ray_local, tmp_path):
-    spec = parse_spec({**BANDIT, "sweep": {"adpo.beta_q": [0.5, 2.0], "adpo.lr": [0.001, 0.003]}})
+    spec = parse_spec({**BANDIT, "sweep": {"adpo.beta_q": [0.5, 2.0], "train.lr": [0.001, 0.003]}})
     opts = options(tmp_path, "sw")
     results = run_grid(spec, opts)
     assert len(results) == 4 and not results.errors
     names = sorted(Path(r.path).name for r in results)
     assert names == sorted(t.tag for t in spec.trials())
-    assert any(n.endswith("adpo.beta_q=2,adpo.lr=0.003") for n in names)
+    assert any(n.endswith("adpo.beta_q=2,train.lr=0.003") for n in names)
     client = MlflowClient(opts.tracking_uri)
     _, kids = children(client, "sweep")
     assert len(kids) == 4
     points = set()
     for kid in kids:
         tags, params = kid.data.tags, kid.data.params
-        point = (float(tags["sweep.adpo.beta_q"]), float(tags["sweep.adpo.lr"]))
+        point = (float(tags["sweep.adpo.beta_q"]), float(tags["sweep.train.lr"]))
         assert (float(params["beta_q"]), float(params["lr"])) == point  # the knobs that trained
-        assert tags["method"] == f"adpo-dynamic (adpo.beta_q={point[0]:g},adpo.lr={point[1]:g})"
+        assert tags["method"] == f"adpo-dynamic (adpo.beta_q={point[0]:g},train.lr={point[1]:g})"
         points.add(point)
     assert points == {(b, lr) for b in (0.5, 2.0) for lr in (0.001, 0.003)}
     data = load_mlflow(opts.tracking_uri, "sweep")
@@ -58,14 +58,14 @@ def test_grid_sweep_trials_names_params_and_report(ray_local, tmp_path):
 
 
 def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tmp_path):
-    """adpo.lr 0.0030001 and 0.0030004 (one label, one MLflow run and one report group at 4
+    """train.lr 0.0030001 and 0.0030004 (one label, one MLflow run and one report group at 4
     significant digits) with 14 knobs more at one value each (a name longer than a folder name
     may be): two trials in two folders of at most 200 bytes, two child runs with the exact values
     and the full names, two methods in the report, the launch summary delivered to MLflow."""
     from ..unit.test_identity import LONG
 
     spec = parse_spec({**BANDIT, "name": "ident", "hidden_sizes": [16],
-                       "sweep": {**LONG, "adpo.lr": [0.0030001, 0.0030004]}})
+                       "sweep": {**LONG, "train.lr": [0.0030001, 0.0030004]}})
     trials = spec.trials()
     assert len(trials) == 2 and all(len(t.tag) > 255 for t in trials)
     opts = options(tmp_path, "id")
@@ -79,11 +79,11 @@ def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tm
     client = MlflowClient(opts.tracking_uri)
     parents, kids = children(client, "ident")
     assert len(kids) == 2
-    by_lr = {k.data.tags["sweep.adpo.lr"]: k for k in kids}
+    by_lr = {k.data.tags["sweep.train.lr"]: k for k in kids}
     assert sorted(by_lr) == ["0.0030001", "0.0030004"]
     for t in trials:
-        kid = by_lr[repr(dict(t.sweep)["adpo.lr"])]
-        assert kid.data.params["lr"] == kid.data.tags["sweep.adpo.lr"]  # the knob that trained
+        kid = by_lr[repr(dict(t.sweep)["train.lr"])]
+        assert kid.data.params["lr"] == kid.data.tags["sweep.train.lr"]  # the knob that trained
         assert (kid.data.tags["trial"], kid.data.tags["method"]) == (t.tag, t.method)
         assert kid.info.run_name == t.dirname and kid.info.status == "FINISHED"
     data = load_mlflow(opts.tracking_uri, "ident")
@@ -103,7 +103,7 @@ SEARCH = {
     **BANDIT,
     "name": "search",
     "budget": {"iterations": 6, "checkpoint_every": 2},
-    "sweep": {"adpo.lr": {"loguniform": [0.00001, 0.03]}, "adpo.beta_q": {"uniform": [0.1, 5.0]}},
+    "sweep": {"train.lr": {"loguniform": [0.00001, 0.03]}, "adpo.beta_q": {"uniform": [0.1, 5.0]}},
     "search": {"algorithm": "optuna", "metric": "eval/winmass", "mode": "max", "num_samples": 8, "seed": 3,
                "asha": {"grace_period": 1, "reduction_factor": 2}},
 }
@@ -153,8 +153,8 @@ def test_optuna_search_with_asha_killed_and_resumed(tmp_path):
     iterations = []
     for k in kids:
         assert k.info.status == "FINISHED"
-        assert k.data.params["lr"] == k.data.tags["sweep.adpo.lr"] or float(k.data.params["lr"]) == pytest.approx(
-            float(k.data.tags["sweep.adpo.lr"]))
+        assert k.data.params["lr"] == k.data.tags["sweep.train.lr"] or float(k.data.params["lr"]) == pytest.approx(
+            float(k.data.tags["sweep.train.lr"]))
         assert 1e-5 <= float(k.data.params["lr"]) <= 0.03 and 0.1 <= float(k.data.params["beta_q"]) <= 5.0
         iterations.append(len(steps(client, k.info.run_id)))
         if k.data.tags["trial"] in finished_before:

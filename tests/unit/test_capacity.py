@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from adpo_ray.core.devices import LEARNER_MS, gpu_pays, nearest_measurement
 from adpo_ray.orchestration.planning import (
     Capacity,
     NodeType,
@@ -25,11 +24,12 @@ from adpo_ray.orchestration.planning import (
     resolve_learner_gpus,
 )
 from adpo_ray.spec import SpecError, TrialSpec, parse_spec
+from adpo_ray.spec.devices import LEARNER_MS, gpu_pays, nearest_measurement
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TrialSpec("Hopper-v5", "flip-high", "adpo", "dynamic", 128, 7)
 SPEC = {"name": "cap", "environments": ["Hopper-v5"], "scenarios": ["clean"], "budget": {"iterations": 10},
-        "hidden_sizes": [64, 1024], "adpo": {"minibatch_size": 1024, "train_batch_size": 2048}}
+        "hidden_sizes": [64, 1024], "train": {"minibatch_size": 1024, "train_batch_size": 2048}}
 
 
 def plan(cpu: float, gpu: float = 0.0, n_bundles: int = 1) -> TrialPlan:
@@ -153,6 +153,38 @@ def test_resolve_learner_gpus_only_where_a_gpu_pays():
         parse_spec({**SPEC, "resources": {"learner_device": "cpu", "num_gpus_per_learner": 0.5}})
 
 
+@pytest.mark.parametrize("sampled", [False, True], ids=["grid", "search"])
+def test_each_trial_reserves_what_its_own_sweep_point_builds(sampled):
+    """With learner_device auto, a swept minibatch size moves the learner between CPU and GPU: each
+    trial's placement group is the one its own config builds, not another point's."""
+    from adpo_ray.orchestration.trainable import GridTrainable
+    from adpo_ray.rllib.factory import build_algo_config
+
+    data = {**SPEC, "hidden_sizes": [1024], "anchors": {"modes": ["dynamic"]}, "train": {"train_batch_size": 2048},
+            "resources": {"num_gpus_per_learner": 0.25}}  # the share the launch resolved
+    if sampled:
+        data.update(sweep={"train.minibatch_size": {"choice": [64, 1024]}}, search={"num_samples": 2})
+    else:
+        data.update(sweep={"train.minibatch_size": [64, 1024]})
+    spec = parse_spec(data)
+    spec_dict = spec.model_dump(mode="json", by_alias=True)
+    base = spec.trials()[0]
+    gpus = {}
+    for minibatch in (64, 1024):  # the order matters: the first point asked must not answer for both
+        if sampled:  # Tune resolves a search's sample into the trial's config before asking
+            config = {"spec": spec_dict, "trial": base.as_dict(), "sweep": {"train.minibatch_size": minibatch}}
+        else:
+            trial = next(t for t in spec.trials() if dict(t.sweep)["train.minibatch_size"] == minibatch)
+            config = {"spec": spec_dict, "trial": trial.as_dict()}
+        pgf = GridTrainable.default_resource_request(config)
+        gpus[minibatch] = sum(b.get("GPU", 0.0) for b in pgf.bundles)
+        knobs = spec.knobs(TrialSpec.from_config(config))
+        built = build_algo_config(knobs)
+        assert built.num_gpus_per_learner == knobs.num_gpus_per_learner
+        assert [dict(b) for b in pgf.bundles] == [dict(b) for b in built.algo_class.default_resource_request(built).bundles]
+    assert gpus == {64: 0.0, 1024: 0.25}  # measured: a GPU learner pays at 1024 / 1024 only
+
+
 def test_estimate_wall_time_longest_first():
     t = [TrialPlan(T, [{"CPU": 1}], steps) for steps in (1000, 1000, 1000, 3000)]
     sps = {"Hopper-v5": 100.0}
@@ -162,7 +194,7 @@ def test_estimate_wall_time_longest_first():
 
 
 def test_distillation_on_several_nodes_needs_a_shared_tracking_store():
-    from adpo_ray.orchestration.distill import check_shared_tracking
+    from adpo_ray.orchestration.policies import check_shared_tracking
 
     one, many = cap((8, 0, 1)), cap((8, 0, 1), (8, 0, 2), autoscaling=True)
     for uri in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "http://localhost:5000", "/tmp/mlruns"):

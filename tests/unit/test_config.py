@@ -41,7 +41,7 @@ def test_defaults_and_trial_axes():
     # per (scenario, hidden, seed): adpo x 2 modes + ppo + dpo = 4
     assert len(trials) == 2 * 2 * 3 * 4
     assert {t.method for t in trials} == {"adpo-fixed", "adpo-dynamic", "ppo", "dpo"}
-    assert spec.adpo_for("PreferenceBandit").lambda_ == 0.95 and spec.experiment_name == "t"
+    assert spec.train_for("PreferenceBandit", "adpo").lambda_ == 0.95 and spec.experiment_name == "t"
 
 
 def test_dpo_only_on_bandit_in_mixed_grid():
@@ -52,8 +52,8 @@ def test_dpo_only_on_bandit_in_mixed_grid():
 
 
 def test_lambda_alias_in_yaml():
-    spec = parse_spec({**MINIMAL, "adpo": {"lambda": 0.9}})
-    assert spec.adpo_for(spec.environments[0]).lambda_ == 0.9
+    spec = parse_spec({**MINIMAL, "train": {"lambda": 0.9}})
+    assert spec.train_for(spec.environments[0], "adpo").lambda_ == 0.9
 
 
 def _with(path: str, value):
@@ -92,7 +92,7 @@ BAD = [
     ("adpo.target", "soft", "adpo.target", "'softmax', 'kde' or 'hard'"),
     ("adpo.tau_anc", 0, "adpo.tau_anc", "greater than 0"),
     ("adpo.list_size", 1, "adpo.list_size", "greater than or equal to 2"),
-    ("adpo.minibatch_size", 4096, "adpo", "minibatch_size (4096) must be <= train_batch_size"),
+    ("train.minibatch_size", 4096, "train", "minibatch_size (4096) must be <= train_batch_size"),
     ("algorithms", ["sac"], "algorithms[0]", "'adpo', 'ppo', 'dpo', 'kd' or 'bc'"),
     ("name", "has space", "name", "should match pattern"),
     ("resources.num_learners", 3, "resources.num_learners", "less than or equal to 1"),
@@ -107,9 +107,9 @@ BAD = [
     ("seeds", [-1], "seeds[0]", "greater than or equal to 0"),
     ("seeds", [2**40], "seeds[0]", "less than or equal to 2147483647"),
     ("seeds", list(range(10_001)), "seeds", "at most 10000 items"),
-    ("adpo.num_epochs", 0, "adpo.num_epochs", "greater than or equal to 1"),
-    ("adpo.train_batch_size", 10**9, "adpo.train_batch_size", "less than or equal to 10000000"),
-    ("adpo.lr", 1e9, "adpo.lr", "less than or equal to 1000000"),
+    ("train.num_epochs", 0, "train.num_epochs", "greater than or equal to 1"),
+    ("train.train_batch_size", 10**9, "train.train_batch_size", "less than or equal to 10000000"),
+    ("train.lr", 1e9, "train.lr", "less than or equal to 1000000"),
     ("evaluation.episodes", 10**6, "evaluation.episodes", "less than or equal to 10000"),
     ("resources.num_env_runners", 1000, "resources.num_env_runners", "less than or equal to 64"),
     ("resources.max_concurrent_trials", 0, "resources.max_concurrent_trials", "greater than or equal to 1"),
@@ -207,9 +207,9 @@ def test_cli_scenarios_table():
 
 def test_ppo_overrides_only_ppo_trials():
     spec = parse_spec({**MINIMAL, "environments": ["Hopper-v5"], "algorithms": ["adpo", "ppo"],
-                       "adpo": {"lr": 0.001}, "ppo": {"lr": 0.0003}})
-    assert spec.params_for("Hopper-v5", "adpo").lr == 0.001
-    assert spec.params_for("Hopper-v5", "ppo").lr == 0.0003
+                       "train": {"lr": 0.001}, "ppo": {"lr": 0.0003}})
+    assert spec.train_for("Hopper-v5", "adpo").lr == 0.001
+    assert spec.train_for("Hopper-v5", "ppo").lr == 0.0003
     with pytest.raises(SpecError, match="ppo: .*lrate.*Extra inputs are not permitted"):
         parse_spec({**MINIMAL, "ppo": {"lrate": 0.1}})
     with pytest.raises(SpecError, match="ppo: lr: Input should be greater than 0"):

@@ -13,19 +13,19 @@ from adpo_ray.spec import SpecError, TrialSpec, parse_spec
 BASE = {"name": "ident", "environments": ["PreferenceBandit"], "scenarios": ["clean"],
         "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": 2}}
 
-#: 15 knobs with one value each: a 322-character tag, more than a folder name may hold
-LONG = {"adpo.lr": [0.003], "adpo.tau_anc": [1.0], "adpo.beta_q": [1.0], "adpo.list_size": [8],
-        "adpo.entropy_coeff": [0.0], "adpo.vf_coeff": [0.5], "adpo.gamma": [0.99], "adpo.lambda": [0.95],
-        "adpo.num_epochs": [2], "adpo.minibatch_size": [64], "adpo.train_batch_size": [128],
-        "adpo.grad_clip": [0.5], "bandit.num_items": [8], "bandit.context_dim": [8], "bandit.problem_seed": [0]}
+#: 15 knobs with one value each: a 331-character tag, more than a folder name may hold
+LONG = {"train.lr": [0.003], "adpo.tau_anc": [1.0], "adpo.beta_q": [1.0], "adpo.list_size": [8],
+        "train.entropy_coeff": [0.0], "train.vf_coeff": [0.5], "train.gamma": [0.99], "train.lambda": [0.95],
+        "train.num_epochs": [2], "train.minibatch_size": [64], "train.train_batch_size": [128],
+        "train.grad_clip": [0.5], "bandit.num_items": [8], "bandit.context_dim": [8], "bandit.problem_seed": [0]}
 
 
 def test_close_values_get_distinct_exact_labels():
-    spec = parse_spec({**BASE, "sweep": {"adpo.lr": [0.0030001, 0.0030004]}})
+    spec = parse_spec({**BASE, "sweep": {"train.lr": [0.0030001, 0.0030004]}})
     a, b = spec.trials()
-    assert a.tag == "PreferenceBandit_clean_adpo-dynamic_h64_s0_adpo.lr=0.0030001"
-    assert b.tag == "PreferenceBandit_clean_adpo-dynamic_h64_s0_adpo.lr=0.0030004"
-    assert (a.method, b.method) == ("adpo-dynamic (adpo.lr=0.0030001)", "adpo-dynamic (adpo.lr=0.0030004)")
+    assert a.tag == "PreferenceBandit_clean_adpo-dynamic_h64_s0_train.lr=0.0030001"
+    assert b.tag == "PreferenceBandit_clean_adpo-dynamic_h64_s0_train.lr=0.0030004"
+    assert (a.method, b.method) == ("adpo-dynamic (train.lr=0.0030001)", "adpo-dynamic (train.lr=0.0030004)")
     assert a.dirname == a.tag and b.dirname == b.tag
 
 
@@ -40,7 +40,7 @@ def test_labels_read_back_as_their_value(value, label):
 
 @pytest.mark.parametrize("sweep,both", [
     ({"adpo.beta_q": [1, 1.0]}, "(1 and 1.0"),
-    ({"adpo.lr": [0.001, "1e-3"]}, "(0.001 and '1e-3'"),
+    ({"train.lr": [0.001, "1e-3"]}, "(0.001 and '1e-3'"),
     ({"adpo.q_center": [True, 1]}, "(True and 1"),
     ({"bandit.num_items": [8, 8.0]}, "(8 and 8.0"),
     ({"anchors.params.dynamic.every": [1, True]}, "(1 and True"),
@@ -85,7 +85,7 @@ def test_check_identities_names_both_trials_of_one_folder_name():
 def test_a_long_sweep_validates_and_its_folder_names_are_short_and_unique(tmp_path, capsys):
     spec = parse_spec({**BASE, "sweep": {**LONG, "bandit.problem_seed": [0, 1]}})
     a, b = spec.trials()
-    assert len(a.tag) == 322 and a.tag.endswith("bandit.problem_seed=0") and b.tag.endswith("bandit.problem_seed=1")
+    assert len(a.tag) == 331 and a.tag.endswith("bandit.problem_seed=0") and b.tag.endswith("bandit.problem_seed=1")
     # the two tags differ only past the cut: the digest of the whole tag keeps the names apart
     assert a.dirname != b.dirname and a.dirname[:183] == b.dirname[:183] == a.tag[:183]
     for t in (a, b):
@@ -112,7 +112,7 @@ def test_summary_metric_names_are_ones_mlflow_takes_and_stay_distinct():
     from adpo_ray.orchestration.tracking import launch_summary, method_names
 
     long_a = parse_spec({**BASE, "sweep": {**LONG, "bandit.problem_seed": [0, 1]}}).trials()
-    methods = [t.method for t in long_a] + ["adpo-dynamic (adpo.lr=1e+16)", "adpo-ema (anchors.params.ema.rate=a b)"]
+    methods = [t.method for t in long_a] + ["adpo-dynamic (train.lr=1e+16)", "adpo-ema (anchors.params.ema.rate=a b)"]
     names = method_names(methods)
     assert len(names) == len(methods) and set(names.values()) == set(methods)
     summary = launch_summary([("PreferenceBandit", m, {"eval/winmass": 0.5}) for m in methods])

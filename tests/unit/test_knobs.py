@@ -12,6 +12,7 @@ from adpo_ray.rllib.distill import DistillConfig
 from adpo_ray.rllib.factory import build_algo_config, build_distill_config, rows_per_step
 from adpo_ray.rllib.fused import FusedPPOConfig
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
+from adpo_ray.spec.knobs import ALL_RANKS
 
 ONLINE = {
     "name": "knobs",
@@ -22,10 +23,10 @@ ONLINE = {
     "hidden_sizes": [32, 96],
     "seeds": [3],
     "budget": {"iterations": 4, "env_steps": 100_000},
-    "adpo": {"loss": "pairwise", "tau_anc": 0.7, "beta_q": 0.25, "lr": 0.002, "list_size": 6,
-             "minibatch_size": 32, "train_batch_size": 256, "num_epochs": 3, "entropy_coeff": 0.01},
+    "adpo": {"loss": "pairwise", "tau_anc": 0.7, "beta_q": 0.25, "list_size": 6},
+    "train": {"lr": 0.002, "minibatch_size": 32, "train_batch_size": 256, "num_epochs": 3, "entropy_coeff": 0.01},
     "ppo": {"lr": 0.0004, "num_epochs": 7},
-    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 4096}, "adpo": {"loss": "listwise", "gamma": 0.97,
+    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 4096}, "train": {"gamma": 0.97}, "adpo": {"loss": "listwise",
                       "target_norm": "list", "tau_alpha": 0.5, "tau_min": 0.1, "q_center": True, "anchor_kl_coeff": 0.2}}},
     "resources": {"num_envs_per_env_runner": 4},
     "evaluation": {"interval": 3, "episodes": 4, "explore": True},
@@ -38,7 +39,8 @@ DISTILL = {
     "algorithms": ["adpo", "kd", "bc"],
     "anchors": {"modes": ["fixed", "dynamic"]},
     "budget": {"iterations": 9},
-    "adpo": {"beta_q": 0.1, "lr": 0.0007, "tau_anc": 0.5},
+    "adpo": {"beta_q": 0.1, "tau_anc": 0.5},
+    "train": {"lr": 0.0007},
     "distill": {"teacher": {"env_steps": 5000}, "dataset": {"states": 400, "candidates": 4},
                 "states_per_iteration": 128, "minibatch_states": 32},
 }
@@ -49,7 +51,8 @@ def _online_attrs(config) -> dict:
     return {
         "env": config.env_config["env"], "scenario": config.env_config["scenario"],
         "hidden_size": config._model_config.fcnet_hiddens[0], "seed": config.seed,
-        "lr": config.lr, "grad_clip": config.grad_clip, "gamma": config.gamma, "lambda": config.lambda_,
+        "lr": config.lr, "optimizer": config.torch_optimizer, "weight_decay": config.weight_decay,
+        "grad_clip": config.grad_clip, "gamma": config.gamma, "lambda": config.lambda_,
         "num_epochs": config.num_epochs, "train_batch_size": config.train_batch_size_per_learner,
         "entropy_coeff": config.entropy_coeff, "vf_coeff": config.vf_loss_coeff,
         "clip_param": config.clip_param,
@@ -72,12 +75,16 @@ def _adpo_attrs(config) -> dict:
             "list_size": getattr(config, "list_size", None), "anchor_mode": config.anchor_mode,
             "target_norm": config.target_norm, "tau_alpha": config.tau_alpha, "tau_min": config.tau_min,
             "q_center": config.q_center, "anchor_kl_coeff": getattr(config, "anchor_kl_coeff", None),
+            "pl_top_k": ALL_RANKS if config.pl_top_k is None else config.pl_top_k,
+            "label_smoothing": config.label_smoothing, "poly_epsilon": config.poly_epsilon,
+            "clip_log_ratio": config.clip_log_ratio, "clip_score": config.clip_score,
             **{f"anchor.{k}": v for k, v in config.anchor_params.items()}}
 
 
-#: Params that are no RLlib config value: the trial's own budget (the trainable stops it) and,
-#: for students, the dataset's identity and size (the dataset is the config's input).
-NOT_IN_CONFIG = {"algorithm", "budget.iterations", "budget.env_steps", "distill.teacher_key",
+#: Params that are no RLlib config value: the trial's own budget (the trainable stops it), where
+#: an online trial starts (the trainable loads it) and, for students, the dataset's identity and
+#: size (the dataset is the config's input).
+NOT_IN_CONFIG = {"algorithm", "budget.iterations", "budget.env_steps", "anchors.init", "distill.teacher_key",
                  "distill.dataset_key", "distill.states", "distill.candidates"}
 
 
@@ -130,6 +137,7 @@ def test_student_params_equal_the_rllib_config(trial):
     attrs = {
         "env": config.env_config["env"], "hidden_size": config._model_config.fcnet_hiddens[0],
         "seed": config.seed, "lr": config.lr, "grad_clip": config.grad_clip,
+        "optimizer": config.torch_optimizer, "weight_decay": config.weight_decay,
         "distill.states_per_iteration": config.states_per_iteration,
         "distill.minibatch_states": config.minibatch_states,
         "evaluation.interval": config.eval_interval, "evaluation.episodes": config.eval_episodes,

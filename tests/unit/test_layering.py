@@ -136,3 +136,18 @@ def test_new_rllib_modules_have_the_rllib_layer():
     for module in ("adpo_ray.rllib._ray_private", "adpo_ray.rllib.rollout", "adpo_ray.rllib.settings"):
         assert module in MODULES and layer(module) == layer("adpo_ray.rllib")
     assert layer("adpo_ray.orchestration._ray_private") == layer("adpo_ray.orchestration")
+
+
+#: The spec package's modules, one concern each.
+SPEC_MODULES = {"adpo_ray.spec", *(f"adpo_ray.spec.{m}" for m in (
+    "sections", "experiment", "trials", "knobs", "identity", "devices", "loading"))}
+
+
+def test_the_spec_package_is_one_ray_free_layer_and_every_file_is_checked():
+    found = {m for m in MODULES if unit(m) == "adpo_ray.spec"}
+    assert found == SPEC_MODULES, found ^ SPEC_MODULES
+    assert {layer(m) for m in found} == {layer("adpo_ray.spec")} and "adpo_ray.spec" in RAY_FREE
+    # its modules import within the package or below it: the checks above cover each file
+    assert all(internal(MODULES[m]) for m in found - {"adpo_ray.spec"})
+    # the hardware measurements left the pure-math floor for the spec, whose knobs need them
+    assert "adpo_ray.core.devices" not in MODULES

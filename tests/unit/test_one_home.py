@@ -43,7 +43,7 @@ def test_the_adpo_method_name_is_made_once():
         return (isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant)
                 and str(node.values[0].value).endswith("adpo-") and len(node.values) > 1)
 
-    assert modules_where(adpo_fstring) == {"adpo_ray/spec.py"}
+    assert modules_where(adpo_fstring) == {"adpo_ray/spec/trials.py"}
 
 
 def test_spec_errors_are_printed_by_one_function():
@@ -112,3 +112,17 @@ def test_explored_rollouts_repeat_with_their_seed(hopper_policy):
     once = episode_returns(module, "Hopper-v5", obs_norm, 2, 7, explore=True)
     assert once == episode_returns(module, "Hopper-v5", obs_norm, 2, 7, explore=True)
     assert once != episode_returns(module, "Hopper-v5", obs_norm, 2, 7)
+
+
+def test_defaults_the_spec_and_the_configs_share_are_written_once():
+    # the stored policies' experiment, the adaptive temperature's floor and the learner's update
+    # path and optimiser: one constant each, imported by the spec and the RLlib configs
+    experiment = [path for path, tree in TREES.items() for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and n.value == "adpo-ray-teachers"]
+    assert experiment == ["adpo_ray/spec/sections.py"]
+    sources = {path: (PKG.parent / path).read_text() for path in TREES}
+    lines = [(path, line) for path, text in sources.items() for line in text.splitlines()]
+    assert [p for p, line in lines if "tau_min" in line and "0.05" in line] == []
+    assert [p for p, line in lines if "TAU_MIN = " in line] == ["adpo_ray/core/losses.py"]
+    assert not [p for p, line in lines if "learner_update" in line and '"fused"' in line and "==" not in line]
+    assert not [p for p, line in lines if "optimizer" in line and '"adam"' in line and "{" not in line]

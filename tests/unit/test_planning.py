@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adpo_ray.orchestration.distill import chunk_sizes
+from adpo_ray.orchestration.datasets import chunk_sizes
 from adpo_ray.orchestration.planning import plan_trials, trial_env_steps
 from adpo_ray.orchestration.tracking import run_tags
 from adpo_ray.spec import TrialSpec, parse_spec
@@ -16,7 +16,7 @@ SPEC = {
     "scenarios": ["clean", "gaussian-high"],
     "algorithms": ["adpo", "ppo"],
     "budget": {"iterations": 10},
-    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 3000}, "adpo": {"train_batch_size": 1024}}},
+    "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 3000}, "train": {"train_batch_size": 1024}}},
 }
 T = TrialSpec("Hopper-v5", "flip-high", "adpo", "dynamic", 128, 7)
 

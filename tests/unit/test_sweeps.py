@@ -11,17 +11,17 @@ BASE = {"name": "s", "environments": ["PreferenceBandit"], "scenarios": ["clean"
 
 
 def test_grid_sweep_expands_every_trial_at_every_point():
-    spec = parse_spec({**BASE, "sweep": {"adpo.beta_q": [0.5, 2.0], "adpo.lr": [0.001, 0.003, 0.01]}})
+    spec = parse_spec({**BASE, "sweep": {"adpo.beta_q": [0.5, 2.0], "train.lr": [0.001, 0.003, 0.01]}})
     trials = spec.trials()
     assert spec.trial_count() == len(trials) == 2 * 2 * 3  # modes x beta_q x lr
     assert len({t.tag for t in trials}) == len(trials)
-    t = next(t for t in trials if dict(t.sweep) == {"adpo.beta_q": 2.0, "adpo.lr": 0.01} and t.anchor_mode == "ema")
-    assert t.tag == "PreferenceBandit_clean_adpo-ema_h64_s0_adpo.beta_q=2,adpo.lr=0.01"
-    assert t.method == "adpo-ema (adpo.beta_q=2,adpo.lr=0.01)" and t.base_method == "adpo-ema"
+    t = next(t for t in trials if dict(t.sweep) == {"adpo.beta_q": 2.0, "train.lr": 0.01} and t.anchor_mode == "ema")
+    assert t.tag == "PreferenceBandit_clean_adpo-ema_h64_s0_adpo.beta_q=2,train.lr=0.01"
+    assert t.method == "adpo-ema (adpo.beta_q=2,train.lr=0.01)" and t.base_method == "adpo-ema"
     knobs = spec.knobs(t)
     assert (knobs.beta_q, knobs.lr) == (2.0, 0.01)
     assert knobs.params()["beta_q"] == "2.0" and knobs.params()["lr"] == "0.01"
-    assert spec.knobs(TrialSpec(**{**t.as_dict(), "sweep": ()})).lr == spec.adpo_for(t.env).lr  # the point, not the spec
+    assert spec.knobs(TrialSpec(**{**t.as_dict(), "sweep": ()})).lr == spec.train_for(t.env, t.algorithm).lr  # the point, not the spec
 
 
 def test_sweep_of_ppo_bandit_and_anchor_params():
@@ -37,23 +37,23 @@ def test_sweep_of_ppo_bandit_and_anchor_params():
 
 
 def test_trial_round_trips_through_tune_config():
-    spec = parse_spec({**BASE, "sweep": {"adpo.lr": [0.001]}})
+    spec = parse_spec({**BASE, "sweep": {"train.lr": [0.001]}})
     t = spec.trials()[0]
     import json
 
     again = TrialSpec.from_config(json.loads(json.dumps({"trial": t.as_dict()})))
     assert again == t and again.tag == t.tag
     sampled = TrialSpec.from_config({"trial": TrialSpec(**{**t.as_dict(), "sweep": ()}).as_dict(),
-                                     "sweep": {"adpo.lr": 0.002}}, "abc_00003")
-    assert dict(sampled.sweep) == {"adpo.lr": 0.002} and sampled.tag.endswith("adpo.lr=0.002_abc_00003")
+                                     "sweep": {"train.lr": 0.002}}, "abc_00003")
+    assert dict(sampled.sweep) == {"train.lr": 0.002} and sampled.tag.endswith("train.lr=0.002_abc_00003")
 
 
 def test_search_counts_samples_and_needs_one_setting():
     one = {**BASE, "anchors": {"modes": ["dynamic"]}}
-    spec = parse_spec({**one, "sweep": {"adpo.lr": {"loguniform": [1e-4, 1e-2]}, "adpo.list_size": [4, 8]},
+    spec = parse_spec({**one, "sweep": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "adpo.list_size": [4, 8]},
                        "search": {"algorithm": "random", "num_samples": 5, "metric": "eval/winmass"}})
     assert spec.trial_count() == 10 and len(spec.trials()) == 1  # Tune samples the points
-    spec = parse_spec({**one, "sweep": {"adpo.lr": {"loguniform": [1e-4, 1e-2]}},
+    spec = parse_spec({**one, "sweep": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
                        "search": {"algorithm": "optuna", "num_samples": 7, "asha": {"grace_period": 2}}})
     assert spec.trial_count() == 7 and spec.search.asha.reduction_factor == 2
 
@@ -62,27 +62,27 @@ MALFORMED = [
     ({"sweep": {"adpo.nope": [1]}}, "sweep.adpo.nope: adpo has no knob 'nope'"),
     ({"sweep": {"lr": [1]}}, "sweep.lr: not a sweepable knob"),
     ({"sweep": {"budget.iterations": [1, 2]}}, "sweep.budget.iterations: not a sweepable knob"),
-    ({"sweep": {"adpo.lr": []}}, "sweep: adpo.lr: an empty list"),
-    ({"sweep": {"adpo.lr": 0.1}}, "sweep: adpo.lr: 0.1 is neither a list"),
-    ({"sweep": {"adpo.lr": [-1, 0.1]}}, "sweep.adpo.lr: value -1: Input should be greater than 0"),
+    ({"sweep": {"train.lr": []}}, "sweep: train.lr: an empty list"),
+    ({"sweep": {"train.lr": 0.1}}, "sweep: train.lr: 0.1 is neither a list"),
+    ({"sweep": {"train.lr": [-1, 0.1]}}, "sweep.train.lr: value -1: Input should be greater than 0"),
     ({"sweep": {"adpo.loss": ["listwise", "ranked"]}}, "sweep.adpo.loss: value 'ranked'"),
-    ({"sweep": {"adpo.lr": [0.1, 0.1]}}, "sweep.adpo.lr: a value is listed twice"),
-    ({"sweep": {"adpo.lr": {"loguniform": [1e-4, 1e-2]}}}, "sweep.adpo.lr: a distribution (loguniform) needs a `search:`"),
-    ({"sweep": {"adpo.lr": {"loguniform": [0, 1e-2]}}, "search": {}}, "loguniform: both ends must be > 0"),
-    ({"sweep": {"adpo.lr": {"uniform": [2, 1]}}, "search": {}}, "uniform: [low, high] with low < high"),
-    ({"sweep": {"adpo.lr": {"uniform": [1, 2], "choice": [1]}}, "search": {}}, "give exactly one of uniform"),
-    ({"sweep": {"adpo.lr": {"normal": [0, 1]}}, "search": {}}, "adpo.lr: normal: Extra inputs are not permitted"),
-    ({"sweep": {"adpo.gamma": {"uniform": [0.5, 2]}}, "search": {}}, "sweep.adpo.gamma: value 2.0: Input should be less than or equal to 1"),
+    ({"sweep": {"train.lr": [0.1, 0.1]}}, "sweep.train.lr: a value is listed twice"),
+    ({"sweep": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}, "sweep.train.lr: a distribution (loguniform) needs a `search:`"),
+    ({"sweep": {"train.lr": {"loguniform": [0, 1e-2]}}, "search": {}}, "loguniform: both ends must be > 0"),
+    ({"sweep": {"train.lr": {"uniform": [2, 1]}}, "search": {}}, "uniform: [low, high] with low < high"),
+    ({"sweep": {"train.lr": {"uniform": [1, 2], "choice": [1]}}, "search": {}}, "give exactly one of uniform"),
+    ({"sweep": {"train.lr": {"normal": [0, 1]}}, "search": {}}, "train.lr: normal: Extra inputs are not permitted"),
+    ({"sweep": {"train.gamma": {"uniform": [0.5, 2]}}, "search": {}}, "sweep.train.gamma: value 2.0: Input should be less than or equal to 1"),
     ({"sweep": {"anchors.params.kl_triggered.threshold": [0.1]}}, "use anchors.params.<mode>.<parameter> with a mode of anchors.modes"),
     ({"sweep": {"anchors.params.ema.rate": [2.0]}}, "sweep.anchors.params.ema.rate: value 2.0"),
     ({"search": {"num_samples": 2}}, "search: needs a `sweep:` section"),
-    ({"sweep": {"adpo.lr": [0.1]}, "search": {"metric": "reward"}}, "search.metric 'reward': not a metric the trials report"),
-    ({"sweep": {"adpo.lr": [0.1]}, "search": {"algorithm": "hyperopt"}}, "search.algorithm: Input should be 'random', 'grid' or 'optuna'"),
-    ({"sweep": {"adpo.lr": {"uniform": [0.1, 0.2]}}, "search": {"algorithm": "grid"}}, "search.algorithm 'grid' takes lists only"),
-    ({"sweep": {"adpo.lr": [0.1]}, "search": {"asha": {"reduction_factor": 1}}}, "search.asha.reduction_factor: Input should be greater than 1"),
-    ({"sweep": {"adpo.lr": [0.1]}, "search": {"num_samples": 0}}, "search.num_samples: Input should be greater than or equal to 1"),
-    ({"sweep": {"adpo.lr": [0.1]}, "search": {"mode": "best"}}, "search.mode: Input should be 'max' or 'min'"),
-    ({"sweep": {"adpo.lr": [0.1]}, "search": {"asha": {"grace": 3}}}, "search.asha.grace: unknown key"),
+    ({"sweep": {"train.lr": [0.1]}, "search": {"metric": "reward"}}, "search.metric 'reward': not a metric the trials report"),
+    ({"sweep": {"train.lr": [0.1]}, "search": {"algorithm": "hyperopt"}}, "search.algorithm: Input should be 'random', 'grid' or 'optuna'"),
+    ({"sweep": {"train.lr": {"uniform": [0.1, 0.2]}}, "search": {"algorithm": "grid"}}, "search.algorithm 'grid' takes lists only"),
+    ({"sweep": {"train.lr": [0.1]}, "search": {"asha": {"reduction_factor": 1}}}, "search.asha.reduction_factor: Input should be greater than 1"),
+    ({"sweep": {"train.lr": [0.1]}, "search": {"num_samples": 0}}, "search.num_samples: Input should be greater than or equal to 1"),
+    ({"sweep": {"train.lr": [0.1]}, "search": {"mode": "best"}}, "search.mode: Input should be 'max' or 'min'"),
+    ({"sweep": {"train.lr": [0.1]}, "search": {"asha": {"grace": 3}}}, "search.asha.grace: unknown key"),
 ]
 
 
@@ -95,28 +95,28 @@ def test_malformed_sweep_and_search_are_rejected(section, message):
 
 def test_search_rejects_a_grid_of_settings():
     with pytest.raises(SpecError, match="search: tunes one setting, but .* give 2 trials"):
-        parse_spec({**BASE, "sweep": {"adpo.lr": [0.1]}, "search": {}})
+        parse_spec({**BASE, "sweep": {"train.lr": [0.1]}, "search": {}})
 
 
 def test_set_overrides_fields_and_sweeps(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("name: s\nenvironments: [PreferenceBandit]\nscenarios: [clean]\nbudget: {iterations: 3}\n")
-    spec = load_spec(f, ["adpo.lr=0.002", "anchors.modes=[fixed, ema]", "resources.learner_update=rllib",
+    spec = load_spec(f, ["train.lr=0.002", "anchors.modes=[fixed, ema]", "resources.learner_update=rllib",
                          "sweep.adpo.beta_q=[0.5, 2]"])
-    assert spec.adpo.lr == 0.002 and spec.anchors.modes == ["fixed", "ema"]
+    assert spec.train.lr == 0.002 and spec.anchors.modes == ["fixed", "ema"]
     assert spec.resources.learner_update == "rllib" and spec.sweep == {"adpo.beta_q": [0.5, 2]}
     assert spec.trial_count() == 4
 
 
 @pytest.mark.parametrize("sets,message", [
     (["adpo.nope=1"], "adpo.nope: unknown key; allowed keys here:"),
-    (["adpo.lr=-3"], "adpo.lr: Input should be greater than 0"),
-    (["adpo.lr=fast"], "adpo.lr: Input should be a valid number"),
+    (["train.lr=-3"], "train.lr: Input should be greater than 0"),
+    (["train.lr=fast"], "train.lr: Input should be a valid number"),
     (["budget=3"], "budget: Input should be a valid dictionary"),
     (["name.x=1"], "--set name.x: name is a value ('s'), not a section"),
-    (["adpo.lr"], "--set 'adpo.lr': expected KEY=VALUE"),
+    (["train.lr"], "--set 'train.lr': expected KEY=VALUE"),
     (["adpo..lr=1"], "not a dotted path"),
-    (["adpo.lr=[1"], "the value is not valid YAML"),
+    (["train.lr=[1"], "the value is not valid YAML"),
 ])
 def test_set_rejects_bad_paths_and_values(tmp_path, sets, message):
     f = tmp_path / "s.yaml"

@@ -1,4 +1,12 @@
-"""Where a learner pays: measured RLlib learner costs per minibatch, CPU cores vs one GPU.
+"""Where a learner pays: measured RLlib learner costs per minibatch, CPU cores vs one GPU, and
+the rule that puts a trial's learner on a GPU (:func:`learner_gpus`).
+
+It sits with the spec, not with the launch's planning, because a trial's knobs need the rule at
+the trial's start: a search samples its sweep point (e.g. ``train.minibatch_size`` from a
+distribution) only when Tune creates the trial, long after the launch planned, and the learner's
+device depends on that point. The launch decides the GPU share (``resources.num_gpus_per_learner``,
+:func:`adpo_ray.orchestration.planning.resolve_learner_gpus`); this rule decides, per trial,
+whether its learner takes it.
 
 Each row is one measurement of ``bench/learner.py --device cpu|cuda --hidden H --minibatch M`` on
 an NVIDIA H100 machine with 16 CPU cores (HalfCheetah-v5, 10 epochs, this project's factory,
@@ -9,6 +17,8 @@ Python and host-device syncs, so a GPU wins only where the arithmetic is large.
 from __future__ import annotations
 
 import math
+
+from adpo_ray.spec.sections import Resources
 
 #: (hidden size, minibatch size) -> (CPU ms, GPU ms) per minibatch update.
 LEARNER_MS: dict[tuple[int, int], tuple[float, float]] = {
@@ -35,3 +45,15 @@ def gpu_pays(hidden: int, minibatch: int) -> bool:
     network and minibatch size (:data:`LEARNER_MS`)."""
     cpu_ms, gpu_ms = LEARNER_MS[nearest_measurement(hidden, minibatch)]
     return cpu_ms >= GPU_SPEEDUP * gpu_ms
+
+
+def learner_gpus(res: Resources, hidden_size: int, minibatch: int) -> float:
+    """The GPU share of a trial's learner (0.0: on CPU) by ``resources.learner_device``: ``cpu``
+    never; ``gpu`` always (the launch's share, or a whole GPU); ``auto`` where a GPU was measured
+    clearly faster at the trial's network and minibatch size (:func:`gpu_pays`) and the launch
+    found GPUs (``num_gpus_per_learner`` > 0)."""
+    if res.learner_device == "cpu":
+        return 0.0
+    if res.learner_device == "gpu":
+        return res.num_gpus_per_learner or 1.0
+    return res.num_gpus_per_learner if res.num_gpus_per_learner and gpu_pays(hidden_size, minibatch) else 0.0

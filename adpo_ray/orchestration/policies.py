@@ -1,25 +1,16 @@
-"""Offline distillation inputs: teachers and candidate datasets, kept in MLflow and reused.
+"""Stored clean-env PPO policies: distillation teachers and the pretrained starts of online grids,
+kept in MLflow and reused. Online trainables import this module (never the datasets').
 
-Before a distillation grid starts, :func:`prepare` makes sure that, for every environment of the
-spec, a teacher exists and, for every scenario, its dataset exists:
+A policy is RLlib PPO trained on the clean env (as a Ray task), one MLflow run in its experiment
+(``distill.teacher.experiment`` / ``anchors.init.pretrain.experiment``) tagged with its key (env,
+budget, seed, network, optimisation knobs: :func:`adpo_ray.spec.clean_ppo`): the RLlib checkpoint
+under ``checkpoint/``, its frozen observation normalisation in ``teacher.json`` and its clean
+return as ``teacher/return_mean``. Only FINISHED runs count, so an interrupted training is redone,
+never half-used; a key another launch is training is waited for, never trained twice.
 
-* **teacher**: RLlib PPO trained on the clean env for ``distill.teacher.env_steps`` steps (as a Ray
-  task). It is one MLflow run in the experiment ``distill.teacher.experiment`` tagged with its key
-  (env, budget, seed, network, optimisation knobs): the RLlib checkpoint under ``checkpoint/``, its
-  frozen observation normalisation in ``teacher.json`` and its clean return as
-  ``teacher/return_mean``. Only FINISHED runs count, so an interrupted training is redone, never
-  half-used.
-* **dataset**: teacher rollouts with ``K`` candidates per state (:mod:`adpo_ray.envs.candidates`),
-  generated in parallel Ray tasks (``distill.dataset.chunks``), written as Parquet under the
-  teacher run's ``datasets/<key>/`` and marked complete by a run tag.
-
-A second launch finds both by key and trains nothing. Each student trial downloads its dataset once
-per node into a local cache (:func:`student_inputs`).
-
-The same clean-env PPO runs are the pretrained starting policies of online grids
-(``anchors.init.pretrain``, :func:`prepare_init`): one per env and network size, keyed like
-teachers (a teacher and a starting policy with equal settings are one run), pinned at launch, and
-downloaded once per node by the trials that start from them (:func:`init_checkpoint`).
+A teacher and a pretrained start with equal settings are one run. Pretrained starts
+(``anchors.init.pretrain``, :func:`prepare_init`) are one per env and network size, pinned at
+launch, and downloaded once per node by the trials that start from them (:func:`init_checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,19 +24,9 @@ from pathlib import Path
 from adpo_ray.metrics import ENV_STEPS, TEACHER_RETURN
 from adpo_ray.orchestration.mlflow_store import client as _client
 from adpo_ray.orchestration.mlflow_store import download, experiment_id
-from adpo_ray.spec import (
-    CleanPPO,
-    ExperimentSpec,
-    TrialSpec,
-    dataset_key,
-    init_slot,
-    pretrained_policies,
-    teacher_key,
-    teacher_of,
-)
+from adpo_ray.spec import CleanPPO, ExperimentSpec, TrialSpec, init_slot, pretrained_policies
 
 TEACHER_TAG = "adpo_ray.teacher_key"
-DATASET_TAG_PREFIX = "dataset."
 TEACHER_FILE = "teacher.json"
 
 
@@ -197,55 +178,6 @@ def teacher_info(tracking_uri: str, run_id: str) -> dict:
     return json.loads((download(tracking_uri, run_id, TEACHER_FILE)).read_text())
 
 
-# -- datasets ----------------------------------------------------------------------------------
-def collect_chunk(tracking_uri: str, run_id: str, env: str, scenario: str, num_states: int,
-                  num_candidates: int, seed: int, heldout_fraction: float, signal: str = "reward",
-                  gamma: float = 0.99, horizon: int = 1) -> dict:
-    """One generation task: the teacher from MLflow, ``num_states`` rollout states."""
-    import torch
-
-    from adpo_ray.envs.candidates import collect
-    from adpo_ray.envs.mujoco import ObsNorm
-
-    torch.set_num_threads(1)
-    policy, value = teacher_callables(download(tracking_uri, run_id, "checkpoint"))
-    info = teacher_info(tracking_uri, run_id)
-    return collect(env, scenario, policy, ObsNorm.from_dict(info["obs_norm"]), num_states=num_states,
-                   num_candidates=num_candidates, seed=seed, heldout_fraction=heldout_fraction,
-                   signal=signal, gamma=gamma, horizon=horizon, value=value)
-
-
-def chunk_sizes(total: int, chunks: int) -> list[int]:
-    chunks = max(1, min(chunks, total))
-    return [total // chunks + (1 if i < total % chunks else 0) for i in range(chunks)]
-
-
-def build_dataset(spec: ExperimentSpec, env: str, scenario: str, tracking_uri: str, run_id: str) -> None:
-    """Generate a scenario's dataset in parallel Ray tasks and log it to the teacher's run."""
-    import ray
-
-    from adpo_ray.envs.candidates import write_dataset
-
-    d = spec.distill.dataset
-    key = dataset_key(spec, env, scenario)
-    task = ray.remote(num_cpus=1)(collect_chunk)
-    seeds = [d.seed * 1_000_003 + i for i in range(d.chunks)]
-    parts = ray.get([
-        task.remote(tracking_uri, run_id, env, scenario, n, d.candidates, seed, d.heldout_fraction,
-                    d.signal, d.gamma, d.horizon)
-        for n, seed in zip(chunk_sizes(d.states, d.chunks), seeds, strict=False)
-    ])
-    info = teacher_info(tracking_uri, run_id)
-    meta = {"env": env, "scenario": scenario, "dataset_key": key, "teacher_run_id": run_id,
-            "teacher_key": info["key"], "obs_norm": info["obs_norm"],
-            "teacher_return": info["return_mean"], "params": d.model_dump()}
-    client = _client(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_dataset(Path(tmp) / key, parts, meta)
-        client.log_artifacts(run_id, str(Path(tmp) / key), f"datasets/{key}")
-    client.set_tag(run_id, DATASET_TAG_PREFIX + key, "complete")
-
-
 def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: str,
                     artifact_location: str | None, what: str = "teacher", log=print) -> dict[str, dict]:
     """Clean-env PPO policies, found in MLflow by key or trained now (in parallel Ray tasks; a key
@@ -282,28 +214,6 @@ def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: 
     return out
 
 
-def prepare(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict:
-    """Teachers and datasets of every (env, scenario) of ``spec``: found in MLflow or made now.
-    Needs a connected Ray. Returns ``{env: {"run_id", "trained", "datasets_built"}}``."""
-    client = _client(tracking_uri)
-    stages = {env: teacher_of(spec, env) for env in spec.environments}
-    runs = ensure_policies(spec, list(stages.values()), tracking_uri, artifact_location, "teacher", log)
-    out = {env: dict(runs[stage.key]) for env, stage in stages.items()}
-    for env in spec.environments:
-        run = client.get_run(out[env]["run_id"])
-        built = []
-        for scenario in spec.scenario_names:
-            key = dataset_key(spec, env, scenario)
-            if run.data.tags.get(DATASET_TAG_PREFIX + key) == "complete":
-                continue
-            d = spec.distill.dataset
-            log(f"dataset {env}/{key}: generating {d.states} states x {d.candidates} candidates "
-                f"scored by {d.signal} ({d.steps_per_candidate} simulator step(s) each)")
-            build_dataset(spec, env, scenario, tracking_uri, out[env]["run_id"])
-            built.append(scenario)
-        out[env]["datasets_built"] = built
-    return out
-
 
 def prepare_init(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict[str, str]:
     """The pretrained starting policies of an online grid (``anchors.init.pretrain``), found in
@@ -329,8 +239,9 @@ def init_checkpoint(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str | 
 
 
 def check_shared_tracking(tracking_uri: str, capacity) -> None:
-    """Distillation trials read and write MLflow themselves (teachers, datasets): on more than one
-    node they all need one store they can reach. A sqlite file or a loopback server is each
+    """Trials that read stored policies or datasets (distillation students, online trials from a
+    pretrained start) read MLflow themselves: on more than one node they all need one store they
+    can reach. A sqlite file or a loopback server is each
     node's own: an error before launch, saying what to pass instead."""
     from urllib.parse import urlparse
 
@@ -346,25 +257,3 @@ def check_shared_tracking(tracking_uri: str, capacity) -> None:
             f"{tracking_uri!r} is this node's own. Pass --tracking-uri http://<head's private address>:5000 "
             "(an `mlflow server --host 0.0.0.0` on the head, behind the cluster's firewall) or another shared server"
         )
-
-
-def student_inputs(spec: ExperimentSpec, trial: TrialSpec, tracking_uri: str, teacher_run_id: str) -> dict:
-    """What a student trial needs: its local dataset folder, the teacher's frozen observation
-    normalisation and clean return — from the teacher run pinned at launch, never "the newest
-    one now", so launches side by side never mix teachers."""
-    client = _client(tracking_uri)
-    run = client.get_run(teacher_run_id)
-    if run.info.status != "FINISHED" or run.data.tags.get(TEACHER_TAG) != teacher_key(spec, trial.env):
-        raise FileNotFoundError(
-            f"teacher run {teacher_run_id} pinned at launch is not a finished teacher "
-            f"{teacher_key(spec, trial.env)} (status {run.info.status}) at {tracking_uri}"
-        )
-    key = dataset_key(spec, trial.env, trial.scenario)
-    if run.data.tags.get(DATASET_TAG_PREFIX + key) != "complete":
-        raise FileNotFoundError(f"teacher run {run.info.run_id} has no complete dataset {key}")
-    info = teacher_info(tracking_uri, run.info.run_id)
-    return {
-        "dataset": str(download(tracking_uri, run.info.run_id, f"datasets/{key}")),
-        "obs_norm": info["obs_norm"],
-        "teacher_return": info["return_mean"],
-    }

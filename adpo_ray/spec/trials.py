@@ -1,0 +1,159 @@
+"""Trials: the coordinates of one trial (:class:`TrialSpec`), how a spec's axes and sweep enumerate
+them, the method names reports and MLflow use, and the check that every trial has its own
+identity (:func:`check_identities`)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from adpo_ray.core.noise import SCENARIOS
+from adpo_ray.envs import ENVIRONMENTS
+from adpo_ray.sweeps import sweep_label
+
+
+def method_name(algorithm: str, anchor_mode: str | None) -> str:
+    """A trial's method as reports and MLflow tags name it: ``adpo-<anchor_mode>`` for ADPO
+    (``adpo-dynamic``, ``adpo-fixed``...), else the algorithm (``ppo``, ``dpo``, ``kd``, ``bc``)."""
+    return f"adpo-{anchor_mode}" if algorithm == "adpo" else algorithm
+
+
+#: The longest trial folder name kept as it is: file systems take 255 bytes per path component,
+#: and the margin leaves room for the suffixes that storage and sync tools add to a name.
+MAX_DIRNAME_BYTES = 200
+_DIRNAME_SAFE = re.compile(r"[A-Za-z0-9_.,=+-]+")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """The coordinates of one trial in the grid."""
+
+    env: str
+    scenario: str
+    algorithm: str
+    anchor_mode: str
+    hidden_size: int
+    seed: int
+    #: the trial's sweep point: ``((path, value), ...)`` in the spec's sweep order
+    sweep: tuple = ()
+    #: a search's sample (Tune's trial id): two samples may draw the same point
+    sample: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sweep", tuple((str(k), v) for k, v in (self.sweep or ())))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], trial_id: str = "") -> TrialSpec:
+        """The trial of a Tune config: its coordinates, and the sweep point a search sampled
+        (``trial_id``, Tune's, tells two samples of one point apart)."""
+        trial = cls(**config["trial"])
+        sampled = config.get("sweep") or {}
+        if sampled:
+            trial = cls(**{**trial.as_dict(), "sweep": (*trial.sweep, *sampled.items()), "sample": trial_id})
+        return trial
+
+    @property
+    def base_method(self) -> str:
+        """``adpo-dynamic``, ``adpo-fixed``, ``ppo``, ``dpo``, ``kd``, ``bc``."""
+        return method_name(self.algorithm, self.anchor_mode)
+
+    @property
+    def method(self) -> str:
+        """What a report compares: the base method, with the sweep point where there is one
+        (``adpo-dynamic (adpo.lr=0.001)``)."""
+        return f"{self.base_method} ({sweep_label(self.sweep)})" if self.sweep else self.base_method
+
+    @property
+    def tag(self) -> str:
+        tag = f"{self.env}_{self.scenario}_{self.base_method}_h{self.hidden_size}_s{self.seed}"
+        if self.sweep:
+            tag += f"_{sweep_label(self.sweep)}"
+        return f"{tag}_{self.sample}" if self.sample else tag
+
+    @property
+    def dirname(self) -> str:
+        """The trial's folder name (Tune's trial folder, its MLflow run name and spool files): its
+        :attr:`tag`; a tag longer than :data:`MAX_DIRNAME_BYTES` or with characters a folder name
+        cannot hold (``/``, spaces...) is cut, those characters made ``_``, and a digest of the whole
+        tag appended, so distinct tags keep distinct names. The full tag stays in MLflow."""
+        tag = self.tag
+        if len(tag.encode()) <= MAX_DIRNAME_BYTES and _DIRNAME_SAFE.fullmatch(tag):
+            return tag
+        digest = hashlib.sha256(tag.encode()).hexdigest()[:16]
+        safe = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", tag)
+        return f"{safe[:MAX_DIRNAME_BYTES - len(digest) - 1]}_{digest}"
+
+    @property
+    def noise_type(self) -> str:
+        return SCENARIOS[self.scenario].noise_type
+
+    @property
+    def severity(self) -> str:
+        return SCENARIOS[self.scenario].severity
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _anchor_modes(spec, env: str, algorithm: str) -> list[str]:
+    """The anchor modes of ``algorithm``'s trials on ``env`` (empty: no such trial)."""
+    if algorithm == "adpo":
+        return list(spec.anchors.modes)
+    if algorithm == "dpo":
+        # DPO needs per-item preference labels (bandit only); its reference is the frozen initial policy
+        return ["fixed"] if ENVIRONMENTS[env]["list_source"] == "actions" else []
+    return ["none"]
+
+
+def base_trials(spec) -> list[TrialSpec]:
+    """Every trial of an :class:`~adpo_ray.spec.experiment.ExperimentSpec`'s own axes
+    (environments x scenarios x methods x hidden sizes x seeds), before any sweep, in a stable order."""
+    out: list[TrialSpec] = []
+    for env, scen, algo, hidden, seed in itertools.product(
+        spec.environments, spec.scenario_names, spec.algorithms, spec.hidden_sizes, spec.seeds
+    ):
+        for mode in _anchor_modes(spec, env, algo):
+            out.append(TrialSpec(env, scen, algo, mode, hidden, seed))
+    return out
+
+
+def base_count(spec) -> int:
+    """How many trials :func:`base_trials` gives, without making them."""
+    methods = sum(len(_anchor_modes(spec, env, algo)) for env in spec.environments for algo in spec.algorithms)
+    return methods * len(spec.scenario_names) * len(spec.hidden_sizes) * len(spec.seeds)
+
+
+def grid_trials(spec) -> list[TrialSpec]:
+    """Every trial a launch runs: each base trial at every point of the sweep's grid. With
+    ``search``, the base trial alone (Tune samples its sweep points)."""
+    base = base_trials(spec)
+    axes = spec.grid_axes()
+    if spec.search is not None or not axes:
+        return base
+    points = [tuple(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    return [TrialSpec(**{**t.as_dict(), "sweep": point}) for t in base for point in points]
+
+
+def check_identities(trials: list[TrialSpec]) -> None:
+    """Raise ValueError unless every trial has its own identity: tag (MLflow run key, ``trial``
+    tag, run name), method label within its coordinates, and folder name (:attr:`TrialSpec.dirname`).
+    The error names both trials and their sweep points."""
+    for what, ident in (("name", lambda t: t.tag), ("folder name", lambda t: t.dirname)):
+        seen: dict[str, TrialSpec] = {}
+        for t in trials:
+            key = ident(t)
+            other = seen.setdefault(key, t)
+            if other is not t:
+                raise ValueError(
+                    f"sweep: two trials would have the same {what} {key!r}: the points ({_point(other)}) and "
+                    f"({_point(t)}); their runs, folders and report groups would merge. List values that "
+                    "differ as written (e.g. 0.5 and 0.25, not 0.5 and '0.5')"
+                )
+
+
+def _point(trial: TrialSpec) -> str:
+    """A trial's sweep point with every value as Python writes it (``'0.5'`` is not ``0.5``)."""
+    return ", ".join(f"{k}={v!r}" for k, v in trial.sweep) or "no sweep"
