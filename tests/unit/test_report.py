@@ -206,3 +206,22 @@ def test_claims_say_where_trials_started_and_what_they_can_detect():
     started = trials.assign(start="pretrained PPO")
     online = [c for c in paper_claims(started, compare(started)) if c.claim.startswith("Online RL")][0]
     assert "start: pretrained PPO" in online.note
+
+
+def test_summary_table_calls_no_partial_value_final():
+    """A trial cut short (Ctrl-C: its last result is not ``done``) is UNFINISHED and left out of
+    the headline table, which averages the trials that ran to their end."""
+    from types import SimpleNamespace
+
+    from adpo_ray.report.summary import headline_table, summary_frame
+
+    def trial(seed: int) -> dict:
+        return {"env": "PreferenceBandit", "scenario": "clean", "algorithm": "adpo", "anchor_mode": "fixed",
+                "hidden_size": 64, "seed": seed}
+
+    results = [SimpleNamespace(config={"trial": trial(0)}, metrics={"eval/winmass": 0.5, "done": True}, error=None),
+               SimpleNamespace(config={"trial": trial(1)}, metrics={"eval/winmass": 0.1, "done": False}, error=None)]
+    frame = summary_frame(results)
+    assert frame["status"].tolist() == ["TERMINATED", "UNFINISHED"]
+    pivot, metric = headline_table(frame, "PreferenceBandit")
+    assert metric == "eval/winmass" and pivot.loc["clean", "adpo-fixed"] == 0.5
