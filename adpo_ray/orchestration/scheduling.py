@@ -43,6 +43,7 @@ class RecordedASHA(ASHAScheduler):
         super().__init__(*args, **kwargs)
         self.record = record
         self._past: dict[str, list[dict[str, Any]]] | None = None
+        self._torn = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -55,6 +56,7 @@ class RecordedASHA(ASHAScheduler):
             if os.path.exists(self.record):
                 with open(self.record) as f:
                     for line in f:
+                        self._torn = not line.endswith("\n")
                         try:
                             entry = json.loads(line)
                         except ValueError:
@@ -66,7 +68,8 @@ class RecordedASHA(ASHAScheduler):
         self._read().setdefault(entry["trial"], []).append(entry)
         os.makedirs(os.path.dirname(os.path.abspath(self.record)), exist_ok=True)
         with open(self.record, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write(("\n" if self._torn else "") + json.dumps(entry) + "\n")  # never onto a torn line
+            self._torn = False
             f.flush()
             os.fsync(f.fileno())
 

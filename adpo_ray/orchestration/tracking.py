@@ -21,8 +21,7 @@ trial Tune never snapshotted is created again by a resume, under a new id), and 
 records (FINISHED or FAILED, metrics.csv, checkpoint) until the snapshot holds it as ended, so a
 driver killed in between never leaves MLflow calling a trial finished that a resume then trains
 again. Metric steps may lead the snapshot: a resume replays them, and the first attempt stays the
-record. An interrupted launch (Ctrl-C) marks its parent run and
-the trials it stopped KILLED.
+record. An interrupted launch (Ctrl-C) marks its parent run and the trials it stopped KILLED.
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
     snapshot did not, a finished sample is neither trained again nor finished again, and MLflow
     and Tune's folder agree on every step."""
     reference = tmp_path / "reference"
+    reference.mkdir()
     run_grid(parse_spec(SEARCH), options(reference, "ref"), verbose=0)
     expected = iterations_by_point(MlflowClient(f"sqlite:///{reference / 'mlflow.db'}"), "search")
     assert len(expected) == 8 and min(expected.values()) < 6 <= max(expected.values()), expected
@@ -97,9 +98,17 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
     proc = launch(SEARCH, tmp_path, uri, "s", env=env)
 
     def mid_sample_after_two() -> bool:
-        progress = tune_progress(run_dir)
+        # two samples ended, a third past its iteration-2 checkpoint (the resume replays from
+        # there) and in Tune's snapshot (a sample Tune never snapshotted is drawn again under a
+        # new id, and its folder stays behind in the results folder)
         ended = done_in_folder(run_dir)
-        return len(ended) >= 2 and any(rows and name not in ended for name, rows in progress.items())
+        try:
+            snapshot = tune_snapshot(run_dir)
+        except ValueError:  # being copied there right now
+            return False
+        known = set(snapshot.dirname.values()) if snapshot else set()
+        return len(ended) >= 2 and any(len(rows) >= 3 and name not in ended and name in known
+                                       for name, rows in tune_progress(run_dir).items())
 
     kill_when(proc, mid_sample_after_two, timeout=400)
     snapshot = tune_snapshot(run_dir)
