@@ -24,7 +24,7 @@ def launch(spec_dict: dict, tmp_path: Path, uri: str, name: str, *args: str, env
     """`run_grid.py` on ``spec_dict`` (results in ``tmp_path/ray_results/name``), in a new process
     group so that a kill reaches its Ray workers too."""
     spec_file = tmp_path / f"{name}.yaml"
-    spec_file.write_text(yaml.safe_dump(spec_dict))
+    spec_file.write_text(yaml.safe_dump(spec_dict, sort_keys=False))  # a search's axes in their order
     popen.setdefault("stdout", subprocess.DEVNULL)
     popen.setdefault("stderr", subprocess.DEVNULL)
     return subprocess.Popen(

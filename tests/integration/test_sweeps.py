@@ -79,8 +79,8 @@ def iterations_by_point(client: MlflowClient, experiment: str) -> dict[tuple[str
 
 
 def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
-    """8 Optuna samples with ASHA on the bandit, the driver killed (SIGKILL) mid-sample once two
-    samples have ended, then resumed: the same 8 points, each trained for as many iterations as
+    """8 Optuna samples with ASHA on the bandit, the driver killed (SIGKILL) during a sample once
+    two samples have ended, then resumed: the same 8 points, each trained for as many iterations as
     in an uninterrupted search with the same seed (ASHA's rungs and stops repeated), one FINISHED
     child each with its sample's params; MLflow never called a sample finished that Tune's
     snapshot did not, a finished sample is neither trained again nor finished again, and MLflow
@@ -93,21 +93,21 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "s"
-    # snapshots every 10 s: a sample that ends between two is held as running by the snapshot
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "10"}
+    # snapshots every 2 s: a new sample is in one well before its first result (RLlib takes longer to build)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
     proc = launch(SEARCH, tmp_path, uri, "s", env=env)
 
     def mid_sample_after_two() -> bool:
-        # two samples ended, a third past its iteration-2 checkpoint (the resume replays from
-        # there) and in Tune's snapshot (a sample Tune never snapshotted is drawn again under a
-        # new id, and its folder stays behind in the results folder)
+        # two samples ended and a third is under way (the resume replays its iterations with the
+        # decisions recorded for them); the third in Tune's snapshot (a sample Tune never
+        # snapshotted is drawn again under a new id, and its folder stays behind)
         ended = done_in_folder(run_dir)
         try:
             snapshot = tune_snapshot(run_dir)
         except ValueError:  # being copied there right now
             return False
         known = set(snapshot.dirname.values()) if snapshot else set()
-        return len(ended) >= 2 and any(len(rows) >= 3 and name not in ended and name in known
+        return len(ended) >= 2 and any(rows and name not in ended and name in known
                                        for name, rows in tune_progress(run_dir).items())
 
     kill_when(proc, mid_sample_after_two, timeout=400)
