@@ -66,12 +66,10 @@ def tune_snapshot(run_dir: Path) -> Snapshot | None:
     return Snapshot(files[-1].name, status, last, dirname)
 
 
-def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: float = 0.1,
-              signal_: int = signal.SIGKILL, group: bool = True, what: str = "the kill point") -> None:
-    """As soon as ``condition()`` holds (polled every ``poll`` s), SIGKILL ``proc``'s process group
-    and wait for it; or send ``signal_`` to ``proc`` alone (``group=False``: e.g. SIGINT, which the
-    caller then waits out). Fails if the grid ends first or the condition never holds; a failure
-    kills the group."""
+def wait_until(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: float = 0.1,
+               what: str = "the kill point") -> None:
+    """Poll ``condition()`` every ``poll`` s until it holds, while ``proc`` runs; fails (and kills
+    ``proc``'s process group) if the grid ends first or the condition never holds."""
     deadline = time.time() + timeout
     try:
         while not condition():
@@ -83,6 +81,14 @@ def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
+
+
+def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: float = 0.1,
+              signal_: int = signal.SIGKILL, group: bool = True, what: str = "the kill point") -> None:
+    """As soon as ``condition()`` holds (see :func:`wait_until`), SIGKILL ``proc``'s process group
+    and wait for it; or send ``signal_`` to ``proc`` alone (``group=False``: e.g. SIGINT, which the
+    caller then waits out)."""
+    wait_until(proc, condition, timeout=timeout, poll=poll, what=what)
     if group:
         os.killpg(proc.pid, signal_)
         proc.wait()

@@ -24,7 +24,15 @@ from adpo_ray.report.summary import summary_frame
 from adpo_ray.spec import parse_spec
 
 from ..helpers.grid import ROOT, SMALL, children, free_port, mlflow_server, options, run_py, steps
-from ..helpers.resume import assert_same_curves, kill_when, launch, resume, tune_snapshot
+from ..helpers.resume import (
+    assert_same_curves,
+    done_in_folder,
+    kill_when,
+    launch,
+    resume,
+    tune_snapshot,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -250,31 +258,32 @@ def test_sigkill_driver_then_resume(tmp_path):
     are not re-run and keep their end time."""
     spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high"],
                  "budget": {"iterations": 8, "checkpoint_every": 2},
-                 "adpo": {**SMALL["adpo"], "train_batch_size": 512, "minibatch_size": 128}}
+                 "adpo": {**SMALL["adpo"], "train_batch_size": 512, "minibatch_size": 128},
+                 "resources": {"max_concurrent_trials": 1}}  # trials end one at a time
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "k"
-    # snapshots every 10 s: a trial that ends between two is held as running by the snapshot
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "10"}
+    # snapshots every 30 s: a trial that ends between two is held as running by the snapshot
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "30"}
     proc = launch(spec_dict, tmp_path, uri, "k", env=env)
     client = MlflowClient(uri)
+    wait_until(proc, lambda: len(done_in_folder(run_dir)) == 1, timeout=300, what="a finished trial")
+    # `adpo-ray status` while the grid runs: trials by state, env steps, an ETA, the parent run
+    live = run_py("-m", "adpo_ray.cli", "status", str(run_dir), cwd=tmp_path)
+    assert live.returncode == 0 and "k: running" in live.stdout, live.stdout + live.stderr
+    assert "finished" in live.stdout and "ETA:" in live.stdout and "MLflow parent run:" in live.stdout
 
-    def some_finished() -> bool:
+    def second_trial_ended_in_mlflow_or_snapshot() -> bool:
+        # kill as soon as either says the second trial is done: MLflow must not be the first
+        if len(done_in_folder(run_dir)) < 2:
+            return False
         try:
             _, kids = children(client, "killed")
             snapshot = tune_snapshot(run_dir)
-        except Exception:  # noqa: BLE001 - not there yet (or the snapshot is being copied)
+        except Exception:  # noqa: BLE001 - the snapshot is being copied there right now
             return False
-        if snapshot is None or len(snapshot.finished) == 4:
-            return False
-        if not snapshot.finished and not any(k.info.status == "FINISHED" for k in kids):
-            return False
-        # `adpo-ray status` while the grid runs: trials by state, env steps, an ETA, the parent run
-        live = run_py("-m", "adpo_ray.cli", "status", str(run_dir), cwd=tmp_path)
-        assert live.returncode == 0 and "k: running" in live.stdout, live.stdout + live.stderr
-        assert "finished" in live.stdout and "ETA:" in live.stdout and "MLflow parent run:" in live.stdout
-        return True
+        return sum(k.info.status == "FINISHED" for k in kids) >= 2 or len(snapshot.finished) >= 2
 
-    kill_when(proc, some_finished, timeout=300)
+    kill_when(proc, second_trial_ended_in_mlflow_or_snapshot, timeout=300)
     snapshot = tune_snapshot(run_dir)
     _, kids = children(client, "killed")
     finished_before = {k.data.tags["tune_trial_id"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}
