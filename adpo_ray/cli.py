@@ -206,7 +206,10 @@ def print_summary(spec, results, options) -> None:
         for scenario, row in pivot.iterrows():
             table.add_row(str(scenario), *(f"{v:.3f}" if v == v else "-" for v in row.values))
         console.print(table)
-    errored = frame[frame["status"] == "ERROR"]
+    unfinished = frame[frame["status"] == "UNFINISHED"] if len(frame) else frame
+    if len(unfinished):
+        console.print(f"{len(unfinished)} trial(s) unfinished, left out of the table above")
+    errored = frame[frame["status"] == "ERROR"] if len(frame) else frame
     if len(errored):
         console.print(f"[red]{len(errored)} trial(s) errored[/red]: {', '.join(errored['env'] + ':' + errored['scenario'] + ':' + errored['method'])}")
     ui = f"mlflow ui --backend-store-uri {options.tracking_uri} --host 127.0.0.1 --port 5000"
@@ -311,9 +314,21 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(spec, results, options)
+    if getattr(results, "interrupted", False):
+        return _interrupted(options)
     if not args.no_report:
         _report_after_grid(spec, options, getattr(results, "mlflow_pending", None))
     return 0 if not results.errors else 1
+
+
+#: The exit status of an interrupted launch or resume (128 + SIGINT, as a shell reports Ctrl-C).
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted(options) -> int:
+    print(f"\ninterrupted: the unfinished trials stopped where they were (MLflow: KILLED); finish the "
+          f"grid with\n  adpo-ray resume {options.run_dir}")
+    return EXIT_INTERRUPTED
 
 
 def dry_run(spec, options, args) -> int:
@@ -354,6 +369,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(spec, results, options)
+    if getattr(results, "interrupted", False):
+        return _interrupted(options)
     _report_after_grid(spec, options, getattr(results, "mlflow_pending", None))
     return 0 if not results.errors else 1
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from adpo_ray.rllib._ray_private import RAY_VERSION  # noqa: F401 - the import checks the running Ray
 
-__all__ = ["PRIVATE_NAMES", "autoscaling_status", "tuner_run_config"]
+__all__ = ["PRIVATE_NAMES", "autoscaling_status", "tuner_run_config", "tuner_scheduler",
+           "newest_experiment_state", "AshaState"]
 
 #: The private Ray names reached here (see :data:`adpo_ray.rllib._ray_private.PRIVATE_NAMES`).
-PRIVATE_NAMES = frozenset({"_internal_kv_get", "_local_tuner"})
+PRIVATE_NAMES = frozenset({"_internal_kv_get", "_local_tuner", "_tune_config",
+                           "_find_newest_experiment_checkpoint", "_brackets", "_trial_info",
+                           "_time_attr", "_metric", "_metric_op"})
 
 
 def autoscaling_status() -> bytes | None:
@@ -27,3 +30,48 @@ def tuner_run_config(tuner):
     """The ``RunConfig`` of a restored ``tune.Tuner`` (``Tuner._local_tuner.get_run_config()``,
     Ray 2.60.0: Tune has no public way to reach the callbacks it restored)."""
     return tuner._local_tuner.get_run_config()
+
+
+def tuner_scheduler(tuner):
+    """The trial scheduler of a restored ``tune.Tuner`` (``Tuner._local_tuner._tune_config.scheduler``,
+    Ray 2.60.0): the object unpickled with the Tuner, which Tune does not snapshot."""
+    return tuner._local_tuner._tune_config.scheduler
+
+
+def newest_experiment_state(run_dir: str) -> str | None:
+    """The path of the newest ``experiment_state-*.json`` in ``run_dir`` — the snapshot
+    ``Tuner.restore`` reads (``ray.tune.execution.experiment_state._find_newest_experiment_checkpoint``,
+    Ray 2.60.0) — or ``None`` before the first."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    return _find_newest_experiment_checkpoint(str(run_dir))
+
+
+class AshaState:
+    """ASHA's bookkeeping (``AsyncHyperBandScheduler`` in Ray 2.60.0: its brackets, the bracket of
+    each trial, its time attribute and its metric with the sign that makes higher better), for a
+    subclass that records and replays its decisions."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    @property
+    def brackets(self) -> list:
+        return self.scheduler._brackets
+
+    @property
+    def trial_bracket(self) -> dict:
+        """Trial id -> its bracket."""
+        return self.scheduler._trial_info
+
+    @property
+    def time_attr(self) -> str:
+        return self.scheduler._time_attr
+
+    @property
+    def metric(self) -> str:
+        return self.scheduler._metric
+
+    @property
+    def metric_op(self) -> float:
+        return self.scheduler._metric_op

@@ -8,6 +8,7 @@ and — once connected — that each trial's placement group fits the cluster.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -79,8 +80,10 @@ def search_space(spec: ExperimentSpec) -> dict[str, Any]:
     return out
 
 
-def search_config(spec: ExperimentSpec) -> dict[str, Any]:
-    """TuneConfig arguments of a search: metric, mode, samples, search algorithm, scheduler."""
+def search_config(spec: ExperimentSpec, record: str | None = None) -> dict[str, Any]:
+    """TuneConfig arguments of a search: metric, mode, samples, search algorithm, scheduler.
+    ``record``: where ASHA writes its decisions (see :mod:`~adpo_ray.orchestration.scheduling`);
+    without one, Tune's own ASHA, whose rungs a resume does not restore."""
     from adpo_ray.orchestration.trainable import search_key
 
     search = spec.search
@@ -99,10 +102,11 @@ def search_config(spec: ExperimentSpec) -> dict[str, Any]:
     if search.asha is not None:
         from ray.tune.schedulers import ASHAScheduler
 
-        kwargs["scheduler"] = ASHAScheduler(
-            time_attr=TRAINING_ITERATION, max_t=max_iterations(spec),
-            grace_period=search.asha.grace_period, reduction_factor=search.asha.reduction_factor,
-        )
+        from adpo_ray.orchestration.scheduling import RecordedASHA
+
+        asha = dict(time_attr=TRAINING_ITERATION, max_t=max_iterations(spec),
+                    grace_period=search.asha.grace_period, reduction_factor=search.asha.reduction_factor)
+        kwargs["scheduler"] = RecordedASHA(**asha, record=record) if record else ASHAScheduler(**asha)
     return kwargs
 
 
@@ -312,7 +316,19 @@ def cluster_capacity(address: str | None) -> Capacity:
     return capacity_from_nodes(ray.nodes(), "the cluster's live nodes")
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's advice to resume an interrupted run with ``Tuner.restore``: a grid resumes
+    with `adpo-ray resume RUN_DIR`, which the CLI prints instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+_NO_RESTORE_HINT = _NoRestoreHint()  # one instance: addFilter adds it once however often it runs
+
+
 def _tuner_env() -> None:
+    logging.getLogger("ray.tune.tune").addFilter(_NO_RESTORE_HINT)
     # The compact progress table (legacy reporter) and frequent experiment snapshots, so a
     # killed driver resumes close to where it was.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -446,6 +462,7 @@ def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable
          distill_runs: dict[str, str] | None = None, init_runs: dict[str, str] | None = None):
     from ray import tune
 
+    from adpo_ray.orchestration.scheduling import record_path
     from adpo_ray.orchestration.tracking import MLflowTracker
     from adpo_ray.orchestration.trainable import GridTrainable
 
@@ -457,7 +474,7 @@ def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable
             max_concurrent_trials=concurrency,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
-            **search_config(spec),
+            **search_config(spec, record_path(options.run_dir, options.name)),
         ),
         run_config=tune.RunConfig(
             name=options.name,
@@ -475,6 +492,7 @@ def _fit(spec: ExperimentSpec, options: GridOptions, concurrency: int, trainable
     )
     results = tuner.fit()
     results.mlflow_pending = tracker.pending_at_end
+    results.interrupted = tracker.interrupted
     return results
 
 
@@ -493,6 +511,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     in its folder."""
     from ray import tune
 
+    from adpo_ray.orchestration.scheduling import RecordedASHA, record_path
     from adpo_ray.orchestration.tracking import MLflowTracker
     from adpo_ray.orchestration.trainable import GridTrainable
 
@@ -520,6 +539,10 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     trackers = [c for c in _ray_private.tuner_run_config(tuner).callbacks or [] if isinstance(c, MLflowTracker)]
     for tracker in trackers:
         tracker.run_dir = run_dir
+    scheduler = _ray_private.tuner_scheduler(tuner)
+    if isinstance(scheduler, RecordedASHA):  # its record moved with the folder
+        scheduler.record = record_path(run_dir, options.name)
     results = tuner.fit()
     results.mlflow_pending = trackers[0].pending_at_end if trackers else None
+    results.interrupted = trackers[0].interrupted if trackers else False
     return results, spec, options

@@ -14,6 +14,14 @@ up; what could not be sent by the grid's end is reported and delivered by `adpo-
 (or `adpo-ray resume`), exactly once. Resuming re-attaches: runs are found again by their run
 key, metric steps already recorded are not recorded twice (the first attempt of a step wins, as
 in the report read from Tune's folder), so every trial has one child run and one history.
+
+Tune's experiment snapshot, not MLflow, says which trials exist and which are done; MLflow
+mirrors it. A trial's records wait until the snapshot in the results folder holds the trial (a
+trial Tune never snapshotted is created again by a resume, under a new id), and its terminal
+records (FINISHED or FAILED, metrics.csv, checkpoint) until the snapshot holds it as ended, so a
+driver killed in between never leaves MLflow calling a trial finished that a resume then trains
+again. Metric steps may lead the snapshot: a resume replays them, and the first attempt stays the
+record. An interrupted launch (Ctrl-C) marks its parent run and the trials it stopped KILLED.
 """
 
 from __future__ import annotations
@@ -146,12 +154,22 @@ class MLflowTracker(tune.Callback):
         self._sender: Sender | None = None
         self._state: dict[str, Any] = {}
         self._spec: ExperimentSpec | None = None
+        #: trial ids in the newest experiment snapshot in the results folder
+        self._durable: set[str] = set()
+        #: trial id -> records of a trial not yet in that snapshot
+        self._unborn: dict[str, list[dict[str, Any]]] = {}
+        #: trial id -> (child key, terminal records, the Tune statuses that let them out)
+        self._deferred: dict[str, tuple[str, list[dict[str, Any]], tuple[str, ...]]] = {}
+        self._reconciled = False
+        #: set at the end: whether the launch stopped before every trial had ended (Ctrl-C)
+        self.interrupted = False
 
     # The spool's file, the sender's thread and the validated spec are this process's: never
     # pickled with the Tuner (the spec travels as its dict).
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_spool=None, _sender=None, _state={}, _spec=None)
+        state.update(_spool=None, _sender=None, _state={}, _spec=None, _durable=set(), _unborn={}, _deferred={},
+                     _reconciled=False, interrupted=False)
         return state
 
     @property
@@ -177,6 +195,7 @@ class MLflowTracker(tune.Callback):
             "experiment_note": EXPERIMENT_NOTE,
         })
         self._state = replay_state(self._spool)
+        self._durable = set(snapshot_statuses(self.run_dir))  # a resume restores these trials
         self._software_tags = software_tags()
         if self.parent_key not in self._state["runs"]:
             self._spool.append("run", key=self.parent_key, name=self.launch_name, parent=None, tags={
@@ -220,16 +239,79 @@ class MLflowTracker(tune.Callback):
             start = (trial.config.get("init_runs") or {}).get(init_slot(t.env, t.hidden_size))
             if start:  # the pretrained run this trial (and its anchor) started from
                 params["anchors.init.run_id"] = start
-            self._spool.append("run", key=key, name=t.dirname, parent=self.parent_key, tags={
+            self._emit(trial, "run", key=key, name=t.dirname, parent=self.parent_key, tags={
                 "tune_trial_id": trial.trial_id, **run_tags(t, self.spec.name), **self._software_tags,
             }, params={mlflow_key(k): v for k, v in params.items()})
             self._state["runs"].add(key)
         return key
 
+    # -- records wait for Tune's snapshot ------------------------------------------------------
+    def _emit(self, trial, op: str, **fields) -> None:
+        """Spool a record of ``trial`` now if Tune's snapshot holds the trial, else once it does."""
+        if trial.trial_id in self._durable:
+            self._spool.append(op, **fields)
+        else:
+            self._unborn.setdefault(trial.trial_id, []).append({"op": op, **fields})
+
+    def _defer(self, trial, key: str, records: list[dict[str, Any]], statuses: tuple[str, ...]) -> None:
+        self._deferred[trial.trial_id] = (key, records, statuses)
+
+    def _release(self) -> None:
+        """Spool the records that the newest experiment snapshot in the results folder (the one
+        a resume would read) allows: those of the trials it holds, then the terminal records of
+        those it holds as ended."""
+        if not self._deferred and not self._unborn:
+            return
+        durable = snapshot_statuses(self.run_dir)
+        self._durable |= set(durable)
+        for trial_id in [i for i in self._unborn if i in self._durable]:
+            for record in self._unborn.pop(trial_id):
+                self._spool.append(**record)
+        for trial_id, (key, records, statuses) in list(self._deferred.items()):
+            if durable.get(trial_id) in statuses:
+                for record in records:
+                    self._spool.append(**record)
+                self._state["ended"].add(key)
+                del self._deferred[trial_id]
+        self._sender.wake()
+
+    def get_state(self) -> None:
+        # Tune calls this inside each snapshot, after writing the trial states to its staging
+        # folder; the copy in the results folder is the previous snapshot's (or older).
+        self._release()
+        return None
+
+    def _finish_records(self, trial, key: str) -> list[dict[str, Any]]:
+        records = []
+        history = self._state["history"].pop(key, {})
+        if history:
+            path = self._spool.folder / "files" / TrialSpec.from_config(trial.config, trial.trial_id).dirname / "metrics.csv"
+            write_history_csv(path, history)
+            records.append({"op": "artifact", "key": key, "path": self._spool.relative(str(path)), "artifact_path": None})
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            records.append({"op": "artifact", "key": key, "artifact_path": "checkpoint",
+                            "path": self._spool.relative(checkpoint_location(checkpoint, self.run_dir))})
+        return [*records, {"op": "status", "key": key, "status": "FINISHED"}]
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._reconciled:
+            return
+        self._reconciled = True
+        # A resume: trials the snapshot holds as finished whose terminal records were lost
+        # (the driver died before it let them out) get them now, once.
+        for trial in trials:
+            if finished(trial) and self.child_key(TrialSpec.from_config(trial.config, trial.trial_id)) \
+                    not in self._state["ended"]:
+                key = self._child(trial)
+                for record in self._finish_records(trial, key):
+                    self._emit(trial, **record)
+                self._state["ended"].add(key)
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         key = self._child(trial)
         if trial.num_failures or key in self._state["ended"]:
-            self._spool.append("status", key=key, status="RUNNING")
+            self._emit(trial, "status", key=key, status="RUNNING")
             self._state["ended"].discard(key)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -241,48 +323,48 @@ class MLflowTracker(tune.Callback):
                    if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
         t = TrialSpec.from_config(trial.config, trial.trial_id)
         self._state["final"][key] = (t.env, t.method, metrics)
-        self._spool.append("metrics", key=key, step=step, time=time.time(), metrics=metrics)
+        self._emit(trial, "metrics", key=key, step=step, time=time.time(), metrics=metrics)
         self._state["last_step"][key] = step
         self._state["history"].setdefault(key, {})[step] = metrics
         self._sender.wake()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._spool.append("tag", key=self._child(trial), name="num_failures", value=str(trial.num_failures))
+        self._emit(trial, "tag", key=self._child(trial), name="num_failures", value=str(trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         key = self._child(trial)
-        history = self._state["history"].pop(key, {})
-        if history:
-            path = self._spool.folder / "files" / TrialSpec.from_config(trial.config, trial.trial_id).dirname / "metrics.csv"
-            write_history_csv(path, history)
-            self._spool.append("artifact", key=key, path=self._spool.relative(str(path)), artifact_path=None)
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            self._spool.append("artifact", key=key, artifact_path="checkpoint",
-                               path=self._spool.relative(checkpoint_location(checkpoint, self.run_dir)))
-        self._spool.append("status", key=key, status="FINISHED")
-        self._state["ended"].add(key)
-        self._sender.wake()
+        self._defer(trial, key, self._finish_records(trial, key), ("TERMINATED",))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         key = self._child(trial)
+        records = []
         if trial.error_file and Path(trial.error_file).exists():
             path = self._spool.keep_file(trial.error_file, f"{TrialSpec.from_config(trial.config, trial.trial_id).dirname}/error.txt")
-            self._spool.append("artifact", key=key, path=self._spool.relative(path), artifact_path=None)
-        self._spool.append("status", key=key, status="FAILED")
-        self._state["ended"].add(key)
+            records.append({"op": "artifact", "key": key, "path": self._spool.relative(path), "artifact_path": None})
+        self._defer(trial, key, [*records, {"op": "status", "key": key, "status": "FAILED"}], ("ERROR",))
 
     def on_experiment_end(self, trials, **info) -> None:
-        ok = all(t.status == "TERMINATED" for t in trials)
+        # Tune forced (and waited for) a last snapshot just before: everything it holds as
+        # ended is let out; what it does not hold stays out of MLflow, as it will be run again.
+        self._release()
+        stopped = [t for t in trials if t.status != "ERROR" and not finished(t)]
+        self.interrupted = bool(stopped)
+        for trial in stopped:  # Ctrl-C: the trials it cut short (a resume goes on with them)
+            key = self.child_key(TrialSpec.from_config(trial.config, trial.trial_id))
+            if key in self._state["runs"] and key not in self._state["ended"]:
+                self._emit(trial, "status", key=key, status="KILLED")
+                self._state["ended"].add(key)
         finals = list(self._state["final"].values())
-        summary = launch_summary(finals)
-        if summary:  # the launch's per-method numbers, on its parent run
+        summary = {} if self.interrupted else launch_summary(finals)
+        if summary:  # the launch's per-method numbers, on its parent run (never over a partial launch)
             for name, label in method_names(method for _, method, _ in finals).items():
                 self._spool.append("tag", key=self.parent_key, name=mlflow_key(f"{LABEL_TAG}/{name}"), value=label)
             steps = int(sum(m.get(ENV_STEPS, 0) for _, _, m in finals))
             self._spool.append("metrics", key=self.parent_key, step=steps, time=time.time(),
                                metrics={**summary, ENV_STEPS: steps})
-        self._spool.append("status", key=self.parent_key, status="FINISHED" if ok else "FAILED")
+        ok = all(t.status == "TERMINATED" for t in trials)
+        self._spool.append("status", key=self.parent_key,
+                           status="KILLED" if self.interrupted else "FINISHED" if ok else "FAILED")
         self.pending_at_end = self._sender.stop(flush_timeout=FLUSH_TIMEOUT_S)
         self.rejected_at_end = len(self._spool.rejected())
         parent = self._sender.known_run(self.parent_key)
@@ -295,6 +377,35 @@ class MLflowTracker(tune.Callback):
             print(f"MLflow: {self.pending_at_end} write(s) not delivered to {self.tracking_uri} "
                   f"({self._sender.last_error}); they are kept in {self._spool.folder}. Once the "
                   f"tracking store answers: adpo-ray sync {self.run_dir}")
+
+
+def finished(trial) -> bool:
+    """Whether a Tune trial ran to its end: stopped by its budget or by the scheduler (its last
+    result says ``done``), not cut short by an interrupted launch (Tune marks those TERMINATED
+    too, without ``done``)."""
+    return trial.status == "TERMINATED" and bool((trial.last_result or {}).get("done"))
+
+
+def snapshot_statuses(run_dir: str) -> dict[str, str]:
+    """Trial id -> Tune status (``TERMINATED``, ``ERROR``, ``PENDING``...) in the newest experiment
+    snapshot in ``run_dir`` (the one `Tuner.restore` reads); empty when there is none yet, or when
+    it is being copied there right now (it is read again at the next snapshot)."""
+    from adpo_ray.orchestration._ray_private import newest_experiment_state
+
+    try:
+        newest = newest_experiment_state(str(run_dir))
+        if newest is None:
+            return {}
+        filesystem, _ = storage._resolve(str(run_dir))
+        with filesystem.open_input_stream(newest) as f:
+            state = json.loads(f.read())
+        out = {}
+        for trial_json, _ in state["trial_data"]:
+            trial = json.loads(trial_json)
+            out[trial["trial_id"]] = trial["status"]
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def checkpoint_location(checkpoint, run_dir: str) -> str:
@@ -387,7 +498,7 @@ def replay_state(spool: Spool) -> dict[str, Any]:
             if key in coords:
                 state["final"][key] = (*coords[key], record["metrics"])
         elif record["op"] == "status":
-            if record["status"] in ("FINISHED", "FAILED"):
+            if record["status"] in ("FINISHED", "FAILED", "KILLED"):
                 state["ended"].add(key)
                 if record["status"] == "FINISHED":
                     state["history"].pop(key, None)

@@ -14,9 +14,10 @@ COLUMNS = [*TrialSpec.__dataclass_fields__, "method", "status"]
 
 
 def summary_frame(results) -> Any:
-    """One row per trial: coordinates, status and final curated metrics (:data:`COLUMNS`, then
-    the metrics). A trial that errored before its first result has no config in its result: its
-    coordinates are read from the ``params.json`` in its folder."""
+    """One row per trial: coordinates, status (``TERMINATED``: ran to its end; ``ERROR``;
+    ``UNFINISHED``: stopped before its end, e.g. by Ctrl-C) and its last curated metrics
+    (:data:`COLUMNS`, then the metrics). A trial that errored before its first result has no
+    config in its result: its coordinates are read from the ``params.json`` in its folder."""
     import pandas as pd
 
     rows = []
@@ -25,7 +26,9 @@ def summary_frame(results) -> Any:
         if not config:  # a trial that never started (the grid was interrupted first)
             continue
         t = TrialSpec.from_config(config, (r.metrics or {}).get("trial_id", ""))
-        row = {**t.as_dict(), "method": t.method, "status": "ERROR" if r.error else "TERMINATED"}
+        done = bool((r.metrics or {}).get("done"))
+        row = {**t.as_dict(), "method": t.method,
+               "status": "ERROR" if r.error else "TERMINATED" if done else "UNFINISHED"}
         row.update({k: v for k, v in (r.metrics or {}).items() if is_metric_key(k)})
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS) if not rows else pd.DataFrame(rows)
@@ -43,9 +46,12 @@ def _params_of(result) -> dict | None:
 
 
 def headline_table(frame, env: str):
-    """Scenarios (rows) x methods (columns) of the env's headline metric (mean over seeds/hidden)."""
+    """Scenarios (rows) x methods (columns) of the env's headline metric (mean over seeds/hidden),
+    over the trials that ran to their end (a partial value is no final one)."""
     metric = HEADLINE[ENVIRONMENTS[env]["kind"]]
-    sub = frame[frame["env"] == env]
+    if "env" not in frame:
+        return None, metric
+    sub = frame[(frame["env"] == env) & (frame["status"] == "TERMINATED")]
     if metric not in sub:
         return None, metric
     return sub.pivot_table(index="scenario", columns="method", values=metric, aggfunc="mean"), metric

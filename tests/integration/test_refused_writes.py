@@ -28,7 +28,7 @@ SWEEP = {
     "hidden_sizes": [16],
     "seeds": [0],
     "budget": {"iterations": 2},
-    "adpo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+    "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
     "sweep": {"adpo.beta_q": [0.5, 2.0]},
 }
 

@@ -13,27 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from adpo_ray.metrics import CURATED
 from adpo_ray.orchestration.trainable import GridTrainable
 from adpo_ray.spec import parse_spec
 
-from .test_grid import SMALL, _free_port, children, mlflow_server, steps
+from ..helpers.grid import SMALL, children, free_port, mlflow_server, steps
+from ..helpers.resume import done_in_folder, kill_when, launch, resume, tune_progress
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _grid(spec_dict: dict, tmp_path: Path, uri: str, name: str, **popen) -> subprocess.Popen:
-    spec_file = tmp_path / f"{name}.yaml"
-    spec_file.write_text(yaml.safe_dump(spec_dict))
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_grid.py"), "--config", str(spec_file), "--tracking-uri", uri,
-         "--storage-path", str(tmp_path / "ray_results"), "--name", name],
-        cwd=tmp_path, start_new_session=True, text=True, **popen,
-    )
 
 
 def _cli(*args: str, cwd: Path, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -63,11 +52,11 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
     0, no trial errors) and says what is pending; once the server is back, `adpo-ray sync`
     delivers every write exactly once."""
     spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": 6, "checkpoint_every": 3}}
-    port = _free_port()
+    port = free_port()
     backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts"
     env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "5"}
     with mlflow_server(backend, artifacts, port=port) as uri:
-        proc = _grid(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = launch(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = MlflowClient(uri)
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -102,34 +91,64 @@ KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
           "budget": {"iterations": 6, "checkpoint_every": 3}}
 
 
-def _wait_for(predicate, proc, timeout=300, what="the kill point"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, f"the grid ended before {what}"
-        time.sleep(0.05)
-    pytest.fail(f"never reached {what}")
-
-
 @pytest.mark.parametrize("point", ["before-first-snapshot", "during-report"])
 def test_driver_killed_then_resume(tmp_path, point):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "k"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    proc = _grid(KILLED, tmp_path, uri, "k", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if point == "before-first-snapshot":
-            _wait_for(lambda: (run_dir / "adpo_grid.json").exists(), proc)  # as early as it can be caught
-        else:
-            _wait_for(lambda: (run_dir / "summary.csv").exists(), proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    res = _cli("resume", str(run_dir), cwd=tmp_path, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    proc = launch(KILLED, tmp_path, uri, "k", env=env)
+    if point == "before-first-snapshot":  # as early as it can be caught: Tune starts over
+        kill_when(proc, lambda: (run_dir / "adpo_grid.json").exists(), poll=0.02)
+    else:  # every trial ended: Tune restores its last snapshot
+        kill_when(proc, lambda: (run_dir / "summary.csv").exists())
+    resume(run_dir, expect="start-over" if point == "before-first-snapshot" else "restore", cwd=tmp_path, env=env)
     assert (run_dir / "report" / "report.html").exists()
     _check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
+
+
+def test_ctrl_c_then_resume(tmp_path):
+    """SIGINT (Ctrl-C) to a 4-trial grid during its 2nd trial: the launch exits non-zero and names
+    `adpo-ray resume`, not Tune's Tuner.restore; its parent run is KILLED with no summary metrics,
+    the stopped trial's child KILLED, the finished one's FINISHED; the end-of-grid table calls no
+    partial value final. The resume then finishes all 4, one child run each, every step once."""
+    spec_dict = {**SMALL, "name": "interrupted", "budget": {"iterations": 8, "checkpoint_every": 2},
+                 "resources": {"max_concurrent_trials": 1}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray_results" / "c"
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = launch(spec_dict, tmp_path, uri, "c", stdout=out, stderr=subprocess.STDOUT)
+
+        def second_trial_at_three() -> bool:
+            ended = done_in_folder(run_dir)
+            return len(ended) == 1 and any(len(rows) >= 3 and name not in ended
+                                           for name, rows in tune_progress(run_dir).items())
+
+        try:
+            kill_when(proc, second_trial_at_three, signal_=signal.SIGINT, group=False)
+            code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = (tmp_path / "out.txt").read_text()
+    assert code == 130, text[-3000:]
+    assert f"adpo-ray resume {run_dir}" in text and "Tuner.restore" not in text, text[-3000:]
+    assert "trial(s) unfinished, left out of the table" in text
+    summary = (run_dir / "summary.csv").read_text()
+    assert "UNFINISHED" in summary and summary.count("TERMINATED") == 1, summary
+    client = MlflowClient(uri)
+    parents, kids = children(client, "interrupted")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert not [m for m in parents[0].data.metrics if m.startswith("summary/")]
+    assert sorted(k.info.status for k in kids) == ["FINISHED", "KILLED"], [(k.data.tags["trial"], k.info.status) for k in kids]
+    stopped = next(k for k in kids if k.info.status == "KILLED")
+    assert 3 <= len(steps(client, stopped.info.run_id)) < 8
+
+    resume(run_dir, expect="restore", cwd=tmp_path)
+    parents, kids = children(client, "interrupted")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["summary/PreferenceBandit/adpo-fixed/winmass_n"] == 2
+    assert stopped.info.run_id in {k.info.run_id for k in kids}  # the same child run goes on
+    _check_complete(client, "interrupted", spec_dict, 8, SMALL["adpo"]["train_batch_size"])
 
 
 def test_two_launches_with_one_name(tmp_path):
@@ -138,8 +157,8 @@ def test_two_launches_with_one_name(tmp_path):
     spec = {**SMALL, "name": "twins", "scenarios": ["clean"], "anchors": {"modes": ["fixed"]},
             "budget": {"iterations": 2}}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    a = _grid(spec, tmp_path, uri, "same", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    b = _grid(spec, tmp_path, uri, "same", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    a = launch(spec, tmp_path, uri, "same", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    b = launch(spec, tmp_path, uri, "same", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     outs = [p.communicate(timeout=600) for p in (a, b)]
     codes = sorted(p.returncode for p in (a, b))
     assert codes == [0, 2], outs

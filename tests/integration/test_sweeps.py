@@ -4,21 +4,25 @@ report; an Optuna search with ASHA that stops trials early, killed and resumed."
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.report.data import load_mlflow, load_tune_folder
 from adpo_ray.spec import parse_spec
 
-from .test_grid import ROOT, _run, children, options, steps
+from ..helpers.grid import children, options, steps
+from ..helpers.resume import (
+    assert_same_curves,
+    done_in_folder,
+    kill_when,
+    launch,
+    resume,
+    tune_progress,
+    tune_snapshot,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -103,60 +107,70 @@ SEARCH = {
     **BANDIT,
     "name": "search",
     "budget": {"iterations": 6, "checkpoint_every": 2},
+    # one sample at a time: ASHA's cutoffs depend on the order in which results arrive
+    "resources": {"max_concurrent_trials": 1},
     "sweep": {"train.lr": {"loguniform": [0.00001, 0.03]}, "adpo.beta_q": {"uniform": [0.1, 5.0]}},
     "search": {"algorithm": "optuna", "metric": "eval/winmass", "mode": "max", "num_samples": 8, "seed": 3,
                "asha": {"grace_period": 1, "reduction_factor": 2}},
 }
 
 
-def test_optuna_search_with_asha_killed_and_resumed(tmp_path):
-    """8 Optuna samples with ASHA on the bandit, the driver killed once some have finished, then
-    resumed: 8 children with 8 distinct sampled points, each run's params its sample, at least
-    one stopped early by ASHA, finished samples not re-run."""
-    spec_file = tmp_path / "search.yaml"
-    spec_file.write_text(yaml.safe_dump(SEARCH))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    storage = tmp_path / "ray_results"
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_grid.py"), "--config", str(spec_file), "--tracking-uri", uri,
-         "--storage-path", str(storage), "--name", "s", "--no-report"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    client = MlflowClient(uri)
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline:
-            time.sleep(2)
-            assert proc.poll() is None, "the search ended before it could be killed"
-            try:
-                _, kids = children(client, "search")
-            except Exception:
-                continue
-            if sum(k.info.status == "FINISHED" for k in kids) >= 3:
-                break
-        else:
-            pytest.fail("the search made no progress")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    _, kids = children(client, "search")
-    finished_before = {k.data.tags["trial"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}
-    assert 3 <= len(finished_before) < 8
+def iterations_by_point(client: MlflowClient, experiment: str) -> dict[tuple[str, str], int]:
+    _, kids = children(client, experiment)
+    return {(k.data.params["lr"], k.data.params["beta_q"]): len(steps(client, k.info.run_id)) for k in kids}
 
-    res = _run("-m", "adpo_ray.cli", "resume", str(storage / "s"), cwd=tmp_path, env=env, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
+    """8 Optuna samples with ASHA on the bandit, the driver killed (SIGKILL) during a sample once
+    two samples have ended, then resumed: the same 8 points, each trained for as many iterations as
+    in an uninterrupted search with the same seed (ASHA's rungs and stops repeated), one FINISHED
+    child each with its sample's params; MLflow never called a sample finished that Tune's
+    snapshot did not, a finished sample is neither trained again nor finished again, and MLflow
+    and Tune's folder agree on every step."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run_grid(parse_spec(SEARCH), options(reference, "ref"), verbose=0)
+    expected = iterations_by_point(MlflowClient(f"sqlite:///{reference / 'mlflow.db'}"), "search")
+    assert len(expected) == 8 and min(expected.values()) < 6 <= max(expected.values()), expected
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray_results" / "s"
+    # snapshots every 2 s: a new sample is in one well before its first result (RLlib takes longer to build)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    proc = launch(SEARCH, tmp_path, uri, "s", env=env)
+
+    def mid_sample_after_two() -> bool:
+        # two samples ended and a third is under way (the resume replays its iterations with the
+        # decisions recorded for them); the third in Tune's snapshot (a sample Tune never
+        # snapshotted is drawn again under a new id, and its folder stays behind)
+        ended = done_in_folder(run_dir)
+        try:
+            snapshot = tune_snapshot(run_dir)
+        except ValueError:  # being copied there right now
+            return False
+        known = set(snapshot.dirname.values()) if snapshot else set()
+        return len(ended) >= 2 and any(rows and name not in ended and name in known
+                                       for name, rows in tune_progress(run_dir).items())
+
+    kill_when(proc, mid_sample_after_two, timeout=400)
+    snapshot = tune_snapshot(run_dir)
+    client = MlflowClient(uri)
+    _, kids = children(client, "search")
+    finished_before = {k.data.tags["tune_trial_id"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}
+    assert set(finished_before) <= snapshot.finished, (finished_before, snapshot.status)
+
+    resume(run_dir, expect="restore", cwd=tmp_path, env=env)
     _, kids = children(client, "search")
     assert len(kids) == 8, sorted(k.data.tags["trial"] for k in kids)
-    points = {(k.data.params["lr"], k.data.params["beta_q"]) for k in kids}
-    assert len(points) == 8  # no sample repeated
-    iterations = []
     for k in kids:
         assert k.info.status == "FINISHED"
-        assert k.data.params["lr"] == k.data.tags["sweep.train.lr"] or float(k.data.params["lr"]) == pytest.approx(
-            float(k.data.tags["sweep.train.lr"]))
+        assert float(k.data.params["lr"]) == pytest.approx(float(k.data.tags["sweep.train.lr"]))
         assert 1e-5 <= float(k.data.params["lr"]) <= 0.03 and 0.1 <= float(k.data.params["beta_q"]) <= 5.0
-        iterations.append(len(steps(client, k.info.run_id)))
-        if k.data.tags["trial"] in finished_before:
-            assert k.info.end_time == finished_before[k.data.tags["trial"]]  # not re-run
-    assert min(iterations) < 6 <= max(iterations), iterations  # ASHA stopped some, others ran out their budget
+        if k.data.tags["tune_trial_id"] in finished_before:  # not finished again
+            assert k.info.end_time == finished_before[k.data.tags["tune_trial_id"]]
+    assert iterations_by_point(client, "search") == expected  # the same points, rungs and stops
+    progress = tune_progress(run_dir)
+    for trial_id in snapshot.finished:  # not trained again: each step once in Tune's folder
+        rows = progress[snapshot.dirname[trial_id]]
+        assert len(rows) == len({r["env_steps"] for r in rows}), snapshot.dirname[trial_id]
+    assert_same_curves(uri, "search", run_dir)

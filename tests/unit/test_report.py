@@ -265,3 +265,22 @@ def test_relative_improvement_against_a_baseline_with_zeros():
     assert rel == pytest.approx(2.0 / 4.5 - 1)
     assert (low, high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
     assert np.isfinite(low) and np.isfinite(high)
+
+
+def test_summary_table_calls_no_partial_value_final():
+    """A trial cut short (Ctrl-C: its last result is not ``done``) is UNFINISHED and left out of
+    the headline table, which averages the trials that ran to their end."""
+    from types import SimpleNamespace
+
+    from adpo_ray.report.summary import headline_table, summary_frame
+
+    def trial(seed: int) -> dict:
+        return {"env": "PreferenceBandit", "scenario": "clean", "algorithm": "adpo", "anchor_mode": "fixed",
+                "hidden_size": 64, "seed": seed}
+
+    results = [SimpleNamespace(config={"trial": trial(0)}, metrics={"eval/winmass": 0.5, "done": True}, error=None),
+               SimpleNamespace(config={"trial": trial(1)}, metrics={"eval/winmass": 0.1, "done": False}, error=None)]
+    frame = summary_frame(results)
+    assert frame["status"].tolist() == ["TERMINATED", "UNFINISHED"]
+    pivot, metric = headline_table(frame, "PreferenceBandit")
+    assert metric == "eval/winmass" and pivot.loc["clean", "adpo-fixed"] == 0.5

@@ -1,0 +1,94 @@
+"""A small grid spec, launch options, MLflow look-ups, subprocess runs and a real `mlflow server`,
+shared by the integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adpo_ray.orchestration.launch import GridOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMALL = {
+    "name": "small",
+    "environments": ["PreferenceBandit"],
+    "scenarios": ["clean", "flip-high"],
+    "anchors": {"modes": ["fixed", "dynamic"]},
+    "budget": {"iterations": 3, "checkpoint_every": 2},
+    "train": {"lr": 0.003, "train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
+    "adpo": {"beta_q": 0.5},
+}
+
+
+def options(tmp_path: Path, name: str, uri: str | None = None) -> GridOptions:
+    return GridOptions(
+        tracking_uri=uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "mlartifacts") if uri is None else None,
+        storage_path=str(tmp_path / "ray_results"),
+        name=name,
+    )
+
+
+def children(client: MlflowClient, experiment: str):
+    """(parent runs, child runs) of an MLflow experiment."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def steps(client: MlflowClient, run_id: str, key: str = "env_steps") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def run_py(*args, **kw) -> subprocess.CompletedProcess:
+    """This Python on ``args`` (in the repository root unless ``cwd``), output captured."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=kw.pop("cwd", ROOT), **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None):
+    """A real `mlflow server` subprocess on 127.0.0.1; stopped (with its workers) afterwards."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("mlflow server did not come up")
+                time.sleep(1)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,144 @@
+"""The kill/resume harness of the integration tests: launch a grid in its own process group, kill
+it (SIGKILL) once a condition holds, judge what had finished from Tune's own experiment snapshot
+in the results folder (what a resume restores), and resume it, checking which way it resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .grid import ROOT, run_py
+
+
+def launch(spec_dict: dict, tmp_path: Path, uri: str, name: str, *args: str, env=None,
+           **popen) -> subprocess.Popen:
+    """`run_grid.py` on ``spec_dict`` (results in ``tmp_path/ray_results/name``), in a new process
+    group so that a kill reaches its Ray workers too."""
+    spec_file = tmp_path / f"{name}.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict, sort_keys=False))  # a search's axes in their order
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_grid.py"), "--config", str(spec_file), "--tracking-uri", uri,
+         "--storage-path", str(tmp_path / "ray_results"), "--name", name, *args],
+        cwd=tmp_path, env=env, start_new_session=True, text=True, **popen,
+    )
+
+
+@dataclass
+class Snapshot:
+    """Tune's newest experiment snapshot in a results folder: per trial id, its status and its
+    last result (``{}`` before the first)."""
+
+    file: str
+    status: dict[str, str]
+    last_result: dict[str, dict]
+    dirname: dict[str, str]  # the trial's folder in the results folder
+
+    @property
+    def finished(self) -> set[str]:
+        """Trials that ran to their end (Tune also marks trials cut short by Ctrl-C TERMINATED,
+        but their last result is not ``done``)."""
+        return {i for i, s in self.status.items() if s == "TERMINATED" and self.last_result[i].get("done")}
+
+
+def tune_snapshot(run_dir: Path) -> Snapshot | None:
+    """The newest ``experiment_state-*.json`` in ``run_dir``, or None when there is none."""
+    files = sorted(Path(run_dir).glob("experiment_state-*.json"))
+    if not files:
+        return None
+    state = json.loads(files[-1].read_text())
+    status, last, dirname = {}, {}, {}
+    for trial_json, metadata_json in state["trial_data"]:
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        status[trial["trial_id"]] = trial["status"]
+        last[trial["trial_id"]] = metadata.get("last_result") or {}
+        dirname[trial["trial_id"]] = trial["relative_logdir"]
+    return Snapshot(files[-1].name, status, last, dirname)
+
+
+def wait_until(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: float = 0.1,
+               what: str = "the kill point") -> None:
+    """Poll ``condition()`` every ``poll`` s until it holds, while ``proc`` runs; fails (and kills
+    ``proc``'s process group) if the grid ends first or the condition never holds."""
+    deadline = time.time() + timeout
+    try:
+        while not condition():
+            assert proc.poll() is None, f"the grid ended before {what}"
+            if time.time() > deadline:
+                pytest.fail(f"never reached {what}")
+            time.sleep(poll)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
+def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: float = 0.1,
+              signal_: int = signal.SIGKILL, group: bool = True, what: str = "the kill point") -> None:
+    """As soon as ``condition()`` holds (see :func:`wait_until`), SIGKILL ``proc``'s process group
+    and wait for it; or send ``signal_`` to ``proc`` alone (``group=False``: e.g. SIGINT, which the
+    caller then waits out)."""
+    wait_until(proc, condition, timeout=timeout, poll=poll, what=what)
+    if group:
+        os.killpg(proc.pid, signal_)
+        proc.wait()
+    else:
+        os.kill(proc.pid, signal_)
+
+
+def resume(run_dir: Path, *, expect: str, cwd: Path, env=None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`adpo-ray resume run_dir`, asserting it succeeded and resumed the way ``expect`` says:
+    ``"restore"`` (Tune restores its snapshot: every trial in it goes on under its id) or
+    ``"start-over"`` (killed before Tune's first snapshot: the grid starts again)."""
+    assert expect in ("restore", "start-over"), expect
+    before = tune_snapshot(run_dir)
+    assert (before is not None) == (expect == "restore"), f"expected a {expect}, snapshot: {before}"
+    res = run_py("-m", "adpo_ray.cli", "resume", str(run_dir), cwd=cwd, env=env, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    after = tune_snapshot(run_dir)
+    assert after is not None
+    if before is not None:
+        assert after.file != before.file and set(before.status) <= set(after.status)
+    return res
+
+
+def assert_same_curves(tracking_uri: str, experiment: str, run_dir: Path) -> None:
+    """The report's tables read from MLflow and from Tune's folder agree: the same trials, the
+    same steps of every curve, the same values (the first attempt of a replayed step, in both)."""
+    import numpy as np
+
+    from adpo_ray.report.data import load_mlflow, load_tune_folder
+
+    a, b = load_mlflow(tracking_uri, experiment), load_tune_folder(run_dir)
+    assert sorted(a.trials["trial"]) == sorted(b.trials["trial"])
+    key = ["trial", "metric", "env_steps"]
+    ca = a.curves.sort_values(key).reset_index(drop=True)
+    cb = b.curves.sort_values(key).reset_index(drop=True)
+    assert ca[key].values.tolist() == cb[key].values.tolist()
+    np.testing.assert_allclose(ca["value"].to_numpy(), cb["value"].to_numpy(), rtol=1e-6)
+
+
+def tune_progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """Each trial folder's progress.csv rows (Tune's driver writes one per result, as it comes)."""
+    import csv
+
+    out = {}
+    for path in Path(run_dir).glob("*/progress.csv"):
+        with open(path, newline="") as f:
+            out[path.parent.name] = list(csv.DictReader(f))
+    return out
+
+
+def done_in_folder(run_dir: Path) -> set[str]:
+    """Trial folders whose last result says ``done``: ended, whatever Tune's snapshot says yet."""
+    return {name for name, rows in tune_progress(run_dir).items() if rows and rows[-1].get("done") == "True"}
