@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from adpo_ray.metrics import CURATED
 from adpo_ray.orchestration.launch import GridOptions
+from adpo_ray.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +94,20 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def check_complete(client: MlflowClient, experiment: str, spec_dict: dict, iterations: int, batch: int):
+    """One parent; one FINISHED child per trial, every curated metric at every step exactly once,
+    its metrics.csv and checkpoint present."""
+    parents, kids = children(client, experiment)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(k.data.tags["trial"] for k in kids) == sorted(t.tag for t in parse_spec(spec_dict).trials())
+    expected = [batch * i for i in range(1, iterations + 1)]
+    for k in kids:
+        assert k.info.status == "FINISHED", k.data.tags["trial"]
+        logged = [m for m in k.data.metrics if m in CURATED]
+        assert {"env_steps", "eval/winmass", "loss/adpo", "adpo/anchor_kl"} <= set(logged)
+        for metric in logged:
+            assert steps(client, k.info.run_id, metric) == expected, (k.data.tags["trial"], metric)
+        arts = [a.path for a in client.list_artifacts(k.info.run_id)]
+        assert "metrics.csv" in arts and "checkpoint" in arts, arts

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from adpo_ray.orchestration.spool import RUN_KEY_TAG
 
-from .test_grid import SMALL, children, mlflow_server
-from .test_survival import _check_complete, _grid
+from ..helpers.grid import SMALL, check_complete, children, mlflow_server
+from ..helpers.resume import launch
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_sweep_summary_under_valid_names(tmp_path):
     """The parent of a sweep ends FINISHED with its per-method summary under names MLflow takes,
     each name's label in a tag; nothing is refused, nothing pending; the report finds the runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = _grid(SWEEP, tmp_path, uri, "sw", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = launch(SWEEP, tmp_path, uri, "sw", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
     assert "not delivered" not in out and "refused" not in out, out[-3000:]
@@ -83,7 +83,7 @@ def test_child_deleted_while_grid_runs_is_restored(tmp_path):
     env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "120"}
     records = tmp_path / "ray_results" / "d" / "mlflow_spool" / "records.jsonl"
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
-        proc = _grid(DELETED, tmp_path, uri, "d", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = launch(DELETED, tmp_path, uri, "d", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = MlflowClient(uri)
         seen: set[str] = set()
         deleted: str | None = None
@@ -115,5 +115,5 @@ def test_child_deleted_while_grid_runs_is_restored(tmp_path):
         assert client.get_run(deleted).info.lifecycle_stage == "active"  # restored, not made anew
         _, kids = children(client, "deletedchild")
         assert deleted in {k.info.run_id for k in kids}
-        _check_complete(client, "deletedchild", DELETED, 3, SMALL["adpo"]["train_batch_size"])
+        check_complete(client, "deletedchild", DELETED, 3, SMALL["train"]["train_batch_size"])
     assert not (records.parent / "rejected.jsonl").exists()

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from adpo_ray.metrics import CURATED
 from adpo_ray.orchestration.trainable import GridTrainable
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import SMALL, children, free_port, mlflow_server, steps
+from ..helpers.grid import SMALL, check_complete, children, free_port, mlflow_server, steps
 from ..helpers.resume import done_in_folder, kill_when, launch, resume, tune_progress
 
 pytestmark = pytest.mark.slow
@@ -28,23 +27,6 @@ pytestmark = pytest.mark.slow
 def _cli(*args: str, cwd: Path, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "adpo_ray.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def _check_complete(client: MlflowClient, experiment: str, spec_dict: dict, iterations: int, batch: int):
-    """One parent; one FINISHED child per trial, every curated metric at every step exactly once,
-    its metrics.csv and checkpoint present."""
-    parents, kids = children(client, experiment)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(k.data.tags["trial"] for k in kids) == sorted(t.tag for t in parse_spec(spec_dict).trials())
-    expected = [batch * i for i in range(1, iterations + 1)]
-    for k in kids:
-        assert k.info.status == "FINISHED", k.data.tags["trial"]
-        logged = [m for m in k.data.metrics if m in CURATED]
-        assert {"env_steps", "eval/winmass", "loss/adpo", "adpo/anchor_kl"} <= set(logged)
-        for metric in logged:
-            assert steps(client, k.info.run_id, metric) == expected, (k.data.tags["trial"], metric)
-        arts = [a.path for a in client.list_artifacts(k.info.run_id)]
-        assert "metrics.csv" in arts and "checkpoint" in arts, arts
 
 
 def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
@@ -84,7 +66,7 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
         assert "nothing pending" in res.stdout
         again = _cli("sync", str(tmp_path / "ray_results" / "o"), cwd=tmp_path)
         assert again.returncode == 0 and "0 write(s) delivered" in again.stdout  # exactly once
-        _check_complete(MlflowClient(uri), "outage", spec_dict, 6, SMALL["train"]["train_batch_size"])
+        check_complete(MlflowClient(uri), "outage", spec_dict, 6, SMALL["train"]["train_batch_size"])
 
 
 KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
@@ -103,7 +85,7 @@ def test_driver_killed_then_resume(tmp_path, point):
         kill_when(proc, lambda: (run_dir / "summary.csv").exists())
     resume(run_dir, expect="start-over" if point == "before-first-snapshot" else "restore", cwd=tmp_path, env=env)
     assert (run_dir / "report" / "report.html").exists()
-    _check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
+    check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
 
 
 def test_ctrl_c_then_resume(tmp_path):
@@ -148,7 +130,7 @@ def test_ctrl_c_then_resume(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["summary/PreferenceBandit/adpo-fixed/winmass_n"] == 2
     assert stopped.info.run_id in {k.info.run_id for k in kids}  # the same child run goes on
-    _check_complete(client, "interrupted", spec_dict, 8, SMALL["adpo"]["train_batch_size"])
+    check_complete(client, "interrupted", spec_dict, 8, SMALL["train"]["train_batch_size"])
 
 
 def test_two_launches_with_one_name(tmp_path):
