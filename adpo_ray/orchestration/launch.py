@@ -65,7 +65,8 @@ class GridRun:
     ``mlflow_pending`` (MLflow writes not yet delivered at the end, see `adpo-ray sync`; None
     when unknown), ``interrupted`` (stopped by Ctrl-C: no report), ``report`` (the report's
     files by name, ``report.html`` among them; None when none was made) and ``notes`` (why the
-    report was read from Tune's folder, or skipped)."""
+    report was read from Tune's folder, or skipped). Like the ResultGrid, it holds one Tune
+    Result per trial: ``len``, iteration and indexing reach them."""
 
     results: Any
     spec: ExperimentSpec
@@ -84,6 +85,13 @@ class GridRun:
     def __len__(self) -> int:
         """The number of trials."""
         return len(self.results)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __getitem__(self, i: int):
+        """The Tune Result of the ``i``-th trial."""
+        return self.results[i]
 
 
 def run_grid(spec: ExperimentSpec, options: GridOptions, *, trainable=None, verbose: int = 1,
