@@ -10,7 +10,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from adpo_ray.orchestration import storage
 from adpo_ray.spec import SpecError, load_spec, method_name
 
 #: The method a report measures every other against, unless --reference names another.
@@ -188,12 +187,14 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     )
 
 
-def print_summary(spec, results, options) -> None:
-    from adpo_ray.report.summary import headline_table, summary_frame
+def print_summary(run) -> None:
+    """The end of a launch or a resume (a :class:`~adpo_ray.orchestration.launch.GridRun`): the
+    headline table per env, unfinished and errored trials, where MLflow and the results are,
+    then the report (or why there is none)."""
+    from adpo_ray.report.summary import headline_table
 
+    spec, frame, options = run.spec, run.summary, run.options
     console = _console()
-    frame = summary_frame(results)
-    storage.write_text(storage.join(options.run_dir, "summary.csv"), frame.to_csv(index=False))
     for env in spec.environments:
         pivot, metric = headline_table(frame, env)
         if pivot is None:
@@ -221,6 +222,16 @@ def print_summary(spec, results, options) -> None:
         f"  Tune results: {options.run_dir}   (TensorBoard: tensorboard --logdir {options.run_dir})\n"
         f"  summary CSV:  {options.run_dir}/summary.csv"
     )
+    for note in run.notes:
+        print(note)
+    if run.report:
+        print(report_line(run.report))
+
+
+def report_line(files: dict[str, Path]) -> str:
+    """``report: <report.html> (...)``: what a report holds, from its files by name."""
+    return (f"report: {files['report.html']}  ({files['report.md'].name}, results.csv, "
+            f"{sum(p.suffix == '.png' for p in files.values())} plots)")
 
 
 def write_report(args_out: str | None, data, tracking_uri: str | None, reference: str = REFERENCE) -> Path:
@@ -230,18 +241,18 @@ def write_report(args_out: str | None, data, tracking_uri: str | None, reference
     files = build_report(data, out, reference=reference)
     if tracking_uri and data.parent_run_id:
         log_report(tracking_uri, data.parent_run_id, out)
-    print(f"report: {files['report.html']}  ({files['report.md'].name}, results.csv, "
-          f"{sum(p.suffix == '.png' for p in files.values())} plots)")
+    print(report_line(files))
     return out
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from adpo_ray.orchestration.mlflow_store import default_tracking_uri
+    from adpo_ray.orchestration.run_folder import local_run_dir
     from adpo_ray.report.data import load_mlflow, load_tune_folder
 
     try:
         if args.results:
-            data = load_tune_folder(args.results)
+            data = load_tune_folder(local_run_dir(args.results, "--results", "adpo-ray report --results"))
             uri = None
         else:
             if not args.experiment:
@@ -249,36 +260,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                 return 2
             uri = args.tracking_uri or default_tracking_uri()
             data = load_mlflow(uri, args.experiment, args.run)
-    except LookupError as e:
+    except (LookupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_report(args.out, data, uri if not args.no_log else None, reference=args.reference)
     return 0
-
-
-def _report_after_grid(spec, options, mlflow_pending: int | None) -> None:
-    """The launch's report, from MLflow (and logged there); from Tune's folder when MLflow still
-    misses writes or cannot be read, so a tracking outage never costs the report."""
-    import json
-
-    from adpo_ray.orchestration.tracking import PARENT_FILE
-    from adpo_ray.report.data import load_mlflow, load_tune_folder
-
-    # next to the Tune results when they are local; else in ./reports/<launch> (also in MLflow)
-    out = Path(options.run_dir) / "report" if not storage.is_uri(options.run_dir) else Path("reports") / options.name
-    if not mlflow_pending:
-        try:
-            parent = json.loads(storage.read_text(storage.join(options.run_dir, PARENT_FILE)))["run_id"]
-            write_report(str(out), load_mlflow(options.tracking_uri, spec.experiment_name, parent),
-                         options.tracking_uri)
-            return
-        except Exception as e:  # noqa: BLE001 - any tracking failure: fall back to Tune's folder
-            print(f"report: MLflow could not be read ({type(e).__name__}); reading the Tune folder instead")
-    if storage.is_uri(options.run_dir):
-        print(f"report: skipped (MLflow incomplete; run `adpo-ray report --experiment {spec.experiment_name}` "
-              f"after `adpo-ray sync {options.run_dir}`)")
-        return
-    write_report(str(out), load_tune_folder(options.run_dir), None)
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -309,16 +295,19 @@ def cmd_grid(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
-        results = run_grid(spec, options, plans=plans)
+        run = run_grid(spec, options, plans=plans, report=not args.no_report)
     except (ResourceError, TrackingError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_summary(spec, results, options)
-    if getattr(results, "interrupted", False):
-        return _interrupted(options)
-    if not args.no_report:
-        _report_after_grid(spec, options, getattr(results, "mlflow_pending", None))
-    return 0 if not results.errors else 1
+    return _after_grid(run)
+
+
+def _after_grid(run) -> int:
+    """Print the end of a launch or a resume; its exit status (1: a trial errored)."""
+    print_summary(run)
+    if run.interrupted:
+        return _interrupted(run.options)
+    return 0 if not run.errors else 1
 
 
 #: The exit status of an interrupted launch or resume (128 + SIGINT, as a shell reports Ctrl-C).
@@ -364,27 +353,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from adpo_ray.orchestration.launch import resume_grid
 
     try:
-        results, spec, options = resume_grid(args.run_dir, address=args.address)
-    except (FileNotFoundError, FileExistsError) as e:
+        run = resume_grid(args.run_dir, address=args.address)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_summary(spec, results, options)
-    if getattr(results, "interrupted", False):
-        return _interrupted(options)
-    _report_after_grid(spec, options, getattr(results, "mlflow_pending", None))
-    return 0 if not results.errors else 1
+    return _after_grid(run)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Trials by state, env steps done over budget per env, an ETA, the MLflow parent run."""
     from adpo_ray.orchestration.status import STATES, grid_status
 
-    run_dir = str(Path(args.run_dir).resolve())
     try:
-        st = grid_status(run_dir)
+        st = grid_status(args.run_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    run_dir = st.run_dir
     table = Table(title=f"{st.launch}: {'running' if st.alive else 'not running'}")
     for col in ("env", *STATES, "env steps done / budget"):
         table.add_column(col, justify="left" if col == "env" else "right")
@@ -426,7 +411,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         checkpoint, run_id = checkpoint_of(args.source, uri)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import ray
@@ -452,14 +437,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Deliver a launch's MLflow writes that its tracker could not send (store unreachable); exit
     1 while some are still pending, 0 when none is (writes MLflow refused for good are counted
     and kept aside, never retried)."""
-    from adpo_ray.orchestration.launch import load_grid_file
+    from adpo_ray.orchestration.run_folder import load_grid_file, resolve_run_dir
     from adpo_ray.orchestration.tracking import sync
 
-    run_dir = str(args.run_dir).rstrip("/") if storage.is_uri(str(args.run_dir)) else str(Path(args.run_dir).resolve())
     try:
+        run_dir = resolve_run_dir(args.run_dir)
         _, options = load_grid_file(run_dir)
         res = sync(run_dir, options.name, timeout_s=args.timeout)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rejected = (f"; {res.rejected} refused by MLflow for good now, {res.rejected_total} in all "

@@ -13,6 +13,8 @@ import numpy as np
 
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.metrics import ENV_STEPS
+from adpo_ray.orchestration import storage
+from adpo_ray.orchestration.run_folder import local_run_dir
 
 
 @dataclass
@@ -35,10 +37,12 @@ class Evaluation:
 
 
 def checkpoint_of(source: str, tracking_uri: str) -> tuple[Path, str | None]:
-    """``source`` is a checkpoint folder, or the id of a grid's child run (its ``checkpoint``
-    artifact, downloaded once). Returns (checkpoint folder, run id or None)."""
-    if os.path.isdir(source):
-        return Path(source), None
+    """``source`` is a checkpoint folder on this machine (resolved by
+    :func:`~adpo_ray.orchestration.run_folder.resolve_run_dir`), or the id of a grid's child run
+    (its ``checkpoint`` artifact, downloaded once). Returns (checkpoint folder, run id or None).
+    Raises ValueError for a URI, FileNotFoundError when ``source`` is neither."""
+    if storage.is_uri(source) or os.path.isdir(source):
+        return Path(local_run_dir(source, "CHECKPOINT", "adpo-ray evaluate")), None
     from adpo_ray.orchestration.mlflow_store import client, download
 
     try:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from adpo_ray.metrics import ENV_STEPS
-from adpo_ray.orchestration import storage
-from adpo_ray.orchestration.launch import LOCK_FILE, load_grid_file
 from adpo_ray.orchestration.planning import trial_env_steps
+from adpo_ray.orchestration.run_folder import LOCK_FILE, load_grid_file, local_run_dir
 from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.tracking import PARENT_FILE, spool_folder
 
@@ -76,9 +75,12 @@ def _trial_state(folder: Path) -> tuple[str, int]:
     return ("started" if folder.exists() else "not started"), steps
 
 
-def grid_status(run_dir: str) -> GridStatus:
-    if storage.is_uri(run_dir):
-        raise ValueError("adpo-ray status reads a local results folder; on object storage, run it on the head")
+def grid_status(run_dir: str | os.PathLike) -> GridStatus:
+    """Where the grid in ``run_dir`` stands (a folder on this machine, resolved by
+    :func:`~adpo_ray.orchestration.run_folder.resolve_run_dir`; ``GridStatus.run_dir`` is the
+    resolved folder). Raises ValueError for a URI (local folders only), FileNotFoundError when
+    the folder holds no grid."""
+    run_dir = local_run_dir(run_dir, "RUN_DIR", "adpo-ray status")
     spec, options = load_grid_file(run_dir)
     root = Path(run_dir)
     alive = _alive(root)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from adpo_ray.orchestration.launch import run_grid
+from adpo_ray.orchestration.launch import finish, run_grid
 from adpo_ray.orchestration.planning import ResourceError, plan_trials
 from adpo_ray.orchestration.trainable import GridTrainable
 from adpo_ray.report.build import build_report, log_report
@@ -108,6 +108,29 @@ def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
     # artifacts went through the server to its destination folder
     assert list((grid_dir / "server-artifacts").rglob("metrics.csv"))
     assert list((grid_dir / "server-artifacts").rglob("spec.yaml"))
+
+
+def test_run_grid_writes_the_summary_and_the_report(small_grid):
+    """run_grid() called from Python ends a grid as the CLI does: summary.csv in the folder (the
+    summary it returns) and the report, read from MLflow, next to the results."""
+    spec, opts, run, _ = small_grid
+    run_dir = Path(opts.run_dir)
+    import pandas as pd
+
+    csv = pd.read_csv(run_dir / "summary.csv")
+    assert len(csv) == 4 and (csv["status"] == "TERMINATED").all()
+    assert list(csv.columns) == list(run.summary.columns) and len(run.summary) == 4
+    by_trial = {(r.config["trial"]["scenario"], r.config["trial"]["anchor_mode"]): r.metrics["eval/winmass"] for r in run}
+    for _, row in csv.iterrows():
+        assert row["eval/winmass"] == pytest.approx(by_trial[(row["scenario"], row["anchor_mode"])])
+    assert run.report["report.html"] == run_dir / "report" / "report.html" and run.report["report.html"].is_file()
+    assert len(pd.read_csv(run_dir / "report" / "results.csv")) == 4
+    assert run.notes == [] and run.mlflow_pending == 0 and not run.interrupted  # read from MLflow, no fallback
+    # the end of a grid without a report, and of an interrupted one: the summary alone
+    for kwargs in ({"report": False}, {"interrupted": True}):
+        again = finish(spec, opts, run.results, mlflow_pending=0, **kwargs)
+        assert again.report is None and again.notes == [] and len(again.summary) == 4, kwargs
+    assert (run_dir / "summary.csv").read_text().count("\n") == 5  # header + 4 trials, rewritten whole
 
 
 def tfevents_steps(folder: Path, tag: str) -> list[int]:

@@ -117,6 +117,7 @@ def test_ctrl_c_then_resume(tmp_path):
     assert "trial(s) unfinished, left out of the table" in text
     summary = (run_dir / "summary.csv").read_text()
     assert "UNFINISHED" in summary and summary.count("TERMINATED") == 1, summary
+    assert not (run_dir / "report").exists() and "report:" not in text  # no report of a cut-short grid
     client = MlflowClient(uri)
     parents, kids = children(client, "interrupted")
     assert len(parents) == 1 and parents[0].info.status == "KILLED"

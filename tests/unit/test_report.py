@@ -218,6 +218,7 @@ def test_summary_survives_a_grid_where_no_trial_produced_a_result(tmp_path, caps
     from pyarrow import fs
 
     from adpo_ray.cli import print_summary
+    from adpo_ray.orchestration.launch import finish
     from adpo_ray.report.summary import summary_frame
     from adpo_ray.spec import parse_spec
 
@@ -236,12 +237,12 @@ def test_summary_survives_a_grid_where_no_trial_produced_a_result(tmp_path, caps
 
     frame = summary_frame([lost])
     assert frame.empty and {"env", "scenario", "method", "status"} <= set(frame.columns)
-    print_summary(spec, [lost], options)
+    print_summary(finish(spec, options, [lost], report=False))
     assert "errored" not in capsys.readouterr().out
 
     frame = summary_frame([failed, lost])
     assert frame[["env", "method", "status"]].values.tolist() == [["Hopper-v5", "adpo-dynamic", "ERROR"]]
-    print_summary(spec, [failed, lost], options)
+    print_summary(finish(spec, options, [failed, lost], report=False))
     assert "1 trial(s) errored: Hopper-v5:clean:adpo-dynamic" in capsys.readouterr().out
 
 

@@ -1,0 +1,165 @@
+"""Every command that takes a run folder resolves it the same way (``run_folder.resolve_run_dir``):
+a relative path, an absolute path and a path with a trailing slash name the same absolute folder;
+a URI stays a URI (``file://`` here: a real URI the storage layer reads, with no network); a
+command that reads local folders only says so for a URI, before anything starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adpo_ray.cli import main
+from adpo_ray.orchestration.evaluate import checkpoint_of
+from adpo_ray.orchestration.run_folder import GridOptions, resolve_run_dir, write_grid_file
+from adpo_ray.orchestration.tracking import spool_folder
+from adpo_ray.spec import parse_spec
+
+SPEC = {"name": "folders", "environments": ["PreferenceBandit"], "scenarios": ["clean"],
+        "budget": {"iterations": 2, "checkpoint_every": 1}}
+
+
+def spellings(tmp_path: Path, monkeypatch, folder: str = "grid") -> list[str]:
+    """The local ways to name ``tmp_path/folder`` (the working directory becomes ``tmp_path``)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir(exist_ok=True)
+    return [folder, f"./{folder}/", str(tmp_path / folder), str(tmp_path / folder) + "/",
+            f"{tmp_path}/x/../{folder}"]
+
+
+def test_resolve_run_dir_local_spellings(tmp_path, monkeypatch):
+    target = str((tmp_path / "grid").resolve())
+    for path in spellings(tmp_path, monkeypatch):
+        assert resolve_run_dir(path) == target, path
+    assert resolve_run_dir(Path("grid")) == target
+    assert resolve_run_dir("other") != target  # control: another folder resolves elsewhere
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("s3://bucket/x", "s3://bucket/x"),
+    ("s3://bucket/x/", "s3://bucket/x"),
+    ("s3://bucket/x//", "s3://bucket/x"),
+    ("s3://bucket/x/?region=us-west-2", "s3://bucket/x?region=us-west-2"),
+    ("gs://b/", "gs://b"),
+    ("file:///abs/dir/", "file:///abs/dir"),
+    ("file:///", "file:///"),
+])
+def test_resolve_run_dir_uris(given, expected):
+    assert resolve_run_dir(given) == expected
+
+
+@pytest.mark.parametrize("given,message", [
+    ("s3:/bucket/x", "RUN_DIR 's3:/bucket/x': a URI needs '://' after its scheme, e.g. s3://bucket/x"),
+    ("s3://", "no bucket or host after s3://"),
+    ("file://rel", "file:///dir"),
+])
+def test_resolve_run_dir_malformed_uris(given, message):
+    with pytest.raises(ValueError, match="RUN_DIR") as e:
+        resolve_run_dir(given)
+    assert message in str(e.value)
+
+
+def grid_folder(tmp_path: Path) -> Path:
+    """A grid folder as a launch leaves it before Tune writes anything: the grid file alone."""
+    run_dir = tmp_path / "grid"
+    spec = parse_spec(SPEC)
+    options = GridOptions(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=None,
+                          storage_path=str(tmp_path), name="grid")
+    write_grid_file(str(run_dir), spec, options, {"concurrency": 1, "distill_runs": None, "init_runs": None})
+    return run_dir
+
+
+def test_status_resolves_every_spelling(tmp_path, monkeypatch, capsys):
+    run_dir = grid_folder(tmp_path)
+    for path in spellings(tmp_path, monkeypatch):
+        assert main(["status", path]) == 0, path
+        out = capsys.readouterr().out
+        assert "grid: not running" in out and f"`adpo-ray resume {run_dir}` finishes it" in out, (path, out)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/x", "s3://bucket/x/", "file:///tmp/grid"])
+def test_status_of_a_uri_says_local_folders_only(uri, capsys):
+    assert main(["status", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"RUN_DIR {uri.rstrip('/')}: adpo-ray status reads local folders only" in err, err
+
+
+def test_sync_resolves_every_spelling(tmp_path, monkeypatch, capsys):
+    run_dir = grid_folder(tmp_path)  # no MLflow spool yet: sync names the folder it looked in
+    for path in spellings(tmp_path, monkeypatch):
+        assert main(["sync", path]) == 2, path
+        err = capsys.readouterr().err
+        assert f"error: {run_dir} has no MLflow spool ({spool_folder(str(run_dir), 'grid')})" in err, (path, err)
+    # a URI's spool is found by the URI's spelling: a trailing slash must not move it
+    uri = f"file://{run_dir}"
+    for path in (uri, uri + "/", uri + "//"):
+        assert main(["sync", path]) == 2, path
+        err = capsys.readouterr().err
+        assert f"error: {uri} has no MLflow spool ({spool_folder(uri, 'grid')})" in err, (path, err)
+
+
+def test_sync_and_resume_of_a_malformed_uri(capsys):
+    for command in ("sync", "resume"):
+        assert main([command, "s3:/bucket/x"]) == 2
+        assert "RUN_DIR 's3:/bucket/x': a URI needs '://'" in capsys.readouterr().err
+
+
+def test_resume_resolves_every_spelling(tmp_path, monkeypatch, capsys):
+    # a folder holding no grid: resume stops before Ray starts, naming the folder it resolved
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid").mkdir()
+    for path in [*spellings(tmp_path, monkeypatch), f"file://{tmp_path}/grid/"]:
+        assert main(["resume", path]) == 2, path
+        err = capsys.readouterr().err
+        expected = f"file://{tmp_path}/grid" if path.startswith("file:") else str(tmp_path / "grid")
+        assert f"error: {expected} is not an adpo-ray grid folder" in err, (path, err)
+
+
+def test_grid_resolves_the_storage_path(tmp_path, monkeypatch, capsys):
+    for path in [*spellings(tmp_path, monkeypatch, "rr"), "s3://bucket/rr/", "file:///data/rr/"]:
+        assert main(["grid", "--config", str(Path(__file__).parents[2] / "tune_configs/smoke.yaml"), "--dry-run",
+                     "--storage-path", path, "--name", "g"]) == 0, path
+        out = capsys.readouterr().out
+        expected = path.rstrip("/") + "/g" if "://" in path else str(tmp_path / "rr" / "g")
+        assert f"results:  {expected}\n" in out, (path, out)
+
+
+def tune_folder(tmp_path: Path) -> Path:
+    """A Tune results folder with one finished trial (its params.json and progress.csv)."""
+    trial = parse_spec(SPEC).trials()[0]
+    folder = tmp_path / "grid" / trial.dirname
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({"trial": trial.as_dict(), "spec": SPEC}))
+    (folder / "progress.csv").write_text("env_steps,done\n128,False\n256,True\n")
+    return folder.parent
+
+
+def test_report_results_resolves_every_spelling(tmp_path, monkeypatch, capsys):
+    tune_folder(tmp_path)
+    for i, path in enumerate(spellings(tmp_path, monkeypatch)):
+        assert main(["report", "--results", path, "--out", f"out{i}"]) == 0, path
+        assert "report: " in capsys.readouterr().out
+        assert (tmp_path / f"out{i}" / "results.csv").read_text().count("\n") == 2, path  # header + the trial
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/x/", "file:///tmp/grid"])
+def test_report_results_of_a_uri_says_local_folders_only(uri, tmp_path, capsys):
+    assert main(["report", "--results", uri, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"--results {uri.rstrip('/')}: adpo-ray report --results reads local folders only" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_resolves_a_checkpoint_folder(tmp_path, monkeypatch):
+    (tmp_path / "grid").mkdir()
+    for path in spellings(tmp_path, monkeypatch):
+        folder, run_id = checkpoint_of(path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert folder == tmp_path / "grid" and folder.is_absolute() and run_id is None, path
+
+
+def test_evaluate_of_a_uri_says_local_folders_only(tmp_path, capsys):
+    assert main(["evaluate", "s3://bucket/ckpt/", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "CHECKPOINT s3://bucket/ckpt: adpo-ray evaluate reads local folders only" in err, err
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before the tracking store was opened
