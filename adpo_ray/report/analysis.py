@@ -173,7 +173,7 @@ def _return_vs_kd(e: pd.DataFrame, student: str) -> tuple[str, float, float, flo
     return measured, lo, hi, mde
 
 
-def _kl_ratio(e: pd.DataFrame, student: str, claimed: float, label: str) -> tuple[str, str, str] | None:
+def _kl_ratio(e: pd.DataFrame, student: str, claimed: float, label: str, short: str) -> tuple[str, str, str] | None:
     """``(measured, verdict, mde)``: KL(teacher ‖ KD) / KL(teacher ‖ student) with its bootstrap CI,
     judged on the log ratio (0 = no effect) against ``claimed``."""
     a, b = e[e["method"] == student], e[e["method"] == "kd"]
@@ -184,7 +184,7 @@ def _kl_ratio(e: pd.DataFrame, student: str, claimed: float, label: str) -> tupl
     ratio = kl_b.mean() / max(kl_a.mean(), 1e-12)
     r_lo, r_hi = stats.bootstrap_ci((kl_b, kl_a), lambda x, y, axis=-1: x.mean(axis) / y.mean(axis))
     measured = (f"KL(teacher ‖ KD student) / KL(teacher ‖ {label} student) = {ratio:.3g} [{r_lo:.3g}, {r_hi:.3g}]"
-                f" (KD {kl_b.mean():.3g}, {label.split(' ')[0]} {kl_a.mean():.3g})")
+                f" (KD {kl_b.mean():.3g}, {short} {kl_a.mean():.3g})")
     verdict = stats.verdict(np.log(max(r_lo, 1e-12)), np.log(max(r_hi, 1e-12)), np.log(claimed))
     # KL(KD) exceeding the student's by the MDE (a relative difference) is a ratio of 1 + MDE
     return measured, verdict, _mde_text(stats.minimum_detectable_effect(kl_b, kl_a), len(kl_b), False, ratio=True)
@@ -203,7 +203,7 @@ def _distill_claims(trials: pd.DataFrame) -> list[Claim]:
         scenarios = ", ".join(dict.fromkeys(e["scenario"]))
         out.append(Claim(f"{title} ({env})", paper, measured, stats.verdict(lo, hi, 0.0), f"scenarios: {scenarios}",
                          "v3", "adpo-fixed vs kd, clean return, relative", mde))
-        kl = _kl_ratio(e, FIXED, 170.0, "fixed-anchor")
+        kl = _kl_ratio(e, FIXED, 170.0, "fixed-anchor", "fixed")
         if kl is not None:
             out.append(Claim(
                 f"Offline distillation: fixed anchor = teacher has a lower KL to the teacher than KD ({env})",
@@ -410,7 +410,7 @@ def _distill_version_claims(trials: pd.DataFrame) -> list[Claim]:
     done = finished(trials)
     for env, e in done.groupby("env", sort=False):
         scen = f"scenarios: {', '.join(dict.fromkeys(e['scenario']))}"
-        kl = _kl_ratio(e, FIXED, 4.0, "fixed-anchor")
+        kl = _kl_ratio(e, FIXED, 4.0, "fixed-anchor", "fixed")
         if kl is not None:
             out.append(Claim(f"Offline distillation: KL to the teacher lower than KD's ({env})", "4-49x lower",
                              kl[0], kl[1], scen, "v6", "KL(teacher ‖ kd) / KL(teacher ‖ adpo-fixed), held-out states",
@@ -421,7 +421,7 @@ def _distill_version_claims(trials: pd.DataFrame) -> list[Claim]:
                              "HalfCheetah 279.3 vs KD -309.0", ret[0], stats.verdict(ret[1], ret[2], 0.0), scen, "v6",
                              "adpo-fixed vs kd, clean return, relative", ret[3]))
         for mode, label in (("dynamic", "self-anchor"), ("ema", "self-anchor-EMA")):
-            kl = _kl_ratio(e, method_name("adpo", mode), 49.0, f"{label} (adpo-{mode})")
+            kl = _kl_ratio(e, method_name("adpo", mode), 49.0, label, f"adpo-{mode}")
             if kl is not None:
                 out.append(Claim(f"Offline distillation: {label} student's KL to the teacher 49x lower than KD's "
                                  f"({env})", "49x lower", kl[0], kl[1], scen, "Dec 2025",
