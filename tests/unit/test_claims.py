@@ -174,3 +174,14 @@ def test_self_anchored_students_kl_ratio(mode, label):
     assert v6.verdict == stats.SUPPORTED and v6.paper == "4-49x lower"  # 4.9x >= 4x
     (v3,) = [c for (ver, _), cs in rows.items() for c in cs if ver == "v3" and "lower KL" in c.claim]
     assert v3.verdict == stats.CONTRADICTED  # 4.9x < 170x
+
+
+def test_online_rows_find_the_anchors_under_a_loss_sweep():
+    trials = table({"adpo-dynamic (adpo.loss=listwise)": lambda s, k: 0.55 + spread(k),
+                    "adpo-fixed (adpo.loss=listwise)": lambda s, k: 0.5 + spread(k),
+                    "adpo-dynamic (adpo.loss=plackett_luce)": lambda s, k: 0.2})
+    rows = claims_of(trials)
+    for version in ("v3", "v6"):
+        (c,) = rows[(version, "Online RL under noise")]
+        assert c.verdict == stats.SUPPORTED and c.measured.startswith("+10.0%")
+        assert c.comparison.startswith("adpo-dynamic (adpo.loss=listwise) vs adpo-fixed (adpo.loss=listwise)")
