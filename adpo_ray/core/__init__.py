@@ -16,6 +16,8 @@ from adpo_ray.core.distill import (
     diag_gaussian_kl,
     diag_gaussian_logp,
     kd_loss,
+    ndcg,
+    rank_grades,
 )
 from adpo_ray.core.losses import LOSSES, adpo_loss, dpo_loss, listwise_loss, pairwise_loss
 from adpo_ray.core.noise import CLEAN, SCENARIOS, SEVERITY_TABLE, TWELVE, Scenario, get_scenario
@@ -33,6 +35,8 @@ __all__ = [
     "diag_gaussian_kl",
     "diag_gaussian_logp",
     "kd_loss",
+    "ndcg",
+    "rank_grades",
     "LOSSES",
     "adpo_loss",
     "dpo_loss",

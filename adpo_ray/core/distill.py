@@ -1,5 +1,6 @@
-"""Offline distillation math (torch only): the student losses that are not ADPO, and the exact
-KL between diagonal Gaussian policies used to measure how far a student is from its teacher.
+"""Offline distillation math (torch only): the student losses that are not ADPO, the exact
+KL between diagonal Gaussian policies used to measure how far a student is from its teacher, and
+the NDCG of a student's ranking of each state's candidates (:func:`ndcg`).
 
 Every policy here is a diagonal Gaussian given by ``mean`` and ``log_std`` of shape ``(..., A)``.
 The ADPO students reuse :func:`adpo_ray.core.losses.adpo_loss` unchanged: the list is the ``K``
@@ -12,7 +13,7 @@ import math
 
 import torch
 
-__all__ = ["DISTILL_METHODS", "diag_gaussian_kl", "diag_gaussian_logp", "kd_loss", "bc_loss"]
+__all__ = ["DISTILL_METHODS", "diag_gaussian_kl", "diag_gaussian_logp", "kd_loss", "bc_loss", "rank_grades", "ndcg"]
 
 #: Student methods of a distillation grid (``adpo`` comes with an anchor mode).
 DISTILL_METHODS: tuple[str, ...] = ("adpo", "kd", "bc")
@@ -46,3 +47,44 @@ def kd_loss(
 def bc_loss(logp_teacher_actions: torch.Tensor) -> torch.Tensor:
     """Behaviour cloning: the mean negative log-likelihood of the teacher's actions."""
     return -logp_teacher_actions.mean()
+
+
+def rank_grades(signal: torch.Tensor) -> torch.Tensor:
+    """Graded relevance of each candidate from its signal: the number of candidates of its list
+    with a strictly lower signal (the worst gets 0, the best of ``K`` distinct ones ``K - 1``;
+    equal signals share a grade). ``signal`` ``(..., K)`` -> grades ``(..., K)`` (float)."""
+    return (signal.unsqueeze(-2) < signal.unsqueeze(-1)).sum(dim=-1).to(torch.float64)
+
+
+def ndcg(scores: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """NDCG of the ranking of each list's ``K`` candidates by ``scores`` (e.g. a student's
+    log-probabilities), against the ranking by ``signal`` (e.g. their clean rewards).
+
+    Järvelin & Kekäläinen (2002, "Cumulated gain-based evaluation of IR techniques", ACM TOIS
+    20(4)): ``DCG = sum_p gain(p) / log2(p + 1)`` over rank positions ``p = 1..K``, and
+    ``NDCG = DCG / IDCG`` with ``IDCG`` the DCG of the candidates sorted by gain. The gain of a
+    candidate is its graded relevance :func:`rank_grades` (its rank under the signal, counted from
+    the worst), not the signal itself: the grades do not change under any increasing transform of
+    the signal, so one NDCG reads alike across envs, signals and reward scales, and one outlying
+    reward cannot dominate a list. Candidates that ``scores`` ties share the positions they span:
+    each gets the mean discount of those positions (the expected DCG over the ties' orders,
+    McSherry & Najork 2008), so the value does not depend on the candidates' order in the list.
+
+    ``scores``, ``signal``: ``(..., K)``; returns ``(...)`` (float64) in ``[0, 1]``, 1 when
+    ``scores`` orders the candidates as the signal does; NaN for a list whose signal is constant
+    (every order is ideal: it carries no ranking to measure).
+    """
+    if scores.shape != signal.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and signal {tuple(signal.shape)} must have the same shape (..., K)")
+    k = scores.shape[-1]
+    gains = rank_grades(signal)
+    positions = torch.arange(1, k + 1, dtype=torch.float64, device=scores.device)
+    # cumulative discount: cum[n] = sum of 1 / log2(p + 1) over positions p = 1..n (cum[0] = 0)
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64, device=scores.device),
+                     torch.cumsum(1.0 / torch.log2(positions + 1), 0)])
+    above = (scores.unsqueeze(-2) > scores.unsqueeze(-1)).sum(dim=-1)  # candidates ranked before
+    tied = (scores.unsqueeze(-2) == scores.unsqueeze(-1)).sum(dim=-1)  # itself included
+    discount = (cum[above + tied] - cum[above]) / tied.to(torch.float64)
+    dcg = (gains * discount).sum(dim=-1)
+    ideal = (torch.sort(gains, dim=-1, descending=True).values / torch.log2(positions + 1)).sum(dim=-1)
+    return torch.where(ideal > 0, dcg / torch.where(ideal > 0, ideal, 1.0), torch.nan)

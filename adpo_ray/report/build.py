@@ -41,6 +41,7 @@ def _distill_view(table: pd.DataFrame) -> pd.DataFrame:
     v["clean return (mean ± std [95% CI])"] = col("return", "{:.1f}")
     v["% of teacher"] = col("of_teacher", "{:.0f}", 100.0)
     v["KL(teacher ‖ student)"] = col("kl_teacher", "{:.3g}")
+    v["NDCG"] = col("ndcg", "{:.3f}")
     return v
 
 
@@ -141,16 +142,28 @@ def build_report(data: GridData, out_dir: str | Path, reference: str = FIXED) ->
                 images.append(path)
     files.update({p.name: p for p in images})
 
-    claims_frame = pd.DataFrame([c.__dict__ for c in claims])
+    claims_frame = pd.DataFrame([c.__dict__ for c in claims])[
+        ["version", "claim", "comparison", "paper", "measured", "mde", "verdict", "note"]
+    ].rename(columns={"mde": "min. detectable"})
     sections = [
         ("Paper claims", claims_frame,
-         "Verdicts at 95%: *supported* — the CI excludes no effect and reaches the claimed size; "
-         "*contradicted* — the whole CI lies below the claimed size; *inconclusive* — otherwise."),
+         "Each claim of each paper version (v2, v3 and v6 abstracts, the December 2025 manuscript), "
+         "with the comparison the row makes. Verdicts at 95%: *supported* — the CI excludes no effect "
+         "and reaches the claimed size; *contradicted* — the whole CI lies below the claimed size; "
+         "*inconclusive* — otherwise; *not measured* — the launch ran no trials for it. Counts of "
+         "scenarios are judged by their excess over the share of methods that would win by chance. "
+         "`min. detectable`: the relative effect (a ratio for KL rows) a t-test at 5% detects with "
+         "80% power at this launch's seeds. \"ADPO\" is the listwise (softmax) ADPO with the dynamic "
+         "anchor where run, else the fixed one; \"listwise variants\" are ADPO with the listwise or "
+         "plackett_luce loss."),
         *([("Distillation students", _distill_view(distill),
             "Final clean return of each student's mean action (same evaluation episodes as the teacher's), "
             "as a percentage of the teacher's return, and the exact KL(teacher ‖ student) of the diagonal "
-            "Gaussians averaged over held-out dataset states; mean ± std over seeds with a 95% bootstrap "
-            "CI of the mean. adpo-fixed: the anchor is the teacher.")] if not distill.empty else []),
+            "Gaussians averaged over held-out dataset states, and the NDCG of the student's ranking of each "
+            "held-out state's candidates (by its log-probability) against their clean signal's ranking "
+            "(gain = the candidate's rank under the signal; Järvelin & Kekäläinen 2002); mean ± std over "
+            "seeds with a 95% bootstrap CI of the mean. adpo-fixed: the anchor is the teacher; other "
+            "ADPO modes: self-anchored.")] if not distill.empty else []),
         ("Ranking of every method", _ci_view(ranks, "mean_rank", "mean rank [95% CI]", "{:.2f}"),
          "Mean rank of each method over the tasks (scenario x hidden size) where every method of the env "
          "ran, 1 = best, from the mean final headline metric per task; stratified bootstrap CI (trials "

@@ -1,7 +1,8 @@
 """Load a grid's trials into tidy tables, from MLflow or from a Tune results folder.
 
 * ``trials``: one row per trial — coordinates (env, scenario, noise_type, severity, algorithm,
-  anchor_mode, method, hidden_size, seed), status and final curated metrics.
+  anchor_mode, method, hidden_size, seed, start, loss: the preference loss of ADPO and DPO
+  trials), status and final curated metrics.
 * ``curves``: long table of the headline metrics over training — trial, env_steps, metric, value.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +19,8 @@ from adpo_ray.core.noise import SCENARIOS, TWELVE
 from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, is_metric_key
 from adpo_ray.spec import method_name
 
-COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start"]
+COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start",
+          "loss"]
 SCENARIO_ORDER = {name: i for i, name in enumerate([s.name for s in TWELVE] + ["clean"])}
 
 
@@ -92,7 +95,7 @@ def load_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = 
         if "trial" not in tags:
             continue
         row = {"trial": tags["trial"], **_coords(tags), "status": run.info.status, "run_id": run.info.run_id,
-               "start": start_label(run.data.params.get("anchors.init"))}
+               "start": start_label(run.data.params.get("anchors.init")), "loss": run.data.params.get("loss")}
         row.update(run.data.metrics)
         rows.append(row)
         for key in CURVE_METRICS:
@@ -103,6 +106,21 @@ def load_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = 
         raise LookupError(f"launch {parent_run_id} of experiment {experiment!r} has no trial runs")
     trials, curves = _frames(rows, curve_rows)
     return GridData(trials, curves, f"{tracking_uri} / {experiment} / {parent_run_id}", parent_run_id, exp.experiment_id)
+
+
+@lru_cache(maxsize=16)
+def _spec(spec_json: str):
+    """A launch's spec, validated once (every trial of a launch carries the same one)."""
+    from adpo_ray.spec import ExperimentSpec
+
+    return ExperimentSpec.model_validate(json.loads(spec_json))
+
+
+def _loss_of(config: dict, trial) -> str | None:
+    """The trial's preference loss (ADPO, DPO) from the spec its config carries; None without one."""
+    if "spec" not in config:
+        return None
+    return _spec(json.dumps(config["spec"], sort_keys=True)).knobs(trial).loss
 
 
 def load_tune_folder(run_dir: str | Path) -> GridData:
@@ -127,7 +145,8 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         init = (config.get("spec", {}).get("anchors") or {}).get("init")
         label = None if not init else ("pretrain:" if init.get("pretrain") else init.get("checkpoint"))
         row = {"trial": tag, **_coords({**config["trial"], "method": trial.method}),
-               "status": "FINISHED" if done else "UNFINISHED", "run_id": None, "start": start_label(label)}
+               "status": "FINISHED" if done else "UNFINISHED", "run_id": None, "start": start_label(label),
+               "loss": _loss_of(config, trial)}
         if not history.empty:
             last = history.iloc[-1]
             row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})

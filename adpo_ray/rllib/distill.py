@@ -7,14 +7,18 @@ rewards, the teacher's log-probabilities of them and the teacher's Gaussian. Met
 
 * ``adpo``: the ADPO loss of :func:`adpo_ray.core.losses.adpo_loss` over each state's ``K``
   candidates, ``y`` = their rewards. Anchor ``fixed`` = the teacher (its stored log-probs are the
-  anchor scores); any other mode is a copy of the student refreshed by its schedule, exactly as
-  online (the same hook, once per training iteration).
+  anchor scores); any other mode (``dynamic``, ``ema``, ``kl_triggered`` or an import path of an
+  :class:`~adpo_ray.core.anchors.AnchorSchedule`) is self-anchored: a copy of the student, made at
+  its start and moved by the mode's schedule exactly as online (the same hook, once per training
+  iteration).
 * ``kd``: minimise ``KL(teacher ‖ student)`` on the dataset states (exact, diagonal Gaussians).
 * ``bc``: maximise the likelihood of the teacher's (candidate) actions.
 
 Every iteration the learner takes ``states_per_iteration`` dataset states in minibatches of
 ``minibatch_states``; then ``distill/kl_teacher`` (mean KL(teacher ‖ student) over the held-out
-states) is measured, and every ``evaluation_interval`` iterations (and at the last one) the
+states) and ``distill/ndcg`` (the mean NDCG of the student's ranking of each held-out state's
+candidates, by its log-probability, against their clean signal's: :func:`adpo_ray.core.distill.ndcg`)
+are measured, and every ``evaluation_interval`` iterations (and at the last one) the
 student's mean action is evaluated on the clean env: ``eval/return_mean`` and its ratio to the
 teacher's return measured the same way.
 """
@@ -41,6 +45,7 @@ from adpo_ray.core.distill import (
     diag_gaussian_kl,
     diag_gaussian_logp,
     kd_loss,
+    ndcg,
 )
 from adpo_ray.core.losses import LOSSES, TAU_MIN, adpo_loss
 from adpo_ray.core.targets import TARGETS
@@ -50,6 +55,7 @@ from adpo_ray.metrics import (
     DISTILL_EVAL_RETURN_KEY,
     DISTILL_GROUP,
     DISTILL_KL_KEY,
+    DISTILL_NDCG_KEY,
     DISTILL_STATES_KEY,
     ENTROPY,
     LOSS_DISTILL,
@@ -63,6 +69,8 @@ from adpo_ray.rllib.settings import OptimizerConfigMixin, OptimizerLearnerMixin,
 
 #: Dataset columns a learner minibatch carries (``obs`` becomes ``Columns.OBS``).
 LEARNER_COLUMNS = ("actions", "rewards", "teacher_logp", "teacher_mean", "teacher_log_std")
+#: Dataset columns of the held-out states the measurements read.
+HELDOUT_COLUMNS = ("obs", "actions", "rewards_clean", "teacher_mean", "teacher_log_std")
 
 def _logp(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Diagonal-Gaussian log-probs of ``actions`` ``(B, K, A)`` under per-state ``(B, A)`` params."""
@@ -125,19 +133,12 @@ class DistillTorchLearner(AnchorRefreshMixin, OptimizerLearnerMixin, TorchLearne
             self.add_schedule(module_id, cfg.anchor_mode, cfg.anchor_params)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        module = self.module[module_id].unwrapped()
         mean, log_std = split_gaussian(fwd_out[Columns.ACTION_DIST_INPUTS])
         t_mean, t_log_std = batch["teacher_mean"], batch["teacher_log_std"]
         cands = batch["actions"]  # (B, K, A)
         logp = _logp(mean, log_std, cands)  # (B, K)
         if config.distill_method == "adpo":
-            if config.anchor_mode == "fixed":
-                anchor_logp = batch["teacher_logp"]  # the anchor is the teacher
-            else:
-                with torch.no_grad():
-                    a_mean, a_log_std = split_gaussian(module.forward_target(batch)[ANCHOR_DIST_INPUTS])
-                    anchor_logp = _logp(a_mean, a_log_std, cands)
-                    self.record_anchor_kl(module_id, float(diag_gaussian_kl(mean, log_std, a_mean, a_log_std).mean()))
+            anchor_logp = self.anchor_logp(module_id, config, batch, mean, log_std)
             loss = adpo_loss(
                 logp, anchor_logp, batch["rewards"],
                 loss=config.adpo_loss, target=config.adpo_target,
@@ -156,8 +157,26 @@ class DistillTorchLearner(AnchorRefreshMixin, OptimizerLearnerMixin, TorchLearne
         self.metrics.log_dict(metrics, key=module_id, window=1)
         return loss
 
+    def anchor_logp(self, module_id: str, config, batch, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        """An ADPO student's anchor scores of a minibatch's candidates ``batch["actions"]``
+        ``(B, K, A)``: ``(B, K)`` log-probs, without gradient. ``fixed``: the teacher's stored
+        log-probs; any other mode: the student's anchor copy's, recording the mean
+        KL(student ‖ anchor) of the minibatch (``mean``, ``log_std``: the student's ``(B, A)``
+        Gaussian) for the mode's schedule."""
+        if config.anchor_mode == "fixed":
+            return batch["teacher_logp"]  # the anchor is the teacher
+        module = self.module[module_id].unwrapped()
+        with torch.no_grad():
+            a_mean, a_log_std = split_gaussian(module.forward_target(batch)[ANCHOR_DIST_INPUTS])
+            self.record_anchor_kl(module_id, float(diag_gaussian_kl(mean, log_std, a_mean, a_log_std).mean()))
+            return _logp(a_mean, a_log_std, batch["actions"])
+
     # measurements on the learner's own module
-    def heldout_kl(self, heldout: dict[str, np.ndarray], module_id: str = DEFAULT_MODULE_ID) -> float:
+    def heldout_metrics(self, heldout: dict[str, np.ndarray], module_id: str = DEFAULT_MODULE_ID) -> tuple[float, float]:
+        """``(KL, NDCG)`` over the held-out states: the mean exact KL(teacher ‖ student), and the
+        mean NDCG of the student's ranking of each state's candidates by its log-probability
+        against the ranking by their clean signal (states whose signal is constant left out;
+        NaN if all are)."""
         module = self.module[module_id].unwrapped()
         with torch.no_grad():
             out = module.forward_inference({Columns.OBS: torch.as_tensor(heldout["obs"], device=self.device)})
@@ -167,7 +186,10 @@ class DistillTorchLearner(AnchorRefreshMixin, OptimizerLearnerMixin, TorchLearne
                 torch.as_tensor(heldout["teacher_log_std"], device=self.device),
                 mean, log_std,
             )
-        return float(kl.mean())
+            logp = _logp(mean, log_std, torch.as_tensor(heldout["actions"], device=self.device))
+            per_state = ndcg(logp, torch.as_tensor(heldout["rewards_clean"], device=self.device))
+        return float(kl.mean()), float(torch.nanmean(per_state))
+
 
     def evaluate(self, env_name: str, obs_norm: dict, episodes: int, seed: int,
                  module_id: str = DEFAULT_MODULE_ID, explore: bool = False) -> float:
@@ -267,7 +289,11 @@ class Distill(Algorithm):
             data = read_dataset(data)
         heldout = np.asarray(data["heldout"], dtype=bool)
         self._train = {k: data[k][~heldout] for k in ("obs", *LEARNER_COLUMNS)}
-        self._heldout = {k: data[k][heldout] for k in ("obs", "teacher_mean", "teacher_log_std")}
+        missing = [k for k in ("obs", *LEARNER_COLUMNS, *HELDOUT_COLUMNS) if k not in data]
+        if missing:
+            raise ValueError(f"the dataset lacks the column(s) {', '.join(dict.fromkeys(missing))} "
+                             "(adpo_ray.envs.candidates.COLUMNS)")
+        self._heldout = {k: data[k][heldout] for k in HELDOUT_COLUMNS}
         if not len(self._train["obs"]) or not len(self._heldout["obs"]):
             raise ValueError("the dataset needs training and held-out states (dataset.heldout_fraction)")
         self.last_eval_iteration: int | None = None
@@ -290,8 +316,9 @@ class Distill(Algorithm):
         )
         self.metrics.aggregate(results, key=LEARNER_RESULTS)
         heldout = self._heldout
-        kl = self.learner_group.foreach_learner(lambda lr: lr.heldout_kl(heldout))
-        self.metrics.log_value((DISTILL_GROUP, DISTILL_KL_KEY), float(np.mean([v.get() for v in kl])), window=1)
+        measured = [v.get() for v in self.learner_group.foreach_learner(lambda lr: lr.heldout_metrics(heldout))]
+        self.metrics.log_value((DISTILL_GROUP, DISTILL_KL_KEY), float(np.mean([kl for kl, _ in measured])), window=1)
+        self.metrics.log_value((DISTILL_GROUP, DISTILL_NDCG_KEY), float(np.mean([n for _, n in measured])), window=1)
         self.metrics.log_value((DISTILL_GROUP, DISTILL_STATES_KEY), states_trained, window=1)
         if it % cfg.eval_interval == 0 or (cfg.total_iterations and it >= cfg.total_iterations):
             env_name, obs_norm, episodes, explore = cfg.env_config["env"], cfg.obs_norm, cfg.eval_episodes, cfg.eval_explore

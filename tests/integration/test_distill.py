@@ -47,9 +47,28 @@ def synthetic_dataset(n=600, seed=0):
     actions = (mean[:, None] + np.exp(log_std)[:, None] * rng.normal(size=(n, 5, 3))).astype(np.float32)
     z = (actions - mean[:, None]) / np.exp(log_std)[:, None]
     logp = (-0.5 * z**2 - log_std[:, None] - 0.5 * np.log(2 * np.pi)).sum(-1).astype(np.float32)
-    rewards = -((actions - 0.5) ** 2).sum(-1).astype(np.float32)
-    return {"obs": obs, "actions": actions, "rewards": rewards, "teacher_logp": logp,
+    clean = -((actions - 0.5) ** 2).sum(-1).astype(np.float32)
+    rewards = (clean + rng.normal(size=clean.shape)).astype(np.float32)  # the signal with noise
+    return {"obs": obs, "actions": actions, "rewards": rewards, "rewards_clean": clean, "teacher_logp": logp,
             "teacher_mean": mean, "teacher_log_std": log_std, "heldout": rng.random(n) < 0.2}
+
+
+def heldout_ndcg(algo, data) -> float:
+    """The mean NDCG of the student's ranking of the held-out candidates against their clean
+    signal, from its module's Gaussian and the core functions."""
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.columns import Columns
+
+    from adpo_ray.core.distill import diag_gaussian_logp, ndcg
+
+    held = data["heldout"]
+    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+    with torch.no_grad():
+        out = module.forward_inference({Columns.OBS: torch.as_tensor(data["obs"][held])})[Columns.ACTION_DIST_INPUTS]
+        mean, log_std = out.chunk(2, dim=-1)
+        logp = diag_gaussian_logp(torch.as_tensor(data["actions"][held]), mean[:, None], log_std[:, None])
+        return float(ndcg(logp, torch.as_tensor(data["rewards_clean"][held])).nanmean())
 
 
 @pytest.mark.parametrize("algorithm,anchor", [("adpo", "fixed"), ("adpo", "dynamic"), ("kd", "none"), ("bc", "none")])
@@ -57,14 +76,18 @@ def test_student_trains_and_logs(ray_local, algorithm, anchor):
     spec = parse_spec({**DISTILL, "budget": {"iterations": 3}, "train": {"lr": 0.003}})
     trial = TrialSpec("Hopper-v5", "clean", algorithm, anchor, 32, 0)
     norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
-    algo = build_distill_config(spec.knobs(trial), dataset=synthetic_dataset(), obs_norm=norm, teacher_return=50.0).build_algo()
+    data = synthetic_dataset()
+    algo = build_distill_config(spec.knobs(trial), dataset=data, obs_norm=norm, teacher_return=50.0).build_algo()
     try:
         results = [curate(algo.train()) for _ in range(3)]
+        # every student logs the NDCG of its own ranking of the held-out candidates (clean signal)
+        assert results[-1]["distill/ndcg"] == pytest.approx(heldout_ndcg(algo, data), abs=1e-6)
     finally:
         algo.stop()
     for i, r in enumerate(results):
         for key in ("distill/kl_teacher", "loss/distill", "policy/entropy"):
             assert np.isfinite(r[key]), (key, r)
+        assert 0.0 <= r["distill/ndcg"] <= 1.0
         assert r["env_steps"] == (i + 1) * 128  # dataset states trained on
     # evaluated at the interval (2) and at the last iteration (3), not before
     assert "eval/return_mean" not in results[0] and "eval/return_mean" in results[1]
@@ -75,6 +98,70 @@ def test_student_trains_and_logs(ray_local, algorithm, anchor):
         assert kl[0] > kl[1] > kl[2] and kl[2] < 0.9 * kl[0], kl  # KD closes the gap to its teacher
     if algorithm == "adpo" and anchor == "dynamic":
         assert results[-1]["adpo/anchor_refreshes"] == 3
+
+
+@pytest.mark.parametrize("mode,params,moves", [
+    ("dynamic", {"every": 2}, lambda i, prev, pol: pol if i % 2 == 0 else prev),
+    ("ema", {"rate": 0.25}, lambda i, prev, pol: 0.75 * prev + 0.25 * pol),
+    ("kl_triggered", {"threshold": 1e-9, "window": 1}, lambda i, prev, pol: pol),  # any KL triggers
+    ("kl_triggered", {"threshold": 1e9, "window": 1}, lambda i, prev, pol: prev),  # none does
+    ("adpo_ray.core.anchors:EMA", {"rate": 0.5}, lambda i, prev, pol: 0.5 * prev + 0.5 * pol),  # import path
+])
+def test_self_anchored_student_moves_its_anchor_by_its_schedule(ray_local, mode, params, moves):
+    """A self-anchored student's anchor starts as a copy of the student and, after each
+    iteration, is where its mode's schedule puts it."""
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    spec = parse_spec({**DISTILL, "anchors": {"modes": [mode], "params": {mode: params}},
+                       "budget": {"iterations": 3}, "train": {"lr": 0.003}})
+    trial = TrialSpec("Hopper-v5", "clean", "adpo", mode, 32, 0)
+    assert trial.method == f"adpo-{mode}"
+    norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
+    algo = build_distill_config(spec.knobs(trial), dataset=synthetic_dataset(), obs_norm=norm).build_algo()
+    try:
+        module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+
+        def params_of(ps):
+            return torch.cat([p.detach().flatten() for p in ps]).clone()
+
+        anchor = params_of(module.anchor_parameters())
+        assert torch.equal(anchor, params_of(module.policy_parameters()))  # a copy of the student
+        refreshes = 0
+        for i in range(1, 4):
+            r = curate(algo.train())
+            policy, now = params_of(module.policy_parameters()), params_of(module.anchor_parameters())
+            expected = moves(i, anchor, policy)
+            torch.testing.assert_close(now, expected, rtol=1e-5, atol=1e-6)
+            refreshes += int(not torch.equal(expected, anchor))
+            assert r["adpo/anchor_refreshes"] == refreshes
+            anchor = now
+    finally:
+        algo.stop()
+
+
+def test_fixed_anchor_student_is_anchored_to_the_teacher(ray_local):
+    """``fixed``: no anchor copy and no schedule; the anchor scores are the teacher's stored
+    log-probs, before and after training."""
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    spec = parse_spec({**DISTILL, "anchors": {"modes": ["fixed"]}, "budget": {"iterations": 2}})
+    trial = TrialSpec("Hopper-v5", "clean", "adpo", "fixed", 32, 0)
+    norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
+    data = synthetic_dataset()
+    algo = build_distill_config(spec.knobs(trial), dataset=data, obs_norm=norm).build_algo()
+    try:
+        learner = algo.learner_group._learner
+        batch = {"teacher_logp": torch.as_tensor(data["teacher_logp"][:4]), "actions": torch.as_tensor(data["actions"][:4])}
+        for _ in range(2):
+            r = curate(algo.train())
+            assert "adpo/anchor_refreshes" not in r and not learner._schedules
+            got = learner.anchor_logp(DEFAULT_MODULE_ID, algo.config, batch, None, None)
+            assert torch.equal(got, torch.as_tensor(data["teacher_logp"][:4]))
+        assert not hasattr(learner.module[DEFAULT_MODULE_ID], "_anchor_pi")
+    finally:
+        algo.stop()
 
 
 def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
