@@ -421,11 +421,12 @@ def _distill_version_claims(trials: pd.DataFrame) -> list[Claim]:
                              "HalfCheetah 279.3 vs KD -309.0", ret[0], stats.verdict(ret[1], ret[2], 0.0), scen, "v6",
                              "adpo-fixed vs kd, clean return, relative", ret[3]))
         for mode, label in (("dynamic", "self-anchor"), ("ema", "self-anchor-EMA")):
-            kl = _kl_ratio(e, method_name("adpo", mode), 49.0, label, f"adpo-{mode}")
+            method = method_name("adpo", mode)
+            kl = _kl_ratio(e, method, 49.0, label, method)
             if kl is not None:
                 out.append(Claim(f"Offline distillation: {label} student's KL to the teacher 49x lower than KD's "
                                  f"({env})", "49x lower", kl[0], kl[1], scen, "Dec 2025",
-                                 f"KL(teacher ‖ kd) / KL(teacher ‖ adpo-{mode}), held-out states", kl[2]))
+                                 f"KL(teacher ‖ kd) / KL(teacher ‖ {method}), held-out states", kl[2]))
     if not any(c.version == "v6" for c in out):
         out.append(Claim("Offline distillation: KL to the teacher lower than KD's, with better returns",
                          "4-49x lower; HalfCheetah 279.3 vs KD -309.0", "-", stats.NOT_MEASURED,
