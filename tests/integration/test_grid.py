@@ -151,7 +151,7 @@ def tfevents_steps(folder: Path, tag: str) -> list[int]:
     return sorted(out)
 
 
-def test_evaluate_a_banditrun_py(small_grid, tmp_path):
+def test_evaluate_a_bandit_run(small_grid, tmp_path):
     spec, opts, results, _ = small_grid
     client = MlflowClient(opts.tracking_uri)
     _, kids = children(client, spec.experiment_name)
@@ -159,7 +159,7 @@ def test_evaluate_a_banditrun_py(small_grid, tmp_path):
     res = run_py("-m", "adpo_ray.cli", "evaluate", kid.info.run_id, "--tracking-uri", opts.tracking_uri, cwd=tmp_path,
                env={**os.environ, "ADPO_RAY_CACHE": str(tmp_path / "cache")}, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    winmass = client.getrun_py(kid.info.run_id).data.metrics["evaluate/clean/winmass_mean"]
+    winmass = client.get_run(kid.info.run_id).data.metrics["evaluate/clean/winmass_mean"]
     # the restored policy is the trained one: the same WinMass as its final evaluation
     assert winmass == pytest.approx(kid.data.metrics["eval/winmass"], abs=1e-6)
     assert f"WinMass {winmass:.4f}" in res.stdout
@@ -464,7 +464,7 @@ def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
         assert [a.path for a in client.list_artifacts(kid.info.run_id, "evaluate")][0].endswith(".mp4")
     else:
         assert "--video: MuJoCo could not render offscreen" in res.stdout, res.stdout
-    logged = client.getrun_py(kid.info.run_id).data.metrics
+    logged = client.get_run(kid.info.run_id).data.metrics
     assert np.isfinite(logged["evaluate/shift-high/return_mean"]) and logged["evaluate/shift-high/return_std"] >= 0
     folder = next((tmp_path / "ray_results" / "mujoco").glob("HalfCheetah-v5_*_ppo_*/checkpoint_*"))
     res = run_py("-m", "adpo_ray.cli", "evaluate", str(folder), "--episodes", "1", cwd=tmp_path, timeout=600)
