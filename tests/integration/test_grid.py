@@ -351,8 +351,13 @@ CHROMIUM = "/usr/bin/chromium"
 
 def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
     """The MLflow UI, served by a real `mlflow server` over the grid's store, in headless Chromium:
-    the experiment page lists the child runs, with the anchor_mode and scenario tags as columns."""
+    the experiment page lists the child runs, with the anchor_mode and scenario tags as columns.
+    With ``ADPO_RAY_DOCS_SCREENSHOTS=DIR`` its screenshots are kept in DIR (the docs' pictures of
+    the MLflow UI are made this way)."""
     from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("ADPO_RAY_DOCS_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
     spec, opts, results, grid_dir = small_grid
@@ -389,7 +394,7 @@ def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
                 column = page.locator(f"[role=gridcell][col-id='tags.`{tag}`']")
                 column.first.wait_for(timeout=20_000)
                 cells[tag] = set(column.all_inner_texts())
-            page.screenshot(path=str(tmp_path / "mlflow_ui.png"), full_page=True)
+            page.screenshot(path=str(shots / "mlflow_ui.png"), full_page=True)
 
             # the launch view: the parent row shows its per-method summary metric
             metric = "summary/PreferenceBandit/adpo-dynamic/winmass_mean"
@@ -408,12 +413,12 @@ def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
             page.locator("input[type=radio][value=CHART]").dispatch_event("click")
             page.get_by_text(re.compile(r"^fixed \(")).first.wait_for(timeout=30_000)
             body = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "mlflow_charts.png"))
+            page.screenshot(path=str(shots / "mlflow_charts.png"))
         finally:
             browser.close()
     assert {"fixed", "dynamic"} <= cells["anchor_mode"]
     assert {"clean", "flip-high"} <= cells["scenario"]
-    assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
+    assert (shots / "mlflow_ui.png").stat().st_size > 10_000
     parent_value = parents[0].data.metrics[metric]
     assert shown and float(shown[0]) == pytest.approx(parent_value)
     assert "Group: fixed" in body and "Group: dynamic" in body
