@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adpo_ray.spec import SpecError, TrialSpec, init_slot, load_spec, parse_spec, pretrained_of, pretrained_policies
+from adpo_ray.spec import (
+    SpecError,
+    TrialSpec,
+    init_slot,
+    load_spec,
+    parse_spec,
+    pretrained_of,
+    pretrained_policies,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {
