@@ -40,6 +40,8 @@ ANCHOR_REFRESHES = "adpo/anchor_refreshes"
 LAST_REFRESH_STEP = "adpo/last_refresh_step"
 LAST_REFRESH_KL = "adpo/last_refresh_kl"
 LOSS_ADPO = "loss/adpo"
+#: ``ppo_kl``'s KL coefficient beta after each update (the one the next update uses)
+PPO_KL_BETA = "ppo_kl/beta"
 LOSS_POLICY = "loss/policy"
 LOSS_VF = "loss/vf"
 ENTROPY = "policy/entropy"
@@ -69,6 +71,8 @@ DISTILL_EVAL_RETURN_KEY = "eval_return_mean"
 DISTILL_EVAL_OVER_TEACHER_KEY = "eval_return_over_teacher"
 #: RLlib's own learner keys that the curated losses read (``ray.rllib.core.learner.learner``).
 RLLIB_POLICY_LOSS, RLLIB_VF_LOSS, RLLIB_ENTROPY = "policy_loss", "vf_loss", "entropy"
+#: RLlib's PPO learner key of the current KL coefficient (``ppo_kl`` logs its beta there).
+RLLIB_CURR_KL_COEFF = "curr_kl_coeff"
 
 _L = ("learners", MODULE)
 
@@ -90,6 +94,7 @@ CURATED: dict[str, tuple[tuple[str, ...], ...]] = {
     LAST_REFRESH_STEP: ((*_L, LAST_REFRESH_STEP),),
     LAST_REFRESH_KL: ((*_L, LAST_REFRESH_KL),),
     LOSS_ADPO: ((*_L, LOSS_ADPO),),
+    PPO_KL_BETA: ((*_L, RLLIB_CURR_KL_COEFF),),
     LOSS_POLICY: ((*_L, RLLIB_POLICY_LOSS),),
     LOSS_VF: ((*_L, RLLIB_VF_LOSS),),
     ENTROPY: ((*_L, RLLIB_ENTROPY), (*_L, ENTROPY)),

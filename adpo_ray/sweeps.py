@@ -22,7 +22,7 @@ __all__ = ["Distribution", "Search", "Asha", "SWEEP_SECTIONS", "apply_sets", "se
            "format_value", "distribution_bounds"]
 
 #: Spec sections whose knobs can be swept, and how a path into them looks.
-SWEEP_SECTIONS = ("train", "adpo", "ppo", "bandit", "anchors.params")
+SWEEP_SECTIONS = ("train", "adpo", "ppo", "ppo_kl", "bandit", "anchors.params")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 
 

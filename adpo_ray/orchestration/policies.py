@@ -5,7 +5,7 @@ A policy is RLlib PPO trained on the clean env (as a Ray task), one MLflow run i
 (``distill.teacher.experiment`` / ``anchors.init.pretrain.experiment``) tagged with its key (env,
 budget, seed, network, optimisation knobs: :func:`adpo_ray.spec.clean_ppo`): the RLlib checkpoint
 under ``checkpoint/``, its frozen observation normalisation in ``teacher.json`` and its clean
-return as ``teacher/return_mean``. Only FINISHED runs count, so an interrupted training is redone,
+return as ``teacher/return_mean`` (on the bandit: no normalisation, its clean ``eval/winmass``). Only FINISHED runs count, so an interrupted training is redone,
 never half-used; a key another launch is training is waited for, never trained twice.
 
 A teacher and a pretrained start with equal settings are one run. Pretrained starts
@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from adpo_ray.metrics import ENV_STEPS, TEACHER_RETURN
+from adpo_ray.metrics import ENV_STEPS, EVAL_WINMASS, TEACHER_RETURN, curate
 from adpo_ray.orchestration.mlflow_store import client as _client
 from adpo_ray.orchestration.mlflow_store import download, experiment_id
 from adpo_ray.spec import CleanPPO, ExperimentSpec, TrialSpec, init_slot, pretrained_policies
@@ -141,31 +141,38 @@ def train_teacher(spec_json: str, stage_json: str, tracking_uri: str, run_id: st
         config = build_algo_config(knobs)
         config.evaluation(evaluation_interval=None)
         algo = config.build_algo()
-        steps = 0
-        while steps < t.env_steps:
+        steps, result = 0, {}
+        while steps < t.env_steps and (t.iterations is None or algo.iteration < t.iterations):
             result = algo.train()
             steps = int(result.get("num_env_steps_sampled_lifetime")
                         or result["env_runners"]["num_env_steps_sampled_lifetime"])
-        obs_norm = obs_norm_of(algo)
-        ret = evaluate_policy(algo.get_module(), env, obs_norm, spec.evaluation.episodes, EVAL_SEED,
-                              explore=spec.evaluation.explore)
+        if knobs.kind == "bandit":  # the clean WinMass of the final policy (no observation filter)
+            obs_norm, score = None, {"winmass": curate(result)[EVAL_WINMASS]}
+        else:
+            obs_norm = obs_norm_of(algo)
+            score = {"return_mean": evaluate_policy(algo.get_module(), env, obs_norm, spec.evaluation.episodes,
+                                                    EVAL_SEED, explore=spec.evaluation.explore)}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "checkpoint"
             algo.save_to_path(str(ckpt))
             algo.stop()
             client.log_artifacts(run.info.run_id, str(ckpt), "checkpoint")
             (Path(tmp) / TEACHER_FILE).write_text(json.dumps(
-                {"key": key, "env": env, "obs_norm": obs_norm, "return_mean": ret, "env_steps": steps}
+                {"key": key, "env": env, "obs_norm": obs_norm, **score, "env_steps": steps,
+                 "iterations": algo.iteration}
             ))
             client.log_artifact(run.info.run_id, str(Path(tmp) / TEACHER_FILE))
         # the teacher's own budget, not the students' (knobs' budget.* is the grid's)
         params = {k: v for k, v in knobs.params().items() if not k.startswith("budget.")}
         params["env_steps"] = str(t.env_steps)
+        if t.iterations is not None:
+            params["iterations"] = str(t.iterations)
+        name, value = (EVAL_WINMASS, score["winmass"]) if "winmass" in score else (TEACHER_RETURN, score["return_mean"])
         client.log_batch(
             run.info.run_id,
-            metrics=[Metric(TEACHER_RETURN, ret, 0, steps), Metric(ENV_STEPS, steps, 0, steps)],
+            metrics=[Metric(name, value, 0, steps), Metric(ENV_STEPS, steps, 0, steps)],
             params=[Param(k, v) for k, v in params.items()],
-            tags=[RunTag(TEACHER_RETURN, f"{ret:.1f}")],
+            tags=[RunTag(name, f"{value:.3g}" if "winmass" in score else f"{value:.1f}")],
         )
         client.set_terminated(run.info.run_id, "FINISHED")
     except BaseException:
@@ -192,14 +199,13 @@ def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: 
         run = find_policy(client, stage)
         if run is not None:
             out[stage.key] = {"run_id": run.info.run_id, "trained": False}
-            log(f"{what} {stage.key}: reusing MLflow run {run.info.run_id} "
-                f"(clean return {run.data.metrics.get(TEACHER_RETURN, float('nan')):.1f})")
+            log(f"{what} {stage.key}: reusing MLflow run {run.info.run_id} ({_clean_score(run.data.metrics)})")
             continue
         run_id, mine = claim_policy(client, stage, artifact_location)
         if not mine:  # another launch trains this very policy: never a second one
             elsewhere[stage.key] = run_id
             continue
-        log(f"{what} {stage.key}: training RLlib PPO for {stage.env_steps} env steps")
+        log(f"{what} {stage.key}: training RLlib PPO for {stage.budget}")
         knobs = spec.knobs(stage.trial)  # a local learner on a GPU needs it reserved here
         gpus = knobs.num_gpus_per_learner if knobs.num_learners == 0 else 0
         pending[stage.key] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
@@ -208,11 +214,18 @@ def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: 
     for key, ref in pending.items():
         out[key] = {"run_id": ray.get(ref), "trained": True}
         info = teacher_info(tracking_uri, out[key]["run_id"])
-        log(f"{what} {key}: trained, clean return {info['return_mean']:.1f}")
+        log(f"{what} {key}: trained, {_clean_score({TEACHER_RETURN: info.get('return_mean'), EVAL_WINMASS: info.get('winmass')})}")
     for key, run_id in elsewhere.items():
         out[key] = {"run_id": wait_for_teacher(client, run_id, log), "trained": False}
     return out
 
+
+
+def _clean_score(metrics: dict) -> str:
+    """A stored policy's clean yardstick in words: the bandit's WinMass, or MuJoCo's return."""
+    if metrics.get(EVAL_WINMASS) is not None:
+        return f"clean winmass {metrics[EVAL_WINMASS]:.3f}"
+    return f"clean return {metrics.get(TEACHER_RETURN) or float('nan'):.1f}"
 
 
 def prepare_init(spec: ExperimentSpec, tracking_uri: str, artifact_location: str | None, log=print) -> dict[str, str]:

@@ -432,7 +432,8 @@ def spec_params(spec_dict: dict) -> dict[str, str]:
         elif value is not None:
             out[mlflow_key(prefix)] = (",".join(map(str, value)) if isinstance(value, list) else str(value))[:6000]
 
-    for section in ("train", "adpo", "ppo", "bandit", "budget", "evaluation", "resources", "env_overrides", "distill"):
+    for section in ("train", "adpo", "ppo", "ppo_kl", "bandit", "budget", "evaluation", "resources", "env_overrides",
+                    "distill"):
         walk(f"spec.{section}", spec_dict.get(section))
     walk("spec.anchors.params", spec_dict.get("anchors", {}).get("params"))
     return out

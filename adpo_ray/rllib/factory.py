@@ -1,5 +1,5 @@
 """One trial's effective settings (:class:`~adpo_ray.spec.TrialKnobs`) -> an RLlib AlgorithmConfig:
-ADPO, DPO or the PPO baseline online, and the offline distillation students (``adpo``, ``kd``, ``bc``).
+ADPO, DPO or the PPO baselines (clipped, and the KL penalty ``ppo_kl``) online, and the offline distillation students (``adpo``, ``kd``, ``bc``).
 
 The builders read only the knobs record, which is also what MLflow logs as the trial's params:
 every value as it is (a knob that is off is its off value), and a knob that does not apply to
@@ -15,7 +15,7 @@ from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter
 from adpo_ray.rllib.distill import LOSS_VARIANTS
 from adpo_ray.rllib.env import register
-from adpo_ray.rllib.fused import FusedPPOConfig
+from adpo_ray.rllib.fused import FusedPPOConfig, PPOKLConfig
 from adpo_ray.spec import TrialKnobs
 from adpo_ray.spec.knobs import ALL_RANKS
 
@@ -35,10 +35,10 @@ def model_config(hidden_size: int) -> DefaultModelConfig:
 
 def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
     """The RLlib config of one online trial. Shared knobs (network, optimiser, batch sizes) are
-    the same for every method, so ADPO, DPO and PPO differ only in their policy loss."""
+    the same for every method, so ADPO, DPO, PPO and ``ppo_kl`` differ only in their policy loss."""
     env_name = register()
     trial = knobs.trial
-    config = ADPOConfig() if trial.algorithm in ("adpo", "dpo") else FusedPPOConfig()
+    config = {"adpo": ADPOConfig, "dpo": ADPOConfig, "ppo_kl": PPOKLConfig}.get(trial.algorithm, FusedPPOConfig)()
     config = (
         config.api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .environment(env_name, env_config=knobs.env_config)
@@ -70,6 +70,9 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
     )
     if knobs.clip_param is not None:
         config.training(clip_param=knobs.clip_param)
+    if knobs.kl_beta is not None:  # ppo_kl: the KL penalty instead of clipping
+        config.training(use_kl_loss=True, kl_coeff=knobs.kl_beta, kl_target=knobs.kl_target,
+                        kl_adaptive=knobs.kl_adaptive)
     if knobs.loss is not None:
         config.training(
             adpo_loss=knobs.loss,

@@ -1,4 +1,5 @@
-"""The fused learner update, shared by ADPO and the PPO baseline (so their comparison stays fair).
+"""The fused learner update, shared by ADPO and the PPO baselines (clipped PPO and the KL-penalty
+policy gradient ``ppo_kl``), so their comparison stays fair.
 
 RLlib's ``Learner.update`` slices a ``SampleBatch`` into each minibatch, logs a dozen metrics and
 checks every gradient for NaNs (a host sync per parameter on a GPU) on every minibatch: at our
@@ -28,6 +29,7 @@ import torch
 from ray.rllib.algorithms.algorithm_config import NotProvided
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.ppo import (
+    LEARNER_RESULTS_CURR_KL_COEFF_KEY,
     LEARNER_RESULTS_KL_KEY,
     LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
     LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
@@ -47,6 +49,7 @@ from ray.rllib.utils.metrics import (
     WEIGHTS_SEQ_NO,
 )
 
+from adpo_ray.core.kl_penalty import adapt_kl_beta
 from adpo_ray.core.minibatches import minibatch_plan
 from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.settings import OptimizerConfigMixin, OptimizerLearnerMixin, set_provided
@@ -338,13 +341,25 @@ class FusedPPOTorchLearner(FusedUpdateMixin, PPOTorchLearner):
         return frozenset(columns)
 
     def fused_loss(self, module_id, config, batch):
+        fwd = rp.forward_train(self.module[module_id].unwrapped(), batch)  # the loop set train mode
+        total, stats = self.ppo_terms(module_id, config, batch, fwd)
+        return total, stats, None
+
+    def surrogate(self, config, ratio: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """The per-row surrogate objective (maximised) from the probability ratio
+        ``pi_new(a|s) / pi_old(a|s)`` and the advantage, both ``(N,)``: PPO's clipped one."""
+        return torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - config.clip_param, 1 + config.clip_param))
+
+    def ppo_terms(self, module_id, config, batch, fwd):
+        """One minibatch's total loss and its detached terms (:attr:`fused_terms`), given the
+        module's forward outputs ``fwd``: ``-surrogate`` (:meth:`surrogate`), the clipped value
+        loss times ``vf_loss_coeff``, minus the entropy bonus, plus ``beta * KL(pi_old || pi_new)``
+        when ``use_kl_loss`` (beta: ``curr_kl_coeffs_per_module``), each a masked mean over rows."""
         module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
-        fwd = rp.forward_train(module, batch)  # the fused loop put the module in train mode
         dist = module.get_train_action_dist_cls().from_logits(fwd[Columns.ACTION_DIST_INPUTS])
         ratio = torch.exp(dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP])
-        adv = batch[Columns.ADVANTAGES]
-        surrogate = torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - config.clip_param, 1 + config.clip_param))
+        surrogate = self.surrogate(config, ratio, batch[Columns.ADVANTAGES])
         values = module.compute_values(batch, embeddings=fwd.get(Columns.EMBEDDINGS))
         vf_loss = torch.pow(values - batch[Columns.VALUE_TARGETS], 2.0)
         vf_clipped = torch.clamp(vf_loss, 0, config.vf_clip_param)
@@ -361,7 +376,7 @@ class FusedPPOTorchLearner(FusedUpdateMixin, PPOTorchLearner):
         with torch.no_grad():
             ev = explained_variance(batch[Columns.VALUE_TARGETS], values)
             stats = torch.cat([means.detach()[[0, 1, 3, 2]], torch.stack([kl.detach(), ev])])
-        return total, stats, None
+        return total, stats
 
     def fused_log(self, module_id, config, values):
         self.metrics.log_dict(
@@ -401,3 +416,99 @@ class FusedPPOConfig(FusedLearnerConfigMixin, PPOConfig):
     def validate(self) -> None:
         super().validate()
         self._validate_fused()
+
+
+#: Where a :class:`FusedPPOKLTorchLearner` keeps each module's current beta in its state.
+KL_BETA_STATE = "ppo_kl_beta"
+
+
+class FusedPPOKLTorchLearner(FusedPPOTorchLearner):
+    """The KL-penalty policy gradient (``ppo_kl``): PPO's learner with the unclipped surrogate
+    ``ratio * A`` and the penalty ``beta * KL(pi_old || pi_new)`` (exact, per state, the behaviour
+    policy's action distribution against the current one), plus PPO's value loss and entropy
+    bonus. After each update beta follows the PPO paper's adaptive rule
+    (:func:`~adpo_ray.core.kl_penalty.adapt_kl_beta`) on the update's mean KL over all its
+    minibatches, unless ``kl_adaptive`` is off; beta is logged (RLlib's ``curr_kl_coeff``) and kept
+    in the learner's state, so a restored checkpoint continues with it."""
+
+    def build(self) -> None:
+        super().build()
+        self._kl_sum: dict[str, float] = {}
+        self._kl_count: dict[str, int] = {}
+
+    def surrogate(self, config, ratio, adv):
+        return adv * ratio  # no clipping: the KL penalty is the trust region
+
+    def fused_log(self, module_id, config, values):
+        super().fused_log(module_id, config, values)
+        self._record_kl(module_id, values["kl"])
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        """RLlib's update loop (``learner_update='rllib'``): the fused path's terms per minibatch."""
+        total, stats = self.ppo_terms(module_id, config, batch, fwd_out)
+        values = dict(zip(self.fused_terms, stats.unbind(), strict=True))
+        super().fused_log(module_id, config, values)
+        self._record_kl(module_id, values["kl"])  # a tensor: summed on the device, read after the update
+        return total
+
+    def _record_kl(self, module_id: str, kl) -> None:
+        self._kl_sum[module_id] = self._kl_sum.get(module_id, 0.0) + kl
+        self._kl_count[module_id] = self._kl_count.get(module_id, 0) + 1
+
+    def before_gradient_based_update(self, *, timesteps) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        self._kl_sum.clear()
+        self._kl_count.clear()
+
+    def kl_beta(self, module_id: str) -> float:
+        """The module's current KL coefficient (the one the next update uses)."""
+        return float(self.curr_kl_coeffs_per_module[module_id])
+
+    def _update_module_kl_coeff(self, *, module_id, config, kl_loss) -> None:
+        # RLlib hands over the last minibatch's KL; the rule reads the update's mean
+        count = self._kl_count.get(module_id, 0)
+        beta = self.curr_kl_coeffs_per_module[module_id]
+        if count and config.kl_adaptive:
+            kl = float(self._kl_sum[module_id]) / count
+            beta.data.fill_(adapt_kl_beta(float(beta), kl, config.kl_target))
+        self.metrics.log_value((module_id, LEARNER_RESULTS_CURR_KL_COEFF_KEY), float(beta), window=1)
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state[KL_BETA_STATE] = {mid: float(b) for mid, b in self.curr_kl_coeffs_per_module.items()}
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for mid, beta in state.get(KL_BETA_STATE, {}).items():
+            self.curr_kl_coeffs_per_module[mid].data.fill_(beta)
+
+
+class PPOKLConfig(FusedPPOConfig):
+    """The KL-penalty policy gradient's config (``ppo_kl``): PPO's, with ``use_kl_loss`` on,
+    ``kl_coeff`` the initial beta (default 1.0), ``kl_target`` the rule's d_targ (0.01) and
+    ``kl_adaptive`` (True); ``clip_param`` is not read."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class)
+        self.use_kl_loss = True
+        self.kl_coeff = 1.0
+        self.kl_target = 0.01
+        self.kl_adaptive = True
+
+    def training(self, *, kl_adaptive=NotProvided, **kwargs) -> PPOKLConfig:
+        """:class:`FusedPPOConfig`'s settings, plus ``kl_adaptive`` (adapt beta after each update)."""
+        super().training(**kwargs)
+        set_provided(self, kl_adaptive=kl_adaptive)
+        return self
+
+    def get_default_learner_class(self):
+        return FusedPPOKLTorchLearner
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.use_kl_loss:
+            rp.config_value_error(self, "use_kl_loss=False: the KL penalty is this method's trust region; keep it on")
+        if not self.kl_coeff > 0 or not self.kl_target > 0:
+            rp.config_value_error(self, f"kl_coeff (initial beta) and kl_target must be > 0, got "
+                                        f"{self.kl_coeff} and {self.kl_target}")

@@ -36,6 +36,7 @@ from adpo_ray.spec.sections import (
     EnvOverride,
     Evaluation,
     Hidden,
+    PPOKLParams,
     Resources,
     Seed,
     Tracking,
@@ -52,6 +53,9 @@ from adpo_ray.sweeps import SWEEP_SECTIONS, Distribution, Search, distribution_b
 MAX_TRIALS = 200_000
 #: The sections whose knobs a trial reads, by the model that holds them once layered.
 KNOB_SECTIONS: dict[str, type[BaseModel]] = {"train": TrainParams, "adpo": ADPOParams, "ppo": TrainParams}
+#: The algorithms whose optimisation knobs take the ``ppo:`` overrides: PPO and the KL-penalty
+#: policy gradient, which share the PPO family's tuned settings (e.g. MuJoCo's lr 3e-4).
+PPO_FAMILY = ("ppo", "ppo_kl")
 
 
 def _knob_names(model: type[BaseModel]) -> list[str]:
@@ -129,6 +133,8 @@ class ExperimentSpec(_Strict):
     #: knobs of the ``train`` section that PPO trials (the baseline, pretrained starts and
     #: distillation teachers) set differently, e.g. ``{lr: 0.0003}`` while ADPO runs at another
     ppo: dict[str, Any] = Field(default_factory=dict)
+    #: the KL-penalty baseline's loss knobs (``algorithms: [ppo_kl]``)
+    ppo_kl: PPOKLParams = Field(default_factory=PPOKLParams)
     #: knobs this spec sets away from :data:`KIND_DEFAULTS` on purpose, ``{<section>.<knob>: why}``
     #: (documentation that a test holds presets to; it changes no setting)
     departs_from_defaults: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
@@ -287,12 +293,8 @@ class ExperimentSpec(_Strict):
             raise ValueError("anchors.init: not with `distill` (students start from scratch, their anchor "
                              "is the teacher); remove one of them")
         if init.pretrain is not None:
-            bad = [e for e in self.environments if ENVIRONMENTS[e]["kind"] != "mujoco"]
-            if bad:
-                raise ValueError(f"anchors.init.pretrain: MuJoCo envs only (PPO pretraining is evaluated on the "
-                                 f"clean MuJoCo env); {', '.join(bad)} is not one; give anchors.init.checkpoint "
-                                 "or split the spec")
-        elif isinstance(init.checkpoint, dict):
+            return  # one pretrained policy per env and network size, on any env
+        if isinstance(init.checkpoint, dict):
             missing = [e for e in self.environments if e not in init.checkpoint]
             extra = [e for e in init.checkpoint if e not in self.environments]
             if missing or extra:
@@ -380,13 +382,13 @@ class ExperimentSpec(_Strict):
 
     def _check_sweep_path(self, path: str) -> None:
         section = next((s for s in SWEEP_SECTIONS if path.startswith(s + ".")), None)
-        hint = ("sweepable knobs are train.<knob>, adpo.<knob>, ppo.<knob>, bandit.<knob> and "
+        hint = ("sweepable knobs are train.<knob>, adpo.<knob>, ppo.<knob>, ppo_kl.<knob>, bandit.<knob> and "
                 "anchors.params.<mode>.<parameter>")
         if section is None:
             raise ValueError(f"sweep.{path}: not a sweepable knob; {hint}")
         rest = path[len(section) + 1:]
-        if section in ("train", "adpo", "ppo", "bandit"):
-            model = BanditParams if section == "bandit" else KNOB_SECTIONS[section]
+        if section in ("train", "adpo", "ppo", "ppo_kl", "bandit"):
+            model = {"bandit": BanditParams, "ppo_kl": PPOKLParams}.get(section) or KNOB_SECTIONS[section]
             names = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
             if rest not in names:
                 raise ValueError(f"sweep.{path}: {section} has no knob {rest!r}; allowed: "
@@ -430,11 +432,11 @@ class ExperimentSpec(_Strict):
         """The optimisation knobs of ``algorithm``'s trials on ``env``: :class:`TrainParams`'s
         defaults, then the env kind's (:data:`KIND_DEFAULTS`), ``train:``, ``env_overrides.<env>.train``,
         and for PPO (the baseline, pretrained starts and distillation teachers) the kind's PPO
-        defaults and ``ppo:`` on top. Raises pydantic's ValidationError for an invalid mix."""
+        defaults and ``ppo:`` on top (also for ``ppo_kl``, :data:`PPO_FAMILY`). Raises pydantic's ValidationError for an invalid mix."""
         override = self.env_overrides.get(env)
         layers = [self._kind(env)["train"], self.train.model_dump(by_alias=True, exclude_none=True),
                   override.train if override is not None else {}]
-        if algorithm == "ppo":
+        if algorithm in PPO_FAMILY:
             layers += [self._kind(env)["ppo"], self.ppo]
         return _layered("train", json.dumps(layers, sort_keys=True))
 
@@ -491,7 +493,8 @@ def _swept_value(path: str, value: Any) -> Any:
     compare equal (``1`` and ``1.0`` of a float knob, ``'1e-3'`` and ``0.001``, ``1`` and ``true``
     of a switch). Anchor parameters reach their schedule as written."""
     section, _, knob = path.partition(".")
-    model = {"train": TrainSection, "adpo": ADPOSection, "ppo": TrainSection, "bandit": BanditParams}.get(section)
+    model = {"train": TrainSection, "adpo": ADPOSection, "ppo": TrainSection, "ppo_kl": PPOKLParams,
+             "bandit": BanditParams}.get(section)
     if model is None:
         return value
     name = next(n for n, f in model.model_fields.items() if knob in (n, f.alias))

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.spec.sections import TrainParams
 from adpo_ray.spec.trials import TrialSpec
 
@@ -33,6 +34,13 @@ class CleanPPO:
     seed: int
     experiment: str
     key: str
+    iterations: int | None = None  # with env_steps: whichever comes first
+
+    @property
+    def budget(self) -> str:
+        """The budget in words: ``1024 env steps`` or ``30 iterations (at most 1024 env steps)``."""
+        steps = f"{self.env_steps} env steps"
+        return steps if self.iterations is None else f"{self.iterations} iterations (at most {steps})"
 
     @property
     def trial(self) -> TrialSpec:
@@ -40,20 +48,27 @@ class CleanPPO:
         return TrialSpec(self.env, "clean", "ppo", "none", self.hidden_size, self.seed)
 
 
-def clean_ppo(spec, env: str, env_steps: int, hidden_size: int, seed: int, experiment: str) -> CleanPPO:
+def clean_ppo(spec, env: str, env_steps: int, hidden_size: int, seed: int, experiment: str,
+              iterations: int | None = None) -> CleanPPO:
     """The identity of a clean-env PPO policy of ``spec`` (an
-    :class:`~adpo_ray.spec.experiment.ExperimentSpec`): env, budget, seed, network and the PPO
-    knobs it trains with (and the evaluation episodes of its recorded return)."""
+    :class:`~adpo_ray.spec.experiment.ExperimentSpec`): env, budget (``env_steps``, and
+    ``iterations`` when set: whichever comes first), seed, network and the PPO knobs it trains
+    with (and, on MuJoCo, the evaluation episodes of its recorded return; on the bandit, the
+    problem's knobs)."""
     train = spec.train_for(env, "ppo")
     knobs = train.model_dump(include=_KEY_KNOBS)
     for name in ("optimizer", "weight_decay"):
         if getattr(train, name) != TrainParams.model_fields[name].default:
             knobs[name] = getattr(train, name)
-    knobs["evaluation_episodes"] = spec.evaluation.episodes
-    if spec.evaluation.explore:
-        knobs["evaluation_explore"] = True
-    key = f"{env}_ppo_{env_steps}steps_h{hidden_size}_s{seed}_{_digest(knobs)}"
-    return CleanPPO(env, env_steps, hidden_size, seed, experiment, key)
+    if ENVIRONMENTS[env]["kind"] == "bandit":  # another problem is another policy
+        knobs["bandit"] = spec.bandit.model_dump()
+    else:
+        knobs["evaluation_episodes"] = spec.evaluation.episodes
+        if spec.evaluation.explore:
+            knobs["evaluation_explore"] = True
+    budget = f"{env_steps}steps" + (f"_{iterations}iters" if iterations is not None else "")
+    key = f"{env}_ppo_{budget}_h{hidden_size}_s{seed}_{_digest(knobs)}"
+    return CleanPPO(env, env_steps, hidden_size, seed, experiment, key, iterations)
 
 
 def teacher_of(spec, env: str) -> CleanPPO:
@@ -73,7 +88,7 @@ def pretrained_of(spec, env: str, hidden_size: int) -> CleanPPO | None:
     if init is None or init.pretrain is None or spec.distill is not None:
         return None
     p = init.pretrain
-    return clean_ppo(spec, env, p.env_steps, hidden_size, p.seed, p.experiment)
+    return clean_ppo(spec, env, p.env_steps, hidden_size, p.seed, p.experiment, p.iterations)
 
 
 def pretrained_policies(spec) -> list[CleanPPO]:

@@ -28,7 +28,7 @@ class TrialKnobs:
 
     A knob that is off holds its off value (``0.0``, ``False``, ``"none"``), logged like any other.
     ``None`` means only that the knob does not apply to the trial's method (not logged):
-    ``clip_param`` is PPO's, the preference-loss knobs are ADPO's and DPO's (each loss its own
+    ``clip_param`` is PPO's, the ``kl_*`` knobs ``ppo_kl``'s, the preference-loss knobs are ADPO's and DPO's (each loss its own
     variants), the batch and GAE knobs are online RL's, the ``distill_*`` knobs a student's."""
 
     trial: TrialSpec
@@ -51,6 +51,10 @@ class TrialKnobs:
     entropy_coeff: float | None = None
     vf_coeff: float | None = None
     clip_param: float | None = None  # ppo
+    # the KL-penalty policy gradient (ppo_kl): initial beta, d_targ, whether beta adapts
+    kl_beta: float | None = None
+    kl_target: float | None = None
+    kl_adaptive: bool | None = None
     # the anchored preference loss (adpo, dpo; adpo students)
     loss: str | None = None
     target: str | None = None
@@ -168,6 +172,9 @@ def derive_knobs(spec, trial: TrialSpec) -> TrialKnobs:
     )
     if trial.algorithm == "ppo":
         common["clip_param"] = 0.2
+    elif trial.algorithm == "ppo_kl":
+        k = spec.ppo_kl
+        common.update(kl_beta=k.kl_beta, kl_target=k.kl_target, kl_adaptive=k.kl_adaptive)
     elif trial.algorithm == "dpo":
         # DPO: hard pairwise labels, the frozen initial policy as reference, lists of all actions
         common.update(loss="dpo", target="hard", tau_anc=p.tau_anc, beta_q=p.beta_q,

@@ -17,7 +17,7 @@ from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs import ENVIRONMENTS
 
 EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
-Algorithm = Literal["adpo", "ppo", "dpo", "kd", "bc"]
+Algorithm = Literal["adpo", "ppo", "ppo_kl", "dpo", "kd", "bc"]
 PosFloat = Annotated[float, Field(gt=0, le=1e6)]
 NonNegFloat = Annotated[float, Field(ge=0, le=1e6)]
 
@@ -74,11 +74,16 @@ def unique(values: list, field: str) -> list:
 
 
 class PretrainParams(_Strict):
-    """A competent starting policy: RLlib PPO on the clean env for ``env_steps`` steps, one per env
-    and network size, kept in MLflow and found again by its key (env, budget, seed, network, PPO
-    knobs) — the same runs as distillation teachers with equal settings, trained once, reused after."""
+    """A competent starting policy: RLlib PPO on the clean env (the bandit or MuJoCo) for
+    ``env_steps`` sampled env steps or ``iterations`` training iterations, whichever comes first,
+    one per env and network size, kept in MLflow and found again by its key (env, budget, seed,
+    network, PPO knobs) — the same runs as distillation teachers with equal settings, trained once,
+    reused after."""
 
     env_steps: _count(1, 10**10) = 300_000
+    #: training iterations (each: one ``train_batch_size`` batch, ``num_epochs`` epochs of
+    #: minibatches); null: only ``env_steps`` stops the pretraining
+    iterations: _count(1, 10_000_000) | None = None
     seed: Seed = 0
     experiment: Annotated[str, Field(min_length=1)] = POLICIES_EXPERIMENT
 
@@ -214,6 +219,19 @@ class ADPOParams(_Strict):
     clip_log_ratio: NonNegFloat = 0.0
     #: both listwise losses: clamp the anchored logits to ``[-c, c]``; 0: off
     clip_score: NonNegFloat = 0.0
+
+
+class PPOKLParams(_Strict):
+    """The ``ppo_kl:`` section: the KL-penalty policy gradient's loss knobs (the ``ppo_kl``
+    baseline: ``-ratio * A + beta * KL(pi_old || pi_new)`` per state, no clipping; the
+    manuscript's "TRPO"). Its optimisation knobs are PPO's (``train:`` with the ``ppo:`` overrides)."""
+
+    #: the initial KL coefficient beta
+    kl_beta: PosFloat = 1.0
+    #: d_targ of the adaptive rule: beta halves below ``kl_target / 1.5``, doubles above ``kl_target * 1.5``
+    kl_target: PosFloat = 0.01
+    #: adapt beta after every update (false: beta stays ``kl_beta``)
+    kl_adaptive: bool = True
 
 
 #: The ``train:`` knobs (YAML names); a spec that still writes them under ``adpo:`` is moved.

@@ -140,3 +140,72 @@ def _filter_equal(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_filter_equal(x, y) for x, y in zip(a, b, strict=True))
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+BANDIT = {
+    "name": "init_bandit",
+    "environments": ["PreferenceBandit"],
+    "scenarios": ["flip-high"],
+    "algorithms": ["adpo", "ppo", "ppo_kl", "dpo"],
+    "anchors": {"modes": ["fixed", "dynamic"], "init": {"pretrain": {"iterations": 3, "seed": 3}}},
+    "hidden_sizes": [16],
+    "budget": {"iterations": 1, "checkpoint_every": 1},
+    "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
+    "bandit": {"eval_contexts": 64},
+}
+
+
+def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
+    """The bandit as MuJoCo: ``iterations`` of clean PPO stored in MLflow with its clean WinMass,
+    every method (ADPO modes, PPO, ppo_kl, DPO) recording it as its start, reused by a later
+    launch; and each method built from that checkpoint holds its parameters, ADPO's and DPO's
+    anchor at KL 0."""
+    spec = parse_spec(BANDIT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    opts = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+                       storage_path=str(tmp_path / "ray_results"), name="first")
+    results = run_grid(spec, opts, verbose=0)
+    assert len(results) == 5 and not results.errors
+    assert "training RLlib PPO for 3 iterations" in capsys.readouterr().out
+
+    client = MlflowClient(uri)
+    stage = pretrained_of(spec, "PreferenceBandit", 16)
+    runs = client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags[TEACHER_TAG] == stage.key
+    pretrained = runs[0]
+    assert pretrained.data.params["iterations"] == "3" and 0 <= pretrained.data.metrics["eval/winmass"] <= 1
+    assert pretrained.data.metrics["env_steps"] == 3 * 128  # three iterations, not 300,000 env steps
+    kids = [r for r in client.search_runs([client.get_experiment_by_name("init_bandit").experiment_id])
+            if "trial" in r.data.tags]
+    assert {k.data.tags["method"] for k in kids} == {"adpo-fixed", "adpo-dynamic", "ppo", "ppo_kl", "dpo"}
+    for k in kids:
+        assert k.data.params["anchors.init.run_id"] == pretrained.info.run_id
+        assert k.data.params["anchors.init"] == "pretrain:" + stage.key
+
+    assert not run_grid(parse_spec({**BANDIT, "algorithms": ["ppo_kl"]}), GridOptions(
+        tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+        storage_path=str(tmp_path / "ray_results"), name="second"), verbose=0).errors
+    out = capsys.readouterr().out
+    assert f"reusing MLflow run {pretrained.info.run_id}" in out and "training RLlib PPO" not in out
+
+    from adpo_ray.orchestration.mlflow_store import download
+
+    source = download(uri, pretrained.info.run_id, "checkpoint")
+    saved = policy_state(source)
+    obs = torch.randn(32, 8)
+    for algorithm, mode in [("adpo", "fixed"), ("adpo", "dynamic"), ("ppo", "none"), ("ppo_kl", "none"),
+                            ("dpo", "fixed")]:
+        algo = build_algo_config(spec.knobs(TrialSpec("PreferenceBandit", "flip-high", algorithm, mode, 16, 0))).build_algo()
+        try:
+            start_from_checkpoint(algo, source)
+            after = _module_params(algo)
+            for k, v in saved.items():
+                np.testing.assert_array_equal(after[k], v)
+            if algorithm in ("adpo", "dpo"):
+                module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+                with torch.no_grad():
+                    pi = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+                    anchor = module.forward_target({Columns.OBS: obs})[ANCHOR_DIST_INPUTS]
+                assert float(kl_from_logits(module.get_train_action_dist_cls(), pi, anchor).abs().max()) == 0.0
+        finally:
+            algo.stop()

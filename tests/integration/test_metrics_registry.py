@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 ONLINE = {
     "name": "registry",
     "environments": ["PreferenceBandit", "Hopper-v5"],
-    "algorithms": ["adpo", "ppo"],
+    "algorithms": ["adpo", "ppo", "ppo_kl"],
     "budget": {"iterations": 2},
     "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1},
     "evaluation": {"interval": 1, "episodes": 1},
@@ -66,6 +66,7 @@ def test_every_key_we_log_is_curated_or_excluded(ray_local):
     ours = {
         "adpo bandit": online_result("PreferenceBandit", "adpo", "kl_triggered"),
         "adpo hopper": online_result("Hopper-v5", "adpo", "dynamic"),
+        "ppo_kl bandit": online_result("PreferenceBandit", "ppo_kl", "none"),
         "adpo student": student_result("adpo", "dynamic"),
         "kd student": student_result("kd", "none"),
     }

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adpo_ray.spec import SpecError, init_slot, load_spec, parse_spec
+from adpo_ray.spec import (
+    SpecError,
+    TrialSpec,
+    init_slot,
+    load_spec,
+    parse_spec,
+    pretrained_of,
+    pretrained_policies,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {
@@ -93,7 +101,7 @@ BAD = [
     ("adpo.tau_anc", 0, "adpo.tau_anc", "greater than 0"),
     ("adpo.list_size", 1, "adpo.list_size", "greater than or equal to 2"),
     ("train.minibatch_size", 4096, "train", "minibatch_size (4096) must be <= train_batch_size"),
-    ("algorithms", ["sac"], "algorithms[0]", "'adpo', 'ppo', 'dpo', 'kd' or 'bc'"),
+    ("algorithms", ["sac"], "algorithms[0]", "'adpo', 'ppo', 'ppo_kl', 'dpo', 'kd' or 'bc'"),
     ("name", "has space", "name", "should match pattern"),
     ("resources.num_learners", 3, "resources.num_learners", "less than or equal to 1"),
     ("resources.gpus", 1, "resources.gpus", "unknown key"),
@@ -223,11 +231,49 @@ INIT_SPEC = {"name": "init", "environments": ["Hopper-v5"], "algorithms": ["adpo
 def test_init_spec_errors_name_the_field():
     with pytest.raises(SpecError, match="anchors.init: give exactly one of checkpoint"):
         parse_spec({**INIT_SPEC, "anchors": {"init": {}}})
-    with pytest.raises(SpecError, match="anchors.init.pretrain: MuJoCo envs only"):
-        parse_spec({**INIT_SPEC, "environments": ["PreferenceBandit", "Hopper-v5"]})
+    with pytest.raises(SpecError, match="anchors.init.pretrain.iterations: Input should be greater than or equal to 1"):
+        parse_spec({**INIT_SPEC, "anchors": {"init": {"pretrain": {"iterations": 0}}}})
     with pytest.raises(SpecError, match=r"anchors.init.checkpoint: one path for 2 environments"):
         parse_spec({**INIT_SPEC, "environments": ["HalfCheetah-v5", "Hopper-v5"],
                     "anchors": {"init": {"checkpoint": "/x"}}})
     ok = parse_spec({**INIT_SPEC, "environments": ["HalfCheetah-v5", "Hopper-v5"],
                      "anchors": {"init": {"checkpoint": {"HalfCheetah-v5": "/a", "Hopper-v5": "/b"}}}})
     assert ok.knobs(ok.trials()[0]).init == "/a" and init_slot("Hopper-v5", 16) == "Hopper-v5/h16"
+
+
+def test_the_bandit_pretrains_like_mujoco():
+    """``anchors.init.pretrain`` on the bandit: one pretrained policy per env and network size,
+    its budget in iterations (the manuscript's 30 steps) or env steps, its key naming both and
+    the bandit problem it was trained on."""
+    spec = parse_spec({**INIT_SPEC, "environments": ["PreferenceBandit", "Hopper-v5"],
+                       "algorithms": ["adpo", "ppo", "ppo_kl", "dpo"],
+                       "anchors": {"init": {"pretrain": {"iterations": 30}}}})
+    bandit, hopper = pretrained_policies(spec)
+    assert (bandit.env, bandit.iterations, bandit.env_steps) == ("PreferenceBandit", 30, 300_000)
+    assert bandit.key.startswith("PreferenceBandit_ppo_300000steps_30iters_h16_s0_")
+    assert hopper.key.startswith("Hopper-v5_ppo_300000steps_30iters_h16_s0_")
+    for trial in spec.trials():  # every method starts from its env's pretrained policy
+        if trial.env == "PreferenceBandit":
+            assert spec.knobs(trial).init == "pretrain:" + bandit.key, trial.tag
+    other = parse_spec({**INIT_SPEC, "environments": ["PreferenceBandit"], "bandit": {"problem_seed": 1},
+                        "anchors": {"init": {"pretrain": {"iterations": 30}}}})
+    assert pretrained_policies(other)[0].key != bandit.key  # another problem, another policy
+    steps = parse_spec({**INIT_SPEC, "environments": ["PreferenceBandit"]})
+    assert pretrained_policies(steps)[0].key.startswith("PreferenceBandit_ppo_1024steps_h16_s0_")
+    # a MuJoCo key without iterations is unchanged (policies stored before stay found)
+    assert pretrained_of(parse_spec(INIT_SPEC), "Hopper-v5", 16).key == "Hopper-v5_ppo_1024steps_h16_s0_9fc12d19"
+
+
+def test_ppo_kl_knobs_and_their_errors():
+    spec = parse_spec({**MINIMAL, "environments": ["PreferenceBandit", "Hopper-v5"], "algorithms": ["ppo_kl"],
+                       "ppo": {"lr": 0.0002}, "ppo_kl": {"kl_beta": 0.5, "kl_adaptive": False}})
+    knobs = spec.knobs(TrialSpec("Hopper-v5", "clean", "ppo_kl", "none", 64, 0))
+    assert (knobs.kl_beta, knobs.kl_target, knobs.kl_adaptive, knobs.clip_param) == (0.5, 0.01, False, None)
+    assert knobs.lr == 0.0002 and knobs.trial.base_method == "ppo_kl"  # the PPO family's optimisation knobs
+    assert spec.knobs(TrialSpec("Hopper-v5", "clean", "ppo", "none", 64, 0)).kl_beta is None
+    with pytest.raises(SpecError, match="ppo_kl.kl_target: Input should be greater than 0"):
+        parse_spec({**MINIMAL, "ppo_kl": {"kl_target": 0}})
+    with pytest.raises(SpecError, match="ppo_kl.kl_coeff: unknown key; allowed keys here: kl_adaptive, kl_beta, kl_target"):
+        parse_spec({**MINIMAL, "ppo_kl": {"kl_coeff": 1.0}})
+    swept = parse_spec({**MINIMAL, "algorithms": ["ppo_kl"], "scenarios": ["clean"], "sweep": {"ppo_kl.kl_target": [0.01, 0.02]}})
+    assert [swept.knobs(t).kl_target for t in swept.trials()] == [0.01, 0.02]

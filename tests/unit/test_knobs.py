@@ -10,7 +10,7 @@ import pytest
 from adpo_ray.rllib.algorithm import ADPOConfig
 from adpo_ray.rllib.distill import DistillConfig
 from adpo_ray.rllib.factory import build_algo_config, build_distill_config, rows_per_step
-from adpo_ray.rllib.fused import FusedPPOConfig
+from adpo_ray.rllib.fused import FusedPPOConfig, PPOKLConfig
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
 from adpo_ray.spec.knobs import ALL_RANKS
 
@@ -18,7 +18,7 @@ ONLINE = {
     "name": "knobs",
     "environments": ["PreferenceBandit", "Hopper-v5"],
     "scenarios": ["clean", "flip-high"],
-    "algorithms": ["adpo", "ppo", "dpo"],
+    "algorithms": ["adpo", "ppo", "ppo_kl", "dpo"],
     "anchors": {"modes": ["fixed", "ema", "kl_triggered"], "params": {"ema": {"rate": 0.3}}},
     "hidden_sizes": [32, 96],
     "seeds": [3],
@@ -26,6 +26,7 @@ ONLINE = {
     "adpo": {"loss": "pairwise", "tau_anc": 0.7, "beta_q": 0.25, "list_size": 6},
     "train": {"lr": 0.002, "minibatch_size": 32, "train_batch_size": 256, "num_epochs": 3, "entropy_coeff": 0.01},
     "ppo": {"lr": 0.0004, "num_epochs": 7},
+    "ppo_kl": {"kl_beta": 0.4, "kl_target": 0.02},
     "env_overrides": {"Hopper-v5": {"budget": {"env_steps": 4096}, "train": {"gamma": 0.97}, "adpo": {"loss": "listwise",
                       "target_norm": "list", "tau_alpha": 0.5, "tau_min": 0.1, "q_center": True, "anchor_kl_coeff": 0.2}}},
     "resources": {"num_envs_per_env_runner": 4},
@@ -56,6 +57,7 @@ def _online_attrs(config) -> dict:
         "num_epochs": config.num_epochs, "train_batch_size": config.train_batch_size_per_learner,
         "entropy_coeff": config.entropy_coeff, "vf_coeff": config.vf_loss_coeff,
         "clip_param": config.clip_param,
+        "kl_beta": config.kl_coeff, "kl_target": config.kl_target, "kl_adaptive": getattr(config, "kl_adaptive", None),
         "resources.num_env_runners": config.num_env_runners,
         "resources.num_envs_per_env_runner": config.num_envs_per_env_runner,
         "resources.num_learners": config.num_learners,
@@ -99,8 +101,11 @@ def test_online_params_equal_the_rllib_config(trial):
         assert isinstance(config, ADPOConfig)
         attrs.update(_adpo_attrs(config))
     else:
-        assert type(config) is FusedPPOConfig and "loss" not in params and "tau_anc" not in params
+        assert type(config) is {"ppo": FusedPPOConfig, "ppo_kl": PPOKLConfig}[trial.algorithm]
+        assert "loss" not in params and "tau_anc" not in params
         assert params.pop("anchor_mode") == "none"  # PPO has no anchor
+        # clipped PPO has no KL penalty; ppo_kl no clipping
+        assert config.use_kl_loss == (trial.algorithm == "ppo_kl") and ("clip_param" in params) != config.use_kl_loss
     # minibatches count real samples; the bandit's one-step episodes double RLlib's rows
     assert config.minibatch_size == int(params.pop("minibatch_size")) * rows_per_step(knobs)
     unchecked = set(params) - set(attrs) - NOT_IN_CONFIG
