@@ -100,9 +100,10 @@ def member_knobs(*, seed: int, lr: float, grad_clip: float | None, entropy_coeff
 
 class PackedGAE(ConnectorV2):
     """RLlib's ``GeneralAdvantageEstimation`` for a pack: values from each row's own member's value
-    network (the ``member`` column), GAE per episode as RLlib computes it, and the advantages
-    standardised per member, over that member's rows only (RLlib standardises over the whole
-    batch, which would mix the members). Single-agent, feed-forward modules."""
+    network (the ``member`` column), GAE over each member's rows alone, as RLlib computes it over
+    the member's solo batch, and the advantages standardised per member, over that member's rows
+    only (RLlib standardises over the whole batch, which would mix the members). Single-agent,
+    feed-forward modules."""
 
     def __init__(self, input_observation_space=None, input_action_space=None, *, gamma: float, lambda_: float,
                  **kwargs):
@@ -121,16 +122,19 @@ class PackedGAE(ConnectorV2):
             values = rl_module[module_id].compute_values(module_batch)
             device = values.device
             values = convert_to_numpy(values)
-            targets = compute_value_targets(
-                values=values, rewards=convert_to_numpy(module_batch[Columns.REWARDS]),
-                terminateds=convert_to_numpy(module_batch[Columns.TERMINATEDS]),
-                truncateds=convert_to_numpy(module_batch[Columns.TRUNCATEDS]),
-                gamma=self.gamma, lambda_=self.lambda_)
-            advantages = targets - values
+            rewards, terminateds, truncateds = (convert_to_numpy(module_batch[c]) for c in (
+                Columns.REWARDS, Columns.TERMINATEDS, Columns.TRUNCATEDS))
             member = convert_to_numpy(module_batch[MEMBER])
+            targets, advantages = np.empty_like(values), np.empty_like(values)
             for k in np.unique(member):
-                rows = member == k
-                a = advantages[rows]  # the member's rows in batch order: its solo batch's array
+                # the member's rows in batch order are its solo batch (its episodes, in order):
+                # GAE runs over them alone, as RLlib's runs over the solo batch (an episode's
+                # artificial last step reads the row after it, which must be the member's own)
+                rows = np.flatnonzero(member == k)
+                t = compute_value_targets(values=values[rows], rewards=rewards[rows], terminateds=terminateds[rows],
+                                          truncateds=truncateds[rows], gamma=self.gamma, lambda_=self.lambda_)
+                a = t - values[rows]
+                targets[rows] = t
                 advantages[rows] = (a - a.mean()) / max(1e-4, a.std())
             results[module_id] = {Columns.ADVANTAGES: advantages, Columns.VALUE_TARGETS: targets}
         if self._to_tensor is None:

@@ -151,9 +151,6 @@ class PackedTorchRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.by_member(self.net.policy, batch[Columns.OBS], batch.get(MEMBER))}
 
-    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        return self._forward(batch, **kwargs)
-
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         """Each row's value under its member's value network, ``(B,)``."""
         return self.by_member(self.net.value, batch[Columns.OBS], batch.get(MEMBER))
@@ -194,4 +191,7 @@ class PackedTorchRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
                     anchor_name = "_anchor_encoder." + name.split("actor_encoder.", 1)[1] \
                         if name.startswith("encoder.") else "_anchor_" + name
                     sd[anchor_name] = (v[k].t() if name.endswith(".weight") else v[k].reshape(-1)).clone()
+                for name, buf in self.net.buffers.items():  # the policy head's constants
+                    if name.startswith("pi."):
+                        sd["_anchor_" + name] = buf[k].clone()
         return out
