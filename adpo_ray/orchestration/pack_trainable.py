@@ -69,18 +69,16 @@ def _resources(config_json: str) -> PlacementGroupFactory:
     return PlacementGroupFactory([{k: v for k, v in total.items() if v}])
 
 
-def member_result(raw: dict[str, Any], k: int, num_members: int) -> dict[str, Any]:
+def member_result(raw: dict[str, Any], k: int) -> dict[str, Any]:
     """Member ``k``'s view of a pack's RLlib result, shaped as a solo trial's (what
-    :func:`adpo_ray.metrics.curate` reads): its episode metrics, learner metrics, WinMass and
-    evaluation; the env steps are the pack's over K (the members' sub-envs step together)."""
+    :func:`adpo_ray.metrics.curate` reads): its episode metrics and env steps, learner metrics,
+    WinMass and evaluation."""
     key = str(k)
     out = {name: value for name, value in raw.items() if name not in ("env_runners", "learners", "evaluation",
                                                                          EVAL_GROUP)}
     runners = raw.get("env_runners") or {}
     out["env_runners"] = dict((runners.get(MEMBER_GROUP) or {}).get(key) or {})
-    steps = raw.get("num_env_steps_sampled_lifetime", runners.get("num_env_steps_sampled_lifetime"))
-    if steps is not None:
-        out["num_env_steps_sampled_lifetime"] = float(steps) / num_members
+    out.pop("num_env_steps_sampled_lifetime", None)  # the pack's; the member's own is in env_runners
     learner = ((raw.get("learners") or {}).get(MODULE) or {}).get(MEMBER_GROUP) or {}
     out["learners"] = {MODULE: dict(learner.get(key) or {})}
     winmass = ((raw.get(EVAL_GROUP) or {}).get(MEMBER_GROUP) or {}).get(key)
@@ -127,7 +125,7 @@ class PackTrainable(tune.Trainable):
         evaluated = self._evaluated_this_iteration()
         members = []
         for k in range(self.num_members):
-            result = curate(member_result(raw, k, self.num_members))
+            result = curate(member_result(raw, k))
             if not evaluated:
                 for key in EVAL_METRICS:
                     result.pop(key, None)  # RLlib repeats the last evaluation's numbers
@@ -138,7 +136,7 @@ class PackTrainable(tune.Trainable):
             if EVAL_RETURN not in members[0] and self.algo.config.evaluation_interval:
                 final = self.algo.evaluate()  # every member ends with a clean evaluation
                 for k, result in enumerate(members):
-                    view = curate(member_result({"evaluation": final}, k, self.num_members))
+                    view = curate(member_result({"evaluation": final}, k))
                     result.update({key: v for key, v in view.items() if key in EVAL_METRICS})
         elif self.algo.iteration % self.budget.checkpoint_every == 0:
             out["should_checkpoint"] = True

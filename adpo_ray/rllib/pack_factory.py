@@ -23,6 +23,8 @@ import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
+from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
 from adpo_ray.metrics import EVAL_GROUP, MEMBER_GROUP, WINMASS_KEY
@@ -155,9 +157,9 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     """The pack's evaluation (RLlib's ``custom_evaluation_function``): ``evaluation_duration``
     episodes per member on the local evaluation env runner (the members' clean envs, each
     member's synced observation filter), each member's first episodes in the order they end,
-    as a solo trial's ``sample(num_episodes=...)`` returns them. Returns ``({"env_runners":
+    as a solo trial's ``sample(num_episodes=...)`` returns them. Logs and returns ``({"env_runners":
     {"episode_return_mean", "member": {k: {"episode_return_mean", "episode_len_mean"}}}},
-    env_steps, agent_steps)``."""
+    env_steps, agent_steps)`` (the result's ``evaluation`` entry)."""
     runner = eval_env_runner_group.local_env_runner
     members = runner.config.env_config["members"]
     k, wanted = len(members), int(algorithm.config.evaluation_duration)
@@ -172,4 +174,10 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     per = {str(m): {"episode_return_mean": float(np.mean([e.get_return() for e in eps])),
                     "episode_len_mean": float(np.mean([len(e) for e in eps]))} for m, eps in done.items()}
     overall = float(np.mean([v["episode_return_mean"] for v in per.values()]))
-    return {"env_runners": {"episode_return_mean": overall, MEMBER_GROUP: per}}, env_steps, env_steps
+    results = {"episode_return_mean": overall, MEMBER_GROUP: per}
+    # RLlib's new stack reads the evaluation's results from the algorithm's metrics, where an
+    # env runner's reduced metrics are merged (as RLlib's own evaluation merges them)
+    logger = MetricsLogger()
+    logger.log_dict(results, window=1)
+    algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
+    return {ENV_RUNNER_RESULTS: results}, env_steps, env_steps

@@ -17,7 +17,8 @@
   as if nothing else drew from it;
 * the loss terms, the gradient clip, Adam with the member's lr (one
   :class:`~adpo_ray.core.packed.StackedAdam`), and for ADPO the member's anchor schedule, fed the
-  member's mean KL(policy || anchor) of the update, and its refresh (one
+  member's mean KL(policy || anchor) of the update and its own env steps so far (the rows it
+  trained on, its solo trial's sampled lifetime steps), and its refresh (one
   :func:`~adpo_ray.core.packed.polyak_stacked_` at the members' rates);
 * the metrics: the solo learner's names under ``learners/default_policy/member/<k>/``.
 
@@ -44,7 +45,6 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
-from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
 
@@ -189,6 +189,8 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             self.schedules = [make_schedule(m["anchor_mode"], **(m["anchor_params"] or {})) for m in members]
         self.shuffles = [self._new_generator(k_, rng) for k_, rng in enumerate(module.member_rng_states)]
         self._anchor_kl = torch.zeros(k, dtype=torch.float64)
+        #: each member's env steps trained on so far: its solo trial's sampled lifetime steps
+        self.member_env_steps = np.zeros(k, dtype=np.int64)
 
     @property
     def pack_module(self) -> PackedTorchRLModule:
@@ -258,6 +260,7 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         rows = {"obs": data[Columns.OBS][index].to(module.theta.dtype), "actions": data[Columns.ACTIONS][index]}
         mask = data[Columns.LOSS_MASK][index] & valid if Columns.LOSS_MASK in data else valid
         rows["loss_mask"] = mask
+        self.member_env_steps += mask.sum(1).cpu().numpy()  # real steps (not the artificial last ones)
         for name, col in (("advantages", Columns.ADVANTAGES), ("value_targets", Columns.VALUE_TARGETS)):
             rows[name] = data[col][index].to(module.theta.dtype)
         if self.algorithm == "ppo":
@@ -313,11 +316,10 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         if not self.schedules:
             return
         module = self.pack_module
-        k = module.num_members
-        # every member samples the same number of env steps (its N sub-envs step with the pack's)
-        step = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0) // k
         kls = self._anchor_kl.tolist()
-        rates = [schedule.step(kl, timestep=step) for schedule, kl in zip(self.schedules, kls, strict=True)]
+        # a solo schedule gets its trial's sampled lifetime env steps: the member's own count
+        rates = [schedule.step(kl, timestep=int(step))
+                 for schedule, kl, step in zip(self.schedules, kls, self.member_env_steps, strict=True)]
         policy = module.theta[:, :module.net.policy_size]
         polyak_stacked_([module.anchor], [policy], torch.tensor(rates, dtype=torch.float64, device=policy.device))
         for m, (schedule, kl) in enumerate(zip(self.schedules, kls, strict=True)):
@@ -332,7 +334,7 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         opt = self.optimizer
         state[_STATE_KEY] = {
             "exp_avg": opt.exp_avg.cpu().numpy().copy(), "exp_avg_sq": opt.exp_avg_sq.cpu().numpy().copy(),
-            "steps": opt.steps.cpu().numpy().copy(),
+            "steps": opt.steps.cpu().numpy().copy(), "member_env_steps": self.member_env_steps.copy(),
             "schedules": [s.state_dict() for s in self.schedules],
             "shuffles": [g.get_state() if isinstance(g, np.random.RandomState) else g.get_state().numpy()
                          for g in self.shuffles],
@@ -349,6 +351,7 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             opt.exp_avg.copy_(torch.as_tensor(own["exp_avg"]))
             opt.exp_avg_sq.copy_(torch.as_tensor(own["exp_avg_sq"]))
             opt.steps.copy_(torch.as_tensor(own["steps"]))
+        self.member_env_steps[:] = own["member_env_steps"]
         for schedule, s in zip(self.schedules, own["schedules"], strict=True):
             schedule.load_state_dict(s)
         for gen, s in zip(self.shuffles, own["shuffles"], strict=True):

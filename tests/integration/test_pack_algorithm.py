@@ -126,7 +126,8 @@ def test_pack_update_equals_each_members_solo_update(ray_local, env, algorithm, 
             for m, solo in enumerate(solos):
                 np.random.seed(seed + 10 * m)
                 torch.manual_seed(seed + 10 * m)
-                r_solo.append(update(solo, members[m], BATCH))
+                # the solo's sampled lifetime steps: its episodes' steps, once per update so far
+                r_solo.append(update(solo, members[m], seed * sum(e.env_steps() for e in members[m])))
         got = pack_states(pack)
         for m, solo in enumerate(solos):
             want = solo_state(solo)
