@@ -119,7 +119,7 @@ class PackTrainable(tune.Trainable):
                     or (b.env_steps and member_steps >= b.env_steps))
 
     def step(self) -> dict[str, Any]:
-        if self._last and self._budget_reached(self._last[MEMBERS][0].get(ENV_STEPS, 0)):
+        if self._last and self._budget_reached(min(m.get(ENV_STEPS, 0) for m in self._last[MEMBERS])):
             return {**self._last, "done": True}  # restored from its final checkpoint
         raw = self.algo.train()
         evaluated = self._evaluated_this_iteration()
@@ -131,7 +131,8 @@ class PackTrainable(tune.Trainable):
                     result.pop(key, None)  # RLlib repeats the last evaluation's numbers
             members.append(result)
         out: dict[str, Any] = {}
-        if self._budget_reached(members[0].get(ENV_STEPS, 0)):
+        # every member reaches its solo budget (their env steps differ by a few autoreset steps)
+        if self._budget_reached(min(m.get(ENV_STEPS, 0) for m in members)):
             out["done"] = True
             if EVAL_RETURN not in members[0] and self.algo.config.evaluation_interval:
                 final = self.algo.evaluate()  # every member ends with a clean evaluation

@@ -147,8 +147,9 @@ def test_pack_update_equals_each_members_solo_update(ray_local, env, algorithm, 
             algo.stop()
 
 
-def test_pack_advantages_and_value_targets_are_each_solo_trials(ray_local):
-    """The learner connector standardises each member's advantages over its own rows."""
+def test_pack_rows_and_advantages_are_each_solo_trials(ray_local):
+    """Sampling runs each row through its own member's policy, and the learner connector computes
+    each member's GAE and standardises its advantages over its own rows, as its solo trial does."""
     knobs = member_knobs("PreferenceBandit", "adpo", ["dynamic"] * 3)
     pack, solos = pack_and_solos(knobs, "device")
     try:
@@ -159,6 +160,16 @@ def test_pack_advantages_and_value_targets_are_each_solo_trials(ray_local):
             batch = rp.learner_connector(lrn)(rl_module=lrn.module, batch={}, episodes=copy.deepcopy(eps),
                                               shared_data={}, metrics=None)
             return {c: v.numpy() for c, v in batch[DEFAULT_MODULE_ID].items() if isinstance(v, torch.Tensor)}
+
+        # the env runner's batched forward pass gave row i to member i // N: every episode's
+        # recorded policy outputs are its member's solo network's on its observation
+        for m, solo in enumerate(solos):
+            eps = split(episodes, m)
+            obs = torch.as_tensor(np.stack([e.get_observations(0) for e in eps]))
+            with torch.no_grad():
+                want = learner(solo).module[DEFAULT_MODULE_ID].forward_inference({Columns.OBS: obs})
+            recorded = np.stack([e.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS, 0) for e in eps])
+            np.testing.assert_allclose(recorded, want[Columns.ACTION_DIST_INPUTS].numpy(), rtol=0, atol=1e-6)
 
         got = train_batch(pack, episodes)
         stock_std = []
