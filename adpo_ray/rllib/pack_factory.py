@@ -16,6 +16,7 @@ observation filter (:func:`evaluate_members`). Both land under ``member/<k>/`` i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_LEN_MEAN, EPISODE_RETURN_MEAN, EVALUATION_RESULTS
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
@@ -157,9 +158,15 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     """The pack's evaluation (RLlib's ``custom_evaluation_function``): ``evaluation_duration``
     episodes per member on the local evaluation env runner (the members' clean envs, each
     member's synced observation filter), each member's first episodes in the order they end,
-    as a solo trial's ``sample(num_episodes=...)`` returns them. Logs and returns ``({"env_runners":
-    {"episode_return_mean", "member": {k: {"episode_return_mean", "episode_len_mean"}}}},
-    env_steps, agent_steps)`` (the result's ``evaluation`` entry)."""
+    as a solo trial's ``sample(num_episodes=...)`` returns them (a member still short of them
+    when the pack's sample ends gets the rest from the next sample, which starts from a reset).
+
+    Their returns and lengths are logged as a solo evaluation env runner logs its episodes (the
+    same window, ``metrics_num_episodes_for_smoothing``, kept across evaluations) under
+    ``member/<k>/`` and merged into the algorithm's evaluation results, where the result's
+    ``evaluation/env_runners/member/<k>/episode_return_mean`` comes from, as a solo trial's
+    ``evaluation/env_runners/episode_return_mean`` does. Returns ``(this evaluation's means,
+    env_steps, agent_steps)``."""
     runner = eval_env_runner_group.local_env_runner
     members = runner.config.env_config["members"]
     k, wanted = len(members), int(algorithm.config.evaluation_duration)
@@ -171,13 +178,19 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
             m = episode.custom_data[MEMBER]
             if len(done[m]) < wanted:
                 done[m].append(episode)
-    per = {str(m): {"episode_return_mean": float(np.mean([e.get_return() for e in eps])),
-                    "episode_len_mean": float(np.mean([len(e) for e in eps]))} for m, eps in done.items()}
-    overall = float(np.mean([v["episode_return_mean"] for v in per.values()]))
-    results = {"episode_return_mean": overall, MEMBER_GROUP: per}
-    # RLlib's new stack reads the evaluation's results from the algorithm's metrics, where an
-    # env runner's reduced metrics are merged (as RLlib's own evaluation merges them)
-    logger = MetricsLogger()
-    logger.log_dict(results, window=1)
+    logger = getattr(runner, "pack_eval_metrics", None)
+    if logger is None:  # one per evaluation runner, so that the window spans evaluations
+        logger = MetricsLogger()
+        runner.pack_eval_metrics = logger
+    win = max(1, math.ceil(runner.config.metrics_num_episodes_for_smoothing / (runner.config.num_env_runners or 1)))
+    for m, episodes in done.items():
+        for e in episodes:
+            logger.log_value((MEMBER_GROUP, str(m), EPISODE_RETURN_MEAN), e.get_return(), window=win)
+            logger.log_value((MEMBER_GROUP, str(m), EPISODE_LEN_MEAN), len(e), window=win)
+            logger.log_value(EPISODE_RETURN_MEAN, e.get_return(), window=win)
+    # RLlib's new stack reads the evaluation's results from the algorithm's metrics, into which
+    # its own evaluation merges the evaluation env runner's reduced metrics
     algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
-    return {ENV_RUNNER_RESULTS: results}, env_steps, env_steps
+    means = {str(m): {EPISODE_RETURN_MEAN: float(np.mean([e.get_return() for e in eps])),
+                      EPISODE_LEN_MEAN: float(np.mean([len(e) for e in eps]))} for m, eps in done.items()}
+    return {ENV_RUNNER_RESULTS: {MEMBER_GROUP: means}}, env_steps, env_steps

@@ -262,3 +262,41 @@ def test_pack_checkpoint_round_trips_every_member(ray_local, tmp_path):
     finally:
         pack.stop()
         fresh.stop()
+
+
+def test_mujoco_evaluation_is_each_members_solo_evaluation(ray_local):
+    """Each member is evaluated on its own clean env with its own filter and policy: its
+    evaluation return is its solo trial's, evaluation after evaluation (RLlib's window over the
+    evaluation episodes included). HalfCheetah's episodes all last 1000 steps, so every member's
+    episodes end in the pack's first sample, as the solo's do. The networks keep only their
+    biases (each member's own): a constant action, the same bits whatever the batch it is
+    computed in, so that 2,000 chaotic MuJoCo steps compare exactly."""
+    from adpo_ray.metrics import EVAL_RETURN, curate
+    from adpo_ray.orchestration.pack_trainable import member_result
+
+    spec = parse_spec({"name": "pack-eval", "environments": ["HalfCheetah-v5"], "scenarios": ["clean", "shift-high"],
+                       "budget": {"iterations": 1}, "evaluation": {"interval": 1, "episodes": 2}})
+    knobs = [spec.knobs(TrialSpec("HalfCheetah-v5", s, "adpo", "dynamic", 16, seed))
+             for s, seed in zip(("shift-high", "clean"), SEEDS[:2], strict=True)]
+    pack = build_pack_config(knobs).build_algo()
+    solos = [build_algo_config(kn).build_algo() for kn in knobs]
+    try:
+        module = learner(pack).pack_module
+        with torch.no_grad():
+            for (name, _), view in zip(module.net.layout, module.net.views(module.theta), strict=True):
+                if name.endswith(".weight"):
+                    view.zero_()
+            for solo in solos:
+                for name, param in learner(solo).module[DEFAULT_MODULE_ID].named_parameters():
+                    if name.endswith("weight"):
+                        param.zero_()
+        for _ in range(2):
+            got = pack.evaluate()
+            for m, solo in enumerate(solos):
+                want = curate({"evaluation": solo.evaluate()})[EVAL_RETURN]
+                assert curate(member_result({"evaluation": got}, m))[EVAL_RETURN] == pytest.approx(want, rel=1e-9)
+        returns = [curate(member_result({"evaluation": got}, m))[EVAL_RETURN] for m in range(2)]
+        assert returns[0] != pytest.approx(returns[1], rel=1e-3)  # the members' own networks
+    finally:
+        for algo in (pack, *solos):
+            algo.stop()
