@@ -42,6 +42,7 @@ __all__ = [
     "ppo_terms",
     "adpo_terms",
     "stacked_update",
+    "POLICY_INPUTS",
 ]
 
 ACTION_DISTS = ("gaussian", "categorical")
@@ -49,6 +50,10 @@ ACTION_DISTS = ("gaussian", "categorical")
 NETS = (("encoder.actor_encoder.net.mlp.", "pi.net.mlp."), ("encoder.critic_encoder.net.mlp.", "vf.net.mlp."))
 LOG_STD_CLIP = "pi.log_std_clip_param_const"  # RLlib's clamp of the Gaussian head's log std
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+#: The key under which :func:`ppo_terms` / :func:`adpo_terms` leave the policy's distribution
+#: inputs ``(K, B, D)`` (detached) in the minibatch they were given, for per-minibatch
+#: diagnostics such as the KL to the anchor (the forward pass is not repeated).
+POLICY_INPUTS = "policy_inputs"
 
 
 def member_values(name: str, values, k: int, *, off_is: float | None = None, low: float = 0.0,
@@ -376,8 +381,10 @@ def ppo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tens
     value loss, entropy bonus. ``batch``: ``obs`` ``(K, B, obs_dim)``, ``actions``, ``action_logp``,
     ``advantages``, ``value_targets`` ``(K, B)`` and optionally ``loss_mask`` ``(K, B)`` bool.
     Returns ``(total, terms)``: ``(K,)`` losses (sum them for backward) and detached ``(K, 3)``
-    policy loss, value loss, entropy."""
-    logp, entropy = net.logp_entropy(net.policy(batch["obs"]), batch["actions"])
+    policy loss, value loss, entropy; leaves the policy's inputs in ``batch[POLICY_INPUTS]``."""
+    inputs = net.policy(batch["obs"])
+    batch[POLICY_INPUTS] = inputs.detach()
+    logp, entropy = net.logp_entropy(inputs, batch["actions"])
     ratio = torch.exp(logp - batch["action_logp"])
     adv, clip = batch["advantages"], knobs.clip_param.unsqueeze(1)
     surrogate = torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - clip, 1 + clip))
@@ -400,6 +407,7 @@ def adpo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Ten
       caller, as the fused learner's plan does); the loss is the mean over non-empty lists.
     """
     inputs = net.policy(batch["obs"])
+    batch[POLICY_INPUTS] = inputs.detach()
     tau, beta = knobs.tau_anc.reshape(-1, 1, 1), knobs.beta_q.reshape(-1, 1, 1)
     mask = batch.get("loss_mask")
     if "list_signal" in batch:
@@ -429,7 +437,9 @@ def adpo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Ten
 
 # -- 6. one update ----------------------------------------------------------------------------
 def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Callable, knobs: Knobs,
-                   rows: dict[str, torch.Tensor], plans: torch.Tensor, grad_clip: torch.Tensor):
+                   rows: dict[str, torch.Tensor], plans: torch.Tensor, grad_clip: torch.Tensor,
+                   num_minibatches: torch.Tensor | None = None,
+                   on_minibatch: Callable[[int, dict[str, torch.Tensor]], None] | None = None):
     """All epochs x minibatches of one update for every member.
 
     ``rows``: per-row inputs ``(K, N, ...)``; ``plans``: ``(K, M, minibatch_size)`` row indices
@@ -440,6 +450,12 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     ``loss_mask``, each minibatch's valid rows go first and its lists get a mask (as the fused
     learner's plan does). Returns ``(terms, skipped)``: the mean over
     minibatches of ``(K, 4)`` [total, grad norm, *loss terms] and ``(K,)`` counts of skipped steps.
+
+    ``num_minibatches`` (``(K,)`` ints, default all ``M``): members whose batches differ in size
+    have plans of different lengths; member ``k`` takes only its first ``num_minibatches[k]``
+    rows of ``plans`` (the rest is padding, never a step, and not in its means or skip count).
+    ``on_minibatch(i, batch)``: called after minibatch ``i``'s loss, before its step, with the
+    gathered ``(K, B, ...)`` columns and the policy's inputs (:data:`POLICY_INPUTS`).
     """
     _check_update(net, loss_fn, knobs, rows, plans, grad_clip)
     k, n = plans.shape[0], next(iter(rows.values())).shape[1]
@@ -453,17 +469,32 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     offsets = (torch.arange(k, device=plans.device) * n).view(k, 1)
     sums = torch.zeros(k, 5, dtype=net.theta.dtype, device=net.theta.device)
     skipped = torch.zeros(k, dtype=torch.long, device=net.theta.device)
+    counts = None
+    if num_minibatches is not None:
+        counts = torch.as_tensor(num_minibatches, dtype=torch.long, device=net.theta.device)
+        if counts.shape != (k,) or bool((counts < 1).any()) or bool((counts > plans.shape[1]).any()):
+            raise ValueError(f"num_minibatches: need K={k} counts in 1..{plans.shape[1]}, got {counts.tolist()}")
     for i in range(plans.shape[1]):
         idx = (plans[:, i] + offsets).reshape(-1)
         batch = {name: v.index_select(0, idx).view(k, -1, *v.shape[1:]) for name, v in flat_rows.items()}
         if list_masks is not None:
             batch["list_mask"] = list_masks[:, i]
         total, terms = loss_fn(net, knobs, batch)
+        if on_minibatch is not None:
+            on_minibatch(i, batch)
         grad = net.flat_grad(total)
         norm = clip_grad_norm_stacked_(grad, grad_clip)
-        skipped += optimizer.step(grad, norm)
-        sums += torch.cat([total.detach().unsqueeze(1), norm.unsqueeze(1), terms], dim=1)
-    return sums / plans.shape[1], skipped
+        row = torch.cat([total.detach().unsqueeze(1), norm.unsqueeze(1), terms], dim=1)
+        if counts is None:
+            skipped += optimizer.step(grad, norm)
+            sums += row
+            continue
+        active = i < counts  # a padding minibatch: a non-finite norm makes the optimizer skip it
+        skipped += optimizer.step(grad, torch.where(active, norm, torch.full_like(norm, math.nan))) & active
+        sums += torch.where(active.unsqueeze(1), row, torch.zeros((), dtype=row.dtype, device=row.device))
+    if counts is None:
+        return sums / plans.shape[1], skipped
+    return sums / counts.unsqueeze(1).to(sums.dtype), skipped
 
 
 def _check_update(net, loss_fn, knobs: Knobs, rows, plans, grad_clip) -> None:

@@ -28,7 +28,7 @@ __all__ = [
     "mean_std_filters", "single_agent_filter", "updates_filter_stats", "registered_env_creator",
     "builds_own_filters", "built_filters",
     "has_lr_schedulers", "has_grad_scalers", "compiles_complete_update", "check_is_built",
-    "next_weights_seq_no", "weights_seq_no", "multi_agent_batch",
+    "next_weights_seq_no", "weights_seq_no", "multi_agent_batch", "learner_connector",
 ]
 
 #: The Ray release every adapter here (and in :mod:`adpo_ray.orchestration._ray_private`) was
@@ -41,7 +41,7 @@ PRIVATE_NAMES = frozenset({
     "_value_error", "_forward_train", "_learner", "_env_to_module", "_filters",
     "_init_new_filters", "_multi_agent", "_update_stats", "_global_registry",
     "_lr_scheduler_classes", "_grad_scalers", "_torch_compile_complete_update",
-    "_check_is_built", "_weights_seq_no", "_make_batch_if_necessary",
+    "_check_is_built", "_weights_seq_no", "_make_batch_if_necessary", "_learner_connector",
 })
 
 
@@ -199,3 +199,9 @@ def multi_agent_batch(learner, training_data):
     """``Learner._make_batch_if_necessary`` (Ray 2.60.0): ``training_data`` (batch or episodes)
     as a ``MultiAgentBatch``, episodes through the learner connector (GAE, value targets)."""
     return learner._make_batch_if_necessary(training_data=training_data)
+
+
+def learner_connector(learner):
+    """``Learner._learner_connector`` (Ray 2.60.0): the learner's connector pipeline (episodes ->
+    train batch; PPO's learner appends its GAE piece to it in ``build``)."""
+    return learner._learner_connector

@@ -31,6 +31,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.utils import force_list
 from ray.rllib.utils.filter import MeanStdFilter as _MeanStdFilter
 from ray.rllib.utils.filter import RunningStat
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.rllib.utils.typing import StateDict
 from ray.tune.registry import register_env
@@ -117,7 +118,8 @@ class PackCallbacks(RLlibCallback):
     ``env_runners/member/<k>/`` gets, for member ``k``'s finished episodes, what a solo trial's
     env runners log: ``train_clean_return`` (window 100, as :class:`ADPOCallbacks`),
     ``episode_return_mean`` (the noisy training return) and ``episode_len_mean`` (RLlib's window,
-    ``metrics_num_episodes_for_smoothing / num_env_runners``).
+    ``metrics_num_episodes_for_smoothing / num_env_runners``), and the member's
+    ``num_env_steps_sampled_lifetime``.
     """
 
     def on_episode_created(self, *, episode, env_index: int, env=None, **kwargs) -> None:
@@ -125,6 +127,19 @@ class PackCallbacks(RLlibCallback):
             raise TypeError(f"PackCallbacks runs on a PackedVectorEnv (configure_pack), got {type(env).__name__}")
         episode.custom_data[MEMBER] = env.member_of(env_index)
         episode.custom_data[ENV_INDEX] = int(env_index)
+
+    def on_sample_end(self, *, env_runner=None, metrics_logger=None, samples=(), **kwargs) -> None:
+        """Each member's env steps (``member/<k>/num_env_steps_sampled_lifetime``): the steps of
+        its episodes (chunks) this sample, which is what its solo trial's env runner counts."""
+        if metrics_logger is None:
+            return
+        steps: dict[int, int] = {}
+        for episode in samples:
+            m = _member(episode)
+            steps[m] = steps.get(m, 0) + episode.env_steps()
+        for m, n in steps.items():
+            metrics_logger.log_value((MEMBER_GROUP, str(m), NUM_ENV_STEPS_SAMPLED_LIFETIME), n,
+                                     reduce="lifetime_sum")
 
     def on_episode_end(self, *, episode, env_runner=None, metrics_logger=None, prev_episode_chunks=(), **kwargs) -> None:
         if metrics_logger is None:

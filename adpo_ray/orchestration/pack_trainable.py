@@ -1,0 +1,173 @@
+"""The Tune trainable of a trial pack: K grid trials of one shape as ONE RLlib algorithm
+(:func:`adpo_ray.rllib.pack_factory.build_pack_config`) in one process.
+
+``config = {"spec": <spec dict>, "trials": [<TrialSpec dict>, ...]}``: the spec and the members'
+coordinates, as :class:`~adpo_ray.orchestration.trainable.GridTrainable`'s config holds one trial.
+Each result holds ``members``: member ``k``'s result exactly as its solo trial's
+:meth:`GridTrainable.step` reports it (the curated metrics, ``timesteps_total`` and, in a search,
+its ``search/<metric>``), read from the pack's ``member/<k>/`` entries, plus the pack's own env
+steps (``env_steps``: all members together). The pack runs to the members' common budget
+(iterations or env steps per member), evaluates each member on its clean env on the solo
+schedule and checkpoints as a solo trial does. Tune reserves one bundle for the whole pack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import PlacementGroupFactory
+
+from adpo_ray.metrics import (
+    ENV_STEPS,
+    EVAL_GROUP,
+    EVAL_METRICS,
+    EVAL_RETURN,
+    MEMBER_GROUP,
+    MODULE,
+    curate,
+)
+from adpo_ray.orchestration.trainable import LAST_RESULT, search_key, trial_from_config
+from adpo_ray.spec import ExperimentSpec, TrialSpec
+
+#: The result key of the members' results (a list, member order).
+MEMBERS = "members"
+
+
+def pack_from_config(config: dict[str, Any]) -> tuple[ExperimentSpec, list[TrialSpec]]:
+    """The spec and the members' trials of a pack's Tune config. Raises ``ValueError`` for a
+    config without a non-empty ``trials`` list, or a distillation spec (packs are online)."""
+    trials = config.get("trials")
+    if not isinstance(trials, list) or not trials:
+        raise ValueError(f"a pack's config needs 'trials': a non-empty list of trial dicts, got {trials!r}")
+    spec, first = trial_from_config({**config, "trial": trials[0]})
+    if spec.distill is not None:
+        raise ValueError("a pack runs online trials (adpo, dpo, ppo); this spec is a distillation grid")
+    return spec, [first, *(TrialSpec.from_config({"trial": t}) for t in trials[1:])]
+
+
+def pack_algo_config(config: dict[str, Any]):
+    """The pack's RLlib config, from each member's ``spec.knobs(trial)``."""
+    from adpo_ray.rllib.pack_factory import build_pack_config
+
+    spec, trials = pack_from_config(config)
+    return build_pack_config([spec.knobs(t) for t in trials])
+
+
+@lru_cache(maxsize=64)
+def _resources(config_json: str) -> PlacementGroupFactory:
+    algo_config = pack_algo_config(json.loads(config_json))
+    request = algo_config.algo_class.default_resource_request(algo_config)
+    total: dict[str, float] = {}
+    for bundle in request.bundles:
+        for name, amount in bundle.items():
+            total[name] = total.get(name, 0.0) + amount
+    return PlacementGroupFactory([{k: v for k, v in total.items() if v}])
+
+
+def member_result(raw: dict[str, Any], k: int) -> dict[str, Any]:
+    """Member ``k``'s view of a pack's RLlib result, shaped as a solo trial's (what
+    :func:`adpo_ray.metrics.curate` reads): its episode metrics and env steps, learner metrics,
+    WinMass and evaluation."""
+    key = str(k)
+    out = {name: value for name, value in raw.items() if name not in ("env_runners", "learners", "evaluation",
+                                                                         EVAL_GROUP)}
+    runners = raw.get("env_runners") or {}
+    out["env_runners"] = dict((runners.get(MEMBER_GROUP) or {}).get(key) or {})
+    out.pop("num_env_steps_sampled_lifetime", None)  # the pack's; the member's own is in env_runners
+    learner = ((raw.get("learners") or {}).get(MODULE) or {}).get(MEMBER_GROUP) or {}
+    out["learners"] = {MODULE: dict(learner.get(key) or {})}
+    winmass = ((raw.get(EVAL_GROUP) or {}).get(MEMBER_GROUP) or {}).get(key)
+    if winmass is not None:
+        out[EVAL_GROUP] = dict(winmass)
+    evaluation = (((raw.get("evaluation") or {}).get("env_runners") or {}).get(MEMBER_GROUP) or {}).get(key)
+    if evaluation is not None:
+        out["evaluation"] = {"env_runners": dict(evaluation)}
+    return out
+
+
+class PackTrainable(tune.Trainable):
+    """``config = {"spec": <spec dict>, "trials": [<TrialSpec dict>, ...]}`` (see the module
+    docstring)."""
+
+    @classmethod
+    def default_resource_request(cls, config: dict[str, Any]) -> PlacementGroupFactory:
+        """One bundle for the whole pack: the RLlib algorithm's bundles (main process, env
+        runners, learner with its GPU share) added up."""
+        return _resources(json.dumps({"spec": config["spec"], "trials": config["trials"]}, sort_keys=True))
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self.spec, self.trials = pack_from_config(config)
+        envs = {t.env for t in self.trials}
+        if len(envs) != 1:
+            raise ValueError(f"trials: every member of a pack must share its env, got {sorted(envs)}")
+        self.budget = self.spec.budget_for(self.trials[0].env)
+        self.algo = pack_algo_config(config).build_algo()
+        self._last: dict[str, Any] = {}
+
+    @property
+    def num_members(self) -> int:
+        return len(self.trials)
+
+    def _budget_reached(self, member_steps: float) -> bool:
+        b = self.budget
+        return bool((b.iterations and self.algo.iteration >= b.iterations)
+                    or (b.env_steps and member_steps >= b.env_steps))
+
+    def step(self) -> dict[str, Any]:
+        if self._last and self._budget_reached(min(m.get(ENV_STEPS, 0) for m in self._last[MEMBERS])):
+            return {**self._last, "done": True}  # restored from its final checkpoint
+        raw = self.algo.train()
+        evaluated = self._evaluated_this_iteration()
+        members = []
+        for k in range(self.num_members):
+            result = curate(member_result(raw, k))
+            if not evaluated:
+                for key in EVAL_METRICS:
+                    result.pop(key, None)  # RLlib repeats the last evaluation's numbers
+            members.append(result)
+        out: dict[str, Any] = {}
+        # every member reaches its solo budget (their env steps differ by a few autoreset steps)
+        if self._budget_reached(min(m.get(ENV_STEPS, 0) for m in members)):
+            out["done"] = True
+            if EVAL_RETURN not in members[0] and self.algo.config.evaluation_interval:
+                final = self.algo.evaluate()  # every member ends with a clean evaluation
+                for k, result in enumerate(members):
+                    view = curate(member_result({"evaluation": final}, k))
+                    result.update({key: v for key, v in view.items() if key in EVAL_METRICS})
+        elif self.algo.iteration % self.budget.checkpoint_every == 0:
+            out["should_checkpoint"] = True
+        last_members = self._last.get(MEMBERS) or [{}] * self.num_members
+        for k, result in enumerate(members):
+            result["timesteps_total"] = int(result.get(ENV_STEPS, 0))
+            search = self.spec.search
+            if search is not None:
+                key = search_key(search.metric)
+                worst = float("-inf") if search.mode == "max" else float("inf")
+                result[key] = float(result[search.metric]) if search.metric in result \
+                    else last_members[k].get(key, worst)
+        pack_steps = curate(raw).get(ENV_STEPS, 0)
+        out.update({MEMBERS: members, ENV_STEPS: pack_steps, "timesteps_total": int(pack_steps)})
+        self._last = {k: v for k, v in out.items() if k not in ("done", "should_checkpoint")}
+        return out
+
+    def _evaluated_this_iteration(self) -> bool:
+        interval = self.algo.config.evaluation_interval
+        return bool(interval) and self.algo.iteration % interval == 0
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.algo.save_to_path(checkpoint_dir)
+        with open(os.path.join(checkpoint_dir, LAST_RESULT), "w") as f:
+            json.dump(self._last, f)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.algo.restore_from_path(checkpoint_dir)
+        path = os.path.join(checkpoint_dir, LAST_RESULT)
+        self._last = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+
+    def cleanup(self) -> None:
+        self.algo.stop()

@@ -1,0 +1,201 @@
+"""K trials of one shape -> ONE RLlib algorithm (a *trial pack*): :func:`build_pack_config`.
+
+The pack is member 0's solo config (:func:`~adpo_ray.rllib.factory.build_algo_config`: the shared
+shape, network, batch and loss variant) made to sample all members' envs
+(:func:`~adpo_ray.rllib.packed.configure_pack`), with the stacked module
+(:class:`~adpo_ray.rllib.pack_module.PackedTorchRLModule`) and learner
+(:class:`~adpo_ray.rllib.pack_learner.PackedLearner`); each member's own knobs (seed, lr, clips,
+coefficients, ``tau_anc``, ``beta_q``, anchor schedule, env scenario) go to the learner and the
+env. ``train_batch_size`` is K times the solo's: each member's rows are its own solo batch.
+
+Evaluation is per member, as the solo trial's: the bandit's WinMass on the learner's module over
+each member's own held-out contexts (:class:`PackResultCallbacks`), MuJoCo's clean-env episodes on
+the evaluation env runner, whose pack env runs every member's clean env with the member's own
+observation filter (:func:`evaluate_members`). Both land under ``member/<k>/`` in the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    EPISODE_LEN_MEAN,
+    EPISODE_RETURN_MEAN,
+    EVALUATION_RESULTS,
+)
+from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
+from adpo_ray.metrics import EVAL_GROUP, MEMBER_GROUP, WINMASS_KEY
+from adpo_ray.rllib.callbacks import ADPOCallbacks
+from adpo_ray.rllib.factory import build_algo_config, model_config
+from adpo_ray.rllib.pack_learner import PACK_ALGORITHM, PACK_MEMBERS, PackedLearner, member_knobs
+from adpo_ray.rllib.pack_module import PackedTorchRLModule, pack_model_config
+from adpo_ray.rllib.packed import MEMBER, configure_pack
+
+#: Knobs every member of a pack shares (they fix the network, the batch's shape, the loss and the
+#: run), as ``TrialKnobs`` fields (``trial.<name>`` for the trial's coordinates).
+SHAPE_KNOBS = (
+    "trial.env", "trial.algorithm", "trial.hidden_size", "kind", "train_batch_size", "minibatch_size", "num_epochs",
+    "list_size", "list_source", "loss", "target", "target_norm", "tau_alpha", "tau_min", "q_center", "gamma",
+    "lambda_", "num_envs_per_env_runner", "num_env_runners", "num_learners", "num_gpus_per_learner",
+    "learner_update", "learner_compile", "iterations", "env_steps", "checkpoint_every", "eval_interval",
+    "eval_episodes", "eval_explore", "bandit",
+)
+
+
+def _knob(knobs, name: str):
+    obj = knobs
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_pack(knobs: list) -> None:
+    """Check that ``knobs`` (``TrialKnobs``, one per member) can run as one pack.
+
+    Raises:
+        ValueError: no members; an offline (distillation) trial; the first knob of
+            :data:`SHAPE_KNOBS` two members differ in, naming it, both members and values;
+            what a pack does not run (``anchor_kl_coeff > 0``, ``anchors.init``, RLlib's update
+            path ``learner_update: rllib``, ``learner_compile``, more than one learner).
+    """
+    if not knobs:
+        raise ValueError("a pack needs at least one member (knobs is empty)")
+    first = knobs[0]
+    for name in SHAPE_KNOBS:
+        for k, kn in enumerate(knobs[1:], start=1):
+            if _knob(kn, name) != _knob(first, name):
+                raise ValueError(f"{name}: every member of a pack must share it; member 0 has "
+                                 f"{_knob(first, name)!r}, member {k} has {_knob(kn, name)!r}")
+    for k, kn in enumerate(knobs):
+        if kn.trial.algorithm not in ("adpo", "dpo", "ppo") or kn.gamma is None:
+            raise ValueError(f"member {k}: algorithm {kn.trial.algorithm!r}; a pack runs online adpo, dpo or ppo")
+        if kn.anchor_kl_coeff:
+            raise ValueError(f"member {k}: anchor_kl_coeff={kn.anchor_kl_coeff}; a pack runs without the KL "
+                             "penalty to the anchor (anchor_kl_coeff: 0)")
+        if kn.init is not None:
+            raise ValueError(f"member {k}: anchors.init={kn.init!r}; a pack starts from fresh networks only")
+    if (first.learner_update or "fused") != "fused":
+        raise ValueError(f"learner_update={first.learner_update!r}; a pack runs only on the fused update (fused)")
+    if first.learner_compile:
+        raise ValueError("learner_compile: a pack's update is not compiled; set it false")
+    if first.num_learners > 1:
+        raise ValueError(f"num_learners={first.num_learners}; a pack runs one learner (0 or 1)")
+
+
+def member_env_configs(knobs: list) -> list[dict[str, Any]]:
+    """Each member's training env config (its solo trial's) with its ``seed``."""
+    return [{**kn.env_config, "seed": kn.trial.seed} for kn in knobs]
+
+
+def build_pack_config(knobs: list) -> AlgorithmConfig:
+    """The RLlib config of a pack of ``len(knobs)`` trials (``TrialKnobs``, one per member, in
+    member order): ADPO, DPO or PPO on the fused path, one algorithm, one module, one learner.
+    Raises ``ValueError`` as :func:`check_pack`."""
+    check_pack(knobs)
+    first = knobs[0]
+    config = build_algo_config(first)
+    k = len(knobs)
+    members = member_env_configs(knobs)
+    config.callbacks(PackResultCallbacks)  # replaces ADPOCallbacks; configure_pack adds its own
+    configure_pack(config, members, first.num_envs_per_env_runner)
+    config.training(train_batch_size_per_learner=k * first.train_batch_size)
+    config.learners(
+        learner_class=PackedLearner,
+        learner_config_dict={
+            PACK_ALGORITHM: first.trial.algorithm,
+            PACK_MEMBERS: [member_knobs(
+                seed=kn.trial.seed, lr=kn.lr, grad_clip=kn.grad_clip, entropy_coeff=kn.entropy_coeff,
+                vf_loss_coeff=kn.vf_coeff, clip_param=kn.clip_param, tau_anc=kn.tau_anc, beta_q=kn.beta_q,
+                anchor_mode=kn.anchor_mode, anchor_params=dict(kn.anchor_params)) for kn in knobs],
+        },
+    )
+    config.rl_module(rl_module_spec=RLModuleSpec(
+        module_class=PackedTorchRLModule,
+        model_config=pack_model_config(model_config(first.trial.hidden_size), [kn.trial.seed for kn in knobs])))
+    if first.kind == "mujoco":
+        clean = {**config.env_config, "members": [{**m, "scenario": "clean"} for m in members]}
+        config.evaluation(
+            custom_evaluation_function=evaluate_members,
+            evaluation_config=AlgorithmConfig.overrides(env_config=clean, explore=bool(first.eval_explore)),
+        )
+    return config
+
+
+def _member_winmass(learner, members: list[dict[str, Any]]) -> list[float]:
+    """Each member's WinMass on its own held-out contexts, one batched forward pass."""
+    module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+    configs = [{k: v for k, v in m.items() if k != "seed"} for m in members]
+    problems = [bandit_problem(c) for c in configs]
+    n = [int(c.get("eval_contexts", 1024)) for c in configs]
+    if len(set(n)) != 1:
+        raise ValueError(f"eval_contexts: every member of a pack must share it, got {n}")
+    x = np.stack([p.eval_contexts(n[0]) for p in problems])
+    with torch.no_grad():
+        probs = torch.softmax(module.member_policy(torch.as_tensor(x, device=module.theta.device)), dim=-1)
+    probs = probs.cpu().numpy()
+    return [winmass(p, lambda _x, k=k: probs[k], n=n[0]) for k, p in enumerate(problems)]
+
+
+class PackResultCallbacks(ADPOCallbacks):
+    """:class:`ADPOCallbacks` for a pack: the bandit's WinMass per member, in
+    ``eval/member/<k>/winmass`` (a solo trial's is ``eval/winmass``)."""
+
+    def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
+        members = list((algorithm.config.env_config or {}).get("members") or [])
+        if not members or ENVIRONMENTS.get(members[0].get("env", ""), {}).get("kind") != "bandit":
+            return
+        per_learner = [v.get() for v in algorithm.learner_group.foreach_learner(
+            lambda lr: _member_winmass(lr, members))]
+        values = np.mean(np.asarray(per_learner, dtype=np.float64), axis=0)
+        result.setdefault(EVAL_GROUP, {})[MEMBER_GROUP] = {str(k): {WINMASS_KEY: float(v)} for k, v in enumerate(values)}
+
+
+def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
+    """The pack's evaluation (RLlib's ``custom_evaluation_function``): ``evaluation_duration``
+    episodes per member on the local evaluation env runner (the members' clean envs, each
+    member's synced observation filter), each member's first episodes in the order they end,
+    as a solo trial's ``sample(num_episodes=...)`` returns them (a member still short of them
+    when the pack's sample ends gets the rest from the next sample, which starts from a reset).
+
+    Their returns and lengths are logged as a solo evaluation env runner logs its episodes (the
+    same window, ``metrics_num_episodes_for_smoothing``, kept across evaluations) under
+    ``member/<k>/`` and merged into the algorithm's evaluation results, where the result's
+    ``evaluation/env_runners/member/<k>/episode_return_mean`` comes from, as a solo trial's
+    ``evaluation/env_runners/episode_return_mean`` does. Returns ``(this evaluation's means,
+    env_steps, agent_steps)``."""
+    runner = eval_env_runner_group.local_env_runner
+    members = runner.config.env_config["members"]
+    k, wanted = len(members), int(algorithm.config.evaluation_duration)
+    done: dict[int, list] = {m: [] for m in range(k)}
+    env_steps = 0
+    while any(len(v) < wanted for v in done.values()):
+        for episode in runner.sample(num_episodes=k * wanted, explore=runner.config.explore):
+            env_steps += episode.env_steps()
+            m = episode.custom_data[MEMBER]
+            if len(done[m]) < wanted:
+                done[m].append(episode)
+    logger = getattr(runner, "pack_eval_metrics", None)
+    if logger is None:  # one per evaluation runner, so that the window spans evaluations
+        logger = MetricsLogger()
+        runner.pack_eval_metrics = logger
+    win = max(1, math.ceil(runner.config.metrics_num_episodes_for_smoothing / (runner.config.num_env_runners or 1)))
+    for m, episodes in done.items():
+        for e in episodes:
+            logger.log_value((MEMBER_GROUP, str(m), EPISODE_RETURN_MEAN), e.get_return(), window=win)
+            logger.log_value((MEMBER_GROUP, str(m), EPISODE_LEN_MEAN), len(e), window=win)
+            logger.log_value(EPISODE_RETURN_MEAN, e.get_return(), window=win)
+    # RLlib's new stack reads the evaluation's results from the algorithm's metrics, into which
+    # its own evaluation merges the evaluation env runner's reduced metrics
+    algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
+    means = {str(m): {EPISODE_RETURN_MEAN: float(np.mean([e.get_return() for e in eps])),
+                      EPISODE_LEN_MEAN: float(np.mean([len(e) for e in eps]))} for m, eps in done.items()}
+    return {ENV_RUNNER_RESULTS: {MEMBER_GROUP: means}}, env_steps, env_steps

@@ -1,0 +1,63 @@
+"""A trial pack under a real ``tune.Tuner``: one trial, one bundle, K members whose results are
+shaped exactly as solo GridTrainable trials' results."""
+
+from __future__ import annotations
+
+import pytest
+from ray import tune
+
+from adpo_ray.metrics import CURATED, ENV_STEPS, EVAL_WINMASS, TRAIN_RETURN
+from adpo_ray.orchestration.pack_trainable import MEMBERS, PackTrainable
+from adpo_ray.orchestration.trainable import GridTrainable
+from adpo_ray.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "pack-tune",
+    "environments": ["PreferenceBandit"],
+    "scenarios": ["clean", "flip-high"],
+    "seeds": [0, 1],
+    "anchors": {"modes": ["fixed", "dynamic"]},
+    "budget": {"iterations": 2, "checkpoint_every": 1},
+    "adpo": {"train_batch_size": 128, "minibatch_size": 32, "num_epochs": 1},
+}
+
+
+def fit(trainable, param_space, tmp_path, name):
+    tuner = tune.Tuner(trainable, param_space=param_space,
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0))
+    grid = tuner.fit()
+    assert not grid.errors, grid.errors
+    return [grid[i] for i in range(len(grid))]
+
+
+def test_pack_under_tune_reports_each_member_as_a_solo_trial(ray_local, tmp_path):
+    spec = parse_spec(SPEC)
+    trials = [t for t in spec.trials() if t.algorithm == "adpo"][:3]
+    assert len({(t.scenario, t.anchor_mode, t.seed) for t in trials}) == 3
+    dump = spec.model_dump(mode="json", by_alias=True)
+    space = {"spec": dump, "trials": [t.as_dict() for t in trials]}
+    request = PackTrainable.default_resource_request(space)
+    assert len(request.bundles) == 1 and request.bundles[0].get("CPU", 0) >= 1
+
+    (pack,) = fit(PackTrainable, space, tmp_path, "pack")
+    solos = fit(GridTrainable, {"spec": dump, "trial": tune.grid_search([t.as_dict() for t in trials])},
+                tmp_path, "solo")
+    solos = {tuple(r.config["trial"].values()): r.metrics for r in solos}
+
+    assert pack.metrics["training_iteration"] == 2
+    members = pack.metrics[MEMBERS]
+    assert len(members) == 3
+    for k, (trial, member) in enumerate(zip(trials, members, strict=True)):
+        solo = solos[tuple(trial.as_dict().values())]
+        assert solo["training_iteration"] == 2
+        # what GridTrainable.step reports: the curated metrics present and timesteps_total
+        solo_keys = {key for key in solo if key in CURATED} | {"timesteps_total"}
+        assert {EVAL_WINMASS, TRAIN_RETURN, ENV_STEPS} <= solo_keys
+        assert set(member) == solo_keys, (k, set(member) ^ solo_keys)
+        assert member[ENV_STEPS] == solo[ENV_STEPS]  # each member ran its solo trial's budget
+        assert member["timesteps_total"] == solo["timesteps_total"]
+    assert pack.metrics[ENV_STEPS] == 3 * members[0][ENV_STEPS]
+    assert len({m[EVAL_WINMASS] for m in members}) == 3  # the members' own policies
+    assert pack.checkpoint is not None
