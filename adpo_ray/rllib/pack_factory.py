@@ -34,11 +34,15 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
 from adpo_ray.metrics import EVAL_GROUP, MEMBER_GROUP, WINMASS_KEY
-from adpo_ray.rllib.callbacks import ADPOCallbacks
+from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
 from adpo_ray.rllib.factory import build_algo_config, model_config
 from adpo_ray.rllib.pack_learner import PACK_ALGORITHM, PACK_MEMBERS, PackedLearner, member_knobs
 from adpo_ray.rllib.pack_module import PackedTorchRLModule, pack_model_config
 from adpo_ray.rllib.packed import MEMBER, configure_pack
+from adpo_ray.spec.knobs import NO_INIT
+from adpo_ray.spec.sections import LEARNER_UPDATES
+
+FUSED = LEARNER_UPDATES[0]  # the only update path a pack runs
 
 #: Knobs every member of a pack shares (they fix the network, the batch's shape, the loss and the
 #: run), as ``TrialKnobs`` fields (``trial.<name>`` for the trial's coordinates).
@@ -81,10 +85,10 @@ def check_pack(knobs: list) -> None:
         if kn.anchor_kl_coeff:
             raise ValueError(f"member {k}: anchor_kl_coeff={kn.anchor_kl_coeff}; a pack runs without the KL "
                              "penalty to the anchor (anchor_kl_coeff: 0)")
-        if kn.init is not None:
+        if kn.init not in (None, NO_INIT):
             raise ValueError(f"member {k}: anchors.init={kn.init!r}; a pack starts from fresh networks only")
-    if (first.learner_update or "fused") != "fused":
-        raise ValueError(f"learner_update={first.learner_update!r}; a pack runs only on the fused update (fused)")
+    if first.learner_update != FUSED:
+        raise ValueError(f"learner_update={first.learner_update!r}; a pack runs only on the fused update ({FUSED})")
     if first.learner_compile:
         raise ValueError("learner_compile: a pack's update is not compiled; set it false")
     if first.num_learners > 1:
@@ -105,7 +109,7 @@ def build_pack_config(knobs: list) -> AlgorithmConfig:
     config = build_algo_config(first)
     k = len(knobs)
     members = member_env_configs(knobs)
-    config.callbacks(PackResultCallbacks)  # replaces ADPOCallbacks; configure_pack adds its own
+    config.callbacks(PackResultCallbacks)  # replaces CleanMetricsCallbacks; configure_pack adds its own
     configure_pack(config, members, first.num_envs_per_env_runner)
     config.training(train_batch_size_per_learner=k * first.train_batch_size)
     config.learners(
@@ -145,8 +149,8 @@ def _member_winmass(learner, members: list[dict[str, Any]]) -> list[float]:
     return [winmass(p, lambda _x, k=k: probs[k], n=n[0]) for k, p in enumerate(problems)]
 
 
-class PackResultCallbacks(ADPOCallbacks):
-    """:class:`ADPOCallbacks` for a pack: the bandit's WinMass per member, in
+class PackResultCallbacks(CleanMetricsCallbacks):
+    """:class:`CleanMetricsCallbacks` for a pack: the bandit's WinMass per member, in
     ``eval/member/<k>/winmass`` (a solo trial's is ``eval/winmass``)."""
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:

@@ -116,7 +116,7 @@ class PackCallbacks(RLlibCallback):
     """Tags each episode with its member and logs per-member episode metrics.
 
     ``env_runners/member/<k>/`` gets, for member ``k``'s finished episodes, what a solo trial's
-    env runners log: ``train_clean_return`` (window 100, as :class:`ADPOCallbacks`),
+    env runners log: ``train_clean_return`` (window 100, as :class:`CleanMetricsCallbacks`),
     ``episode_return_mean`` (the noisy training return) and ``episode_len_mean`` (RLlib's window,
     ``metrics_num_episodes_for_smoothing / num_env_runners``), and the member's
     ``num_env_steps_sampled_lifetime``.
