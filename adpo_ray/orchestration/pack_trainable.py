@@ -14,12 +14,9 @@ schedule and checkpoints as a solo trial does. Tune reserves one bundle for the 
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-from ray import tune
 from ray.tune import PlacementGroupFactory
 
 from adpo_ray.metrics import (
@@ -31,7 +28,7 @@ from adpo_ray.metrics import (
     MODULE,
     curate,
 )
-from adpo_ray.orchestration.trainable import LAST_RESULT, search_key, trial_from_config
+from adpo_ray.orchestration.trainable import AlgorithmTrainable, search_key, trial_from_config
 from adpo_ray.spec import ExperimentSpec, TrialSpec
 
 #: The result key of the members' results (a list, member order).
@@ -90,7 +87,7 @@ def member_result(raw: dict[str, Any], k: int) -> dict[str, Any]:
     return out
 
 
-class PackTrainable(tune.Trainable):
+class PackTrainable(AlgorithmTrainable):
     """``config = {"spec": <spec dict>, "trials": [<TrialSpec dict>, ...]}`` (see the module
     docstring)."""
 
@@ -158,16 +155,3 @@ class PackTrainable(tune.Trainable):
     def _evaluated_this_iteration(self) -> bool:
         interval = self.algo.config.evaluation_interval
         return bool(interval) and self.algo.iteration % interval == 0
-
-    def save_checkpoint(self, checkpoint_dir: str) -> None:
-        self.algo.save_to_path(checkpoint_dir)
-        with open(os.path.join(checkpoint_dir, LAST_RESULT), "w") as f:
-            json.dump(self._last, f)
-
-    def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.algo.restore_from_path(checkpoint_dir)
-        path = os.path.join(checkpoint_dir, LAST_RESULT)
-        self._last = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
-
-    def cleanup(self) -> None:
-        self.algo.stop()

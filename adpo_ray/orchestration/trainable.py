@@ -69,7 +69,26 @@ def _resources(spec_json: str, trial_json: str):
     return algo_config.algo_class.default_resource_request(algo_config)
 
 
-class GridTrainable(tune.Trainable):
+class AlgorithmTrainable(tune.Trainable):
+    """A Tune trainable around one RLlib algorithm (``self.algo``) whose last curated result
+    (``self._last``) is saved with each checkpoint: a trial, or a trial pack, restored from its
+    final checkpoint knows it is done."""
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.algo.save_to_path(checkpoint_dir)
+        with open(os.path.join(checkpoint_dir, LAST_RESULT), "w") as f:
+            json.dump(self._last, f)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.algo.restore_from_path(checkpoint_dir)
+        path = os.path.join(checkpoint_dir, LAST_RESULT)
+        self._last = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+
+    def cleanup(self) -> None:
+        self.algo.stop()
+
+
+class GridTrainable(AlgorithmTrainable):
     """``config = {"spec": <spec dict>, "trial": <TrialSpec dict>}`` (distillation grids add
     ``"tracking_uri"`` and ``"distill_runs"``: the teacher run per env, pinned at launch; grids
     starting from pretrained policies ``"init_runs"``: the run per env and network size)."""
@@ -136,16 +155,3 @@ class GridTrainable(tune.Trainable):
             return self.algo.last_eval_iteration == self.algo.iteration
         interval = self.algo.config.evaluation_interval
         return bool(interval) and self.algo.iteration % interval == 0
-
-    def save_checkpoint(self, checkpoint_dir: str) -> None:
-        self.algo.save_to_path(checkpoint_dir)
-        with open(os.path.join(checkpoint_dir, LAST_RESULT), "w") as f:
-            json.dump(self._last, f)
-
-    def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.algo.restore_from_path(checkpoint_dir)
-        path = os.path.join(checkpoint_dir, LAST_RESULT)
-        self._last = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
-
-    def cleanup(self) -> None:
-        self.algo.stop()
