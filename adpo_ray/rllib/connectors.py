@@ -68,21 +68,28 @@ class BatchedMeanStdFilter(MeanStdFilter):
         if not sa_episodes:
             return batch
         obs = np.stack([e.get_observations(indices=-1) for e in sa_episodes])
+        out = self._filter_rows(filt, obs)
+        for episode, row in zip(sa_episodes, out, strict=True):
+            episode.set_observations(at_indices=-1, new_data=row)
+            episode.observation_space = self.observation_space
+        return batch
+
+
+    def _filter_rows(self, filt, x: np.ndarray) -> np.ndarray:
+        """``x`` (rows of observations) through RLlib's filter ``filt`` in one batched step: its
+        running statistics updated with every row first (when this connector updates them), then
+        demeaned, scaled and clipped as RLlib's filter does, in ``x``'s dtype."""
         if rp.updates_filter_stats(self):
-            push_batch(filt.running_stats, obs)
-            push_batch(filt.buffer, obs)
-        out = obs
+            push_batch(filt.running_stats, x)
+            push_batch(filt.buffer, x)
+        out = x
         if filt.demean:
             out = out - filt.running_stats.mean
         if filt.destd:
             out = out / (filt.running_stats.std + SMALL_NUMBER)
         if filt.clip:
             out = np.clip(out, -filt.clip, filt.clip)
-        out = out.astype(obs.dtype)
-        for episode, row in zip(sa_episodes, out, strict=True):
-            episode.set_observations(at_indices=-1, new_data=row)
-            episode.observation_space = self.observation_space
-        return batch
+        return out.astype(x.dtype)
 
 
 def push_batch(stat: RunningStat, x: np.ndarray) -> None:

@@ -40,7 +40,7 @@ from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.envs.packed import PackedVectorEnv, check_members, make_packed_env
 from adpo_ray.metrics import CLEAN_RETURN_KEY, MEMBER_GROUP
 from adpo_ray.rllib import _ray_private as rp
-from adpo_ray.rllib.connectors import BatchedMeanStdFilter, push_batch
+from adpo_ray.rllib.connectors import BatchedMeanStdFilter
 
 PACK_ENV_NAME = "adpo_ray_pack"
 #: Train-batch column and ``episode.custom_data`` key: the member of a row / an episode.
@@ -215,19 +215,6 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
 
     def _member_filters(self) -> dict[int, _MeanStdFilter]:
         return rp.built_filters(self)
-
-    def _filter_rows(self, filt: _MeanStdFilter, x: np.ndarray) -> np.ndarray:
-        if rp.updates_filter_stats(self):
-            push_batch(filt.running_stats, x)
-            push_batch(filt.buffer, x)
-        out = x
-        if filt.demean:
-            out = out - filt.running_stats.mean
-        if filt.destd:
-            out = out / (filt.running_stats.std + SMALL_NUMBER)
-        if filt.clip:
-            out = np.clip(out, -filt.clip, filt.clip)
-        return out.astype(x.dtype)
 
     def _filter_stacked(self, x: np.ndarray) -> np.ndarray:
         """:meth:`_filter_rows` for all members at once; ``x`` is ``(K, n, d)``, member k's rows ``x[k]``."""
