@@ -22,6 +22,8 @@ from adpo_ray.rllib.learner import kl_from_logits
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS
 from adpo_ray.spec import TrialSpec, parse_spec, pretrained_of
 
+from ..helpers.grid import options
+
 pytestmark = pytest.mark.slow
 
 INIT = {
@@ -47,8 +49,7 @@ def _module_params(algo) -> dict[str, np.ndarray]:
 def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
     spec = parse_spec(INIT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    opts = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
-                       storage_path=str(tmp_path / "ray_results"), name="first")
+    opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 5 and not results.errors
     out = capsys.readouterr().out
@@ -69,8 +70,7 @@ def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, 
     assert "start: pretrained PPO" in report["report.md"].read_text()
 
     # a second launch of the same spec reuses the pretrained run: nothing is trained again
-    opts2 = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
-                        storage_path=str(tmp_path / "ray_results"), name="second")
+    opts2 = options(tmp_path, "second")
     assert not run_grid(parse_spec({**INIT, "algorithms": ["ppo"]}), opts2, verbose=0).errors
     out = capsys.readouterr().out
     assert f"reusing MLflow run {pretrained}" in out and "training RLlib PPO" not in out
@@ -162,8 +162,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
     anchor at KL 0."""
     spec = parse_spec(BANDIT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    opts = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
-                       storage_path=str(tmp_path / "ray_results"), name="first")
+    opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 5 and not results.errors
     assert "training RLlib PPO for 3 iterations" in capsys.readouterr().out

@@ -9,12 +9,14 @@ from mlflow.tracking import MlflowClient
 
 from adpo_ray.metrics import curate
 from adpo_ray.orchestration.datasets import DATASET_TAG_PREFIX
-from adpo_ray.orchestration.launch import GridOptions, run_grid
+from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.orchestration.policies import TEACHER_TAG
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow
 from adpo_ray.rllib.factory import build_distill_config
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
+
+from ..helpers.grid import options
 
 pytestmark = pytest.mark.slow
 
@@ -167,8 +169,7 @@ def test_fixed_anchor_student_is_anchored_to_the_teacher(ray_local):
 def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     spec = parse_spec(DISTILL)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    opts = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
-                       storage_path=str(tmp_path / "ray_results"), name="first")
+    opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 4 and not results.errors
     out = capsys.readouterr().out
@@ -209,8 +210,7 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     # a second launch (another grid of the same teacher) trains nothing new
     before = {a.path for a in client.list_artifacts(teacher.info.run_id, "datasets")}
     second = parse_spec({**DISTILL, "name": "distill_again", "algorithms": ["kd"]})
-    opts2 = GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
-                        storage_path=str(tmp_path / "ray_results"), name="second")
+    opts2 = options(tmp_path, "second")
     assert not run_grid(second, opts2, verbose=0).errors
     out = capsys.readouterr().out
     assert f"reusing MLflow run {teacher.info.run_id}" in out
