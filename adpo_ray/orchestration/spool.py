@@ -19,6 +19,11 @@ coming is restored (``restore_run``: its id, history and its children's links st
 purged from the store altogether is created again from its run record and linked to its parent
 (the history it held is gone with it). When a run cannot be created at all, each later write of
 that run is rejected naming that cause.
+
+Records the tracker may not deliver yet (those of a trial Tune's experiment snapshot does not hold
+yet) wait in ``held.jsonl`` beside the records, keyed by Tune trial id (:meth:`Spool.hold`), until
+they are let out (:meth:`Spool.release`). A driver killed in between leaves them there, and the
+resume moves those of the trials its snapshot restored into the records (:meth:`Spool.held`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ RECORDS = "records.jsonl"
 SENT = "sent.json"
 HEADER = "spool.json"
 REJECTED = "rejected.jsonl"
+HELD = "held.jsonl"
 RUN_KEY_TAG = "adpo_ray.run_key"
 
 #: MLflow error codes that say the write itself is wrong (the same write always fails); every
@@ -89,6 +95,7 @@ class Spool:
             with open(path, "a") as f:
                 f.write("\n")
         self._file = open(path, "a")  # noqa: SIM115 - kept open for appends
+        self._held_file = None
 
     @property
     def header(self) -> dict[str, Any]:
@@ -107,6 +114,53 @@ class Spool:
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()
+
+    def hold(self, trial_id: str, record: dict[str, Any]) -> None:
+        """Keep ``record`` of Tune trial ``trial_id`` aside (flushed) until :meth:`release`."""
+        self._append_held({"trial_id": trial_id, "record": record})
+
+    def release(self, trial_id: str) -> None:
+        """Note that the held records of ``trial_id`` were appended to the records."""
+        self._append_held({"released": trial_id})
+
+    def _append_held(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, default=float)
+        with self._lock:
+            if self._held_file is None:
+                path = self.folder / HELD
+                torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+                self._held_file = open(path, "a")  # noqa: SIM115 - kept open for appends
+                if torn:  # a line torn by a crash stays a line of its own
+                    self._held_file.write("\n")
+            self._held_file.write(line + "\n")
+            self._held_file.flush()
+
+    def held(self) -> dict[str, list[dict[str, Any]]]:
+        """Trial id -> its records held and not released, in order (lines torn by a crash are
+        skipped)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        try:
+            lines = (self.folder / HELD).read_text().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if "released" in entry:
+                    out.pop(entry["released"], None)
+                else:
+                    out.setdefault(entry["trial_id"], []).append(entry["record"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    def clear_held(self) -> None:
+        """Forget every held record (once a resume has moved those it keeps into the records)."""
+        with self._lock:
+            if self._held_file is not None:
+                self._held_file.close()
+                self._held_file = None
+            (self.folder / HELD).unlink(missing_ok=True)
 
     def keep_file(self, source: str | Path, name: str) -> str:
         """A copy of ``source`` (file or folder) in the spool, to upload later; its path."""

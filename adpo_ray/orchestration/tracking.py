@@ -16,8 +16,9 @@ key, metric steps already recorded are not recorded twice (the first attempt of 
 in the report read from Tune's folder), so every trial has one child run and one history.
 
 Tune's experiment snapshot, not MLflow, says which trials exist and which are done; MLflow
-mirrors it. A trial's records wait until the snapshot in the results folder holds the trial (a
-trial Tune never snapshotted is created again by a resume, under a new id), and its terminal
+mirrors it. A trial's records wait (held on disk) until the snapshot in the results folder holds
+the trial (a trial Tune never snapshotted is created again by a resume, under a new id; a resume
+lets out what a killed driver held for the trials it restores), and its terminal
 records (FINISHED or FAILED, metrics.csv, checkpoint) until the snapshot holds it as ended, so a
 driver killed in between never leaves MLflow calling a trial finished that a resume then trains
 again. Metric steps may lead the snapshot: a resume replays them, and the first attempt stays the
@@ -194,8 +195,9 @@ class MLflowTracker(tune.Callback):
             "artifact_location": self.artifact_location, "launch": self.launch_name,
             "experiment_note": EXPERIMENT_NOTE,
         })
-        self._state = replay_state(self._spool)
         self._durable = set(snapshot_statuses(self.run_dir))  # a resume restores these trials
+        recover_held(self._spool, self._durable)
+        self._state = replay_state(self._spool)
         self._software_tags = software_tags()
         if self.parent_key not in self._state["runs"]:
             self._spool.append("run", key=self.parent_key, name=self.launch_name, parent=None, tags={
@@ -250,8 +252,10 @@ class MLflowTracker(tune.Callback):
         """Spool a record of ``trial`` now if Tune's snapshot holds the trial, else once it does."""
         if trial.trial_id in self._durable:
             self._spool.append(op, **fields)
-        else:
-            self._unborn.setdefault(trial.trial_id, []).append({"op": op, **fields})
+        else:  # on disk too: the snapshot that holds the trial may be the last one before a kill
+            record = {"op": op, **fields}
+            self._spool.hold(trial.trial_id, record)
+            self._unborn.setdefault(trial.trial_id, []).append(record)
 
     def _defer(self, trial, key: str, records: list[dict[str, Any]], statuses: tuple[str, ...]) -> None:
         self._deferred[trial.trial_id] = (key, records, statuses)
@@ -267,6 +271,7 @@ class MLflowTracker(tune.Callback):
         for trial_id in [i for i in self._unborn if i in self._durable]:
             for record in self._unborn.pop(trial_id):
                 self._spool.append(**record)
+            self._spool.release(trial_id)
         for trial_id, (key, records, statuses) in list(self._deferred.items()):
             if durable.get(trial_id) in statuses:
                 for record in records:
@@ -506,6 +511,37 @@ def replay_state(spool: Spool) -> dict[str, Any]:
             else:
                 state["ended"].discard(key)
     return state
+
+
+def recover_held(spool: Spool, durable: set[str]) -> int:
+    """A resume: move the records a killed driver held for trials that the snapshot it resumes
+    from holds (``durable``: their trial ids) into the records, and forget the others (Tune runs
+    those trials again, under new ids). A record the records already hold (a run, a metric
+    step: the driver died between letting it out and noting so) is not written twice. Returns
+    how many records were moved."""
+    held = spool.held()
+    if not held:
+        spool.clear_held()
+        return 0
+    state = replay_state(spool)
+    moved = 0
+    for trial_id, records in held.items():
+        if trial_id not in durable:
+            continue
+        for record in records:
+            key = record.get("key")
+            if record["op"] == "run":
+                if key in state["runs"]:
+                    continue
+                state["runs"].add(key)
+            elif record["op"] == "metrics":
+                if record["step"] <= state["last_step"].get(key, -1):
+                    continue
+                state["last_step"][key] = record["step"]
+            spool.append(**record)
+            moved += 1
+    spool.clear_held()
+    return moved
 
 
 def write_history_csv(path: Path, history: dict[int, dict[str, float]]) -> None:
