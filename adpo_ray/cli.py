@@ -140,9 +140,12 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         init = spec.anchors.init
         if init is not None and init.pretrain is not None:
             n = len(spec.environments) * len(spec.hidden_sizes)
+            p = init.pretrain
+            budget = f"{p.env_steps:,} env steps" + (f" or {p.iterations:,} iterations, whichever comes first,"
+                                                     if p.iterations else "")
             work += (f"; before them, {n} pretrained starting polic{'y' if n == 1 else 'ies'} (PPO on the clean env, "
-                     f"{init.pretrain.env_steps:,} env steps each, one per env and hidden size), unless MLflow "
-                     f"already holds them (experiment {init.pretrain.experiment!r})")
+                     f"{budget} each, one per env and hidden size), unless MLflow "
+                     f"already holds them (experiment {p.experiment!r})")
         elif init is not None:
             work += f"; every trial starts from the checkpoint(s) {init.checkpoint}"
     for path, why in spec.departs_from_defaults.items():

@@ -193,6 +193,7 @@ def _run(spec: ExperimentSpec, options: GridOptions, prepared: dict, *, address:
 def _new_tuner(spec: ExperimentSpec, options: GridOptions, prepared: dict, concurrency: int, trainable,
                verbose: int):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from adpo_ray.orchestration.scheduling import record_path
     from adpo_ray.orchestration.tracking import MLflowTracker
@@ -217,7 +218,9 @@ def _new_tuner(spec: ExperimentSpec, options: GridOptions, prepared: dict, concu
                 num_to_keep=3,  # a snapshot older than the newest checkpoint still finds its own
             ),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[tracker],
+            # Tune's loggers before the tracker: a result is in the trial folder before MLflow's
+            # spool, so a resume finds any step a killed driver had not spooled in the folder.
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), tracker],
             progress_reporter=progress_reporter(spec),
             verbose=verbose,
         ),

@@ -44,6 +44,8 @@ from adpo_ray.orchestration.spool import REJECTED, SPOOL_DIR, Sender, Spool
 from adpo_ray.spec import ExperimentSpec, TrialSpec, init_slot
 
 PARENT_FILE = "adpo_mlflow_parent.json"
+#: Tune's per-trial table of results, one row per result, in each trial folder.
+PROGRESS_FILE = "progress.csv"
 #: Parent-run tags ``method_label/<name>``: the method label behind each summary metric's name.
 LABEL_TAG = "method_label"
 #: The experiment's description in the MLflow UI: how to compare anchor strategies there.
@@ -303,8 +305,14 @@ class MLflowTracker(tune.Callback):
         if self._reconciled:
             return
         self._reconciled = True
-        # A resume: trials the snapshot holds as finished whose terminal records were lost
-        # (the driver died before it let them out) get them now, once.
+        # A resume: steps of a restored trial that Tune's folder holds and the spool does not
+        # (Tune's loggers write a result before this callback hears of it, and the driver died in
+        # between) are logged from the folder, so both keep the same first attempt of each step.
+        for trial in trials:
+            if trial.trial_id in self._durable:
+                self._recover_steps(trial)
+        # Trials the snapshot holds as finished whose terminal records were lost (the driver
+        # died before it let them out) get them now, once.
         for trial in trials:
             if finished(trial) and self.child_key(TrialSpec.from_config(trial.config, trial.trial_id)) \
                     not in self._state["ended"]:
@@ -320,18 +328,36 @@ class MLflowTracker(tune.Callback):
             self._state["ended"].discard(key)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        key = self._child(trial)
-        step = int(result.get(ENV_STEPS, result.get(TRAINING_ITERATION, 0)))
-        if step <= self._state["last_step"].get(key, -1):
-            return  # a step replayed after a restore: the first attempt is the record
         metrics = {k: float(v) for k, v in result.items()
                    if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._log_step(trial, result_step(result), metrics, time.time())
+        self._sender.wake()
+
+    def _log_step(self, trial, step: int, metrics: dict[str, float], when: float) -> None:
+        key = self._child(trial)
+        if step <= self._state["last_step"].get(key, -1):
+            return  # a step replayed after a restore: the first attempt is the record
         t = TrialSpec.from_config(trial.config, trial.trial_id)
         self._state["final"][key] = (t.env, t.method, metrics)
-        self._emit(trial, "metrics", key=key, step=step, time=time.time(), metrics=metrics)
+        self._emit(trial, "metrics", key=key, step=step, time=when, metrics=metrics)
         self._state["last_step"][key] = step
         self._state["history"].setdefault(key, {})[step] = metrics
-        self._sender.wake()
+
+    def _recover_steps(self, trial) -> None:
+        """Log the steps of ``trial``'s ``progress.csv`` in the results folder that the spool
+        lacks, as :meth:`on_trial_result` would have (a folder that cannot be read: none)."""
+        folder = TrialSpec.from_config(trial.config, trial.trial_id).dirname  # as Tune names it (tune_setup)
+        path = storage.join(self.run_dir, f"{folder}/{PROGRESS_FILE}")
+        try:
+            rows = list(csv.DictReader(storage.read_text(path).splitlines()))
+        except (OSError, ValueError):
+            return
+        for row in rows:
+            values = {k: _number(v) for k, v in row.items() if k}
+            if values.get(ENV_STEPS) is None and values.get(TRAINING_ITERATION) is None:
+                continue  # a row torn by the kill
+            metrics = {k: v for k, v in values.items() if is_metric_key(k) and v is not None}
+            self._log_step(trial, result_step(values), metrics, values.get("timestamp") or time.time())
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._emit(trial, "tag", key=self._child(trial), name="num_failures", value=str(trial.num_failures))
@@ -382,6 +408,23 @@ class MLflowTracker(tune.Callback):
             print(f"MLflow: {self.pending_at_end} write(s) not delivered to {self.tracking_uri} "
                   f"({self._sender.last_error}); they are kept in {self._spool.folder}. Once the "
                   f"tracking store answers: adpo-ray sync {self.run_dir}")
+
+
+def result_step(result: dict[str, Any]) -> int:
+    """The MLflow step of a trial's result: its env steps (its iteration where it has none)."""
+    step = result.get(ENV_STEPS)
+    return int(step if step is not None else result.get(TRAINING_ITERATION) or 0)
+
+
+def _number(text: str | None) -> float | None:
+    """A CSV cell as the float it was written from; None for an empty cell or a non-number
+    (``True``, a string)."""
+    if text in (None, "", "True", "False"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def finished(trial) -> bool:

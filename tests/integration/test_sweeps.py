@@ -16,7 +16,6 @@ from adpo_ray.spec import parse_spec
 from ..helpers.grid import children, options, steps
 from ..helpers.resume import (
     assert_same_curves,
-    done_in_folder,
     kill_when,
     launch,
     resume,
@@ -117,14 +116,30 @@ SEARCH = {
 }
 
 
+def asha_record(run_dir: Path) -> dict[str, list[dict]]:
+    """Trial id -> its entries in the launch's ASHA decision record (complete lines)."""
+    import json
+
+    from adpo_ray.orchestration.scheduling import RECORD_FILE
+
+    out: dict[str, list[dict]] = {}
+    path = Path(run_dir) / RECORD_FILE
+    if path.exists():
+        for line in path.read_text().splitlines(keepends=True):
+            if line.endswith("\n"):
+                entry = json.loads(line)
+                out.setdefault(entry["trial"], []).append(entry)
+    return out
+
+
 def iterations_by_point(client: MlflowClient, experiment: str) -> dict[tuple[str, str], int]:
     _, kids = children(client, experiment)
     return {(k.data.params["lr"], k.data.params["beta_q"]): len(steps(client, k.info.run_id)) for k in kids}
 
 
 def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
-    """8 Optuna samples with ASHA on the bandit, the driver killed (SIGKILL) during a sample once
-    two samples have ended, then resumed: the same 8 points, each trained for as many iterations as
+    """8 Optuna samples with ASHA on the bandit, the driver killed (SIGKILL) during a sample past
+    its last rung once two samples have ended, then resumed: the same 8 points, each trained for as many iterations as
     in an uninterrupted search with the same seed (ASHA's rungs and stops repeated), one FINISHED
     child each with its sample's params; MLflow never called a sample finished that Tune's
     snapshot did not, a finished sample is neither trained again nor finished again, and MLflow
@@ -141,20 +156,24 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
     proc = launch(SEARCH, tmp_path, uri, "s", env=env)
 
-    def mid_sample_after_two() -> bool:
-        # two samples ended and a third is under way (the resume replays its iterations with the
-        # decisions recorded for them); the third in Tune's snapshot (a sample Tune never
-        # snapshotted is drawn again under a new id, and its folder stays behind)
-        ended = done_in_folder(run_dir)
+    def past_last_rung_after_two() -> bool:
+        # two samples ended and a third is under way past its last rung (t=4: ASHA's decision for
+        # it is recorded), in Tune's snapshot (a sample Tune never snapshotted is drawn again under
+        # a new id). Past its last rung, because a sample resumed from an older checkpoint need not
+        # repeat its values bit for bit: a rung value it had not reached before the kill could
+        # move the cutoffs of later samples, and no uninterrupted run is then the reference. The
+        # resume replays its iterations with the decisions recorded for them.
+        record = asha_record(run_dir)
+        ended = {t for t, entries in record.items() if any(e.get("action") in ("STOP", "COMPLETE") for e in entries)}
         try:
             snapshot = tune_snapshot(run_dir)
         except ValueError:  # being copied there right now
             return False
-        known = set(snapshot.dirname.values()) if snapshot else set()
-        return len(ended) >= 2 and any(rows and name not in ended and name in known
-                                       for name, rows in tune_progress(run_dir).items())
+        return snapshot is not None and len(ended) >= 2 and any(
+            trial_id not in ended and any(e.get("t") == 4 and e.get("action") == "CONTINUE" for e in record[trial_id])
+            for trial_id in set(snapshot.status) & set(record))
 
-    kill_when(proc, mid_sample_after_two, timeout=400)
+    kill_when(proc, past_last_rung_after_two, timeout=400)
     snapshot = tune_snapshot(run_dir)
     client = MlflowClient(uri)
     _, kids = children(client, "search")

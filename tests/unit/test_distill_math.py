@@ -285,3 +285,13 @@ def test_dry_run_of_the_fair_online_check(capsys, tmp_path):
     assert rc == 0
     assert "trials: 150 = 2 env(s) x 5 scenario(s) x 5 method(s) x 1 hidden size(s) x 3 seed(s)" in out
     assert "2 pretrained starting policies (PPO on the clean env, 300,000 env steps each" in out
+
+
+def test_dry_run_of_the_bandit_paper_grid_names_its_pretraining_budget(capsys, tmp_path):
+    """The bandit paper grid pretrains its reference for 30 iterations: the dry run says so."""
+    from adpo_ray.cli import main
+
+    rc = main(["grid", "--config", "bandit_paper", "--dry-run", "--storage-path", str(tmp_path)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert rc == 0, out
+    assert "env steps or 30 iterations, whichever comes first, each, one per env and hidden size" in out, out
