@@ -50,7 +50,7 @@ from adpo_ray.spec.sections import (
     TrainParams,
     TrainSection,
 )
-from adpo_ray.spec.trials import MAX_DIRNAME_BYTES, TrialSpec, check_identities, method_name
+from adpo_ray.spec.trials import MAX_DIRNAME_BYTES, TrialSpec, check_identities, method_name, pack_dirname, trials_of
 
 __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "SpecDeprecationWarning", "load_spec",
            "parse_spec", "teacher_key", "dataset_key", "CleanPPO", "clean_ppo", "teacher_of", "pretrained_of",
@@ -58,4 +58,4 @@ __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "SpecDeprec
            "ADPOParams", "TrainSection", "ADPOSection", "check_identities", "method_name", "MAX_TRIALS",
            "MAX_DIRNAME_BYTES", "EnvName", "Algorithm", "PretrainParams", "AnchorInit", "Anchors", "Budget",
            "BanditParams", "Resources", "Tracking", "Evaluation", "TeacherParams", "DatasetParams",
-           "DistillParams", "EnvOverride"]
+           "DistillParams", "EnvOverride", "pack_dirname", "trials_of"]
