@@ -1,8 +1,9 @@
 """MLflow tracking of a grid, as a Tune callback running on the driver.
 
 * one MLflow experiment per spec name, one *parent* run per launch, one *child* run per trial
-  (``mlflow.parentRunId``; a trial pack's members each get their own, tagged ``pack``), tagged with the trial's coordinates so the MLflow UI can filter and
-  group by scenario, noise type, severity, anchor mode, hidden size, env, seed and algorithm;
+  (``mlflow.parentRunId``; each member of a trial pack has its own, tagged ``pack``), tagged with
+  the trial's coordinates so the MLflow UI can filter and group by scenario, noise type,
+  severity, anchor mode, hidden size, env, seed and algorithm;
 * params: each trial's effective settings (``spec.knobs(trial)``); curated metrics, logged in
   batches with the env-step count as the step;
 * artifacts: the resolved spec on the parent; the metrics CSV and final checkpoint on each child.

@@ -1,4 +1,4 @@
-"""The end-of-grid summary: one row per trial, and the headline table per env (Ray-free: it
+"""The end-of-grid summary: one row per trial (a pack's members each), and the headline table per env (Ray-free: it
 reads Tune's results by their attributes)."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ COLUMNS = [*TrialSpec.__dataclass_fields__, "method", "status"]
 
 
 def summary_frame(results) -> Any:
-    """One row per grid trial (a trial pack's Tune result gives a row per member): coordinates, status (``TERMINATED``: ran to its end; ``ERROR``;
-    ``UNFINISHED``: stopped before its end, e.g. by Ctrl-C) and its last curated metrics
-    (:data:`COLUMNS`, then the metrics). A trial that errored before its first result has no
-    config in its result: its coordinates are read from the ``params.json`` in its folder."""
+    """One row per grid trial (a trial pack's Tune result gives one per member, with the pack's
+    status): coordinates, status (``TERMINATED``: ran to its end; ``ERROR``; ``UNFINISHED``:
+    stopped before its end, e.g. by Ctrl-C) and its last curated metrics (:data:`COLUMNS`, then
+    the metrics). A trial that errored before its first result has no config in its result: its
+    coordinates are read from the ``params.json`` in its folder."""
     import pandas as pd
 
     rows = []
