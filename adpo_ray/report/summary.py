@@ -1,5 +1,5 @@
-"""The end-of-grid summary: one row per trial (a pack's members each), and the headline table per env (Ray-free: it
-reads Tune's results by their attributes)."""
+"""The end-of-grid summary: one row per trial (a trial pack's members each their own), and the
+headline table per env (Ray-free: it reads Tune's results by their attributes)."""
 
 from __future__ import annotations
 
