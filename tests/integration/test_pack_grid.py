@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from adpo_ray.metrics import CURATED
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
+from adpo_ray.orchestration.status import grid_status
 from adpo_ray.orchestration.tracking import PACK_TAG
 from adpo_ray.report.data import load_tune_folder
 from adpo_ray.spec import parse_spec
@@ -83,6 +84,12 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
         curves = data.curves[data.curves["metric"] == "eval/winmass"]
         assert {trial: sorted(group["env_steps"]) for trial, group in curves.groupby("trial")} \
             == {t.dirname: [128, 256, 384] for t in trials}
+
+    # the status of the folder counts members: every trial finished, every env step done
+    status = grid_status(packed_opts.run_dir)
+    assert status.trials["finished"] == len(trials) == sum(status.trials.values())
+    (env,) = status.envs.values()
+    assert env.steps_done == env.steps_budget == 384 * len(trials)
 
     # a resume of the packed grid re-attaches every member's run and logs no step twice
     again = resume_grid(packed_opts.run_dir, verbose=0, report=False)

@@ -4,6 +4,8 @@ errors; the Tune space, names and plans of a packed grid. No Ray start."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from adpo_ray.orchestration.planning import Capacity, NodeType, max_concurrent, plan_trials
@@ -123,3 +125,15 @@ def test_a_long_pack_name_is_cut_with_a_digest():
     a, b, c = (TrialSpec("PreferenceBandit", "clean", "adpo", "dynamic", 64, seed, long) for seed in (0, 1, 2))
     names = {pack_dirname([a, b]), pack_dirname([b, c]), pack_dirname([a, b, c])}
     assert len(names) == 3 and all(len(n.encode()) <= MAX_DIRNAME_BYTES and n.startswith("pack") for n in names)
+
+
+def test_the_dry_run_shows_the_packs(capsys, tmp_path):
+    from adpo_ray.cli import main
+
+    spec_file = tmp_path / "packed.yaml"
+    spec_file.write_text(json.dumps({**BASE, "algorithms": ["adpo", "ppo_kl"], "resources": {"pack": "auto"}}))
+    assert main(["grid", "--config", str(spec_file), "--dry-run", "--storage-path", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("trial packs (resources.pack: auto): 3 Tune trials for 6 trials: 1 pack(s) of 4 members, each asking "
+            "{CPU=1}; 2 trial(s) alone") in out
+    assert "trials: 6 = 1 env(s) x 2 scenario(s) x 3 method(s)" in out and "Tune trial(s) (packs or trials)" in out
