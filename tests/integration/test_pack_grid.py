@@ -4,6 +4,8 @@ params, metric steps), one summary.csv and report row per trial, fewer Tune tria
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -16,6 +18,15 @@ from adpo_ray.report.data import load_tune_folder
 from adpo_ray.spec import parse_spec
 
 from ..helpers.grid import SMALL, children, options, steps
+from ..helpers.resume import (
+    assert_same_curves,
+    done_in_folder,
+    kill_when,
+    launch,
+    resume,
+    tune_progress,
+    tune_snapshot,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +108,31 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
     assert by_trial(packed_client, solo_spec.experiment_name).keys() == packed_runs.keys()
     for run in packed_runs.values():
         assert steps(packed_client, run.info.run_id, "eval/winmass") == [128, 256, 384]
+
+
+def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
+    """The driver is SIGKILLed while the pack trains (a snapshot taken, its last result not done):
+    `adpo-ray resume` restores the pack from its checkpoint, the steps it trains again are
+    replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
+    spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 2},
+                 "resources": {"pack": "auto"}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray_results" / "p"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = launch(spec_dict, tmp_path, uri, "p", env=env)
+
+    def pack_mid_run() -> bool:  # 3 of its 12 iterations reported, a checkpoint and a snapshot taken
+        rows = [r for name, r in tune_progress(run_dir).items() if name.startswith("pack4_")]
+        return (bool(rows) and len(rows[0]) >= 3 and not done_in_folder(run_dir)
+                and tune_snapshot(run_dir) is not None and any(run_dir.glob("pack4_*/checkpoint_*")))
+
+    kill_when(proc, pack_mid_run)
+    resume(run_dir, expect="restore", cwd=tmp_path, env=env)
+    client = MlflowClient(uri)
+    runs = by_trial(client, "packkill")
+    assert set(runs) == {t.tag for t in parse_spec(spec_dict).trials()}
+    for tag, run in runs.items():
+        assert run.info.status == "FINISHED" and PACK_TAG in run.data.tags
+        for metric in ("env_steps", "eval/winmass", "loss/adpo"):
+            assert steps(client, run.info.run_id, metric) == [128 * i for i in range(1, 13)], (tag, metric)
+    assert_same_curves(uri, "packkill", run_dir)
