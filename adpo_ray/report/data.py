@@ -166,8 +166,11 @@ def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFram
         return [(folder.name, _progress(folder))]
     lines = []
     result_file = folder / "result.json"
-    if result_file.exists():
-        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    for text in (result_file.read_text().splitlines() if result_file.exists() else []):
+        try:
+            lines.append(json.loads(text))
+        except ValueError:  # a line torn by a killed driver (Tune appends the next one to it)
+            continue
     return [(TrialSpec(**t).dirname,
              pd.DataFrame([{**line[MEMBERS][k], "done": bool(line.get("done"))} for line in lines if MEMBERS in line]))
             for k, t in enumerate(config["trials"])]

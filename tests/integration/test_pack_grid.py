@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from adpo_ray.metrics import CURATED
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
+from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.status import grid_status
-from adpo_ray.orchestration.tracking import PACK_TAG
+from adpo_ray.orchestration.tracking import PACK_TAG, spool_folder
 from adpo_ray.report.data import load_tune_folder
 from adpo_ray.spec import parse_spec
 
@@ -24,7 +25,6 @@ from ..helpers.resume import (
     kill_when,
     launch,
     resume,
-    tune_progress,
     tune_snapshot,
 )
 
@@ -121,10 +121,15 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     proc = launch(spec_dict, tmp_path, uri, "p", env=env)
 
-    def pack_mid_run() -> bool:  # 3 of its 12 iterations reported, a checkpoint and a snapshot taken
-        rows = [r for name, r in tune_progress(run_dir).items() if name.startswith("pack4_")]
-        return (bool(rows) and len(rows[0]) >= 3 and not done_in_folder(run_dir)
-                and tune_snapshot(run_dir) is not None and any(run_dir.glob("pack4_*/checkpoint_*")))
+    def pack_mid_run() -> bool:
+        # a result past the pack's newest checkpoint (one every 2 iterations: checkpoint_00000<i>
+        # holds iteration 2(i+1)), so the resume replays it; and a snapshot. Results are counted
+        # in result.json, where the pack's members are read from and which Tune writes last of
+        # its logs (after the tracker and progress.csv): a result counted there is in all of them.
+        results = sum(f.read_text().count("\n") for f in run_dir.glob("pack4_*/result.json"))  # whole lines
+        checkpoints = sorted(run_dir.glob("pack4_*/checkpoint_*"))
+        return (bool(checkpoints) and results > 2 * (int(checkpoints[-1].name.rpartition("_")[2]) + 1)
+                and not done_in_folder(run_dir) and tune_snapshot(run_dir) is not None)
 
     kill_when(proc, pack_mid_run)
     resume(run_dir, expect="restore", cwd=tmp_path, env=env)
@@ -136,3 +141,11 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
         for metric in ("env_steps", "eval/winmass", "loss/adpo"):
             assert steps(client, run.info.run_id, metric) == [128 * i for i in range(1, 13)], (tag, metric)
     assert_same_curves(uri, "packkill", run_dir)
+    # the launch's own record (its spool) holds each member's step once too, replayed steps left out
+    spool = Spool(spool_folder(str(run_dir), "p"))
+    recorded: dict[str, list[int]] = {}
+    for record, _ in spool.records():
+        if record["op"] == "metrics" and record["key"] != "p":
+            recorded.setdefault(record["key"], []).append(record["step"])
+    spool.close()
+    assert recorded == {f"p/{tag}": [128 * i for i in range(1, 13)] for tag in runs}
