@@ -123,16 +123,19 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
 
     def pack_mid_run() -> bool:
         # a result past the pack's newest checkpoint (one every 2 iterations: checkpoint_00000<i>
-        # holds iteration 2(i+1)), so the resume replays it; and a snapshot. Results are counted
-        # in result.json, where the pack's members are read from and which Tune writes last of
-        # its logs (after the tracker and progress.csv): a result counted there is in all of them.
+        # holds iteration 2(i+1)), so the resume trains it again. Results are counted in
+        # result.json, where the pack's members are read from and which Tune writes last of its
+        # logs (after the tracker and progress.csv): a result counted there is in all of them.
         results = sum(f.read_text().count("\n") for f in run_dir.glob("pack4_*/result.json"))  # whole lines
         checkpoints = sorted(run_dir.glob("pack4_*/checkpoint_*"))
         return (bool(checkpoints) and results > 2 * (int(checkpoints[-1].name.rpartition("_")[2]) + 1)
-                and not done_in_folder(run_dir) and tune_snapshot(run_dir) is not None)
+                and not done_in_folder(run_dir))
 
     kill_when(proc, pack_mid_run)
-    resume(run_dir, expect="restore", cwd=tmp_path, env=env)
+    # Tune's snapshot may not have reached the folder yet (it is copied there every few seconds):
+    # then the grid starts over in its folder; either way the pack trains steps again
+    restored = tune_snapshot(run_dir) is not None
+    resume(run_dir, expect="restore" if restored else "start-over", cwd=tmp_path, env=env)
     client = MlflowClient(uri)
     runs = by_trial(client, "packkill")
     assert set(runs) == {t.tag for t in parse_spec(spec_dict).trials()}
@@ -140,7 +143,8 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
         assert run.info.status == "FINISHED" and PACK_TAG in run.data.tags
         for metric in ("env_steps", "eval/winmass", "loss/adpo"):
             assert steps(client, run.info.run_id, metric) == [128 * i for i in range(1, 13)], (tag, metric)
-    assert_same_curves(uri, "packkill", run_dir)
+    if restored:  # MLflow and the pack's folder hold the first attempt of each step
+        assert_same_curves(uri, "packkill", run_dir)
     # the launch's own record (its spool) holds each member's step once too, replayed steps left out
     spool = Spool(spool_folder(str(run_dir), "p"))
     recorded: dict[str, list[int]] = {}
