@@ -111,21 +111,31 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     from adpo_ray.orchestration.planning import STARTUP_S, estimate_wall_time
 
     console = _console()
-    groups = Counter((p.trial.env, p.trial.base_method, _bundles(p), p.env_steps) for p in plans)
+    # one row per env, method, bundle and budget; a pack's members count as trials, each showing
+    # its pack's bundle and its own budget
+    members = [(t, p, p.env_steps // len(p.trials)) for p in plans for t in p.trials]
+    groups = Counter((t.env, t.base_method, _bundles(p), steps) for t, p, steps in members)
     hiddens: dict[tuple, list[int]] = {}
-    for p in plans:
-        key = (p.trial.env, p.trial.base_method, _bundles(p), p.env_steps)
+    for t, p, steps in members:
+        key = (t.env, t.base_method, _bundles(p), steps)
         hiddens.setdefault(key, [])
-        if p.trial.hidden_size not in hiddens[key]:
-            hiddens[key].append(p.trial.hidden_size)
-    table = Table(title=f"{spec.name}: {len(plans)} trials")
+        if t.hidden_size not in hiddens[key]:
+            hiddens[key].append(t.hidden_size)
+    table = Table(title=f"{spec.name}: {len(members)} trials")
     steps_label = "dataset states / student" if spec.distill else "env steps / trial"
-    for col in ("env", "method", "hidden sizes", "trials", "bundles / trial", steps_label):
+    for col in ("env", "method", "hidden sizes", "trials", "bundles / Tune trial", steps_label):
         table.add_column(col, justify="right" if col in ("trials", steps_label) else "left")
     for key, n in groups.items():
         env, method, bundles, steps = key
         table.add_row(env, method, ", ".join(map(str, hiddens[key])), str(n), bundles, f"{steps:,}")
     console.print(table)
+    packs = [p for p in plans if p.members]
+    if packs:
+        sizes = Counter((len(p.members), _bundles(p)) for p in packs)
+        print(f"trial packs (resources.pack: {spec.resources.pack}): {len(plans)} Tune trials for {len(members)} "
+              f"trials: " + "; ".join(f"{n} pack(s) of {k} members, each asking {b}"
+                                      for (k, b), n in sorted(sizes.items()))
+              + f"; {len(plans) - len(packs)} trial(s) alone (one shape, or a pack cannot run them)")
     total = sum(p.env_steps for p in plans)
     if spec.distill:
         d = spec.distill
@@ -150,9 +160,9 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
             work += f"; every trial starts from the checkpoint(s) {init.checkpoint}"
     for path, why in spec.departs_from_defaults.items():
         work += f"\ndeparts from the MuJoCo defaults: {path} ({why})"
-    methods = len({p.trial.base_method for p in plans})
+    methods = len({t.base_method for t, _, _ in members})
     gpu_trials = sum(1 for p in plans if p.required.get("GPU"))
-    device = (f"learners: {gpu_trials} trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "
+    device = (f"learners: {gpu_trials} Tune trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "
               f"(resources.learner_device: {spec.resources.learner_device})")
     seconds = estimate_wall_time(plans, concurrency, steps_per_second, STARTUP_S)
     took = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{max(1, round(seconds / 60))} min"
@@ -167,7 +177,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
                  + (f" x {points} grid point(s)" if s.algorithm != "optuna" and points > 1 else "")
                  + f" of one setting ({spec.trials()[0].tag})")
     else:
-        shape = (f"trials: {len(plans)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
+        shape = (f"trials: {len(members)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
                  f"{methods} method(s) x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)"
                  + (f" x {points} sweep point(s)" if spec.sweep else ""))
     for path, value in spec.sweep.items():
@@ -183,7 +193,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"{work}\n"
         f"{device}\n"
         f"cluster at full scale: {capacity.describe()}\n"
-        f"at once: {concurrency} trial(s)\n"
+        f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
         f"estimated wall time: {took} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
         f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"

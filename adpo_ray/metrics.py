@@ -60,6 +60,9 @@ CLEAN_RETURN_KEY = "train_clean_return"
 #: as a solo trial's env runners key them (:data:`CLEAN_RETURN_KEY`, ``episode_return_mean``,
 #: ``episode_len_mean``), so a pack's result splits into solo-shaped ones.
 MEMBER_GROUP = "member"
+#: A trial pack's Tune result key: its members' results, a list in member order, each shaped as
+#: its solo trial's result (:func:`member_results`).
+MEMBERS = "members"
 #: ``eval/winmass``: the bandit's WinMass, added to each training result (callbacks).
 EVAL_GROUP, WINMASS_KEY = "eval", "winmass"
 #: ``distill/<key>``: what the offline distillation algorithm adds to each result.
@@ -153,3 +156,14 @@ def curate(result: dict[str, Any]) -> dict[str, float]:
                 out[name] = value
                 break
     return out
+
+
+def member_results(config: dict[str, Any], result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The grid trials' results in a Tune trial's ``result``, in the order of its ``config``'s
+    trials: a pack's members' (:data:`MEMBERS`; empty dicts before its first result), or the
+    result itself for a solo trial (``trial``, or ``trials`` of one)."""
+    result = result or {}
+    trials = config.get("trials")
+    if trials is None or len(trials) == 1:
+        return [result]
+    return list(result.get(MEMBERS) or [{} for _ in trials])

@@ -39,6 +39,7 @@ from adpo_ray.orchestration.run_folder import (  # noqa: F401 - re-exported: the
     write_grid_file,
 )
 from adpo_ray.orchestration.tune_setup import (  # noqa: F401 - re-exported
+    grid_trainable,
     max_iterations,
     param_space,
     progress_reporter,
@@ -197,11 +198,10 @@ def _new_tuner(spec: ExperimentSpec, options: GridOptions, prepared: dict, concu
 
     from adpo_ray.orchestration.scheduling import record_path
     from adpo_ray.orchestration.tracking import MLflowTracker
-    from adpo_ray.orchestration.trainable import GridTrainable
 
     tracker = MLflowTracker(spec, options.tracking_uri, options.artifact_location, options.run_dir, options.name)
     tuner = tune.Tuner(
-        trainable or GridTrainable,
+        trainable or grid_trainable(spec),
         param_space=param_space(spec, options.tracking_uri, prepared.get("distill_runs"), prepared.get("init_runs")),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
@@ -233,12 +233,11 @@ def _restored_tuner(spec: ExperimentSpec, options: GridOptions, prepared: dict, 
 
     from adpo_ray.orchestration.scheduling import RecordedASHA, record_path
     from adpo_ray.orchestration.tracking import MLflowTracker
-    from adpo_ray.orchestration.trainable import GridTrainable
 
     run_dir = options.run_dir
     tuner = tune.Tuner.restore(
         run_dir,
-        trainable=trainable or GridTrainable,
+        trainable=trainable or grid_trainable(spec),
         resume_unfinished=True,
         resume_errored=True,
         param_space=param_space(spec, options.tracking_uri, prepared.get("distill_runs"), prepared.get("init_runs")),

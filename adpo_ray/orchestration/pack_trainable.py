@@ -25,14 +25,17 @@ from adpo_ray.metrics import (
     EVAL_METRICS,
     EVAL_RETURN,
     MEMBER_GROUP,
+    MEMBERS,
     MODULE,
     curate,
 )
-from adpo_ray.orchestration.trainable import AlgorithmTrainable, search_key, trial_from_config
+from adpo_ray.orchestration.trainable import (
+    AlgorithmTrainable,
+    GridTrainable,
+    search_key,
+    trial_from_config,
+)
 from adpo_ray.spec import ExperimentSpec, TrialSpec
-
-#: The result key of the members' results (a list, member order).
-MEMBERS = "members"
 
 
 def pack_from_config(config: dict[str, Any]) -> tuple[ExperimentSpec, list[TrialSpec]]:
@@ -155,3 +158,51 @@ class PackTrainable(AlgorithmTrainable):
     def _evaluated_this_iteration(self) -> bool:
         interval = self.algo.config.evaluation_interval
         return bool(interval) and self.algo.iteration % interval == 0
+
+
+def solo_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A one-member ``trials`` config as its solo trial's (``trial``, for :class:`GridTrainable`);
+    None for a pack of several."""
+    trials = config.get("trials")
+    if trials is None:
+        return config
+    if len(trials) != 1:
+        return None
+    out = {k: v for k, v in config.items() if k != "trials"}
+    out["trial"] = trials[0]
+    return out
+
+
+class PackedGridTrainable(AlgorithmTrainable):
+    """The trainable of a grid launched with ``resources.pack`` other than 1: every Tune trial's
+    config holds ``trials`` (:meth:`ExperimentSpec.packs`); one member runs as its solo trial
+    (:class:`GridTrainable`, exactly), several as a pack (:class:`PackTrainable`). Each call goes
+    to the kind's own method, on this trainable's state."""
+
+    @staticmethod
+    def _kind(config: dict[str, Any]) -> tuple[type[AlgorithmTrainable], dict[str, Any]]:
+        solo = solo_config(config)
+        return (GridTrainable, solo) if solo is not None else (PackTrainable, config)
+
+    @classmethod
+    def default_resource_request(cls, config: dict[str, Any]) -> PlacementGroupFactory:
+        kind, config = cls._kind(config)
+        return kind.default_resource_request(config)
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self._as, config = self._kind(config)
+        self._as.setup(self, config)
+
+    def step(self) -> dict[str, Any]:
+        return self._as.step(self)
+
+    # what the kinds' step and setup call on ``self``
+    def _budget_reached(self, steps: float) -> bool:
+        return self._as._budget_reached(self, steps)
+
+    def _evaluated_this_iteration(self) -> bool:
+        return self._as._evaluated_this_iteration(self)
+
+    @property
+    def num_members(self) -> int:
+        return len(self.trials)

@@ -1,6 +1,7 @@
 """Trial planning: what each trial of a grid needs and how many can run at once. Starts no Ray.
 
-* :func:`plan_trials`: per-trial bundles (RLlib's own placement group) and env-step budget;
+* :func:`plan_trials`: per Tune trial (a trial or a trial pack), its bundles (RLlib's own placement
+  group) and env-step budget;
 * :class:`Capacity`: what the cluster can hold at full scale — read from a running cluster's
   autoscaler config, from a cluster YAML, or from the live nodes of a fixed cluster;
 * :func:`check_fits`: every trial fits some node type, or a :class:`ResourceError` before launch;
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from adpo_ray.spec import ExperimentSpec, TrialKnobs, TrialSpec
+from adpo_ray.spec import ExperimentSpec, TrialKnobs, TrialSpec, pack_dirname
 
 
 class ResourceError(RuntimeError):
@@ -23,9 +24,23 @@ class ResourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrialPlan:
+    """One Tune trial: its trial (a pack's first member), the bundles it asks for, the env steps
+    it samples (a pack's: all members'), and a pack's members (empty for a solo trial)."""
+
     trial: TrialSpec
     bundles: list[dict[str, float]]
     env_steps: int
+    members: tuple[TrialSpec, ...] = ()
+
+    @property
+    def trials(self) -> tuple[TrialSpec, ...]:
+        """The grid trials this Tune trial runs."""
+        return self.members or (self.trial,)
+
+    @property
+    def name(self) -> str:
+        """The Tune trial's name: a pack's (:func:`~adpo_ray.spec.pack_dirname`), or the trial's tag."""
+        return pack_dirname(list(self.members)) if self.members else self.trial.tag
 
     @property
     def required(self) -> dict[str, float]:
@@ -37,14 +52,23 @@ class TrialPlan:
 
 
 def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
-    """Per-trial resources (RLlib's own placement group) and env-step budget. Starts no Ray."""
+    """Per Tune trial (a trial, or a pack of them: :meth:`ExperimentSpec.packs`), its resources
+    (RLlib's own placement group; a pack's, one bundle) and env-step budget. Starts no Ray.
+    Raises ValueError for a trial's (or pack's) invalid RLlib config."""
+    from adpo_ray.orchestration.pack_trainable import PackTrainable
     from adpo_ray.orchestration.trainable import GridTrainable
+    from adpo_ray.orchestration.tune_setup import packed
 
     spec_dict = spec.model_dump(mode="json", by_alias=True)
     plans = []
-    for t in spec.trials():
-        pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": t.as_dict()})
-        plans.append(TrialPlan(t, [dict(b) for b in pgf.bundles], trial_env_steps(spec.knobs(t))))
+    for pack in (spec.packs() if packed(spec) else [[t] for t in spec.trials()]):
+        steps = sum(trial_env_steps(spec.knobs(t)) for t in pack)
+        if len(pack) == 1:
+            pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": pack[0].as_dict()})
+            plans.append(TrialPlan(pack[0], [dict(b) for b in pgf.bundles], steps))
+        else:
+            pgf = PackTrainable.default_resource_request({"spec": spec_dict, "trials": [t.as_dict() for t in pack]})
+            plans.append(TrialPlan(pack[0], [dict(b) for b in pgf.bundles], steps, tuple(pack)))
     if spec.search is not None:  # every sample asks what the base trial asks (ASHA may stop some early)
         plans = plans * spec.trial_count()
     return plans
@@ -177,7 +201,7 @@ def check_fits(plans: list[TrialPlan], capacity: Capacity) -> None:
 
 def _no_fit(plan: TrialPlan, need: dict, capacity: Capacity, what: str) -> str:
     return (
-        f"trial {plan.trial.tag} can never be scheduled: {what} needs {need}, the cluster can "
+        f"trial {plan.name} can never be scheduled: {what} needs {need}, the cluster can "
         f"have {capacity.describe()}. Lower resources.num_env_runners / resources.num_learners / "
         f"resources.num_gpus_per_learner, set resources.learner_device: cpu, or add nodes."
     )
@@ -245,7 +269,8 @@ def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_secon
                        startup_s: dict[str, float] | None = None) -> float:
     """Seconds to run every trial, ``concurrency`` at a time, each taking its env's start-up
     time plus its env steps at its env's throughput: longest trials first, each on the slot
-    that frees up first."""
+    that frees up first. A trial pack counts as its members one after another: an upper bound
+    (docs/results/benchmarks.md, "Trial packs", measures packs several times faster)."""
     import heapq
 
     startup_s = startup_s or {}

@@ -16,6 +16,8 @@ from adpo_ray.orchestration.planning import trial_env_steps
 from adpo_ray.orchestration.run_folder import LOCK_FILE, load_grid_file, local_run_dir
 from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.tracking import PARENT_FILE, spool_folder
+from adpo_ray.orchestration.tune_setup import packed
+from adpo_ray.spec import pack_dirname
 
 #: Trial states: ``running`` while the launch is alive, ``stopped`` when it is not (resume it).
 STATES = ("finished", "running", "stopped", "errored", "not started")
@@ -85,15 +87,18 @@ def grid_status(run_dir: str | os.PathLike) -> GridStatus:
     root = Path(run_dir)
     alive = _alive(root)
     envs: dict[str, EnvProgress] = {}
-    for trial in spec.trials():
-        progress = envs.setdefault(trial.env, EnvProgress())
-        budget = trial_env_steps(spec.knobs(trial))
-        state, steps = _trial_state(root / trial.dirname)
+    for pack in (spec.packs() if packed(spec) else [[t] for t in spec.trials()]):
+        # a trial pack's folder: its members share its state; its env steps are all members'
+        folder = pack_dirname(pack) if len(pack) > 1 else pack[0].dirname
+        state, steps = _trial_state(root / folder)
         if state == "started":
             state = "running" if alive else "stopped"
-        progress.trials[state] += 1
-        progress.steps_done += min(steps, budget)
-        progress.steps_budget += budget
+        for trial in pack:
+            progress = envs.setdefault(trial.env, EnvProgress())
+            budget = trial_env_steps(spec.knobs(trial))
+            progress.trials[state] += 1
+            progress.steps_done += min(steps // len(pack), budget)
+            progress.steps_budget += budget
     parent = {}
     if (root / PARENT_FILE).exists():
         try:

@@ -1,8 +1,9 @@
 """MLflow tracking of a grid, as a Tune callback running on the driver.
 
 * one MLflow experiment per spec name, one *parent* run per launch, one *child* run per trial
-  (``mlflow.parentRunId``), tagged with the trial's coordinates so the MLflow UI can filter and
-  group by scenario, noise type, severity, anchor mode, hidden size, env, seed and algorithm;
+  (``mlflow.parentRunId``; each member of a trial pack has its own, tagged ``pack``), tagged with
+  the trial's coordinates so the MLflow UI can filter and group by scenario, noise type,
+  severity, anchor mode, hidden size, env, seed and algorithm;
 * params: each trial's effective settings (``spec.knobs(trial)``); curated metrics, logged in
   batches with the env-step count as the step;
 * artifacts: the resolved spec on the parent; the metrics CSV and final checkpoint on each child.
@@ -37,15 +38,19 @@ from typing import Any, NamedTuple
 
 from ray import tune
 
-from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key
+from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key, member_results
 from adpo_ray.orchestration import storage
 from adpo_ray.orchestration.mlflow_store import mlflow_key
 from adpo_ray.orchestration.spool import REJECTED, SPOOL_DIR, Sender, Spool
-from adpo_ray.spec import ExperimentSpec, TrialSpec, init_slot
+from adpo_ray.spec import ExperimentSpec, TrialSpec, init_slot, trials_of, unit_name
 
 PARENT_FILE = "adpo_mlflow_parent.json"
-#: Tune's per-trial table of results, one row per result, in each trial folder.
+#: The child-run tag of a trial pack's member: the Tune trial id of the pack that ran it.
+PACK_TAG = "pack"
+#: Tune's results in each trial folder: one row per result (a solo trial's steps are read here)
+#: and one JSON line per result (a pack's: its progress.csv holds the members' list as one cell).
 PROGRESS_FILE = "progress.csv"
+RESULT_FILE = "result.json"
 #: Parent-run tags ``method_label/<name>``: the method label behind each summary metric's name.
 LABEL_TAG = "method_label"
 #: The experiment's description in the MLflow UI: how to compare anchor strategies there.
@@ -231,23 +236,30 @@ class MLflowTracker(tune.Callback):
         if key == self.parent_key:
             write_parent_note(self.run_dir, run_id, experiment_id)
 
-    # -- child runs ------------------------------------------------------------------------
-    def _child(self, trial) -> str:
-        t = TrialSpec.from_config(trial.config, trial.trial_id)
-        key = self.child_key(t)
-        if key not in self._state["runs"]:
-            params = self.spec.knobs(t).params()
-            teacher = (trial.config.get("distill_runs") or {}).get(t.env)
-            if teacher:  # the teacher run pinned at launch, which this student learns from
-                params["distill.teacher_run_id"] = teacher
-            start = (trial.config.get("init_runs") or {}).get(init_slot(t.env, t.hidden_size))
-            if start:  # the pretrained run this trial (and its anchor) started from
-                params["anchors.init.run_id"] = start
-            self._emit(trial, "run", key=key, name=t.dirname, parent=self.parent_key, tags={
-                "tune_trial_id": trial.trial_id, **run_tags(t, self.spec.name), **self._software_tags,
-            }, params={mlflow_key(k): v for k, v in params.items()})
-            self._state["runs"].add(key)
-        return key
+    # -- child runs: one per grid trial, a pack's members each their own ------------------------
+    def _children(self, trial) -> list[tuple[TrialSpec, str]]:
+        """The grid trials of a Tune ``trial`` (a pack's members, or its one trial) and their
+        child run keys; a child run not made yet is made (a pack's members tagged ``pack``: the
+        pack's Tune trial id)."""
+        members = trials_of(trial.config, trial.trial_id)
+        pack = {PACK_TAG: trial.trial_id} if len(members) > 1 else {}
+        out = []
+        for t in members:
+            key = self.child_key(t)
+            if key not in self._state["runs"]:
+                params = self.spec.knobs(t).params()
+                teacher = (trial.config.get("distill_runs") or {}).get(t.env)
+                if teacher:  # the teacher run pinned at launch, which this student learns from
+                    params["distill.teacher_run_id"] = teacher
+                start = (trial.config.get("init_runs") or {}).get(init_slot(t.env, t.hidden_size))
+                if start:  # the pretrained run this trial (and its anchor) started from
+                    params["anchors.init.run_id"] = start
+                self._emit(trial, "run", key=key, name=t.dirname, parent=self.parent_key, tags={
+                    "tune_trial_id": trial.trial_id, **pack, **run_tags(t, self.spec.name), **self._software_tags,
+                }, params={mlflow_key(k): v for k, v in params.items()})
+                self._state["runs"].add(key)
+            out.append((t, key))
+        return out
 
     # -- records wait for Tune's snapshot ------------------------------------------------------
     def _emit(self, trial, op: str, **fields) -> None:
@@ -259,8 +271,8 @@ class MLflowTracker(tune.Callback):
             self._spool.hold(trial.trial_id, record)
             self._unborn.setdefault(trial.trial_id, []).append(record)
 
-    def _defer(self, trial, key: str, records: list[dict[str, Any]], statuses: tuple[str, ...]) -> None:
-        self._deferred[trial.trial_id] = (key, records, statuses)
+    def _defer(self, trial, keys: list[str], records: list[dict[str, Any]], statuses: tuple[str, ...]) -> None:
+        self._deferred[trial.trial_id] = (keys, records, statuses)
 
     def _release(self) -> None:
         """Spool the records that the newest experiment snapshot in the results folder (the one
@@ -274,11 +286,11 @@ class MLflowTracker(tune.Callback):
             for record in self._unborn.pop(trial_id):
                 self._spool.append(**record)
             self._spool.release(trial_id)
-        for trial_id, (key, records, statuses) in list(self._deferred.items()):
+        for trial_id, (keys, records, statuses) in list(self._deferred.items()):
             if durable.get(trial_id) in statuses:
                 for record in records:
                     self._spool.append(**record)
-                self._state["ended"].add(key)
+                self._state["ended"].update(keys)
                 del self._deferred[trial_id]
         self._sender.wake()
 
@@ -288,18 +300,24 @@ class MLflowTracker(tune.Callback):
         self._release()
         return None
 
-    def _finish_records(self, trial, key: str) -> list[dict[str, Any]]:
+    def _finish_records(self, trial, children: list[tuple[TrialSpec, str]]) -> list[dict[str, Any]]:
+        """The terminal records of ``children`` (a Tune trial's members and keys): each one's
+        metrics.csv and FINISHED; a solo trial's checkpoint too (a pack's checkpoint holds all
+        its members: it stays in the pack's Tune folder)."""
         records = []
-        history = self._state["history"].pop(key, {})
-        if history:
-            path = self._spool.folder / "files" / TrialSpec.from_config(trial.config, trial.trial_id).dirname / "metrics.csv"
-            write_history_csv(path, history)
-            records.append({"op": "artifact", "key": key, "path": self._spool.relative(str(path)), "artifact_path": None})
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            records.append({"op": "artifact", "key": key, "artifact_path": "checkpoint",
-                            "path": self._spool.relative(checkpoint_location(checkpoint, self.run_dir))})
-        return [*records, {"op": "status", "key": key, "status": "FINISHED"}]
+        for t, key in children:
+            history = self._state["history"].pop(key, {})
+            if history:
+                path = self._spool.folder / "files" / t.dirname / "metrics.csv"
+                write_history_csv(path, history)
+                records.append({"op": "artifact", "key": key, "path": self._spool.relative(str(path)),
+                                "artifact_path": None})
+            checkpoint = trial.checkpoint
+            if checkpoint is not None and len(children) == 1:
+                records.append({"op": "artifact", "key": key, "artifact_path": "checkpoint",
+                                "path": self._spool.relative(checkpoint_location(checkpoint, self.run_dir))})
+            records.append({"op": "status", "key": key, "status": "FINISHED"})
+        return records
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if self._reconciled:
@@ -314,65 +332,79 @@ class MLflowTracker(tune.Callback):
         # Trials the snapshot holds as finished whose terminal records were lost (the driver
         # died before it let them out) get them now, once.
         for trial in trials:
-            if finished(trial) and self.child_key(TrialSpec.from_config(trial.config, trial.trial_id)) \
-                    not in self._state["ended"]:
-                key = self._child(trial)
-                for record in self._finish_records(trial, key):
+            keys = [self.child_key(t) for t in trials_of(trial.config, trial.trial_id)]
+            if finished(trial) and any(key not in self._state["ended"] for key in keys):
+                children = [(t, key) for t, key in self._children(trial) if key not in self._state["ended"]]
+                for record in self._finish_records(trial, children):
                     self._emit(trial, **record)
-                self._state["ended"].add(key)
+                self._state["ended"].update(key for _, key in children)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        key = self._child(trial)
-        if trial.num_failures or key in self._state["ended"]:
-            self._emit(trial, "status", key=key, status="RUNNING")
-            self._state["ended"].discard(key)
+        for _, key in self._children(trial):
+            if trial.num_failures or key in self._state["ended"]:
+                self._emit(trial, "status", key=key, status="RUNNING")
+                self._state["ended"].discard(key)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        metrics = {k: float(v) for k, v in result.items()
-                   if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._log_step(trial, result_step(result), metrics, time.time())
+        for (t, key), member in zip(self._children(trial), member_results(trial.config, result), strict=True):
+            metrics = {k: float(v) for k, v in member.items()
+                       if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._log_step(trial, t, key, result_step(member), metrics, time.time())
         self._sender.wake()
 
-    def _log_step(self, trial, step: int, metrics: dict[str, float], when: float) -> None:
-        key = self._child(trial)
+    def _log_step(self, trial, t: TrialSpec, key: str, step: int, metrics: dict[str, float], when: float) -> None:
         if step <= self._state["last_step"].get(key, -1):
             return  # a step replayed after a restore: the first attempt is the record
-        t = TrialSpec.from_config(trial.config, trial.trial_id)
         self._state["final"][key] = (t.env, t.method, metrics)
         self._emit(trial, "metrics", key=key, step=step, time=when, metrics=metrics)
         self._state["last_step"][key] = step
         self._state["history"].setdefault(key, {})[step] = metrics
 
     def _recover_steps(self, trial) -> None:
-        """Log the steps of ``trial``'s ``progress.csv`` in the results folder that the spool
-        lacks, as :meth:`on_trial_result` would have (a folder that cannot be read: none)."""
-        folder = TrialSpec.from_config(trial.config, trial.trial_id).dirname  # as Tune names it (tune_setup)
-        path = storage.join(self.run_dir, f"{folder}/{PROGRESS_FILE}")
+        """Log the steps in ``trial``'s folder that the spool lacks, as :meth:`on_trial_result`
+        would have, from the file the report reads: a solo trial's ``progress.csv``, a pack's
+        ``result.json`` (a folder that cannot be read: none)."""
+        children = self._children(trial)
+        folder = storage.join(self.run_dir, unit_name(trial.config, trial.trial_id))
         try:
-            rows = list(csv.DictReader(storage.read_text(path).splitlines()))
+            if len(children) == 1:
+                rows = [{k: _number(v) for k, v in row.items() if k}
+                        for row in csv.DictReader(storage.read_text(storage.join(folder, PROGRESS_FILE)).splitlines())]
+                members = [[row] for row in rows]
+            else:
+                members = []
+                for line in storage.read_text(storage.join(folder, RESULT_FILE)).splitlines():
+                    try:
+                        members.append(member_results(trial.config, json.loads(line)))
+                    except ValueError:
+                        continue  # a line torn by the kill
         except (OSError, ValueError):
             return
-        for row in rows:
-            values = {k: _number(v) for k, v in row.items() if k}
-            if values.get(ENV_STEPS) is None and values.get(TRAINING_ITERATION) is None:
-                continue  # a row torn by the kill
-            metrics = {k: v for k, v in values.items() if is_metric_key(k) and v is not None}
-            self._log_step(trial, result_step(values), metrics, values.get("timestamp") or time.time())
+        for results in members:
+            for (t, key), values in zip(children, results, strict=False):
+                if values.get(ENV_STEPS) is None and values.get(TRAINING_ITERATION) is None:
+                    continue  # a row torn by the kill
+                metrics = {k: float(v) for k, v in values.items() if is_metric_key(k)
+                           and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                self._log_step(trial, t, key, result_step(values), metrics, values.get("timestamp") or time.time())
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._emit(trial, "tag", key=self._child(trial), name="num_failures", value=str(trial.num_failures))
+        for _, key in self._children(trial):
+            self._emit(trial, "tag", key=key, name="num_failures", value=str(trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        key = self._child(trial)
-        self._defer(trial, key, self._finish_records(trial, key), ("TERMINATED",))
+        children = self._children(trial)
+        self._defer(trial, [key for _, key in children], self._finish_records(trial, children), ("TERMINATED",))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        key = self._child(trial)
+        children = self._children(trial)
         records = []
-        if trial.error_file and Path(trial.error_file).exists():
-            path = self._spool.keep_file(trial.error_file, f"{TrialSpec.from_config(trial.config, trial.trial_id).dirname}/error.txt")
-            records.append({"op": "artifact", "key": key, "path": self._spool.relative(path), "artifact_path": None})
-        self._defer(trial, key, [*records, {"op": "status", "key": key, "status": "FAILED"}], ("ERROR",))
+        for t, key in children:
+            if trial.error_file and Path(trial.error_file).exists():
+                path = self._spool.keep_file(trial.error_file, f"{t.dirname}/error.txt")
+                records.append({"op": "artifact", "key": key, "path": self._spool.relative(path), "artifact_path": None})
+            records.append({"op": "status", "key": key, "status": "FAILED"})
+        self._defer(trial, [key for _, key in children], records, ("ERROR",))
 
     def on_experiment_end(self, trials, **info) -> None:
         # Tune forced (and waited for) a last snapshot just before: everything it holds as
@@ -381,10 +413,11 @@ class MLflowTracker(tune.Callback):
         stopped = [t for t in trials if t.status != "ERROR" and not finished(t)]
         self.interrupted = bool(stopped)
         for trial in stopped:  # Ctrl-C: the trials it cut short (a resume goes on with them)
-            key = self.child_key(TrialSpec.from_config(trial.config, trial.trial_id))
-            if key in self._state["runs"] and key not in self._state["ended"]:
-                self._emit(trial, "status", key=key, status="KILLED")
-                self._state["ended"].add(key)
+            for t in trials_of(trial.config, trial.trial_id):
+                key = self.child_key(t)
+                if key in self._state["runs"] and key not in self._state["ended"]:
+                    self._emit(trial, "status", key=key, status="KILLED")
+                    self._state["ended"].add(key)
         finals = list(self._state["final"].values())
         summary = {} if self.interrupted else launch_summary(finals)
         if summary:  # the launch's per-method numbers, on its parent run (never over a partial launch)

@@ -9,7 +9,7 @@ from typing import Any
 
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.metrics import ENV_STEPS, EVAL_RETURN, EVAL_WINMASS, TRAINING_ITERATION
-from adpo_ray.spec import ExperimentSpec, TrialSpec
+from adpo_ray.spec import ExperimentSpec, unit_name
 
 
 def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str, str] | None = None,
@@ -21,7 +21,9 @@ def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str,
     from ray import tune
 
     space: dict[str, Any] = {"spec": spec.model_dump(mode="json", by_alias=True)}
-    if spec.search is None:
+    if packed(spec):  # one Tune trial per pack (or trial left alone): PackedGridTrainable's config
+        space["trials"] = tune.grid_search([[t.as_dict() for t in pack] for pack in spec.packs()])
+    elif spec.search is None:
         space["trial"] = tune.grid_search([t.as_dict() for t in spec.trials()])
     else:  # one base trial; the search algorithm samples its sweep point
         (base,) = spec.trials()
@@ -34,6 +36,24 @@ def param_space(spec: ExperimentSpec, tracking_uri: str, distill_runs: dict[str,
         space["tracking_uri"] = tracking_uri
         space["init_runs"] = dict(init_runs)
     return space
+
+
+def packed(spec: ExperimentSpec) -> bool:
+    """Whether ``spec`` launches through trial packs: ``resources.pack`` other than 1, without a
+    search. Then every Tune trial's config holds ``trials`` (its members) and
+    :class:`~adpo_ray.orchestration.pack_trainable.PackedGridTrainable` runs them."""
+    return spec.resources.pack != 1 and spec.search is None
+
+
+def grid_trainable(spec: ExperimentSpec):
+    """The Tune trainable of ``spec``'s grid: solo trials, or packs and solo trials (:func:`packed`)."""
+    if packed(spec):
+        from adpo_ray.orchestration.pack_trainable import PackedGridTrainable
+
+        return PackedGridTrainable
+    from adpo_ray.orchestration.trainable import GridTrainable
+
+    return GridTrainable
 
 
 def search_space(spec: ExperimentSpec) -> dict[str, Any]:
@@ -135,8 +155,8 @@ def progress_reporter(spec: ExperimentSpec):
 
 def trial_name(trial) -> str:
     """Tune's name and folder of a trial: its tag, shortened where a folder name could not hold it
-    (:attr:`TrialSpec.dirname`)."""
-    return TrialSpec.from_config(trial.config, trial.trial_id).dirname
+    (:attr:`TrialSpec.dirname`); a pack's, :func:`~adpo_ray.spec.pack_dirname`."""
+    return unit_name(trial.config, trial.trial_id)
 
 
 class _NoRestoreHint(logging.Filter):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from adpo_ray.core.noise import SCENARIOS, TWELVE
-from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, is_metric_key
+from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, MEMBERS, is_metric_key
 from adpo_ray.spec import method_name
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start",
@@ -124,39 +124,77 @@ def _loss_of(config: dict, trial) -> str | None:
 
 
 def load_tune_folder(run_dir: str | Path) -> GridData:
-    """The same tables from a Tune results folder (each trial's params.json and progress.csv)."""
-    from adpo_ray.spec import TrialSpec
+    """The same tables from a Tune results folder (each trial's params.json and progress.csv; a
+    trial pack's members, each a row, from its result.json)."""
+    from adpo_ray.spec import TrialSpec, trials_of
 
     run_dir = Path(run_dir)
     rows, curve_rows = [], []
     for params in sorted(run_dir.glob("*/params.json")):
         config = json.loads(params.read_text())
-        if "trial" not in config:
+        if "trial" in config:
+            # the trial's folder name (TrialSpec.dirname; a search's tag holds Tune's trial id)
+            members = [(TrialSpec.from_config(config), params.parent.name, _progress(params.parent))]
+        elif "trials" in config:
+            members = [(t, tag, history) for t, (tag, history)
+                       in zip(trials_of(config), _member_histories(config, params.parent), strict=True)]
+        else:
             continue
-        trial = TrialSpec.from_config(config)
-        tag = params.parent.name  # the trial's folder name (TrialSpec.dirname; a search's tag holds Tune's trial id)
-        progress = params.parent / "progress.csv"
-        history = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
-        if not history.empty and ENV_STEPS in history:
-            # a step replayed after a retry keeps its first record, as in MLflow
-            history = history.drop_duplicates(ENV_STEPS, keep="first").sort_values(ENV_STEPS)
-        # error.txt stays behind after a retried failure: the last result's `done` says more
-        done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
-        init = (config.get("spec", {}).get("anchors") or {}).get("init")
-        label = None if not init else ("pretrain:" if init.get("pretrain") else init.get("checkpoint"))
-        row = {"trial": tag, **_coords({**config["trial"], "method": trial.method}),
-               "status": "FINISHED" if done else "UNFINISHED", "run_id": None, "start": start_label(label),
-               "loss": _loss_of(config, trial)}
-        if not history.empty:
-            last = history.iloc[-1]
-            row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})
-            for key in CURVE_METRICS:
-                if key in history:
-                    for step, value in zip(history[ENV_STEPS], history[key], strict=True):
-                        if pd.notna(value):
-                            curve_rows.append({"trial": tag, "env_steps": int(step), "metric": key, "value": float(value)})
-        rows.append(row)
+        for trial, tag, history in members:
+            row, curves = _trial_rows(config, trial, tag, history)
+            rows.append(row)
+            curve_rows += curves
     if not rows:
         raise LookupError(f"{run_dir} holds no adpo-ray trials (no */params.json)")
     trials, curves = _frames(rows, curve_rows)
     return GridData(trials, curves, str(run_dir))
+
+
+def _progress(folder: Path) -> pd.DataFrame:
+    """A solo trial's results, from its folder's progress.csv (empty when there is none yet)."""
+    progress = folder / "progress.csv"
+    return pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
+
+
+def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFrame]]:
+    """(folder name, results) of each trial a Tune trial of ``trials`` ran: a pack's members'
+    from its folder's result.json (Tune's progress.csv holds the members' list as one cell),
+    each row a member's result with the pack's ``done``; a trial alone's from its progress.csv."""
+    from adpo_ray.spec import TrialSpec
+
+    if len(config["trials"]) == 1:
+        return [(folder.name, _progress(folder))]
+    lines = []
+    result_file = folder / "result.json"
+    for text in (result_file.read_text().splitlines() if result_file.exists() else []):
+        try:
+            lines.append(json.loads(text))
+        except ValueError:  # a line torn by a killed driver (Tune appends the next one to it)
+            continue
+    return [(TrialSpec(**t).dirname,
+             pd.DataFrame([{**line[MEMBERS][k], "done": bool(line.get("done"))} for line in lines if MEMBERS in line]))
+            for k, t in enumerate(config["trials"])]
+
+
+def _trial_rows(config: dict, trial, tag: str, history: pd.DataFrame) -> tuple[dict, list[dict]]:
+    """One grid trial's row of the trials table and its curve rows, from its results."""
+    curve_rows: list[dict] = []
+    if not history.empty and ENV_STEPS in history:
+        # a step replayed after a retry keeps its first record, as in MLflow
+        history = history.drop_duplicates(ENV_STEPS, keep="first").sort_values(ENV_STEPS)
+    # error.txt stays behind after a retried failure: the last result's `done` says more
+    done = not history.empty and "done" in history and bool(history["done"].iloc[-1])
+    init = (config.get("spec", {}).get("anchors") or {}).get("init")
+    label = None if not init else ("pretrain:" if init.get("pretrain") else init.get("checkpoint"))
+    row = {"trial": tag, **_coords({**trial.as_dict(), "method": trial.method}),
+           "status": "FINISHED" if done else "UNFINISHED", "run_id": None, "start": start_label(label),
+           "loss": _loss_of(config, trial)}
+    if not history.empty:
+        last = history.iloc[-1]
+        row.update({k: float(last[k]) for k in history.columns if is_metric_key(k) and pd.notna(last[k])})
+        for key in CURVE_METRICS:
+            if key in history:
+                for step, value in zip(history[ENV_STEPS], history[key], strict=True):
+                    if pd.notna(value):
+                        curve_rows.append({"trial": tag, "env_steps": int(step), "metric": key, "value": float(value)})
+    return row, curve_rows

@@ -39,60 +39,7 @@ from adpo_ray.rllib.factory import build_algo_config, model_config
 from adpo_ray.rllib.pack_learner import PACK_ALGORITHM, PACK_MEMBERS, PackedLearner, member_knobs
 from adpo_ray.rllib.pack_module import PackedTorchRLModule, pack_model_config
 from adpo_ray.rllib.packed import MEMBER, configure_pack
-from adpo_ray.spec.knobs import NO_INIT
-from adpo_ray.spec.sections import LEARNER_UPDATES
-
-FUSED = LEARNER_UPDATES[0]  # the only update path a pack runs
-
-#: Knobs every member of a pack shares (they fix the network, the batch's shape, the loss and the
-#: run), as ``TrialKnobs`` fields (``trial.<name>`` for the trial's coordinates).
-SHAPE_KNOBS = (
-    "trial.env", "trial.algorithm", "trial.hidden_size", "kind", "train_batch_size", "minibatch_size", "num_epochs",
-    "list_size", "list_source", "loss", "target", "target_norm", "tau_alpha", "tau_min", "q_center", "gamma",
-    "lambda_", "num_envs_per_env_runner", "num_env_runners", "num_learners", "num_gpus_per_learner",
-    "learner_update", "learner_compile", "iterations", "env_steps", "checkpoint_every", "eval_interval",
-    "eval_episodes", "eval_explore", "bandit",
-)
-
-
-def _knob(knobs, name: str):
-    obj = knobs
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def check_pack(knobs: list) -> None:
-    """Check that ``knobs`` (``TrialKnobs``, one per member) can run as one pack.
-
-    Raises:
-        ValueError: no members; an offline (distillation) trial; the first knob of
-            :data:`SHAPE_KNOBS` two members differ in, naming it, both members and values;
-            what a pack does not run (``anchor_kl_coeff > 0``, ``anchors.init``, RLlib's update
-            path ``learner_update: rllib``, ``learner_compile``, more than one learner).
-    """
-    if not knobs:
-        raise ValueError("a pack needs at least one member (knobs is empty)")
-    first = knobs[0]
-    for name in SHAPE_KNOBS:
-        for k, kn in enumerate(knobs[1:], start=1):
-            if _knob(kn, name) != _knob(first, name):
-                raise ValueError(f"{name}: every member of a pack must share it; member 0 has "
-                                 f"{_knob(first, name)!r}, member {k} has {_knob(kn, name)!r}")
-    for k, kn in enumerate(knobs):
-        if kn.trial.algorithm not in ("adpo", "dpo", "ppo") or kn.gamma is None:
-            raise ValueError(f"member {k}: algorithm {kn.trial.algorithm!r}; a pack runs online adpo, dpo or ppo")
-        if kn.anchor_kl_coeff:
-            raise ValueError(f"member {k}: anchor_kl_coeff={kn.anchor_kl_coeff}; a pack runs without the KL "
-                             "penalty to the anchor (anchor_kl_coeff: 0)")
-        if kn.init not in (None, NO_INIT):
-            raise ValueError(f"member {k}: anchors.init={kn.init!r}; a pack starts from fresh networks only")
-    if first.learner_update != FUSED:
-        raise ValueError(f"learner_update={first.learner_update!r}; a pack runs only on the fused update ({FUSED})")
-    if first.learner_compile:
-        raise ValueError("learner_compile: a pack's update is not compiled; set it false")
-    if first.num_learners > 1:
-        raise ValueError(f"num_learners={first.num_learners}; a pack runs one learner (0 or 1)")
+from adpo_ray.spec.packs import FUSED, SHAPE_KNOBS, check_pack  # noqa: F401 - re-exported: what a pack takes
 
 
 def member_env_configs(knobs: list) -> list[dict[str, Any]]:

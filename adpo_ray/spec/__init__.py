@@ -11,7 +11,8 @@ One concern per module: :mod:`~adpo_ray.spec.sections` (each section's schema an
 :data:`KIND_DEFAULTS`), :mod:`~adpo_ray.spec.experiment` (the whole spec and its checks),
 :mod:`~adpo_ray.spec.trials` (trial coordinates and enumeration), :mod:`~adpo_ray.spec.knobs`
 (:class:`TrialKnobs`), :mod:`~adpo_ray.spec.identity` (the MLflow identity of stored policies and
-datasets), :mod:`~adpo_ray.spec.devices` (the GPU rule) and :mod:`~adpo_ray.spec.loading`
+datasets), :mod:`~adpo_ray.spec.packs` (which trials share a trial pack),
+:mod:`~adpo_ray.spec.devices` (the GPU rule) and :mod:`~adpo_ray.spec.loading`
 (YAML in, errors out).
 """
 
@@ -50,7 +51,15 @@ from adpo_ray.spec.sections import (
     TrainParams,
     TrainSection,
 )
-from adpo_ray.spec.trials import MAX_DIRNAME_BYTES, TrialSpec, check_identities, method_name
+from adpo_ray.spec.trials import (
+    MAX_DIRNAME_BYTES,
+    TrialSpec,
+    check_identities,
+    method_name,
+    pack_dirname,
+    trials_of,
+    unit_name,
+)
 
 __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "SpecDeprecationWarning", "load_spec",
            "parse_spec", "teacher_key", "dataset_key", "CleanPPO", "clean_ppo", "teacher_of", "pretrained_of",
@@ -58,4 +67,4 @@ __all__ = ["ExperimentSpec", "TrialSpec", "TrialKnobs", "SpecError", "SpecDeprec
            "ADPOParams", "TrainSection", "ADPOSection", "check_identities", "method_name", "MAX_TRIALS",
            "MAX_DIRNAME_BYTES", "EnvName", "Algorithm", "PretrainParams", "AnchorInit", "Anchors", "Budget",
            "BanditParams", "Resources", "Tracking", "Evaluation", "TeacherParams", "DatasetParams",
-           "DistillParams", "EnvOverride"]
+           "DistillParams", "EnvOverride", "pack_dirname", "trials_of", "unit_name"]

@@ -21,6 +21,7 @@ from adpo_ray.core.distill import DISTILL_METHODS
 from adpo_ray.core.noise import TWELVE, get_scenario
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.spec.knobs import TrialKnobs, derive_knobs
+from adpo_ray.spec.packs import AUTO_PACK_SIZE, group_packs
 from adpo_ray.spec.sections import (
     KIND_DEFAULTS,
     PL_KNOBS,
@@ -246,6 +247,9 @@ class ExperimentSpec(_Strict):
         self._check_init()
         self._check_distill()
         self._check_sweep()
+        if self.search is not None and self.resources.pack not in (1, "auto"):
+            raise ValueError(f"resources.pack: {self.resources.pack} with `search:`; a search runs each sample as "
+                             "its own trial (its scheduler stops them one by one): use resources.pack 1 or auto")
         n = self.trial_count()
         if not n:
             raise ValueError("the grid is empty: no trial results from these axes")
@@ -477,6 +481,15 @@ class ExperimentSpec(_Strict):
         """Every trial of the grid, in a stable order: each base trial at every point of the
         sweep's grid. With ``search``, the base trial alone (Tune samples its sweep points)."""
         return grid_trials(self)
+
+    def packs(self) -> list[list[TrialSpec]]:
+        """The grid's trials as Tune runs them, one list per Tune trial: a pack's members, or one
+        trial alone (``resources.pack`` 1, a search, a trial a pack cannot run: see
+        :func:`~adpo_ray.spec.packs.group_packs`). Every trial once, in a stable order."""
+        size = AUTO_PACK_SIZE if self.resources.pack == "auto" else self.resources.pack
+        if size == 1 or self.search is not None:
+            return [[t] for t in self.trials()]
+        return group_packs(self.trials(), self.knobs, size)
 
 
 @lru_cache(maxsize=4096)

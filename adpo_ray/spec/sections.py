@@ -306,6 +306,18 @@ class Resources(_Strict):
     #: At most this many trials at once; default: as many as the cluster fits at full scale.
     max_concurrent_trials: _count(1, 100_000) | None = None
     max_failures: Annotated[int, Field(ge=0, le=100)] = 2
+    #: Trial packs: ``N`` runs up to N trials of one shape as ONE RLlib algorithm in one process
+    #: (one Tune trial, one bundle; each member still gets its own MLflow run); ``auto``: every
+    #: trial of a shape, at most :data:`~adpo_ray.spec.packs.AUTO_PACK_SIZE` per pack; ``1``: one
+    #: trial per Tune trial. Trials a pack cannot run, and a search's trials, run alone.
+    pack: Literal["auto"] | _count(1, 1024) = 1
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024):
+            return v
+        raise ValueError(f"{v!r}; allowed: auto, or a whole number of trials per pack from 1 (no packs) to 1024")
 
     @model_validator(mode="after")
     def _device(self) -> Resources:

@@ -79,12 +79,7 @@ class TrialSpec:
         :attr:`tag`; a tag longer than :data:`MAX_DIRNAME_BYTES` or with characters a folder name
         cannot hold (``/``, spaces...) is cut, those characters made ``_``, and a digest of the whole
         tag appended, so distinct tags keep distinct names. The full tag stays in MLflow."""
-        tag = self.tag
-        if len(tag.encode()) <= MAX_DIRNAME_BYTES and _DIRNAME_SAFE.fullmatch(tag):
-            return tag
-        digest = hashlib.sha256(tag.encode()).hexdigest()[:16]
-        safe = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", tag)
-        return f"{safe[:MAX_DIRNAME_BYTES - len(digest) - 1]}_{digest}"
+        return folder_name(self.tag)
 
     @property
     def noise_type(self) -> str:
@@ -96,6 +91,39 @@ class TrialSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def folder_name(tag: str) -> str:
+    """``tag`` as a folder name: as it is when it fits :data:`MAX_DIRNAME_BYTES` and holds only
+    ``A-Za-z0-9_.,=+-``; else cut, other characters made ``_``, and a digest of the whole tag
+    appended, so distinct tags keep distinct names."""
+    if len(tag.encode()) <= MAX_DIRNAME_BYTES and _DIRNAME_SAFE.fullmatch(tag):
+        return tag
+    digest = hashlib.sha256(tag.encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", tag)
+    return f"{safe[:MAX_DIRNAME_BYTES - len(digest) - 1]}_{digest}"
+
+
+def pack_dirname(members: list[TrialSpec]) -> str:
+    """A pack's Tune trial name and folder: ``pack<K>_<its first member's tag>`` (members are in
+    one pack only, so the first member's tag tells packs apart; no trial tag starts with
+    ``pack``), shortened as :func:`folder_name` does."""
+    return folder_name(f"pack{len(members)}_{members[0].tag}")
+
+
+def trials_of(config: dict[str, Any], trial_id: str = "") -> list[TrialSpec]:
+    """The trials a Tune trial's ``config`` runs: a pack's members (``trials``), or its one trial
+    (``trial``, see :meth:`TrialSpec.from_config`)."""
+    if "trials" in config:
+        return [TrialSpec(**t) for t in config["trials"]]
+    return [TrialSpec.from_config(config, trial_id)]
+
+
+def unit_name(config: dict[str, Any], trial_id: str = "") -> str:
+    """The Tune trial name and folder of a Tune ``config``: a pack's (several ``trials``), else its
+    one trial's :attr:`TrialSpec.dirname`."""
+    members = trials_of(config, trial_id)
+    return pack_dirname(members) if len(members) > 1 else members[0].dirname
 
 
 def _anchor_modes(spec, env: str, algorithm: str) -> list[str]:

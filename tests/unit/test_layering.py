@@ -140,7 +140,7 @@ def test_new_rllib_modules_have_the_rllib_layer():
 
 #: The spec package's modules, one concern each.
 SPEC_MODULES = {"adpo_ray.spec", *(f"adpo_ray.spec.{m}" for m in (
-    "sections", "experiment", "trials", "knobs", "identity", "devices", "loading"))}
+    "sections", "experiment", "trials", "knobs", "identity", "devices", "loading", "packs"))}
 
 
 def test_the_spec_package_is_one_ray_free_layer_and_every_file_is_checked():

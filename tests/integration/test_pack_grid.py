@@ -1,0 +1,155 @@
+"""A grid launched with trial packs (``resources.pack``) against the same grid launched solo, both
+in-process on real Ray Tune with a real sqlite MLflow store: the same MLflow child runs (tags and
+params, metric steps), one summary.csv and report row per trial, fewer Tune trials."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adpo_ray.metrics import CURATED
+from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
+from adpo_ray.orchestration.spool import Spool
+from adpo_ray.orchestration.status import grid_status
+from adpo_ray.orchestration.tracking import PACK_TAG, spool_folder
+from adpo_ray.report.data import load_tune_folder
+from adpo_ray.spec import parse_spec
+
+from ..helpers.grid import SMALL, children, options, steps
+from ..helpers.resume import (
+    assert_same_curves,
+    done_in_folder,
+    kill_when,
+    launch,
+    resume,
+    tune_snapshot,
+)
+
+pytestmark = pytest.mark.slow
+
+# 2 scenarios x 2 anchor modes x 1 seed of ADPO (one shape: one pack under `auto`), and the
+# KL-penalty baseline, which a pack cannot run (its 2 trials run alone in the packed launch too)
+SPEC = {**SMALL, "algorithms": ["adpo", "ppo_kl"]}
+#: child-run tags that name the Tune trial that ran a trial, not the trial
+RUNNER_TAGS = {"tune_trial_id", PACK_TAG, "mlflow.parentRunId"}
+
+
+def by_trial(client: MlflowClient, experiment: str) -> dict:
+    parents, kids = children(client, experiment)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = {k.data.tags["trial"]: k for k in kids}
+    assert len(runs) == len(kids)  # one child run per trial
+    return runs
+
+
+def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path):
+    launches = {}
+    for pack in (1, "auto"):
+        spec = parse_spec({**SPEC, "resources": {"pack": pack}})
+        (tmp_path / str(pack)).mkdir()
+        opts = options(tmp_path / str(pack), "grid")
+        launches[pack] = (spec, opts, run_grid(spec, opts, verbose=0))
+    trials = parse_spec(SPEC).trials()
+    (solo_spec, solo_opts, solo), (_, packed_opts, packed) = launches[1], launches["auto"]
+    assert not solo.errors and not packed.errors
+    assert len(solo) == 6 and len(packed) == 3  # one pack of the 4 ADPO trials, 2 trials alone
+
+    solo_runs = by_trial(MlflowClient(solo_opts.tracking_uri), solo_spec.experiment_name)
+    packed_client = MlflowClient(packed_opts.tracking_uri)
+    packed_runs = by_trial(packed_client, solo_spec.experiment_name)
+    assert set(solo_runs) == set(packed_runs) == {t.tag for t in trials}
+    packs = {}
+    for tag, run in packed_runs.items():
+        mine = solo_runs[tag]
+        assert run.info.status == "FINISHED" and run.info.run_name == mine.info.run_name
+        assert run.data.params == mine.data.params, tag
+        assert ({k: v for k, v in run.data.tags.items() if k not in RUNNER_TAGS}
+                == {k: v for k, v in mine.data.tags.items() if k not in RUNNER_TAGS}), tag
+        if run.data.tags["algorithm"] == "adpo":  # a pack's member: its pack's Tune trial id
+            assert run.data.tags[PACK_TAG] == run.data.tags["tune_trial_id"]
+            packs.setdefault(run.data.tags[PACK_TAG], []).append(tag)
+        else:
+            assert PACK_TAG not in run.data.tags
+        logged = {m for m in run.data.metrics if m in CURATED}
+        assert logged == {m for m in mine.data.metrics if m in CURATED} and "eval/winmass" in logged, tag
+        for metric in logged:  # each member stepped by its own env steps, each step once
+            assert steps(packed_client, run.info.run_id, metric) == [128, 256, 384], (tag, metric)
+        artifacts = {a.path for a in packed_client.list_artifacts(run.info.run_id)}
+        assert "metrics.csv" in artifacts
+        assert ("checkpoint" in artifacts) == (PACK_TAG not in run.data.tags)  # a pack's stays in its folder
+    assert [len(members) for members in packs.values()] == [4]
+
+    # summary.csv and the report read from Tune's folder: one row per trial, as the solo launch's
+    for run, opts in ((solo, solo_opts), (packed, packed_opts)):
+        frame = pd.read_csv(f"{opts.run_dir}/{SUMMARY_FILE}")
+        assert len(run.summary) == len(frame) == len(trials)
+        assert sorted(frame["method"] + "/" + frame["scenario"]) == sorted(t.method + "/" + t.scenario for t in trials)
+        assert set(frame["status"]) == {"TERMINATED"} and set(frame["env_steps"]) == {384}
+        assert frame["eval/winmass"].notna().all()
+        data = load_tune_folder(opts.run_dir)
+        assert sorted(data.trials["trial"]) == sorted(t.dirname for t in trials)
+        assert set(data.trials["status"]) == {"FINISHED"}
+        curves = data.curves[data.curves["metric"] == "eval/winmass"]
+        assert {trial: sorted(group["env_steps"]) for trial, group in curves.groupby("trial")} \
+            == {t.dirname: [128, 256, 384] for t in trials}
+
+    # the status of the folder counts members: every trial finished, every env step done
+    status = grid_status(packed_opts.run_dir)
+    assert status.trials["finished"] == len(trials) == sum(status.trials.values())
+    (env,) = status.envs.values()
+    assert env.steps_done == env.steps_budget == 384 * len(trials)
+
+    # a resume of the packed grid re-attaches every member's run and logs no step twice
+    again = resume_grid(packed_opts.run_dir, verbose=0, report=False)
+    assert len(again) == 3 and not again.errors
+    assert by_trial(packed_client, solo_spec.experiment_name).keys() == packed_runs.keys()
+    for run in packed_runs.values():
+        assert steps(packed_client, run.info.run_id, "eval/winmass") == [128, 256, 384]
+
+
+def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
+    """The driver is SIGKILLed while the pack trains (a snapshot taken, its last result not done):
+    `adpo-ray resume` restores the pack from its checkpoint, the steps it trains again are
+    replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
+    spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 2},
+                 "resources": {"pack": "auto"}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray_results" / "p"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = launch(spec_dict, tmp_path, uri, "p", env=env)
+
+    def pack_mid_run() -> bool:
+        # a result past the pack's newest checkpoint (one every 2 iterations: checkpoint_00000<i>
+        # holds iteration 2(i+1)), so the resume trains it again. Results are counted in
+        # result.json, where the pack's members are read from and which Tune writes last of its
+        # logs (after the tracker and progress.csv): a result counted there is in all of them.
+        results = sum(f.read_text().count("\n") for f in run_dir.glob("pack4_*/result.json"))  # whole lines
+        checkpoints = sorted(run_dir.glob("pack4_*/checkpoint_*"))
+        return (bool(checkpoints) and results > 2 * (int(checkpoints[-1].name.rpartition("_")[2]) + 1)
+                and not done_in_folder(run_dir))
+
+    kill_when(proc, pack_mid_run)
+    # Tune's snapshot may not have reached the folder yet (it is copied there every few seconds):
+    # then the grid starts over in its folder; either way the pack trains steps again
+    restored = tune_snapshot(run_dir) is not None
+    resume(run_dir, expect="restore" if restored else "start-over", cwd=tmp_path, env=env)
+    client = MlflowClient(uri)
+    runs = by_trial(client, "packkill")
+    assert set(runs) == {t.tag for t in parse_spec(spec_dict).trials()}
+    for tag, run in runs.items():
+        assert run.info.status == "FINISHED" and PACK_TAG in run.data.tags
+        for metric in ("env_steps", "eval/winmass", "loss/adpo"):
+            assert steps(client, run.info.run_id, metric) == [128 * i for i in range(1, 13)], (tag, metric)
+    if restored:  # MLflow and the pack's folder hold the first attempt of each step
+        assert_same_curves(uri, "packkill", run_dir)
+    # the launch's own record (its spool) holds each member's step once too, replayed steps left out
+    spool = Spool(spool_folder(str(run_dir), "p"))
+    recorded: dict[str, list[int]] = {}
+    for record, _ in spool.records():
+        if record["op"] == "metrics" and record["key"] != "p":
+            recorded.setdefault(record["key"], []).append(record["step"])
+    spool.close()
+    assert recorded == {f"p/{tag}": [128 * i for i in range(1, 13)] for tag in runs}

@@ -1,0 +1,139 @@
+"""How a grid's trials become trial packs (``resources.pack``, :meth:`ExperimentSpec.packs`): one
+shape per pack, at most N members, refused trials and searches alone, a stable order; the spec's
+errors; the Tune space, names and plans of a packed grid. No Ray start."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adpo_ray.orchestration.planning import Capacity, NodeType, max_concurrent, plan_trials
+from adpo_ray.orchestration.tune_setup import param_space, unit_name
+from adpo_ray.spec import (
+    MAX_DIRNAME_BYTES,
+    SpecError,
+    TrialSpec,
+    pack_dirname,
+    parse_spec,
+    trials_of,
+)
+from adpo_ray.spec.packs import AUTO_PACK_SIZE
+
+BASE = {
+    "name": "packs",
+    "environments": ["PreferenceBandit"],
+    "scenarios": ["clean", "flip-high"],
+    "anchors": {"modes": ["fixed", "dynamic"]},
+    "budget": {"iterations": 2},
+}
+
+
+def spec(pack, **extra):
+    return parse_spec({**BASE, **extra, "resources": {"pack": pack, **extra.pop("resources", {})}})
+
+
+def tags(packs):
+    return [[t.tag for t in p] for p in packs]
+
+
+def test_pack_1_is_one_trial_per_tune_trial_as_before():
+    s = parse_spec(BASE)
+    assert s.resources.pack == 1
+    assert s.packs() == [[t] for t in s.trials()]
+    space = param_space(s, "sqlite:///x.db")
+    assert "trials" not in space and space["trial"] == {"grid_search": [t.as_dict() for t in s.trials()]}
+
+
+def test_auto_packs_each_shape_and_leaves_refused_trials_alone():
+    s = spec("auto", algorithms=["adpo", "ppo", "ppo_kl"], hidden_sizes=[16, 32])
+    packs = s.packs()
+    by_shape = {}
+    for t in s.trials():
+        by_shape.setdefault((t.algorithm, t.hidden_size), []).append(t.tag)
+    # adpo and ppo: one pack per (algorithm, hidden size), members in trial order;
+    # ppo_kl (a pack cannot run it): each trial alone
+    expected = [by_shape[("adpo", 16)], by_shape[("adpo", 32)], by_shape[("ppo", 16)], by_shape[("ppo", 32)]]
+    assert sorted(tags(packs)) == sorted(expected + [[tag] for tag in by_shape[("ppo_kl", 16)] + by_shape[("ppo_kl", 32)]])
+    assert [len(p) for p in packs if p[0].algorithm == "adpo"] == [4, 4]
+    # every trial once, packs in the order of their first member, the same on every call
+    flat = [t for p in packs for t in p]
+    assert sorted(t.tag for t in flat) == sorted(t.tag for t in s.trials())
+    order = [s.trials().index(p[0]) for p in packs]
+    assert order == sorted(order) and tags(s.packs()) == tags(packs)
+
+
+def test_a_knob_a_pack_cannot_run_leaves_every_trial_alone():
+    s = spec("auto", adpo={"anchor_kl_coeff": 0.1})
+    assert s.packs() == [[t] for t in s.trials()]
+
+
+def test_at_most_n_members_split_evenly():
+    s = spec(3)  # 4 trials of one shape: 2 + 2, not 3 + 1
+    assert [len(p) for p in s.packs()] == [2, 2]
+    many = spec("auto", scenarios=["clean"], anchors={"modes": ["dynamic"]}, seeds=list(range(AUTO_PACK_SIZE + 1)))
+    assert [len(p) for p in many.packs()] == [9, 8]
+    assert [t.seed for p in many.packs() for t in p] == list(range(AUTO_PACK_SIZE + 1))
+
+
+SEARCH = {"scenarios": ["clean"], "anchors": {"modes": ["dynamic"]}, "sweep": {"train.lr": [0.001, 0.01]},
+          "search": {"metric": "eval/winmass", "num_samples": 1}}
+
+
+def test_a_search_keeps_solo_trials():
+    s = spec("auto", **SEARCH)
+    assert s.packs() == [[t] for t in s.trials()]
+    assert "trial" in param_space(s, "sqlite:///x.db")
+    with pytest.raises(SpecError, match=r"resources.pack: 4 with `search:`.*use resources.pack 1 or auto"):
+        spec(4, **SEARCH)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1025, 2.5, "all", True, None])
+def test_bad_pack_values_are_named(value):
+    with pytest.raises(SpecError, match=r"resources.pack: .*allowed: auto, or a whole number"):
+        spec(value)
+
+
+def test_a_packed_grid_gives_tune_one_trial_per_pack_with_readable_unique_names():
+    s = spec("auto", algorithms=["adpo", "ppo_kl"], sweep={"adpo.beta_q": [0.25 + i / 1000 for i in range(40)]})
+    space = param_space(s, "sqlite:///x.db")
+    assert "trial" not in space
+    units = space["trials"]["grid_search"]
+    assert [trials_of({"trials": u}) for u in units] == s.packs()
+    names = [unit_name({"spec": space["spec"], "trials": u}) for u in units]
+    assert len(set(names)) == len(names) == len(s.packs())
+    assert all(len(n.encode()) <= MAX_DIRNAME_BYTES for n in names)
+    for unit, name in zip(units, names, strict=True):
+        members = trials_of({"trials": unit})
+        # a pack: its size and first member; a trial alone: its own folder, as a solo launch names it
+        assert name.startswith(f"pack{len(members)}_{members[0].env}") if len(members) > 1 else name == members[0].dirname
+
+
+def test_plans_count_packs_one_bundle_each():
+    s = spec("auto", algorithms=["adpo", "ppo_kl"])
+    plans = plan_trials(s)
+    assert [len(p.trials) for p in plans] == [4, 1, 1]
+    assert plans[0].members == tuple(s.packs()[0]) and len(plans[0].bundles) == 1
+    assert plans[0].env_steps == 4 * plans[1].env_steps and plans[0].name.startswith("pack4_")
+    two_cpus = Capacity((NodeType("node", {"CPU": 2.0}, 1),), "test")
+    assert max_concurrent(plans, two_cpus) == 2
+    assert len(plan_trials(parse_spec({**BASE, "algorithms": ["adpo", "ppo_kl"]}))) == 6
+
+
+def test_a_long_pack_name_is_cut_with_a_digest():
+    long = (("anchors.params.dynamic.period", "x" * 150),)
+    a, b, c = (TrialSpec("PreferenceBandit", "clean", "adpo", "dynamic", 64, seed, long) for seed in (0, 1, 2))
+    names = {pack_dirname([a, b]), pack_dirname([b, c]), pack_dirname([a, b, c])}
+    assert len(names) == 3 and all(len(n.encode()) <= MAX_DIRNAME_BYTES and n.startswith("pack") for n in names)
+
+
+def test_the_dry_run_shows_the_packs(capsys, tmp_path):
+    from adpo_ray.cli import main
+
+    spec_file = tmp_path / "packed.yaml"
+    spec_file.write_text(json.dumps({**BASE, "algorithms": ["adpo", "ppo_kl"], "resources": {"pack": "auto"}}))
+    assert main(["grid", "--config", str(spec_file), "--dry-run", "--storage-path", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("trial packs (resources.pack: auto): 3 Tune trials for 6 trials: 1 pack(s) of 4 members, each asking "
+            "{CPU=1}; 2 trial(s) alone") in out
+    assert "trials: 6 = 1 env(s) x 2 scenario(s) x 3 method(s)" in out and "Tune trial(s) (packs or trials)" in out
