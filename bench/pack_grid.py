@@ -43,12 +43,20 @@ def launch(config: str, pack: str, sets: list[str], folder: Path) -> tuple[float
         return wall, list(csv.DictReader(f))
 
 
+def trial_key(row: dict[str, str]) -> tuple[str, ...]:
+    """A summary row's trial: its coordinates (the ``TrialSpec`` fields)."""
+    sys.path.insert(0, str(ROOT))
+    from adpo_ray.spec import TrialSpec
+
+    return tuple(row[name] for name in TrialSpec.__dataclass_fields__)
+
+
 def largest_difference(solo: list[dict[str, str]], packed: list[dict[str, str]]) -> dict[str, float]:
-    """Per numeric summary column: the largest |solo - packed| over trials (matched by ``trial``)."""
-    by_trial = {row["trial"]: row for row in packed}
+    """Per numeric summary column: the largest |solo - packed| over trials (matched by coordinates)."""
+    by_trial = {trial_key(row): row for row in packed}
     out: dict[str, float] = {}
     for row in solo:
-        other = by_trial[row["trial"]]
+        other = by_trial[trial_key(row)]
         for column, value in row.items():
             try:
                 a, b = float(value), float(other[column])
@@ -76,8 +84,8 @@ def main() -> None:
             tables[pack] = rows
             print(f"pack={pack} repeat {r}: {wall:.1f} s, {len(rows)} trials", file=sys.stderr)
     solo, packed = tables["1"], tables["auto"]
-    same_trials = sorted(row["trial"] for row in solo) == sorted(row["trial"] for row in packed)
-    same_columns = list(solo[0]) == list(packed[0])
+    same_trials = sorted(map(trial_key, solo)) == sorted(map(trial_key, packed))
+    same_columns = set(solo[0]) == set(packed[0])
     if not (same_trials and same_columns):
         raise SystemExit(f"the tables differ: same trials {same_trials}, same columns {same_columns}")
     best = {k: min(v) for k, v in walls.items()}

@@ -20,10 +20,11 @@ purged from the store altogether is created again from its run record and linked
 (the history it held is gone with it). When a run cannot be created at all, each later write of
 that run is rejected naming that cause.
 
-Records the tracker may not deliver yet (those of a trial Tune's experiment snapshot does not hold
-yet) wait in ``held.jsonl`` beside the records, keyed by Tune trial id (:meth:`Spool.hold`), until
-they are let out (:meth:`Spool.release`). A driver killed in between leaves them there, and the
-resume moves those of the trials its snapshot restored into the records (:meth:`Spool.held`).
+Records the tracker may not deliver yet (those of a trial, or a metric step of an iteration, that
+Tune's experiment snapshot does not hold yet) wait in ``held.jsonl`` beside the records, keyed by
+Tune trial id (:meth:`Spool.hold`), until they are let out (:meth:`Spool.release`). A driver killed
+in between leaves them there, and the resume moves those its snapshot holds into the records
+(:meth:`Spool.held`).
 """
 
 from __future__ import annotations
@@ -115,13 +116,14 @@ class Spool:
             self._file.write(line + "\n")
             self._file.flush()
 
-    def hold(self, trial_id: str, record: dict[str, Any]) -> None:
-        """Keep ``record`` of Tune trial ``trial_id`` aside (flushed) until :meth:`release`."""
-        self._append_held({"trial_id": trial_id, "record": record})
+    def hold(self, trial_id: str, record: dict[str, Any], iteration: int | None = None) -> None:
+        """Keep ``record`` of Tune trial ``trial_id`` aside (flushed) until :meth:`release`;
+        ``iteration``: the training iteration of a metric step (None for other records)."""
+        self._append_held({"trial_id": trial_id, "record": record, "iteration": iteration})
 
-    def release(self, trial_id: str) -> None:
-        """Note that the held records of ``trial_id`` were appended to the records."""
-        self._append_held({"released": trial_id})
+    def release(self, trial_id: str, count: int) -> None:
+        """Note that the first ``count`` held records of ``trial_id`` were appended to the records."""
+        self._append_held({"released": trial_id, "count": count})
 
     def _append_held(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, default=float)
@@ -135,10 +137,10 @@ class Spool:
             self._held_file.write(line + "\n")
             self._held_file.flush()
 
-    def held(self) -> dict[str, list[dict[str, Any]]]:
-        """Trial id -> its records held and not released, in order (lines torn by a crash are
-        skipped)."""
-        out: dict[str, list[dict[str, Any]]] = {}
+    def held(self) -> dict[str, list[tuple[int | None, dict[str, Any]]]]:
+        """Trial id -> its held records not released, in order, each with its iteration (see
+        :meth:`hold`; lines torn by a crash are skipped)."""
+        out: dict[str, list[tuple[int | None, dict[str, Any]]]] = {}
         try:
             lines = (self.folder / HELD).read_text().splitlines()
         except OSError:
@@ -147,9 +149,12 @@ class Spool:
             try:
                 entry = json.loads(line)
                 if "released" in entry:
-                    out.pop(entry["released"], None)
+                    trial_id = entry["released"]
+                    out[trial_id] = out.get(trial_id, [])[int(entry["count"]):]
+                    if not out[trial_id]:
+                        del out[trial_id]
                 else:
-                    out.setdefault(entry["trial_id"], []).append(entry["record"])
+                    out.setdefault(entry["trial_id"], []).append((entry.get("iteration"), entry["record"]))
             except (ValueError, KeyError, TypeError):
                 continue
         return out

@@ -16,14 +16,17 @@ up; what could not be sent by the grid's end is reported and delivered by `adpo-
 key, metric steps already recorded are not recorded twice (the first attempt of a step wins, as
 in the report read from Tune's folder), so every trial has one child run and one history.
 
-Tune's experiment snapshot, not MLflow, says which trials exist and which are done; MLflow
-mirrors it. A trial's records wait (held on disk) until the snapshot in the results folder holds
-the trial (a trial Tune never snapshotted is created again by a resume, under a new id; a resume
-lets out what a killed driver held for the trials it restores), and its terminal
-records (FINISHED or FAILED, metrics.csv, checkpoint) until the snapshot holds it as ended, so a
-driver killed in between never leaves MLflow calling a trial finished that a resume then trains
-again. Metric steps may lead the snapshot: a resume replays them, and the first attempt stays the
-record. An interrupted launch (Ctrl-C) marks its parent run and the trials it stopped KILLED.
+Tune's experiment snapshot, not MLflow, says which trials exist, how far each trained and which
+are done; MLflow mirrors it. A trial's records wait (held on disk) until the snapshot in the results
+folder holds the trial (a trial Tune never snapshotted is created again by a resume, under a new
+id), its metric steps until the snapshot holds their iteration (a resume trains later iterations
+again, and Tune's folder keeps what the snapshot holds: so MLflow and the folder keep the same
+value of every step; MLflow shows a step one or two snapshots late, every 5 s by default), and its
+terminal records (FINISHED or FAILED, metrics.csv, checkpoint) until the snapshot holds it as ended,
+so a driver killed in between never leaves MLflow calling a trial finished that a resume then
+trains again. A resume lets out what a killed driver held up to its snapshot, and logs any step
+the trial folder holds that the spool lacks. An interrupted launch (Ctrl-C) marks its parent run
+and the trials it stopped KILLED.
 """
 
 from __future__ import annotations
@@ -202,8 +205,9 @@ class MLflowTracker(tune.Callback):
             "artifact_location": self.artifact_location, "launch": self.launch_name,
             "experiment_note": EXPERIMENT_NOTE,
         })
-        self._durable = set(snapshot_statuses(self.run_dir))  # a resume restores these trials
-        recover_held(self._spool, self._durable)
+        snapshot = snapshot_trials(self.run_dir)  # a resume restores these trials, to these iterations
+        self._durable = set(snapshot)
+        recover_held(self._spool, {trial_id: through for trial_id, (_, through) in snapshot.items()})
         self._state = replay_state(self._spool)
         self._software_tags = software_tags()
         if self.parent_key not in self._state["runs"]:
@@ -262,32 +266,43 @@ class MLflowTracker(tune.Callback):
         return out
 
     # -- records wait for Tune's snapshot ------------------------------------------------------
-    def _emit(self, trial, op: str, **fields) -> None:
-        """Spool a record of ``trial`` now if Tune's snapshot holds the trial, else once it does."""
-        if trial.trial_id in self._durable:
+    def _emit(self, trial, op: str, iteration: int | None = None, **fields) -> None:
+        """Spool a record of ``trial`` now if Tune's snapshot in the results folder holds the
+        trial, else once it does; a metric step of training ``iteration`` once the snapshot
+        holds that iteration (what a resume restores, and what Tune's folder keeps)."""
+        trial_id = trial.trial_id
+        if trial_id in self._durable and iteration is None and not self._unborn.get(trial_id):
             self._spool.append(op, **fields)
-        else:  # on disk too: the snapshot that holds the trial may be the last one before a kill
+        else:  # on disk too: the snapshot that lets it out may be the last one before a kill
             record = {"op": op, **fields}
-            self._spool.hold(trial.trial_id, record)
-            self._unborn.setdefault(trial.trial_id, []).append(record)
+            self._spool.hold(trial_id, record, iteration)
+            self._unborn.setdefault(trial_id, []).append((iteration, record))
 
     def _defer(self, trial, keys: list[str], records: list[dict[str, Any]], statuses: tuple[str, ...]) -> None:
         self._deferred[trial.trial_id] = (keys, records, statuses)
 
     def _release(self) -> None:
         """Spool the records that the newest experiment snapshot in the results folder (the one
-        a resume would read) allows: those of the trials it holds, then the terminal records of
-        those it holds as ended."""
+        a resume would read) allows: those of the trials it holds up to the iteration it holds
+        of each, then the terminal records of those it holds as ended."""
         if not self._deferred and not self._unborn:
             return
-        durable = snapshot_statuses(self.run_dir)
-        self._durable |= set(durable)
-        for trial_id in [i for i in self._unborn if i in self._durable]:
-            for record in self._unborn.pop(trial_id):
+        snapshot = snapshot_trials(self.run_dir)
+        self._durable |= set(snapshot)
+        for trial_id in [i for i in self._unborn if i in snapshot]:
+            entries, through = self._unborn[trial_id], snapshot[trial_id][1]
+            n = next((i for i, (iteration, _) in enumerate(entries) if iteration is not None and iteration > through),
+                     len(entries))
+            for _, record in entries[:n]:
                 self._spool.append(**record)
-            self._spool.release(trial_id)
+            if n:
+                self._spool.release(trial_id, n)
+            if n == len(entries):
+                del self._unborn[trial_id]
+            else:
+                self._unborn[trial_id] = entries[n:]
         for trial_id, (keys, records, statuses) in list(self._deferred.items()):
-            if durable.get(trial_id) in statuses:
+            if snapshot.get(trial_id, ("",))[0] in statuses and not self._unborn.get(trial_id):
                 for record in records:
                     self._spool.append(**record)
                 self._state["ended"].update(keys)
@@ -349,14 +364,18 @@ class MLflowTracker(tune.Callback):
         for (t, key), member in zip(self._children(trial), member_results(trial.config, result), strict=True):
             metrics = {k: float(v) for k, v in member.items()
                        if is_metric_key(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self._log_step(trial, t, key, result_step(member), metrics, time.time())
+            self._log_step(trial, t, key, result_step(member), metrics, time.time(),
+                           int(result.get(TRAINING_ITERATION) or 0))
         self._sender.wake()
 
-    def _log_step(self, trial, t: TrialSpec, key: str, step: int, metrics: dict[str, float], when: float) -> None:
+    def _log_step(self, trial, t: TrialSpec, key: str, step: int, metrics: dict[str, float], when: float,
+                  iteration: int | None) -> None:
+        """Log one metric step of ``trial``'s member ``t`` (its run ``key``), held until Tune's
+        snapshot holds training ``iteration`` (None: now, e.g. a step read from Tune's folder)."""
         if step <= self._state["last_step"].get(key, -1):
             return  # a step replayed after a restore: the first attempt is the record
         self._state["final"][key] = (t.env, t.method, metrics)
-        self._emit(trial, "metrics", key=key, step=step, time=when, metrics=metrics)
+        self._emit(trial, "metrics", iteration, key=key, step=step, time=when, metrics=metrics)
         self._state["last_step"][key] = step
         self._state["history"].setdefault(key, {})[step] = metrics
 
@@ -386,7 +405,8 @@ class MLflowTracker(tune.Callback):
                     continue  # a row torn by the kill
                 metrics = {k: float(v) for k, v in values.items() if is_metric_key(k)
                            and isinstance(v, (int, float)) and not isinstance(v, bool)}
-                self._log_step(trial, t, key, result_step(values), metrics, values.get("timestamp") or time.time())
+                self._log_step(trial, t, key, result_step(values), metrics, values.get("timestamp") or time.time(),
+                               None)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         for _, key in self._children(trial):
@@ -467,10 +487,11 @@ def finished(trial) -> bool:
     return trial.status == "TERMINATED" and bool((trial.last_result or {}).get("done"))
 
 
-def snapshot_statuses(run_dir: str) -> dict[str, str]:
-    """Trial id -> Tune status (``TERMINATED``, ``ERROR``, ``PENDING``...) in the newest experiment
-    snapshot in ``run_dir`` (the one `Tuner.restore` reads); empty when there is none yet, or when
-    it is being copied there right now (it is read again at the next snapshot)."""
+def snapshot_trials(run_dir: str) -> dict[str, tuple[str, int]]:
+    """Trial id -> (Tune status: ``TERMINATED``, ``ERROR``, ``PENDING``...; the training iteration
+    of its last result, 0 before one) in the newest experiment snapshot in ``run_dir`` (the one
+    `Tuner.restore` reads); empty when there is none yet, or when it is being copied there right
+    now (it is read again at the next snapshot)."""
     from adpo_ray.orchestration._ray_private import newest_experiment_state
 
     try:
@@ -481,9 +502,10 @@ def snapshot_statuses(run_dir: str) -> dict[str, str]:
         with filesystem.open_input_stream(newest) as f:
             state = json.loads(f.read())
         out = {}
-        for trial_json, _ in state["trial_data"]:
+        for trial_json, metadata_json in state["trial_data"]:
             trial = json.loads(trial_json)
-            out[trial["trial_id"]] = trial["status"]
+            last = (json.loads(metadata_json) if metadata_json else {}).get("last_result") or {}
+            out[trial["trial_id"]] = (trial["status"], int(last.get(TRAINING_ITERATION) or 0))
         return out
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -589,22 +611,25 @@ def replay_state(spool: Spool) -> dict[str, Any]:
     return state
 
 
-def recover_held(spool: Spool, durable: set[str]) -> int:
-    """A resume: move the records a killed driver held for trials that the snapshot it resumes
-    from holds (``durable``: their trial ids) into the records, and forget the others (Tune runs
-    those trials again, under new ids). A record the records already hold (a run, a metric
-    step: the driver died between letting it out and noting so) is not written twice. Returns
-    how many records were moved."""
+def recover_held(spool: Spool, durable: dict[str, int]) -> int:
+    """A resume: move the records a killed driver held into the records, for the trials the
+    snapshot it resumes from holds (``durable``: trial id -> the iteration it holds), each metric
+    step up to that iteration; forget the others (Tune trains those iterations again, and runs a
+    trial it never snapshotted again under a new id). A record the records already hold (a run, a
+    metric step: the driver died between letting it out and noting so) is not written twice.
+    Returns how many records were moved."""
     held = spool.held()
     if not held:
         spool.clear_held()
         return 0
     state = replay_state(spool)
     moved = 0
-    for trial_id, records in held.items():
+    for trial_id, entries in held.items():
         if trial_id not in durable:
             continue
-        for record in records:
+        for iteration, record in entries:
+            if iteration is not None and iteration > durable[trial_id]:
+                continue
             key = record.get("key")
             if record["op"] == "run":
                 if key in state["runs"]:

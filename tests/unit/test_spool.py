@@ -296,35 +296,39 @@ def test_summary_names_are_valid_keys_and_labels_are_kept():
     assert mlflow_key("k" * 300) != mlflow_key("k" * 301)
 
 
-def test_held_records_of_a_killed_driver_are_let_out_once_for_the_trials_its_snapshot_holds(tmp_path):
-    """Records held for trials Tune had not snapshotted when the driver died: a resume moves those
-    of the trials its snapshot holds into the records, without a run or a step written twice (the
-    driver may die between letting records out and noting so), and forgets the rest."""
+def test_held_records_of_a_killed_driver_are_let_out_once_up_to_what_its_snapshot_holds(tmp_path):
+    """Records held for what Tune had not snapshotted when the driver died: a resume moves those of
+    the trials its snapshot holds, metric steps up to the iteration it holds, into the records,
+    without a run or a step written twice (the driver may die between letting records out and
+    noting so), and forgets the rest (Tune trains those iterations again)."""
     from adpo_ray.orchestration.spool import HELD
     from adpo_ray.orchestration.tracking import recover_held, replay_state
 
     spool = Spool(tmp_path / "spool")
     run_a = {"op": "run", "key": "g/a", "name": "a", "parent": "g", "tags": {"env": "E", "method": "M"}, "params": {}}
-    metrics = [{"op": "metrics", "key": "g/a", "step": s, "time": 0.0, "metrics": {"x": float(s)}} for s in (1, 2, 3)]
-    for record in (run_a, *metrics):
-        spool.hold("A", record)
+    metrics = [{"op": "metrics", "key": "g/a", "step": s, "time": 0.0, "metrics": {"x": float(s)}} for s in (1, 2, 3, 4)]
+    spool.hold("A", run_a)
+    for i, record in enumerate(metrics, start=1):
+        spool.hold("A", record, iteration=i)
     spool.hold("B", {"op": "run", "key": "g/b", "name": "b", "parent": "g", "tags": {}, "params": {}})
     spool.hold("C", {"op": "tag", "key": "g/c", "name": "n", "value": "1"})
-    spool.release("C")  # C's records went out before the kill
+    spool.release("C", 1)  # C's record went out before the kill
     # the driver let A's run and first step out, then died before noting so
     spool.append(**run_a)
     spool.append(**metrics[0])
     with open(tmp_path / "spool" / HELD, "a") as f:
         f.write('{"trial_id": "A", "rec')  # a line torn by the kill
 
-    assert set(spool.held()) == {"A", "B"} and len(spool.held()["A"]) == 4
-    again = Spool(tmp_path / "spool")  # the resumed driver's
-    assert recover_held(again, durable={"A", "C"}) == 2
+    assert set(spool.held()) == {"A", "B"} and len(spool.held()["A"]) == 5
+    again = Spool(tmp_path / "spool")  # the resumed driver's; its snapshot holds A to iteration 3
+    assert recover_held(again, durable={"A": 3, "C": 0}) == 2
     records = [r for r, _ in again.records() if r is not None]
     assert [(r["op"], r.get("step")) for r in records] == [("run", None), ("metrics", 1), ("metrics", 2), ("metrics", 3)]
     state = replay_state(again)
     assert state["runs"] == {"g/a"} and sorted(state["history"]["g/a"]) == [1, 2, 3]
     assert again.held() == {} and not (tmp_path / "spool" / HELD).exists()
-    assert recover_held(again, durable={"A", "B"}) == 0  # B was forgotten: Tune runs it again
+    assert recover_held(again, durable={"A": 9, "B": 0}) == 0  # the rest was forgotten: Tune runs it again
     again.hold("D", {"op": "tag", "key": "g/d", "name": "n", "value": "1"})  # holding goes on after
-    assert again.held() == {"D": [{"op": "tag", "key": "g/d", "name": "n", "value": "1"}]}
+    again.hold("D", {"op": "tag", "key": "g/d", "name": "m", "value": "2"})
+    again.release("D", 1)
+    assert again.held() == {"D": [(None, {"op": "tag", "key": "g/d", "name": "m", "value": "2"})]}

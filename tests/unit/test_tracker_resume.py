@@ -25,25 +25,76 @@ def restored_trial(spec, trial_id: str):
                               num_failures=0, checkpoint=None)
 
 
-def snapshot(run_dir, statuses: dict[str, str]) -> None:
-    data = [[json.dumps({"trial_id": i, "status": s}), "{}"] for i, s in statuses.items()]
+def snapshot(run_dir, trials: dict[str, tuple[str, int]]) -> None:
+    """An experiment snapshot in ``run_dir`` holding ``trials`` (id -> status, last iteration)."""
+    data = [[json.dumps({"trial_id": i, "status": s}), json.dumps({"last_result": {"training_iteration": n}})]
+            for i, (s, n) in trials.items()]
     (run_dir / "experiment_state-2026-11-30_00-00-00.json").write_text(json.dumps({"trial_data": data}))
 
 
-def test_a_resume_logs_the_steps_tunes_folder_holds_and_the_spool_lacks(tmp_path):
+def result(iteration: int, winmass: float) -> dict:
+    return {"env_steps": 100 * iteration, "training_iteration": iteration, "eval/winmass": winmass}
+
+
+def history(uri: str, t) -> list[tuple[int, float]]:
+    client = MlflowClient(uri)
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])
+              if r.data.tags.get("trial") == t.tag]
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, "eval/winmass"),
+                                              key=lambda m: m.step)]
+
+
+def test_metric_steps_wait_for_the_snapshot_and_a_resume_keeps_what_it_holds(tmp_path):
+    """A step reaches MLflow once Tune's snapshot holds its iteration; a killed driver's held
+    steps up to the snapshot it resumes from are let out, later ones are trained again, and MLflow
+    keeps the values of the iterations the snapshot (and so Tune's folder) holds."""
     spec = parse_spec(SPEC)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     t, trial = restored_trial(spec, "abc")
-    snapshot(run_dir, {"abc": "RUNNING"})
+    snapshot(run_dir, {"abc": ("RUNNING", 1)})
 
-    # the killed launch: step 100 reached the spool; 200 reached Tune's progress.csv only
     first = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
     first.setup()
     first.on_trial_start(0, [trial], trial)
-    first.on_trial_result(0, [trial], trial, {"env_steps": 100, "training_iteration": 1, "eval/winmass": 0.25})
+    for i, w in ((1, 0.25), (2, 0.5), (3, 0.75)):
+        first.on_trial_result(0, [trial], trial, result(i, w))
+    first.get_state()  # the snapshot in the folder holds iteration 1
     first._sender.stop(flush_timeout=30)
+    assert history(uri, t) == [(100, 0.25)]
+    snapshot(run_dir, {"abc": ("RUNNING", 2)})  # the last snapshot before the kill: iteration 2
+
+    again = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    again.setup()
+    again.on_step_begin(0, [trial])
+    # restored from iteration 2, the trial trains iteration 3 again: other values, Tune's record
+    again.on_trial_result(0, [trial], trial, result(3, 0.9))
+    snapshot(run_dir, {"abc": ("RUNNING", 3)})
+    again.get_state()
+    assert again._sender.stop(flush_timeout=30) == 0
+    assert history(uri, t) == [(100, 0.25), (200, 0.5), (300, 0.9)]
+
+
+def test_a_resume_logs_the_steps_tunes_folder_holds_and_the_spool_lacks(tmp_path):
+    """A step whose held line the kill tore is read from the trial folder's progress.csv."""
+    spec = parse_spec(SPEC)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    t, trial = restored_trial(spec, "abc")
+    snapshot(run_dir, {"abc": ("RUNNING", 0)})
+
+    first = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    first.setup()
+    first.on_trial_start(0, [trial], trial)
+    first.on_trial_result(0, [trial], trial, result(1, 0.25))
+    snapshot(run_dir, {"abc": ("RUNNING", 1)})
+    first.get_state()
+    first._sender.stop(flush_timeout=30)
+    with open(first._spool.folder / "held.jsonl", "a") as f:
+        f.write('{"trial_id": "abc", "record": {"op": "metrics", "key": "g/')  # step 200, torn by the kill
+    snapshot(run_dir, {"abc": ("RUNNING", 2)})
     folder = run_dir / t.dirname
     folder.mkdir()
     with open(folder / "progress.csv", "w", newline="") as f:
@@ -56,41 +107,35 @@ def test_a_resume_logs_the_steps_tunes_folder_holds_and_the_spool_lacks(tmp_path
     again = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
     again.setup()
     again.on_step_begin(0, [trial])
-    # the resume replays step 200 from the checkpoint of step 100: other values, not the record
-    again.on_trial_result(0, [trial], trial, {"env_steps": 200, "training_iteration": 2, "eval/winmass": 0.9})
-    again.on_trial_result(0, [trial], trial, {"env_steps": 300, "training_iteration": 3, "eval/winmass": 0.6})
+    again.on_trial_result(0, [trial], trial, result(2, 0.9))  # trained again from iteration 1: not the record
     assert again._sender.stop(flush_timeout=30) == 0
-    client = MlflowClient(uri)
-    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])
-              if r.data.tags.get("trial") == t.tag]
-    history = client.get_metric_history(run.info.run_id, "eval/winmass")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(100, 0.25), (200, 0.5), (300, 0.6)]
+    assert history(uri, t) == [(100, 0.25), (200, 0.5)]
 
 
 def test_a_resume_lets_out_records_held_for_a_trial_the_snapshot_restored(tmp_path):
+    """The trial was in no snapshot while its first records were made; the snapshot that took it
+    in was the last before the kill."""
     spec = parse_spec(SPEC)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     t, trial = restored_trial(spec, "abc")
 
-    # the killed launch: the trial was not in a snapshot yet, so its records were held
     first = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
     first.setup()
     first.on_trial_start(0, [trial], trial)
-    first.on_trial_result(0, [trial], trial, {"env_steps": 100, "training_iteration": 1, "eval/winmass": 0.25})
+    first.on_trial_result(0, [trial], trial, result(1, 0.25))
     first._sender.stop(flush_timeout=30)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("t")
     assert [r.data.tags.get("trial") for r in client.search_runs([exp.experiment_id])] == [None]  # the parent only
-    # ... then the snapshot that holds it was written, and the driver died before letting them out
-    snapshot(run_dir, {"abc": "RUNNING"})
+    snapshot(run_dir, {"abc": ("RUNNING", 1)})
 
     again = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
     again.setup()
     again.on_step_begin(0, [trial])
-    again.on_trial_result(0, [trial], trial, {"env_steps": 200, "training_iteration": 2, "eval/winmass": 0.5})
+    again.on_trial_result(0, [trial], trial, result(2, 0.5))
+    snapshot(run_dir, {"abc": ("TERMINATED", 2)})
+    again.get_state()
     assert again._sender.stop(flush_timeout=30) == 0
-    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("trial") == t.tag]
-    history = client.get_metric_history(run.info.run_id, "eval/winmass")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(100, 0.25), (200, 0.5)]
+    assert history(uri, t) == [(100, 0.25), (200, 0.5)]
