@@ -195,7 +195,8 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"cluster at full scale: {capacity.describe()}\n"
         f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
         f"estimated wall time: {took} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
-        f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})\n"
+        f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})"
+        f"{'; packs at the speed-ups bench/pack.py measured (CPU)' if packs else ''}\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
 

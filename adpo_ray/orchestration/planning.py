@@ -265,16 +265,40 @@ STUDENT_THROUGHPUT = {"HalfCheetah-v5": 13_300.0, "Hopper-v5": 31_500.0}
 STUDENT_THROUGHPUT_SOURCE = "dataset states/s measured on distill_check students on a 2-core machine"
 
 
+#: A trial pack's speed-up over running its K members one after another (whole training
+#: iterations: sampling, learning, each member's evaluation), by env kind, hidden size and K:
+#: ``bench/pack.py`` on a 2-core CPU machine (docs/results/benchmarks.md, "Trial packs"). Hopper
+#: is priced as HalfCheetah (not measured); a GPU learner was not measured.
+PACK_SPEEDUP = {
+    "bandit": {64: {4: 6.0, 16: 6.7, 64: 11.2}, 256: {4: 2.1, 16: 2.6, 64: 2.9}},
+    "mujoco": {64: {4: 3.2, 16: 5.2}, 256: {4: 2.7, 16: 3.1}},
+}
+
+
+def pack_speedup(env: str, hidden_size: int, members: int) -> float:
+    """The measured speed-up (:data:`PACK_SPEEDUP`) of a pack of ``members`` trials of
+    ``hidden_size`` on ``env``, read conservatively: the row of the smallest measured hidden size
+    at least ``hidden_size`` (the largest above all), the largest measured K at most ``members``
+    (1.0 below the smallest K: no speed-up assumed)."""
+    from adpo_ray.envs import ENVIRONMENTS
+
+    rows = PACK_SPEEDUP[ENVIRONMENTS[env]["kind"]]
+    hidden = min((h for h in rows if h >= hidden_size), default=max(rows))
+    measured = [k for k in rows[hidden] if k <= members]
+    return rows[hidden][max(measured)] if measured else 1.0
+
+
 def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_second: dict[str, float],
                        startup_s: dict[str, float] | None = None) -> float:
     """Seconds to run every trial, ``concurrency`` at a time, each taking its env's start-up
     time plus its env steps at its env's throughput: longest trials first, each on the slot
-    that frees up first. A trial pack counts as its members one after another: an upper bound
-    (docs/results/benchmarks.md, "Trial packs", measures packs several times faster)."""
+    that frees up first. A trial pack takes its members' env steps at that throughput times its
+    measured speed-up (:func:`pack_speedup`)."""
     import heapq
 
     startup_s = startup_s or {}
     durations = sorted((startup_s.get(p.trial.env, 0.0) + p.env_steps / steps_per_second[p.trial.env]
+                        / (pack_speedup(p.trial.env, p.trial.hidden_size, len(p.members)) if p.members else 1.0)
                         for p in plans), reverse=True)
     slots = [0.0] * max(1, min(concurrency, len(durations)))
     for d in durations:

@@ -87,7 +87,7 @@ def configure_pack(config: AlgorithmConfig, members: list[dict[str, Any]], num_e
                        gym_env_vectorize_mode="vector_entry_point")
     callbacks = [c for c in force_list(config.callbacks_class) if c is not RLlibCallback]
     config.callbacks([*callbacks, PackCallbacks])
-    config.training(learner_connector=lambda obs_space, act_space: AddMemberColumn(obs_space, act_space))
+    config.learners(learner_connector=lambda obs_space, act_space: AddMemberColumn(obs_space, act_space))
     if ENVIRONMENTS[members[0].get("env", "PreferenceBandit")]["kind"] == "mujoco":
         # Batched pipelines: the filter hands the module its (K*N, d) observations in row order
         # and the actions go back to the env as one array, instead of RLlib's default pieces,

@@ -245,21 +245,32 @@ def test_unschedulable_trial_fails_before_launch(ray_local, tmp_path):
 
 
 def test_dry_run_starts_no_ray_and_counts_paper_grid(tmp_path):
+    """The paper grid's plan on cluster/gpu.yaml, as trial packs (the preset's) and solo."""
+    import re
+
+    args = "'grid', '--config', 'tune_configs/twelve_scenarios.yaml', '--dry-run', '--cluster', 'cluster/gpu.yaml'"
     code = (
         "import sys, ray; from adpo_ray.cli import main; "
-        "rc = main(['grid', '--config', 'tune_configs/twelve_scenarios.yaml', '--dry-run', "
-        f"'--cluster', 'cluster/gpu.yaml', '--storage-path', '{tmp_path}']); "
+        f"rc = main([{args}, '--storage-path', '{tmp_path}']); print('=' * 40); "
+        f"rc = rc or main([{args}, '--storage-path', '{tmp_path}', '--set', 'resources.pack=1']); "
         "assert not ray.is_initialized(), 'dry run started Ray'; sys.exit(rc)"
     )
     res = run_py("-c", code)
     assert res.returncode == 0, res.stderr
-    assert "trials: 5760 = 3 env(s) x 12 scenario(s) x 6 method(s) x 3 hidden size(s) x 10 seed(s)" in res.stdout
-    assert "HalfCheetah-v5" in res.stdout and "1,000,000" in res.stdout and "2 x {CPU=1}" in res.stdout
-    # the capacity plan: every node type at full scale, what runs at once, and the time it takes
-    assert "1 x head.gpu (CPU=8, GPU=1), 8 x worker.gpu (CPU=8, GPU=1)" in res.stdout
-    assert "at once: 36 trial(s)" in res.stdout and "estimated wall time:" in res.stdout
-    assert "measured by bench/throughput.py" in res.stdout
+    packed, solo = res.stdout.split("=" * 40)
+    for out in (packed, solo):
+        assert "trials: 5760 = 3 env(s) x 12 scenario(s) x 6 method(s) x 3 hidden size(s) x 10 seed(s)" in out
+        assert "HalfCheetah-v5" in out and "1,000,000" in out
+        # the capacity plan: every node type at full scale, what runs at once, and the time it takes
+        assert "1 x head.gpu (CPU=8, GPU=1), 8 x worker.gpu (CPU=8, GPU=1)" in out
+    assert "2 x {CPU=1}" in solo and "at once: 36 trial(s)" in solo
+    assert "trial packs (resources.pack: auto): 366 Tune trials for 5760 trials" in packed
+    assert "{CPU=2}" in packed and "at once: 36 Tune trial(s) (packs or trials)" in packed
+    hours = [float(re.search(r"estimated wall time: ([0-9.]+) h", out).group(1)) for out in (packed, solo)]
+    assert hours[0] < hours[1] / 3, hours  # packs priced at their measured speed-ups
+    assert "measured by bench/throughput.py" in res.stdout and "packs at the speed-ups bench/pack.py" in packed
     assert "new API stack" not in res.stdout + res.stderr  # RLlib's banner stays out of the plan
+    assert "DeprecationWarning" not in res.stdout + res.stderr
     assert not list(tmp_path.iterdir())  # nothing written
     res = run_py("run_grid.py", "--config", "tune_configs/smoke.yaml", "--dry-run")
     assert res.returncode == 0 and "trials: 24" in res.stdout

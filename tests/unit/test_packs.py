@@ -137,3 +137,16 @@ def test_the_dry_run_shows_the_packs(capsys, tmp_path):
     assert ("trial packs (resources.pack: auto): 3 Tune trials for 6 trials: 1 pack(s) of 4 members, each asking "
             "{CPU=1}; 2 trial(s) alone") in out
     assert "trials: 6 = 1 env(s) x 2 scenario(s) x 3 method(s)" in out and "Tune trial(s) (packs or trials)" in out
+
+
+def test_a_pack_is_priced_at_its_measured_speed_up_read_conservatively():
+    """The wall-time estimate prices a pack at bench/pack.py's speed-up for its env kind, the
+    smallest measured hidden size at least its own, the largest measured K at most its size."""
+    from adpo_ray.orchestration.planning import PACK_SPEEDUP, pack_speedup
+
+    assert pack_speedup("PreferenceBandit", 64, 16) == PACK_SPEEDUP["bandit"][64][16] == 6.7
+    assert pack_speedup("PreferenceBandit", 128, 16) == 2.6  # priced as hidden 256
+    assert pack_speedup("PreferenceBandit", 1024, 70) == 2.9  # above every measured size: the largest
+    assert pack_speedup("HalfCheetah-v5", 64, 15) == 3.2  # K=15: the K=4 figure
+    assert pack_speedup("Hopper-v5", 32, 16) == 5.2  # Hopper priced as HalfCheetah
+    assert pack_speedup("HalfCheetah-v5", 64, 3) == 1.0  # below every measured K: none assumed
