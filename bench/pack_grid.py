@@ -87,7 +87,8 @@ def main() -> None:
     same_trials = sorted(map(trial_key, solo)) == sorted(map(trial_key, packed))
     same_columns = set(solo[0]) == set(packed[0])
     if not (same_trials and same_columns):
-        raise SystemExit(f"the tables differ: same trials {same_trials}, same columns {same_columns}")
+        raise SystemExit(f"the tables differ: same trials {same_trials}; columns only solo "
+                         f"{sorted(set(solo[0]) - set(packed[0]))}, only packed {sorted(set(packed[0]) - set(solo[0]))}")
     best = {k: min(v) for k, v in walls.items()}
     print(json.dumps({
         "config": args.config, "sets": args.sets, "trials": len(solo), "repeats": args.repeats,

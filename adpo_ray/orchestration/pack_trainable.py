@@ -4,7 +4,8 @@
 ``config = {"spec": <spec dict>, "trials": [<TrialSpec dict>, ...]}``: the spec and the members'
 coordinates, as :class:`~adpo_ray.orchestration.trainable.GridTrainable`'s config holds one trial.
 Each result holds ``members``: member ``k``'s result exactly as its solo trial's
-:meth:`GridTrainable.step` reports it (the curated metrics, ``timesteps_total`` and, in a search,
+:meth:`GridTrainable.step` reports it (the curated metrics, ``timesteps_total``, ``training_iteration``
+and, in a search,
 its ``search/<metric>``), read from the pack's ``member/<k>/`` entries, plus the pack's own env
 steps (``env_steps``: all members together). The pack runs to the members' common budget
 (iterations or env steps per member), evaluates each member on its clean env on the solo
@@ -27,6 +28,7 @@ from adpo_ray.metrics import (
     MEMBER_GROUP,
     MEMBERS,
     MODULE,
+    TRAINING_ITERATION,
     curate,
 )
 from adpo_ray.orchestration.trainable import (
@@ -144,6 +146,7 @@ class PackTrainable(AlgorithmTrainable):
         last_members = self._last.get(MEMBERS) or [{}] * self.num_members
         for k, result in enumerate(members):
             result["timesteps_total"] = int(result.get(ENV_STEPS, 0))
+            result[TRAINING_ITERATION] = self.iteration + 1  # as Tune numbers a solo trial's result
             search = self.spec.search
             if search is not None:
                 key = search_key(search.metric)
