@@ -52,12 +52,14 @@ def test_pack_under_tune_reports_each_member_as_a_solo_trial(ray_local, tmp_path
     for k, (trial, member) in enumerate(zip(trials, members, strict=True)):
         solo = solos[tuple(trial.as_dict().values())]
         assert solo["training_iteration"] == 2
-        # what GridTrainable.step reports: the curated metrics present and timesteps_total
-        solo_keys = {key for key in solo if key in CURATED} | {"timesteps_total"}
+        # what a solo trial's result holds: the curated metrics present, timesteps_total and
+        # training_iteration (Tune's, on a solo trial's result)
+        solo_keys = {key for key in solo if key in CURATED} | {"timesteps_total", "training_iteration"}
         assert {EVAL_WINMASS, TRAIN_RETURN, ENV_STEPS} <= solo_keys
         assert set(member) == solo_keys, (k, set(member) ^ solo_keys)
         assert member[ENV_STEPS] == solo[ENV_STEPS]  # each member ran its solo trial's budget
         assert member["timesteps_total"] == solo["timesteps_total"]
+        assert member["training_iteration"] == solo["training_iteration"] == 2
     assert pack.metrics[ENV_STEPS] == 3 * members[0][ENV_STEPS]
     assert len({m[EVAL_WINMASS] for m in members}) == 3  # the members' own policies
     assert pack.checkpoint is not None
