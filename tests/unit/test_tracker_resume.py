@@ -25,6 +25,17 @@ def restored_trial(spec, trial_id: str):
                               num_failures=0, checkpoint=None)
 
 
+def launch_folder(tmp_path):
+    """(tracking URI, results folder, the trial, its Tune trial, a factory of the launch's trackers:
+    a driver's, then its resume's) of a one-trial launch ``g`` in ``tmp_path``."""
+    spec = parse_spec(SPEC)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    t, trial = restored_trial(spec, "abc")
+    return uri, run_dir, t, trial, lambda: MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+
+
 def snapshot(run_dir, trials: dict[str, tuple[str, int]]) -> None:
     """An experiment snapshot in ``run_dir`` holding ``trials`` (id -> status, last iteration)."""
     data = [[json.dumps({"trial_id": i, "status": s}), json.dumps({"last_result": {"training_iteration": n}})]
@@ -48,14 +59,10 @@ def test_metric_steps_wait_for_the_snapshot_and_a_resume_keeps_what_it_holds(tmp
     """A step reaches MLflow once Tune's snapshot holds its iteration; a killed driver's held
     steps up to the snapshot it resumes from are let out, later ones are trained again, and MLflow
     keeps the values of the iterations the snapshot (and so Tune's folder) holds."""
-    spec = parse_spec(SPEC)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    t, trial = restored_trial(spec, "abc")
+    uri, run_dir, t, trial, tracker = launch_folder(tmp_path)
     snapshot(run_dir, {"abc": ("RUNNING", 1)})
 
-    first = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    first = tracker()
     first.setup()
     first.on_trial_start(0, [trial], trial)
     for i, w in ((1, 0.25), (2, 0.5), (3, 0.75)):
@@ -65,7 +72,7 @@ def test_metric_steps_wait_for_the_snapshot_and_a_resume_keeps_what_it_holds(tmp
     assert history(uri, t) == [(100, 0.25)]
     snapshot(run_dir, {"abc": ("RUNNING", 2)})  # the last snapshot before the kill: iteration 2
 
-    again = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    again = tracker()
     again.setup()
     again.on_step_begin(0, [trial])
     # restored from iteration 2, the trial trains iteration 3 again: other values, Tune's record
@@ -78,14 +85,10 @@ def test_metric_steps_wait_for_the_snapshot_and_a_resume_keeps_what_it_holds(tmp
 
 def test_a_resume_logs_the_steps_tunes_folder_holds_and_the_spool_lacks(tmp_path):
     """A step whose held line the kill tore is read from the trial folder's progress.csv."""
-    spec = parse_spec(SPEC)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    t, trial = restored_trial(spec, "abc")
+    uri, run_dir, t, trial, tracker = launch_folder(tmp_path)
     snapshot(run_dir, {"abc": ("RUNNING", 0)})
 
-    first = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    first = tracker()
     first.setup()
     first.on_trial_start(0, [trial], trial)
     first.on_trial_result(0, [trial], trial, result(1, 0.25))
@@ -104,7 +107,7 @@ def test_a_resume_logs_the_steps_tunes_folder_holds_and_the_spool_lacks(tmp_path
         w.writerow({"eval/winmass": 0.5, "env_steps": 200, "training_iteration": 2, "done": False, "timestamp": 2})
         f.write("0.75,30")  # a row torn by the kill
 
-    again = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    again = tracker()
     again.setup()
     again.on_step_begin(0, [trial])
     again.on_trial_result(0, [trial], trial, result(2, 0.9))  # trained again from iteration 1: not the record
@@ -115,13 +118,9 @@ def test_a_resume_logs_the_steps_tunes_folder_holds_and_the_spool_lacks(tmp_path
 def test_a_resume_lets_out_records_held_for_a_trial_the_snapshot_restored(tmp_path):
     """The trial was in no snapshot while its first records were made; the snapshot that took it
     in was the last before the kill."""
-    spec = parse_spec(SPEC)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    t, trial = restored_trial(spec, "abc")
+    uri, run_dir, t, trial, tracker = launch_folder(tmp_path)
 
-    first = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    first = tracker()
     first.setup()
     first.on_trial_start(0, [trial], trial)
     first.on_trial_result(0, [trial], trial, result(1, 0.25))
@@ -131,7 +130,7 @@ def test_a_resume_lets_out_records_held_for_a_trial_the_snapshot_restored(tmp_pa
     assert [r.data.tags.get("trial") for r in client.search_runs([exp.experiment_id])] == [None]  # the parent only
     snapshot(run_dir, {"abc": ("RUNNING", 1)})
 
-    again = MLflowTracker(spec, uri, str(tmp_path / "art"), str(run_dir), "g")
+    again = tracker()
     again.setup()
     again.on_step_begin(0, [trial])
     again.on_trial_result(0, [trial], trial, result(2, 0.5))
