@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adpo_ray.spec import TrialSpec  # noqa: E402 - after the path above
 
 
 def launch(config: str, pack: str, sets: list[str], folder: Path) -> tuple[float, list[dict[str, str]]]:
@@ -45,9 +48,6 @@ def launch(config: str, pack: str, sets: list[str], folder: Path) -> tuple[float
 
 def trial_key(row: dict[str, str]) -> tuple[str, ...]:
     """A summary row's trial: its coordinates (the ``TrialSpec`` fields)."""
-    sys.path.insert(0, str(ROOT))
-    from adpo_ray.spec import TrialSpec
-
     return tuple(row[name] for name in TrialSpec.__dataclass_fields__)
 
 
