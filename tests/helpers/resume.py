@@ -4,6 +4,7 @@ in the results folder (what a resume restores), and resume it, checking which wa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,13 +37,15 @@ def launch(spec_dict: dict, tmp_path: Path, uri: str, name: str, *args: str, env
 
 @dataclass
 class Snapshot:
-    """Tune's newest experiment snapshot in a results folder: per trial id, its status and its
-    last result (``{}`` before the first)."""
+    """Tune's newest experiment snapshot in a results folder: per trial id, its status, its last
+    result (``{}`` before the first) and the iteration of the checkpoint a restore starts from
+    (0: none, the trial starts over)."""
 
     file: str
     status: dict[str, str]
     last_result: dict[str, dict]
     dirname: dict[str, str]  # the trial's folder in the results folder
+    checkpoint_iteration: dict[str, int]
 
     @property
     def finished(self) -> set[str]:
@@ -52,18 +55,28 @@ class Snapshot:
 
 
 def tune_snapshot(run_dir: Path) -> Snapshot | None:
-    """The newest ``experiment_state-*.json`` in ``run_dir``, or None when there is none."""
+    """The newest ``experiment_state-*.json`` in ``run_dir``, or None when there is none.
+
+    Raises ValueError while Tune copies the snapshot there (it copies its driver's logs and
+    snapshot into the results folder with each snapshot, not as each result comes)."""
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
     files = sorted(Path(run_dir).glob("experiment_state-*.json"))
     if not files:
         return None
     state = json.loads(files[-1].read_text())
-    status, last, dirname = {}, {}, {}
+    status, last, dirname, checkpoint = {}, {}, {}, {}
     for trial_json, metadata_json in state["trial_data"]:
-        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
-        status[trial["trial_id"]] = trial["status"]
-        last[trial["trial_id"]] = metadata.get("last_result") or {}
-        dirname[trial["trial_id"]] = trial["relative_logdir"]
-    return Snapshot(files[-1].name, status, last, dirname)
+        trial = json.loads(trial_json)
+        # the trial's checkpoint manager is pickled into the snapshot, which the test itself made
+        metadata = json.loads(metadata_json, cls=TuneFunctionDecoder, allow_cloudpickle=True)
+        trial_id = trial["trial_id"]
+        status[trial_id] = trial["status"]
+        last[trial_id] = metadata.get("last_result") or {}
+        dirname[trial_id] = trial["relative_logdir"]
+        newest = getattr(metadata.get("checkpoint_manager"), "latest_checkpoint_result", None)
+        checkpoint[trial_id] = newest.metrics["training_iteration"] if newest else 0
+    return Snapshot(files[-1].name, status, last, dirname, checkpoint)
 
 
 def wait_until(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: float = 0.1,
@@ -78,7 +91,8 @@ def wait_until(proc: subprocess.Popen, condition, *, timeout: float = 400, poll:
                 pytest.fail(f"never reached {what}")
             time.sleep(poll)
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the grid may have ended by itself
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
 
@@ -129,7 +143,8 @@ def assert_same_curves(tracking_uri: str, experiment: str, run_dir: Path) -> Non
 
 
 def tune_progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Each trial folder's progress.csv rows (Tune's driver writes one per result, as it comes)."""
+    """Each trial folder's progress.csv rows: Tune's driver writes one per result in its own
+    staging folder and copies them into ``run_dir`` with each snapshot."""
     import csv
 
     out = {}
@@ -139,6 +154,18 @@ def tune_progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def checkpoints_written(run_dir: Path) -> dict[str, int]:
+    """Per trial folder, how many checkpoints its trial has saved (the newest one's index + 1;
+    Tune keeps only the newest few). Each goes straight into the results folder as it is saved;
+    Tune's logs and snapshot are copied there only with each snapshot, so they lag behind."""
+    counts = {}
+    for path in Path(run_dir).glob("*/checkpoint_*"):
+        index = int(path.name.rpartition("_")[2]) + 1
+        counts[path.parent.name] = max(index, counts.get(path.parent.name, 0))
+    return counts
+
+
 def done_in_folder(run_dir: Path) -> set[str]:
-    """Trial folders whose last result says ``done``: ended, whatever Tune's snapshot says yet."""
+    """Trial folders whose last result in ``run_dir`` says ``done`` (as of the last copy there,
+    see :func:`tune_progress`)."""
     return {name for name, rows in tune_progress(run_dir).items() if rows and rows[-1].get("done") == "True"}

@@ -4,6 +4,7 @@ params, metric steps), one summary.csv and report row per trial, fewer Tune tria
 
 from __future__ import annotations
 
+import csv
 import os
 
 import pandas as pd
@@ -21,7 +22,6 @@ from adpo_ray.spec import parse_spec
 from ..helpers.grid import SMALL, children, options, steps
 from ..helpers.resume import (
     assert_same_curves,
-    done_in_folder,
     kill_when,
     launch,
     resume,
@@ -113,31 +113,43 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
 
 
 def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
-    """The driver is SIGKILLed while the pack trains (a snapshot taken, its last result not done):
-    `adpo-ray resume` restores the pack from its checkpoint, the steps it trains again are
-    replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
-    spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 2},
+    """The driver is SIGKILLed while the pack trains, its snapshot holding a result past the pack's
+    checkpoint: `adpo-ray resume` restores the pack from that checkpoint, the steps it trains again
+    are replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
+    spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 4},
                  "resources": {"pack": "auto"}}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "p"
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    # a snapshot every 0.5 s: many land between two checkpoints (at iterations 4, 8 and 12)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
     proc = launch(spec_dict, tmp_path, uri, "p", env=env)
 
-    def pack_mid_run() -> bool:
-        # a result past the pack's newest checkpoint (one every 2 iterations: checkpoint_00000<i>
-        # holds iteration 2(i+1)), so the resume trains it again. Results are counted in
-        # result.json, where the pack's members are read from and which Tune writes last of its
-        # logs (after the tracker and progress.csv): a result counted there is in all of them.
-        results = sum(f.read_text().count("\n") for f in run_dir.glob("pack4_*/result.json"))  # whole lines
-        checkpoints = sorted(run_dir.glob("pack4_*/checkpoint_*"))
-        return (bool(checkpoints) and results > 2 * (int(checkpoints[-1].name.rpartition("_")[2]) + 1)
-                and not done_in_folder(run_dir))
+    def past_a_checkpoint(snapshot) -> bool:
+        (pack,) = snapshot.status  # one trial: the pack
+        return (snapshot.status[pack] == "RUNNING" and not snapshot.last_result[pack].get("done")
+                and snapshot.last_result[pack].get("training_iteration", 0) > snapshot.checkpoint_iteration[pack] > 0)
 
-    kill_when(proc, pack_mid_run)
-    # Tune's snapshot may not have reached the folder yet (it is copied there every few seconds):
-    # then the grid starts over in its folder; either way the pack trains steps again
-    restored = tune_snapshot(run_dir) is not None
-    resume(run_dir, expect="restore" if restored else "start-over", cwd=tmp_path, env=env)
+    def snapshot_past_a_checkpoint() -> bool:
+        # judged from Tune's snapshot in the folder, what a resume restores (the pack's checkpoint
+        # folders are written as they are saved, the snapshot copied there every 0.5 s)
+        try:
+            snapshot = tune_snapshot(run_dir)
+        except ValueError:  # being copied there right now
+            return False
+        return snapshot is not None and past_a_checkpoint(snapshot)
+
+    kill_when(proc, snapshot_past_a_checkpoint)
+    snapshot = tune_snapshot(run_dir)
+    assert past_a_checkpoint(snapshot), snapshot  # no newer snapshot came before the kill
+    (pack,) = snapshot.status
+    resume(run_dir, expect="restore", cwd=tmp_path, env=env)
+    # the pack went on from its checkpoint: Tune's folder holds the first attempt (at least as far
+    # as the snapshot went), then the iterations from the checkpoint on again
+    with open(run_dir / snapshot.dirname[pack] / "progress.csv", newline="") as f:
+        its = [int(row["training_iteration"]) for row in csv.DictReader(f)]
+    again = next(i for i in range(1, len(its)) if its[i] <= its[i - 1])
+    assert its[:again] == list(range(1, again + 1)) and again >= snapshot.last_result[pack]["training_iteration"], its
+    assert its[again:] == list(range(snapshot.checkpoint_iteration[pack] + 1, 13)), its
     client = MlflowClient(uri)
     runs = by_trial(client, "packkill")
     assert set(runs) == {t.tag for t in parse_spec(spec_dict).trials()}
@@ -145,8 +157,7 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
         assert run.info.status == "FINISHED" and PACK_TAG in run.data.tags
         for metric in ("env_steps", "eval/winmass", "loss/adpo"):
             assert steps(client, run.info.run_id, metric) == [128 * i for i in range(1, 13)], (tag, metric)
-    if restored:  # MLflow and the pack's folder hold the first attempt of each step
-        assert_same_curves(uri, "packkill", run_dir)
+    assert_same_curves(uri, "packkill", run_dir)  # both hold the first attempt of each step
     # the launch's own record (its spool) holds each member's step once too, replayed steps left out
     spool = Spool(spool_folder(str(run_dir), "p"))
     recorded: dict[str, list[int]] = {}
