@@ -37,9 +37,12 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 # Both tiers: tests/unit (pure, no Ray start, under a minute) and tests/integration (real Ray,
-# RLlib, Tune, MLflow, a two-node cluster, the MLflow UI in Chromium).
+# RLlib, Tune, MLflow, a two-node cluster, the MLflow UI in Chromium). Three pytest-xdist workers
+# on any machine: the integration tests mostly wait (on Ray starting, on a grid's snapshots), so
+# three share two cores well; a free worker takes the next test (worksteal).
+TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q --durations=30 tests/unit tests/integration
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=30 tests/unit tests/integration
 
 # The fast tier alone.
 test-unit: $(STAMP)
