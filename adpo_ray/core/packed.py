@@ -3,7 +3,7 @@ K solo updates (torch only).
 
 Members share one network shape (RLlib's default PPO actor-critic: separate policy and value MLPs
 with tanh hidden layers and a one-layer head) and differ in their weights, data and float knobs
-(lr, ``beta_q``, ``tau_anc``, clips, coefficients), each a ``(K,)`` tensor. Read top to bottom:
+(lr, ``beta_q``, ``tau_anc``, clips, coefficients, ``ppo_kl``'s beta), each a ``(K,)`` tensor. Read top to bottom:
 
 1. :class:`StackedActorCritic`: the K members' parameters as rows of one ``(K, P)`` matrix
    ``theta`` (policy first, then value); each weight is a view of it shaped ``(K, in, out)`` (the
@@ -14,7 +14,8 @@ with tanh hidden layers and a one-layer head) and differ in their weights, data 
 3. :class:`StackedAdam`: Adam (or AdamW) over ``theta``, elementwise, with per-member lr, weight
    decay and step counts; a member whose gradient is not finite is skipped (nothing of it moves).
 4. :func:`polyak_stacked_`: the anchor refresh at a per-member rate.
-5. :func:`ppo_terms` / :func:`adpo_terms`: the loss of one minibatch per member, ``(K,)``.
+5. :func:`ppo_terms` / :func:`ppo_kl_terms` / :func:`adpo_terms`: the loss of one minibatch per
+   member, ``(K,)``.
 6. :func:`stacked_update`: all epochs x minibatches of one update (per-member minibatch plans).
 
 Members never mix: every op is batched along the leading axis, so the gradient of the summed
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adpo_ray.core.distill import diag_gaussian_kl
 from adpo_ray.core.losses import adpo_loss
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "polyak_stacked_",
     "member_values",
     "ppo_terms",
+    "ppo_kl_terms",
     "adpo_terms",
     "stacked_update",
     "POLICY_INPUTS",
@@ -239,6 +242,14 @@ class StackedActorCritic:
         logp = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         return logp, -(log_p.exp() * log_p).sum(-1)
 
+    def kl(self, p_inputs: torch.Tensor, q_inputs: torch.Tensor) -> torch.Tensor:
+        """Exact ``KL(p || q)`` per row, ``(K, B)`` (nats), of two action distributions given by
+        their inputs ``(K, B, D)`` (as :meth:`policy` returns them): RLlib's ``p.kl(q)``."""
+        if self.action_dist == "gaussian":
+            return diag_gaussian_kl(*p_inputs.chunk(2, dim=-1), *q_inputs.chunk(2, dim=-1))
+        log_p, log_q = torch.log_softmax(p_inputs, dim=-1), torch.log_softmax(q_inputs, dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+
 
 # -- 2. per-member gradient clipping ----------------------------------------------------------
 @torch.no_grad()
@@ -336,7 +347,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class Knobs:
     """Per-member loss knobs, each ``(K,)`` (build and check them with :meth:`of`): PPO's
     ``clip_param``, ``vf_clip_param``, ``vf_loss_coeff``, ``entropy_coeff``, ADPO's ``tau_anc``,
-    ``beta_q``. Pack-wide (one per pack, not per member): the ADPO loss variant in ``adpo``
+    ``beta_q``, ``ppo_kl``'s current KL coefficient ``kl_beta`` (its learner adapts it in place). Pack-wide (one per pack, not per member): the ADPO loss variant in ``adpo``
     (``loss``, ``target``, ``target_norm``, ``tau_alpha``, ``tau_min``, ``q_center``: the keyword
     arguments of :func:`adpo_ray.core.losses.adpo_loss`) and ``list_size``."""
 
@@ -346,14 +357,16 @@ class Knobs:
     clip_param: torch.Tensor | None = None
     tau_anc: torch.Tensor | None = None
     beta_q: torch.Tensor | None = None
+    kl_beta: torch.Tensor | None = None
     list_size: int = 0
     adpo: dict | None = None
 
     @classmethod
     def of(cls, k: int, *, vf_clip_param, vf_loss_coeff, entropy_coeff, clip_param=None, tau_anc=None,
-           beta_q=None, list_size: int = 0, adpo: dict | None = None, dtype=torch.float32, device=None) -> Knobs:
+           beta_q=None, kl_beta=None, list_size: int = 0, adpo: dict | None = None, dtype=torch.float32,
+           device=None) -> Knobs:
         """The knobs of K members from numbers (shared) or K numbers each, checked: ``ValueError``
-        naming the knob unless ``vf_clip_param``, ``clip_param``, ``tau_anc``, ``beta_q`` are
+        naming the knob unless ``vf_clip_param``, ``clip_param``, ``tau_anc``, ``beta_q``, ``kl_beta`` are
         ``> 0``, the coefficients ``>= 0``, and ``list_size >= 1`` where ADPO lists need it."""
         def pos(name, v, strict=True):
             return None if v is None else member_values(name, v, k, strict=strict, dtype=dtype, device=device)
@@ -366,7 +379,7 @@ class Knobs:
                    vf_loss_coeff=pos("vf_loss_coeff", vf_loss_coeff, strict=False),
                    entropy_coeff=pos("entropy_coeff", entropy_coeff, strict=False),
                    clip_param=pos("clip_param", clip_param), tau_anc=pos("tau_anc", tau_anc),
-                   beta_q=pos("beta_q", beta_q), list_size=list_size, adpo=adpo)
+                   beta_q=pos("beta_q", beta_q), kl_beta=pos("kl_beta", kl_beta), list_size=list_size, adpo=adpo)
 
 
 def _value_entropy(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tensor], entropy: torch.Tensor):
@@ -392,6 +405,26 @@ def ppo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tens
     vf_loss, ent = _value_entropy(net, knobs, batch, entropy)
     total = policy_loss + knobs.vf_loss_coeff * vf_loss - knobs.entropy_coeff * ent
     return total, torch.stack([policy_loss, vf_loss, ent], dim=1).detach()
+
+
+def ppo_kl_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tensor]):
+    """The KL-penalty policy gradient's loss (``ppo_kl``) of one minibatch per member, the solo
+    learner's term for term (``adpo_ray.rllib.fused.FusedPPOKLTorchLearner``): the unclipped
+    surrogate ``-ratio * A``, plus ``knobs.kl_beta * KL(pi_old || pi_new)`` (exact, per state),
+    the clipped value loss and the entropy bonus, each a masked mean over rows. ``batch`` as for
+    :func:`ppo_terms`, plus ``old_inputs`` ``(K, B, D)``: the behaviour policy's distribution
+    inputs (RLlib's ``action_dist_inputs`` column). Returns ``(total, terms)``: ``(K,)`` losses
+    and detached ``(K, 4)`` policy loss (without the penalty), value loss, entropy, mean KL."""
+    inputs = net.policy(batch["obs"])
+    batch[POLICY_INPUTS] = inputs.detach()
+    logp, entropy = net.logp_entropy(inputs, batch["actions"])
+    ratio = torch.exp(logp - batch["action_logp"])
+    mask = batch.get("loss_mask")
+    policy_loss = _masked_mean(-batch["advantages"] * ratio, mask)
+    kl = _masked_mean(net.kl(batch["old_inputs"], inputs), mask)
+    vf_loss, ent = _value_entropy(net, knobs, batch, entropy)
+    total = policy_loss + knobs.vf_loss_coeff * vf_loss - knobs.entropy_coeff * ent + knobs.kl_beta * kl
+    return total, torch.stack([policy_loss, vf_loss, ent, kl], dim=1).detach()
 
 
 def adpo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tensor]):
@@ -444,12 +477,12 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
 
     ``rows``: per-row inputs ``(K, N, ...)``; ``plans``: ``(K, M, minibatch_size)`` row indices
     (member ``k``'s :func:`~adpo_ray.core.minibatches.minibatch_plan`, stacked); ``loss_fn``:
-    :func:`ppo_terms` or :func:`adpo_terms`; ``grad_clip`` ``(K,)`` (``inf``: off). Per minibatch:
+    :func:`ppo_terms`, :func:`ppo_kl_terms` or :func:`adpo_terms`; ``grad_clip`` ``(K,)`` (``inf``: off). Per minibatch:
     gather, loss, gradient, per-member clip, Adam (a member whose gradient is not finite, e.g.
     from a NaN in its rows or a minibatch with no valid row, skips that step). For ADPO's ``list_source: batch`` with a
     ``loss_mask``, each minibatch's valid rows go first and its lists get a mask (as the fused
     learner's plan does). Returns ``(terms, skipped)``: the mean over
-    minibatches of ``(K, 4)`` [total, grad norm, *loss terms] and ``(K,)`` counts of skipped steps.
+    minibatches of ``(K, 2 + T)`` [total, grad norm, *the loss function's T terms] and ``(K,)`` counts of skipped steps.
 
     ``num_minibatches`` (``(K,)`` ints, default all ``M``): members whose batches differ in size
     have plans of different lengths; member ``k`` takes only its first ``num_minibatches[k]``
@@ -467,7 +500,7 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
         list_masks = valid.view(k, plans.shape[1], -1, knobs.list_size)
     flat_rows = {name: v.flatten(0, 1) for name, v in rows.items()}
     offsets = (torch.arange(k, device=plans.device) * n).view(k, 1)
-    sums = torch.zeros(k, 5, dtype=net.theta.dtype, device=net.theta.device)
+    sums = None  # (K, 2 + T) once the first minibatch tells T
     skipped = torch.zeros(k, dtype=torch.long, device=net.theta.device)
     counts = None
     if num_minibatches is not None:
@@ -485,6 +518,8 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
         grad = net.flat_grad(total)
         norm = clip_grad_norm_stacked_(grad, grad_clip)
         row = torch.cat([total.detach().unsqueeze(1), norm.unsqueeze(1), terms], dim=1)
+        if sums is None:
+            sums = torch.zeros_like(row)
         if counts is None:
             skipped += optimizer.step(grad, norm)
             sums += row
@@ -500,8 +535,8 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
 def _check_update(net, loss_fn, knobs: Knobs, rows, plans, grad_clip) -> None:
     """Bad inputs of :func:`stacked_update`, named, before any step."""
     k = net.k
-    if plans.ndim != 3 or plans.shape[0] != k:
-        raise ValueError(f"plans: need shape (K={k}, num_minibatches, minibatch_size), got {tuple(plans.shape)}")
+    if plans.ndim != 3 or plans.shape[0] != k or plans.shape[1] < 1:
+        raise ValueError(f"plans: need shape (K={k}, num_minibatches >= 1, minibatch_size), got {tuple(plans.shape)}")
     for name, v in rows.items():
         if v.shape[0] != k:
             raise ValueError(f"rows[{name!r}]: need K={k} members on axis 0, got shape {tuple(v.shape)}")
@@ -509,6 +544,11 @@ def _check_update(net, loss_fn, knobs: Knobs, rows, plans, grad_clip) -> None:
         raise ValueError(f"grad_clip: need shape ({k},) (inf: off), got {tuple(grad_clip.shape)}")
     if loss_fn is ppo_terms and knobs.clip_param is None:
         raise ValueError("knobs.clip_param: PPO's loss needs it")
+    if loss_fn is ppo_kl_terms:
+        if knobs.kl_beta is None:
+            raise ValueError("knobs.kl_beta: ppo_kl's loss needs it")
+        if "old_inputs" not in rows:
+            raise ValueError("rows['old_inputs']: ppo_kl's loss needs the behaviour policy's distribution inputs")
     if loss_fn is adpo_terms:
         if knobs.tau_anc is None:
             raise ValueError("knobs.tau_anc, knobs.beta_q: ADPO's loss needs them")

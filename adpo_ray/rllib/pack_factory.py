@@ -5,8 +5,8 @@ shape, network, batch and loss variant) made to sample all members' envs
 (:func:`~adpo_ray.rllib.packed.configure_pack`), with the stacked module
 (:class:`~adpo_ray.rllib.pack_module.PackedTorchRLModule`) and learner
 (:class:`~adpo_ray.rllib.pack_learner.PackedLearner`); each member's own knobs (seed, lr, clips,
-coefficients, ``tau_anc``, ``beta_q``, anchor schedule, env scenario) go to the learner and the
-env. ``train_batch_size`` is K times the solo's: each member's rows are its own solo batch.
+coefficients, ``tau_anc``, ``beta_q``, anchor schedule, ``ppo_kl``'s initial beta and KL target,
+env scenario) go to the learner and the env. ``train_batch_size`` is K times the solo's: each member's rows are its own solo batch.
 
 Evaluation is per member, as the solo trial's: the bandit's WinMass on the learner's module over
 each member's own held-out contexts (:class:`PackResultCallbacks`), MuJoCo's clean-env episodes on
@@ -49,7 +49,7 @@ def member_env_configs(knobs: list) -> list[dict[str, Any]]:
 
 def build_pack_config(knobs: list) -> AlgorithmConfig:
     """The RLlib config of a pack of ``len(knobs)`` trials (``TrialKnobs``, one per member, in
-    member order): ADPO, DPO or PPO on the fused path, one algorithm, one module, one learner.
+    member order): ADPO, DPO, PPO or ``ppo_kl`` on the fused path, one algorithm, one module, one learner.
     Raises ``ValueError`` as :func:`check_pack`."""
     check_pack(knobs)
     first = knobs[0]
@@ -66,7 +66,8 @@ def build_pack_config(knobs: list) -> AlgorithmConfig:
             PACK_MEMBERS: [member_knobs(
                 seed=kn.trial.seed, lr=kn.lr, grad_clip=kn.grad_clip, entropy_coeff=kn.entropy_coeff,
                 vf_loss_coeff=kn.vf_coeff, clip_param=kn.clip_param, tau_anc=kn.tau_anc, beta_q=kn.beta_q,
-                anchor_mode=kn.anchor_mode, anchor_params=dict(kn.anchor_params)) for kn in knobs],
+                anchor_mode=kn.anchor_mode, anchor_params=dict(kn.anchor_params), kl_beta=kn.kl_beta,
+                kl_target=kn.kl_target) for kn in knobs],
         },
     )
     config.rl_module(rl_module_spec=RLModuleSpec(

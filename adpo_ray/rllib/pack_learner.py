@@ -20,15 +20,20 @@
   member's mean KL(policy || anchor) of the update and its own env steps so far (the rows it
   trained on, its solo trial's sampled lifetime steps), and its refresh (one
   :func:`~adpo_ray.core.packed.polyak_stacked_` at the members' rates);
+* for ``ppo_kl``, the member's KL coefficient beta (one ``(K,)`` tensor, ``Knobs.kl_beta``),
+  adapted after each update by :func:`~adpo_ray.core.kl_penalty.adapt_kl_beta` on the member's
+  mean KL(pi_old || pi_new) over its minibatches with its own ``kl_target``, as its solo learner
+  (:class:`~adpo_ray.rllib.fused.FusedPPOKLTorchLearner`) adapts its own;
 * the metrics: the solo learner's names under ``learners/default_policy/member/<k>/``.
 
 A member whose gradient is not finite on a minibatch (a NaN in its rows) skips that step; the
 others are exactly as without it. The learner state (``get_state`` / ``set_state``) carries the
-stacked Adam moments and step counts, the schedules and the shuffle generators.
+stacked Adam moments and step counts, the schedules, the shuffle generators and ``ppo_kl``'s betas.
 
 Members' knobs come from ``config.learner_config_dict[PACK_MEMBERS]`` (one dict per member, see
-:func:`member_knobs`) and ``[PACK_ALGORITHM]`` (``adpo``, ``dpo`` or ``ppo``); the shared ones
-(network, batch, epochs, lists, loss variant) from the config as for a solo trial.
+:func:`member_knobs`) and ``[PACK_ALGORITHM]`` (``adpo``, ``dpo``, ``ppo`` or ``ppo_kl``); the
+shared ones (network, batch, epochs, lists, loss variant, ``kl_adaptive``) from the config as for
+a solo trial.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_CURR_KL_COEFF_KEY, LEARNER_RESULTS_KL_KEY
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.common.numpy_to_tensor import NumpyToTensor
 from ray.rllib.connectors.connector_v2 import ConnectorV2
@@ -49,6 +55,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
 
 from adpo_ray.core.anchors import make_schedule
+from adpo_ray.core.kl_penalty import adapt_kl_beta
 from adpo_ray.core.minibatches import minibatch_plan, num_minibatches
 from adpo_ray.core.packed import (
     POLICY_INPUTS,
@@ -57,6 +64,7 @@ from adpo_ray.core.packed import (
     adpo_terms,
     member_values,
     polyak_stacked_,
+    ppo_kl_terms,
     ppo_terms,
     stacked_update,
 )
@@ -77,25 +85,28 @@ from adpo_ray.rllib.fused import FusedUpdateMixin
 from adpo_ray.rllib.learner import kl_from_logits
 from adpo_ray.rllib.pack_module import PackedTorchRLModule, group_rows
 from adpo_ray.rllib.packed import MEMBER
+from adpo_ray.spec.packs import PACK_ALGORITHMS
 
 #: ``learner_config_dict`` keys: the members' knobs and the pack's method.
 PACK_MEMBERS = "pack_members"
 PACK_ALGORITHM = "pack_algorithm"
-PACK_ALGORITHMS = ("adpo", "dpo", "ppo")
 #: The per-member knobs a member dict holds (``None``: off / not the method's).
 MEMBER_KNOBS = ("seed", "lr", "grad_clip", "entropy_coeff", "vf_loss_coeff", "clip_param", "tau_anc", "beta_q",
-                "anchor_mode", "anchor_params")
+                "anchor_mode", "anchor_params", "kl_beta", "kl_target")
 _STATE_KEY = "adpo_pack"
 _GRAD_NORM_KEY = "gradients_default_optimizer_global_norm"  # the solo learner's (RLlib's) name
 
 
 def member_knobs(*, seed: int, lr: float, grad_clip: float | None, entropy_coeff: float, vf_loss_coeff: float,
                  clip_param: float | None = None, tau_anc: float | None = None, beta_q: float | None = None,
-                 anchor_mode: str | None = None, anchor_params: dict | None = None) -> dict[str, Any]:
-    """One member's entry of ``learner_config_dict[PACK_MEMBERS]`` (its solo trial's values)."""
+                 anchor_mode: str | None = None, anchor_params: dict | None = None, kl_beta: float | None = None,
+                 kl_target: float | None = None) -> dict[str, Any]:
+    """One member's entry of ``learner_config_dict[PACK_MEMBERS]`` (its solo trial's values;
+    ``kl_beta``: ``ppo_kl``'s initial beta)."""
     return {"seed": int(seed), "lr": lr, "grad_clip": grad_clip, "entropy_coeff": entropy_coeff,
             "vf_loss_coeff": vf_loss_coeff, "clip_param": clip_param, "tau_anc": tau_anc, "beta_q": beta_q,
-            "anchor_mode": anchor_mode, "anchor_params": dict(anchor_params or {})}
+            "anchor_mode": anchor_mode, "anchor_params": dict(anchor_params or {}), "kl_beta": kl_beta,
+            "kl_target": kl_target}
 
 
 class PackedGAE(ConnectorV2):
@@ -171,12 +182,14 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         def each(name):
             return [m[name] for m in members]
 
-        adpo = self.algorithm != "ppo"
+        adpo = self.algorithm in ("adpo", "dpo")
+        kl_penalty = self.algorithm == "ppo_kl"
         self.list_actions = adpo and cfg.list_source == "actions"
         self.knobs = Knobs.of(
             k, vf_clip_param=cfg.vf_clip_param, vf_loss_coeff=each("vf_loss_coeff"),
-            entropy_coeff=each("entropy_coeff"), clip_param=None if adpo else each("clip_param"),
+            entropy_coeff=each("entropy_coeff"), clip_param=each("clip_param") if self.algorithm == "ppo" else None,
             tau_anc=each("tau_anc") if adpo else None, beta_q=each("beta_q") if adpo else None,
+            kl_beta=each("kl_beta") if kl_penalty else None,
             list_size=cfg.list_size if adpo and not self.list_actions else 0,
             adpo=dict(loss=cfg.adpo_loss, target=cfg.adpo_target, **loss_variants_of(cfg)) if adpo else None,
             dtype=module.theta.dtype, device=device)
@@ -189,6 +202,11 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             self.schedules = [make_schedule(m["anchor_mode"], **(m["anchor_params"] or {})) for m in members]
         self.shuffles = [self._new_generator(k_, rng) for k_, rng in enumerate(module.member_rng_states)]
         self._anchor_kl = torch.zeros(k, dtype=torch.float64)
+        if kl_penalty:
+            self.kl_targets = member_values("kl_target", each("kl_target"), k, dtype=torch.float64).tolist()
+            self.kl_adaptive = bool(cfg.kl_adaptive)
+        #: ppo_kl: each member's mean KL(pi_old || pi_new) over its minibatches of the last update
+        self._update_kl: list[float] = []
         #: each member's env steps trained on so far: its solo trial's sampled lifetime steps
         self.member_env_steps = np.zeros(k, dtype=np.int64)
 
@@ -263,9 +281,12 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         self.member_env_steps += mask.sum(1).cpu().numpy()  # real steps (not the artificial last ones)
         for name, col in (("advantages", Columns.ADVANTAGES), ("value_targets", Columns.VALUE_TARGETS)):
             rows[name] = data[col][index].to(module.theta.dtype)
-        if self.algorithm == "ppo":
+        if self.algorithm in ("ppo", "ppo_kl"):
             loss_fn = ppo_terms
             rows["action_logp"] = data[Columns.ACTION_LOGP][index].to(module.theta.dtype)
+            if self.algorithm == "ppo_kl":
+                loss_fn = ppo_kl_terms
+                rows["old_inputs"] = data[Columns.ACTION_DIST_INPUTS][index].to(module.theta.dtype)
         else:
             loss_fn = adpo_terms
             with torch.no_grad():  # the anchor only moves after the update
@@ -301,11 +322,15 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
 
     def _log_members(self, module_id, means: list[list[float]], skipped: list[int]) -> None:
         grad_clip = [m["grad_clip"] for m in self.members]
-        for k, (total, norm, policy, vf, entropy) in enumerate(means):
+        self._update_kl = []
+        for k, (total, norm, policy, vf, entropy, *extra) in enumerate(means):
             values = {self.TOTAL_LOSS_KEY: total, POLICY_LOSS_KEY: policy, VF_LOSS_KEY: vf, ENTROPY_KEY: entropy,
                       "skipped_steps": skipped[k]}
-            if self.algorithm != "ppo":
+            if self.algorithm in ("adpo", "dpo"):
                 values.update({LOSS_ADPO: policy, LOSS_VF: vf, ENTROPY: entropy})
+            if self.algorithm == "ppo_kl":  # ppo_kl_terms' fourth term: the minibatches' mean KL
+                values[LEARNER_RESULTS_KL_KEY] = extra[0]
+                self._update_kl.append(extra[0])
             if grad_clip[k]:
                 values[_GRAD_NORM_KEY] = norm
             self.metrics.log_dict(values, key=(module_id, MEMBER_GROUP, str(k)), window=1)
@@ -313,6 +338,8 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
 
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
+        if self.algorithm == "ppo_kl":
+            self._adapt_kl_betas()
         if not self.schedules:
             return
         module = self.pack_module
@@ -328,6 +355,23 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
                                    LAST_REFRESH_KL: schedule.last_refresh_kl},
                                   key=(DEFAULT_MODULE_ID, MEMBER_GROUP, str(m)), window=1)
 
+    def _adapt_kl_betas(self) -> None:
+        """Each member's beta after an update, as its solo learner's ``_update_module_kl_coeff``:
+        the paper's rule on the member's mean KL of the update (unless ``kl_adaptive`` is off),
+        then logged as RLlib's ``curr_kl_coeff`` under the member's key."""
+        betas = self.knobs.kl_beta
+        if self.kl_adaptive and self._update_kl:
+            new = [adapt_kl_beta(b, kl, target)
+                   for b, kl, target in zip(betas.tolist(), self._update_kl, self.kl_targets, strict=True)]
+            betas.copy_(torch.tensor(new, dtype=torch.float64))
+        for m, beta in enumerate(betas.tolist()):
+            self.metrics.log_value((DEFAULT_MODULE_ID, MEMBER_GROUP, str(m), LEARNER_RESULTS_CURR_KL_COEFF_KEY),
+                                   beta, window=1)
+
+    def _update_module_kl_coeff(self, *, module_id, config, kl_loss) -> None:
+        """Not RLlib's one module-wide coefficient: a pack's betas are per member
+        (:meth:`_adapt_kl_betas`)."""
+
     # -- state ---------------------------------------------------------------------------------
     def get_state(self, components=None, *, not_components=None, **kwargs):
         state = super().get_state(components, not_components=not_components, **kwargs)
@@ -339,6 +383,8 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             "shuffles": [g.get_state() if isinstance(g, np.random.RandomState) else g.get_state().numpy()
                          for g in self.shuffles],
         }
+        if self.knobs.kl_beta is not None:
+            state[_STATE_KEY]["kl_beta"] = self.knobs.kl_beta.cpu().numpy().copy()
         return state
 
     def set_state(self, state) -> None:
@@ -359,3 +405,6 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
                 gen.set_state(s)
             else:
                 gen.set_state(torch.as_tensor(s, dtype=torch.uint8))
+        if "kl_beta" in own:
+            with torch.no_grad():
+                self.knobs.kl_beta.copy_(torch.as_tensor(own["kl_beta"]))

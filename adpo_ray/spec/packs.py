@@ -12,6 +12,8 @@ from adpo_ray.spec.sections import LEARNER_UPDATES
 from adpo_ray.spec.trials import TrialSpec
 
 FUSED = LEARNER_UPDATES[0]  # the only update path a pack runs
+#: The methods a pack runs (online).
+PACK_ALGORITHMS = ("adpo", "dpo", "ppo", "ppo_kl")
 
 #: Knobs every member of a pack shares (they fix the network, the batch's shape, the loss and the
 #: run), as ``TrialKnobs`` fields (``trial.<name>`` for the trial's coordinates).
@@ -20,7 +22,7 @@ SHAPE_KNOBS = (
     "list_size", "list_source", "loss", "target", "target_norm", "tau_alpha", "tau_min", "q_center", "gamma",
     "lambda_", "num_envs_per_env_runner", "num_env_runners", "num_learners", "num_gpus_per_learner",
     "learner_update", "learner_compile", "iterations", "env_steps", "checkpoint_every", "eval_interval",
-    "eval_episodes", "eval_explore", "bandit",
+    "eval_episodes", "eval_explore", "bandit", "kl_adaptive",
 )
 
 #: ``resources.pack: auto``: the most members of one pack. On CPU a pack's iteration speed-up over
@@ -41,7 +43,8 @@ def check_pack(knobs: list) -> None:
     """Check that ``knobs`` (``TrialKnobs``, one per member) can run as one pack.
 
     Raises:
-        ValueError: no members; an offline (distillation) trial; the first knob of
+        ValueError: no members; an offline (distillation) trial or a method not in
+            :data:`PACK_ALGORITHMS`; the first knob of
             :data:`SHAPE_KNOBS` two members differ in, naming it, both members and values;
             what a pack does not run (``anchor_kl_coeff > 0``, ``anchors.init``, RLlib's update
             path ``learner_update: rllib``, ``learner_compile``, more than one learner).
@@ -55,8 +58,9 @@ def check_pack(knobs: list) -> None:
                 raise ValueError(f"{name}: every member of a pack must share it; member 0 has "
                                  f"{_knob(first, name)!r}, member {k} has {_knob(kn, name)!r}")
     for k, kn in enumerate(knobs):
-        if kn.trial.algorithm not in ("adpo", "dpo", "ppo") or kn.gamma is None:
-            raise ValueError(f"member {k}: algorithm {kn.trial.algorithm!r}; a pack runs online adpo, dpo or ppo")
+        if kn.trial.algorithm not in PACK_ALGORITHMS or kn.gamma is None:
+            raise ValueError(f"member {k}: algorithm {kn.trial.algorithm!r}; a pack runs online "
+                             f"{', '.join(PACK_ALGORITHMS[:-1])} or {PACK_ALGORITHMS[-1]}")
         if kn.anchor_kl_coeff:
             raise ValueError(f"member {k}: anchor_kl_coeff={kn.anchor_kl_coeff}; a pack runs without the KL "
                              "penalty to the anchor (anchor_kl_coeff: 0)")

@@ -1,6 +1,7 @@
 """A trial pack as ONE RLlib algorithm is K solo trials: with the same batch (the pack's sampled
 episodes, split by member) and the same shuffles, one pack update leaves every member's
-parameters, anchor and anchor schedule where its own solo algorithm's update leaves them. Real
+parameters, anchor and anchor schedule (``ppo_kl``: its KL coefficient beta) where its own solo
+algorithm's update leaves them. Real
 RLlib algorithms (pack: build_pack_config; solos: factory.build_algo_config), real sampling."""
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_KL_KEY
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from adpo_ray.metrics import ANCHOR_KL, MEMBER_GROUP
+from adpo_ray.metrics import ANCHOR_KL, MEMBER_GROUP, PPO_KL_BETA, RLLIB_CURR_KL_COEFF, curate
 from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.factory import build_algo_config
 from adpo_ray.rllib.pack_factory import build_pack_config
@@ -28,11 +30,16 @@ BATCH, EPOCHS = 128, 2
 SEEDS = [5, 17, 29]
 LRS = [3e-3, 1e-3, 5e-3]
 BETA_Q = [0.5, 1.0, 2.0]
+#: ppo_kl's initial betas and KL targets: member 0's KL lies far above its target (beta doubles),
+#: member 1's far below (beta halves), member 2's decides by its data
+KL_BETA = [0.3, 1.0, 0.5]
+KL_TARGET = [1e-7, 10.0, 0.01]
 EMA_HOOK = "adpo_ray.core.anchors:EMA"  # an import-path schedule
 
 
 def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "shift-high"), **adpo):
-    """K members of one shape whose seeds, lr, beta_q, scenario and anchor mode differ."""
+    """K members of one shape whose seeds, lr, beta_q (ppo_kl: initial beta and KL target),
+    scenario and anchor mode differ."""
     spec = parse_spec({
         "name": "pack", "environments": [env], "algorithms": [algorithm], "budget": {"iterations": 1},
         "scenarios": sorted(set(scenarios)),
@@ -48,6 +55,8 @@ def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "sh
         change = {"lr": LRS[k]}
         if knobs.beta_q is not None:
             change["beta_q"] = BETA_Q[k]
+        if knobs.kl_beta is not None:
+            change.update(kl_beta=KL_BETA[k], kl_target=KL_TARGET[k])
         if mode == EMA_HOOK:
             change["anchor_mode"] = EMA_HOOK
         out.append(dataclasses.replace(knobs, **change))
@@ -99,6 +108,8 @@ CASES = [
                                                                         "list_size": 8}, "device"),
     ("PreferenceBandit", "dpo", ["fixed"] * 3, {}, "rllib"),
     ("PreferenceBandit", "ppo", ["none"] * 3, {}, "device"),
+    ("PreferenceBandit", "ppo_kl", ["none"] * 3, {}, "rllib"),
+    ("Hopper-v5", "ppo_kl", ["none"] * 3, {}, "device"),
     # Hopper's episodes end at different steps: the members' batches differ in size
     ("Hopper-v5", "adpo", ["ema", "kl_triggered", "fixed"], {"loss": "pairwise", "list_size": 4}, "device"),
 ]
@@ -134,7 +145,16 @@ def test_pack_update_equals_each_members_solo_update(ray_local, env, algorithm, 
             moved, diff = max_diff(want, start[m]), max_diff(got[m], want)
             assert moved > 1e-3, f"member {m}: the updates must move the parameters for the check to mean anything"
             assert diff < 1e-5, f"member {m}: pack and solo differ by {diff} (parameters moved {moved})"
-            if algorithm != "ppo":
+            if algorithm == "ppo_kl":  # beta adapted after each update as the solo's, and logged so
+                beta = float(learner(pack).knobs.kl_beta[m])
+                assert beta == learner(solo).kl_beta(DEFAULT_MODULE_ID), m
+                assert r_pack[MEMBER_GROUP][str(m)][RLLIB_CURR_KL_COEFF].peek() == beta
+                assert r_solo[m][RLLIB_CURR_KL_COEFF].peek() == beta
+                kl = r_pack[MEMBER_GROUP][str(m)][LEARNER_RESULTS_KL_KEY].peek()
+                assert kl == pytest.approx(r_solo[m][LEARNER_RESULTS_KL_KEY].peek(), rel=1e-4), m
+                if m < 2:  # the targets far from the KL: twice the same step
+                    assert beta == pytest.approx(KL_BETA[m] * (4 if m == 0 else 0.25), rel=1e-6), m
+            elif algorithm != "ppo":
                 solo_schedule = learner(solo).anchor_schedule(DEFAULT_MODULE_ID).state_dict()
                 pack_schedule = learner(pack).schedules[m].state_dict()
                 assert pack_schedule.keys() == solo_schedule.keys()
@@ -257,6 +277,36 @@ def test_pack_checkpoint_round_trips_every_member(ray_local, tmp_path):
         episodes = pack.env_runner.sample(num_timesteps=3 * BATCH, explore=True)
         update(pack, episodes, 6 * BATCH)  # the shuffles continue from the restored generators
         update(fresh, episodes, 6 * BATCH)
+        for x, y in zip(a.pack_module.member_state_dicts(), b.pack_module.member_state_dicts(), strict=True):
+            assert all(torch.equal(x[n], y[n]) for n in x)
+    finally:
+        pack.stop()
+        fresh.stop()
+
+
+def test_ppo_kl_pack_checkpoint_continues_with_each_members_beta(ray_local, tmp_path):
+    """A ppo_kl pack's betas are part of its learner's state: after a training iteration (each
+    member's beta moved, logged as its solo trial's ``ppo_kl/beta``), a fresh pack restored from
+    the checkpoint holds them, and the next update from there is the same in both."""
+    from adpo_ray.orchestration.pack_trainable import member_result
+
+    knobs = member_knobs("PreferenceBandit", "ppo_kl", ["none"] * 3)
+    pack = build(build_pack_config(knobs), "device")
+    fresh = build(build_pack_config(knobs), "device")
+    try:
+        raw = pack.train()
+        a, b = learner(pack), learner(fresh)
+        betas = a.knobs.kl_beta.tolist()
+        assert betas[:2] == pytest.approx([2 * KL_BETA[0], KL_BETA[1] / 2], rel=1e-6)
+        assert [curate(member_result(raw, m))[PPO_KL_BETA] for m in range(3)] == betas
+        pack.save_to_path(str(tmp_path))
+        assert b.knobs.kl_beta.tolist() == pytest.approx(KL_BETA, rel=1e-6)  # the control: not yet restored
+        fresh.restore_from_path(str(tmp_path))
+        assert b.knobs.kl_beta.tolist() == betas
+        episodes = pack.env_runner.sample(num_timesteps=3 * BATCH, explore=True)
+        update(pack, episodes, 6 * BATCH)
+        update(fresh, episodes, 6 * BATCH)
+        assert b.knobs.kl_beta.tolist() == a.knobs.kl_beta.tolist() != betas
         for x, y in zip(a.pack_module.member_state_dicts(), b.pack_module.member_state_dicts(), strict=True):
             assert all(torch.equal(x[n], y[n]) for n in x)
     finally:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from adpo_ray.metrics import CURATED
+from adpo_ray.metrics import CURATED, PPO_KL_BETA
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
 from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.status import grid_status
@@ -31,7 +31,7 @@ from ..helpers.resume import (
 pytestmark = pytest.mark.slow
 
 # 2 scenarios x 2 anchor modes x 1 seed of ADPO (one shape: one pack under `auto`), and the
-# KL-penalty baseline, which a pack cannot run (its 2 trials run alone in the packed launch too)
+# KL-penalty baseline's 2 scenarios (another pack: each member adapts its own beta)
 SPEC = {**SMALL, "algorithms": ["adpo", "ppo_kl"]}
 #: child-run tags that name the Tune trial that ran a trial, not the trial
 RUNNER_TAGS = {"tune_trial_id", PACK_TAG, "mlflow.parentRunId"}
@@ -55,7 +55,7 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
     trials = parse_spec(SPEC).trials()
     (solo_spec, solo_opts, solo), (_, packed_opts, packed) = launches[1], launches["auto"]
     assert not solo.errors and not packed.errors
-    assert len(solo) == 6 and len(packed) == 3  # one pack of the 4 ADPO trials, 2 trials alone
+    assert len(solo) == 6 and len(packed) == 2  # one pack of the 4 ADPO trials, one of the 2 ppo_kl trials
 
     solo_runs = by_trial(MlflowClient(solo_opts.tracking_uri), solo_spec.experiment_name)
     packed_client = MlflowClient(packed_opts.tracking_uri)
@@ -68,20 +68,20 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
         assert run.data.params == mine.data.params, tag
         assert ({k: v for k, v in run.data.tags.items() if k not in RUNNER_TAGS}
                 == {k: v for k, v in mine.data.tags.items() if k not in RUNNER_TAGS}), tag
-        if run.data.tags["algorithm"] == "adpo":  # a pack's member: its pack's Tune trial id
-            assert run.data.tags[PACK_TAG] == run.data.tags["tune_trial_id"]
-            packs.setdefault(run.data.tags[PACK_TAG], []).append(tag)
-        else:
-            assert PACK_TAG not in run.data.tags
+        # a pack's member: its pack's Tune trial id
+        assert run.data.tags[PACK_TAG] == run.data.tags["tune_trial_id"], tag
+        packs.setdefault(run.data.tags[PACK_TAG], []).append(run.data.tags["algorithm"])
         assert set(run.data.metrics) == set(mine.data.metrics), tag  # every metric a solo trial logs
         logged = {m for m in run.data.metrics if m in CURATED}
         assert "eval/winmass" in logged, tag
+        if run.data.tags["algorithm"] == "ppo_kl":  # its own beta, as the solo trial logs it
+            assert PPO_KL_BETA in logged, tag
         for metric in logged:  # each member stepped by its own env steps, each step once
             assert steps(packed_client, run.info.run_id, metric) == [128, 256, 384], (tag, metric)
         artifacts = {a.path for a in packed_client.list_artifacts(run.info.run_id)}
         assert "metrics.csv" in artifacts
         assert ("checkpoint" in artifacts) == (PACK_TAG not in run.data.tags)  # a pack's stays in its folder
-    assert [len(members) for members in packs.values()] == [4]
+    assert sorted(packs.values()) == [["adpo"] * 4, ["ppo_kl"] * 2]
 
     # summary.csv and the report read from Tune's folder: one row per trial, as the solo launch's
     for run, opts in ((solo, solo_opts), (packed, packed_opts)):
@@ -106,7 +106,7 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
 
     # a resume of the packed grid re-attaches every member's run and logs no step twice
     again = resume_grid(packed_opts.run_dir, verbose=0, report=False)
-    assert len(again) == 3 and not again.errors
+    assert len(again) == 2 and not again.errors
     assert by_trial(packed_client, solo_spec.experiment_name).keys() == packed_runs.keys()
     for run in packed_runs.values():
         assert steps(packed_client, run.info.run_id, "eval/winmass") == [128, 256, 384]

@@ -34,6 +34,17 @@ def test_members_may_differ_in_seed_and_float_knobs():
     check_pack(members)
 
 
+def test_ppo_kl_members_may_differ_in_initial_beta_and_target_not_in_whether_it_adapts():
+    members = knobs(algorithm="ppo_kl")
+    assert {m.trial.algorithm for m in members} == {"ppo_kl"} and members[0].kl_adaptive is True
+    members[1] = dataclasses.replace(members[1], kl_beta=0.3, kl_target=0.05, lr=1e-2)
+    check_pack(members)
+    members[2] = dataclasses.replace(members[2], kl_adaptive=False)
+    with pytest.raises(ValueError, match="kl_adaptive: every member of a pack must share it; member 0 has True, "
+                                         "member 2 has False"):
+        check_pack(members)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"minibatch_size": 16}, r"minibatch_size: every member of a pack must share it; member 0 has \d+, member 2 has 16"),
     ({"num_envs_per_env_runner": 3}, "num_envs_per_env_runner: .* member 2 has 3"),

@@ -21,11 +21,14 @@ from adpo_ray.core.packed import (
     clip_grad_norm_stacked_,
     member_values,
     polyak_stacked_,
+    ppo_kl_terms,
     ppo_terms,
     stacked_update,
 )
 
 K, OBS, HIDDEN, ACT, N_ACTIONS = 3, 5, 8, 2, 4
+#: the kinds whose policy is categorical (the rest: diagonal Gaussian)
+DISCRETE = ("adpo_actions", "ppo_kl_discrete")
 
 
 # -- the solo reference: plain torch, RLlib's module names ---------------------------------
@@ -71,7 +74,7 @@ class Solo(nn.Module):
         return self.vf.net.mlp(self.encoder.critic_encoder.net.mlp(obs)).squeeze(-1)
 
 
-def solo_loss(model: Solo, kind: str, kn: dict, b: dict, list_size: int, adpo_kw: dict):
+def solo_loss(model: Solo, kind: str, kn: dict, b: dict, list_size: int, adpo_kw: dict, kls=None):
     inputs, dist = model.dist(b["obs"])
     if model.gaussian:
         logp, entropy = dist.log_prob(b["actions"]).sum(-1), dist.entropy().sum(-1)
@@ -83,6 +86,17 @@ def solo_loss(model: Solo, kind: str, kn: dict, b: dict, list_size: int, adpo_kw
         ratio = torch.exp(logp - b["action_logp"])
         adv, c = b["advantages"], kn["clip_param"]
         policy = mmean(-torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - c, 1 + c)))
+    elif kind.startswith("ppo_kl"):  # the unclipped surrogate plus beta * KL(behaviour || current)
+        old = b["old_inputs"]
+        if model.gaussian:
+            mean, log_std = old.chunk(2, dim=-1)
+            kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, log_std.exp()), dist).sum(-1)
+        else:
+            kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=old), dist)
+        kl = mmean(kl)
+        if kls is not None:
+            kls.append(float(kl.detach()))
+        policy = mmean(-b["advantages"] * torch.exp(logp - b["action_logp"])) + kn["kl_beta"] * kl
     elif kind == "adpo_actions":
         y = b["list_signal"] if mask is None else b["list_signal"] * mask[:, None]
         policy = mmean(adpo_loss(torch.log_softmax(inputs, -1), b["anchor_logp"], y, tau_anc=kn["tau_anc"],
@@ -101,11 +115,11 @@ def solo_loss(model: Solo, kind: str, kn: dict, b: dict, list_size: int, adpo_kw
     return policy + kn["vf_loss_coeff"] * vf - kn["entropy_coeff"] * mmean(entropy)
 
 
-def solo_update(model: Solo, opt, kind, kn, rows, plan, grad_clip, list_size, adpo_kw):
+def solo_update(model: Solo, opt, kind, kn, rows, plan, grad_clip, list_size, adpo_kw, kls=None):
     for idx in plan:
         b = {name: v[idx] for name, v in rows.items()}
         opt.zero_grad()
-        solo_loss(model, kind, kn, b, list_size, adpo_kw).backward()
+        solo_loss(model, kind, kn, b, list_size, adpo_kw, kls).backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
@@ -114,7 +128,7 @@ def solo_update(model: Solo, opt, kind, kn, rows, plan, grad_clip, list_size, ad
 # -- data -----------------------------------------------------------------------------------
 KNOBS = dict(lr=[3e-3, 1e-2, 5e-3], beta_q=[0.5, 1.0, 2.0], tau_anc=[0.5, 1.0, 0.25], clip_param=[0.1, 0.2, 0.3],
              vf_clip_param=[10.0, 0.5, 3.0], vf_loss_coeff=[0.5, 1.0, 0.25], entropy_coeff=[0.0, 0.01, 0.003],
-             grad_clip=[0.5, None, 2.0])
+             grad_clip=[0.5, None, 2.0], kl_beta=[0.3, 1.0, 2.5])
 
 
 def member_rows(seed: int, kind: str, gaussian: bool, n: int, with_mask: bool, dtype) -> dict:
@@ -124,6 +138,8 @@ def member_rows(seed: int, kind: str, gaussian: bool, n: int, with_mask: bool, d
          "value_targets": torch.randn(n, generator=g, dtype=dtype) * 3,
          "action_logp": torch.randn(n, generator=g, dtype=dtype) - 2}
     r["actions"] = torch.randn(n, ACT, generator=g, dtype=dtype) if gaussian else torch.randint(0, N_ACTIONS, (n,), generator=g)
+    if kind.startswith("ppo_kl"):  # the behaviour policy's distribution inputs
+        r["old_inputs"] = 0.3 * torch.randn(n, 2 * ACT if gaussian else N_ACTIONS, generator=g, dtype=dtype)
     if kind == "adpo_actions":
         r["anchor_logp"] = torch.log_softmax(torch.randn(n, N_ACTIONS, generator=g, dtype=dtype), -1)
         r["list_signal"] = torch.randn(n, N_ACTIONS, generator=g, dtype=dtype)
@@ -142,7 +158,7 @@ def seeded_permute(seed: int):
 
 def build(kind: str, dtype, lr=None, with_mask=False, n=48, minibatch=12, epochs=3):
     """K solo members (models, Adams, rows, plans) and their stacked twin."""
-    gaussian = kind != "adpo_actions"
+    gaussian = kind not in DISCRETE
     lr = KNOBS["lr"] if lr is None else lr
     solos = [Solo(gaussian, seed=10 + k, log_std_clip=[20.0, 0.5, 20.0][k]).to(dtype) for k in range(K)]
     rows = [member_rows(100 + k, kind, gaussian, n, with_mask, dtype) for k in range(K)]
@@ -152,22 +168,29 @@ def build(kind: str, dtype, lr=None, with_mask=False, n=48, minibatch=12, epochs
     return solos, rows, plans, net, opt
 
 
-def run_both(kind: str, dtype, stacked_lr=None, with_mask=False, adpo_kw=None):
+def run_both(kind: str, dtype, stacked_lr=None, with_mask=False, adpo_kw=None, out=None, stacked_kl_beta=None):
+    """K solo updates and the stacked one; ``out`` (a dict) gets the stacked update's ``terms``
+    and, for ppo_kl, each solo's per-minibatch KLs (``solo_kls``)."""
     list_size = 4
     adpo_kw = adpo_kw or {}
     solos, rows, plans, net, opt = build(kind, dtype, lr=stacked_lr, with_mask=with_mask)
     adams = [torch.optim.Adam(s.parameters(), lr=KNOBS["lr"][k]) for k, s in enumerate(solos)]
+    solo_kls = [[] for _ in range(K)]
     for k in range(K):
         kn = {name: v[k] for name, v in KNOBS.items()}
-        solo_update(solos[k], adams[k], kind, kn, rows[k], plans[k], KNOBS["grad_clip"][k], list_size, adpo_kw)
+        solo_update(solos[k], adams[k], kind, kn, rows[k], plans[k], KNOBS["grad_clip"][k], list_size, adpo_kw,
+                    solo_kls[k])
     knobs = Knobs.of(K, **{n: KNOBS[n] for n in ("vf_clip_param", "vf_loss_coeff", "entropy_coeff", "clip_param",
                                                   "tau_anc", "beta_q")},
+                     kl_beta=KNOBS["kl_beta"] if stacked_kl_beta is None else stacked_kl_beta,
                      list_size=list_size, adpo=adpo_kw, dtype=dtype)
     stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
     clip = member_values("grad_clip", KNOBS["grad_clip"], K, off_is=math.inf, dtype=dtype)
-    terms, skipped = stacked_update(net, opt, ppo_terms if kind == "ppo" else adpo_terms, knobs, stacked,
-                                    torch.stack(plans), clip)
+    loss_fn = ppo_terms if kind == "ppo" else ppo_kl_terms if kind.startswith("ppo_kl") else adpo_terms
+    terms, skipped = stacked_update(net, opt, loss_fn, knobs, stacked, torch.stack(plans), clip)
     assert skipped.tolist() == [0] * K
+    if out is not None:
+        out.update(terms=terms, solo_kls=solo_kls)
     return solos, adams, net, opt
 
 
@@ -185,7 +208,7 @@ def max_diff(solos, adams, net, opt) -> float:
     return worst
 
 
-CASES = [("ppo", {}), ("adpo_batch", {}), ("adpo_batch", {"loss": "pairwise", "target": "kde"}),
+CASES = [("ppo", {}), ("ppo_kl", {}), ("ppo_kl_discrete", {}), ("adpo_batch", {}), ("adpo_batch", {"loss": "pairwise", "target": "kde"}),
          ("adpo_actions", {}), ("adpo_actions", {"loss": "dpo"})]
 
 
@@ -193,15 +216,33 @@ CASES = [("ppo", {}), ("adpo_batch", {}), ("adpo_batch", {"loss": "pairwise", "t
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_one_update_equals_k_solo_updates(kind, adpo_kw, dtype, tol):
     solos, adams, net, opt = run_both(kind, dtype, adpo_kw=adpo_kw)
-    moved = max(float((s.pi.net.mlp[0].weight - Solo(kind != "adpo_actions", 10 + k).to(dtype).pi.net.mlp[0].weight).detach().abs().max())
+    moved = max(float((s.pi.net.mlp[0].weight - Solo(kind not in DISCRETE, 10 + k).to(dtype).pi.net.mlp[0].weight).detach().abs().max())
                 for k, s in enumerate(solos))
     assert moved > 1e-3  # the update did something to compare
     assert max_diff(solos, adams, net, opt) < tol
 
 
-@pytest.mark.parametrize("kind", ["ppo", "adpo_batch"])
+@pytest.mark.parametrize("kind", ["ppo", "ppo_kl", "adpo_batch"])
 def test_one_update_with_a_loss_mask_equals_k_solo_updates(kind):
     assert max_diff(*run_both(kind, torch.float64, with_mask=True)) < 1e-10
+
+
+@pytest.mark.parametrize("kind", ["ppo_kl", "ppo_kl_discrete"])
+def test_ppo_kl_reports_each_members_mean_kl_over_its_minibatches(kind):
+    """The fourth loss term of ppo_kl_terms is the masked mean KL(behaviour || current) per
+    minibatch; the update's mean of it (what the learner adapts beta on) is each solo's."""
+    out = {}
+    run_both(kind, torch.float64, with_mask=True, out=out)
+    got = out["terms"][:, 5].tolist()  # [total, grad norm, policy, vf, entropy, kl]
+    want = [sum(kls) / len(kls) for kls in out["solo_kls"]]
+    assert got == pytest.approx(want, rel=1e-10)
+    assert min(want) > 1e-3 and len({round(w, 6) for w in want}) == K  # real, per-member KLs
+
+
+def test_control_a_perturbed_kl_beta_breaks_equality():
+    beta = list(KNOBS["kl_beta"])
+    beta[1] *= 1.01
+    assert max_diff(*run_both("ppo_kl", torch.float64, stacked_kl_beta=beta)) > 1e-5
 
 
 def test_control_a_perturbed_lr_breaks_equality():
@@ -416,6 +457,8 @@ def test_bad_knobs_are_refused_by_name_before_any_step():
         Knobs.of(K, vf_clip_param=1.0, vf_loss_coeff=1.0, entropy_coeff=0.0, tau_anc=[1.0, 0.0, 1.0], beta_q=1.0)
     with pytest.raises(ValueError, match=r"lr: need one value per member \(3\), got 2"):
         StackedAdam(torch.zeros(K, 4), [1e-3, 1e-3])
+    with pytest.raises(ValueError, match=r"kl_beta: every member's value must be > 0"):
+        Knobs.of(K, vf_clip_param=1.0, vf_loss_coeff=1.0, entropy_coeff=0.0, kl_beta=[0.5, -1.0, 1.0])
     _, rows, plans, net, opt = build("adpo_batch", torch.float32)
     stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
     knobs = Knobs.of(K, vf_clip_param=1.0, vf_loss_coeff=1.0, entropy_coeff=0.0, tau_anc=1.0, beta_q=1.0, list_size=5)

@@ -45,22 +45,31 @@ def test_pack_1_is_one_trial_per_tune_trial_as_before():
     assert "trials" not in space and space["trial"] == {"grid_search": [t.as_dict() for t in s.trials()]}
 
 
-def test_auto_packs_each_shape_and_leaves_refused_trials_alone():
+def test_auto_packs_each_shape():
     s = spec("auto", algorithms=["adpo", "ppo", "ppo_kl"], hidden_sizes=[16, 32])
     packs = s.packs()
     by_shape = {}
     for t in s.trials():
         by_shape.setdefault((t.algorithm, t.hidden_size), []).append(t.tag)
-    # adpo and ppo: one pack per (algorithm, hidden size), members in trial order;
-    # ppo_kl (a pack cannot run it): each trial alone
-    expected = [by_shape[("adpo", 16)], by_shape[("adpo", 32)], by_shape[("ppo", 16)], by_shape[("ppo", 32)]]
-    assert sorted(tags(packs)) == sorted(expected + [[tag] for tag in by_shape[("ppo_kl", 16)] + by_shape[("ppo_kl", 32)]])
+    # one pack per (algorithm, hidden size), members in trial order
+    assert len(by_shape) == 6 and sorted(tags(packs)) == sorted(by_shape.values())
     assert [len(p) for p in packs if p[0].algorithm == "adpo"] == [4, 4]
+    assert [len(p) for p in packs if p[0].algorithm == "ppo_kl"] == [2, 2]
     # every trial once, packs in the order of their first member, the same on every call
     flat = [t for p in packs for t in p]
     assert sorted(t.tag for t in flat) == sorted(t.tag for t in s.trials())
     order = [s.trials().index(p[0]) for p in packs]
     assert order == sorted(order) and tags(s.packs()) == tags(packs)
+
+
+def test_ppo_kl_members_share_whether_beta_adapts_not_its_start():
+    s = spec("auto", algorithms=["ppo_kl"], scenarios=["clean"],
+             sweep={"ppo_kl.kl_beta": [0.3, 1.0], "ppo_kl.kl_adaptive": [True, False]})
+    packs = s.packs()
+    assert len(s.trials()) == 4 and [len(p) for p in packs] == [2, 2]
+    for p in packs:
+        knobs = [s.knobs(t) for t in p]
+        assert len({k.kl_adaptive for k in knobs}) == 1 and {k.kl_beta for k in knobs} == {0.3, 1.0}
 
 
 def test_a_knob_a_pack_cannot_run_leaves_every_trial_alone():
@@ -112,9 +121,9 @@ def test_a_packed_grid_gives_tune_one_trial_per_pack_with_readable_unique_names(
 def test_plans_count_packs_one_bundle_each():
     s = spec("auto", algorithms=["adpo", "ppo_kl"])
     plans = plan_trials(s)
-    assert [len(p.trials) for p in plans] == [4, 1, 1]
+    assert [len(p.trials) for p in plans] == [4, 2]
     assert plans[0].members == tuple(s.packs()[0]) and len(plans[0].bundles) == 1
-    assert plans[0].env_steps == 4 * plans[1].env_steps and plans[0].name.startswith("pack4_")
+    assert plans[0].env_steps == 2 * plans[1].env_steps and plans[0].name.startswith("pack4_")
     two_cpus = Capacity((NodeType("node", {"CPU": 2.0}, 1),), "test")
     assert max_concurrent(plans, two_cpus) == 2
     assert len(plan_trials(parse_spec({**BASE, "algorithms": ["adpo", "ppo_kl"]}))) == 6
@@ -134,8 +143,8 @@ def test_the_dry_run_shows_the_packs(capsys, tmp_path):
     spec_file.write_text(json.dumps({**BASE, "algorithms": ["adpo", "ppo_kl"], "resources": {"pack": "auto"}}))
     assert main(["grid", "--config", str(spec_file), "--dry-run", "--storage-path", str(tmp_path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert ("trial packs (resources.pack: auto): 3 Tune trials for 6 trials: 1 pack(s) of 4 members, each asking "
-            "{CPU=1}; 2 trial(s) alone") in out
+    assert ("trial packs (resources.pack: auto): 2 Tune trials for 6 trials: 1 pack(s) of 2 members, each asking "
+            "{CPU=1}; 1 pack(s) of 4 members, each asking {CPU=1}; 0 trial(s) alone") in out
     assert "trials: 6 = 1 env(s) x 2 scenario(s) x 3 method(s)" in out and "Tune trial(s) (packs or trials)" in out
 
 
