@@ -180,6 +180,10 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         shape = (f"trials: {len(members)} = {len(spec.environments)} env(s) x {len(spec.scenario_names)} scenario(s) x "
                  f"{methods} method(s) x {len(spec.hidden_sizes)} hidden size(s) x {len(spec.seeds)} seed(s)"
                  + (f" x {points} sweep point(s)" if spec.sweep else ""))
+        alike = spec.grid_size() - len(members)
+        if alike:
+            shape += (f", less {alike:,} that would train exactly as another (at a point that differs only "
+                      "in knobs their method does not read, e.g. adpo.* for ppo)")
     for path, value in spec.sweep.items():
         shape += (f"\nsweep {path}: " + (", ".join(map(str, value)) + f" ({len(value)} values)"
                   if isinstance(value, list) else f"{value.kind} {getattr(value, value.kind)}"))

@@ -9,6 +9,7 @@ sized from the trial's own knobs; results are reduced to the curated metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from functools import lru_cache
@@ -56,16 +57,23 @@ def algo_config_from(config: dict[str, Any], knobs: TrialKnobs):
     return build_distill_config(knobs, **student_inputs(spec, trial, config["tracking_uri"], teacher))
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=4096)
 def _resources(spec_json: str, trial_json: str):
     """A trial's placement group, from its own knobs (its sweep point included: a swept minibatch
     or network size can move its learner to a GPU). Tune asks on the driver for every trial, so
-    answers are cached by the trial's identity."""
-    from adpo_ray.rllib.factory import build_algo_config, build_distill_config
-
+    answers are cached by the trial's identity, and the RLlib config behind them by its knobs with
+    the scenario and seed left out (they never change what a trial asks for)."""
     spec = _spec(spec_json)
     knobs = spec.knobs(TrialSpec(**json.loads(trial_json)))
-    algo_config = build_algo_config(knobs) if spec.distill is None else build_distill_config(knobs)
+    alike = dataclasses.replace(knobs, trial=dataclasses.replace(knobs.trial, scenario="clean", seed=0))
+    return _request(alike, spec.distill is not None)
+
+
+@lru_cache(maxsize=1024)
+def _request(knobs: TrialKnobs, distill: bool):
+    from adpo_ray.rllib.factory import build_algo_config, build_distill_config
+
+    algo_config = build_distill_config(knobs) if distill else build_algo_config(knobs)
     return algo_config.algo_class.default_resource_request(algo_config)
 
 

@@ -469,17 +469,29 @@ class ExperimentSpec(_Strict):
         return derive_knobs(self.with_values(dict(trial.sweep)) if trial.sweep else self, trial)
 
     def trial_count(self) -> int:
-        """How many trials the launch runs: :meth:`trials` x the sweep grid, or a search's samples."""
+        """How many trials the launch runs: :meth:`trials` (a grid's points that train alike are
+        one trial), or a search's samples. A grid too large to run is counted without listing it."""
         axes = 1
         for values in self.grid_axes().values():
             axes *= len(values)
         if self.search is not None:
             return self.search.num_samples * (1 if self.search.algorithm == "optuna" else axes)
+        full = base_count(self) * axes
+        return len(self.trials()) if axes > 1 and full <= MAX_TRIALS else full
+
+    def grid_size(self) -> int:
+        """The grid's axes multiplied out: base trials x sweep points, before the points that
+        train alike are merged (:meth:`trial_count` is what runs)."""
+        axes = 1
+        for values in self.grid_axes().values():
+            axes *= len(values)
         return base_count(self) * axes
 
     def trials(self) -> list[TrialSpec]:
         """Every trial of the grid, in a stable order: each base trial at every point of the
-        sweep's grid. With ``search``, the base trial alone (Tune samples its sweep points)."""
+        sweep's grid where it trains differently (a sweep over ``adpo.loss`` runs a PPO trial once;
+        :func:`~adpo_ray.spec.trials.grid_trials`). With ``search``, the base trial alone (Tune
+        samples its sweep points)."""
         return grid_trials(self)
 
     def packs(self) -> list[list[TrialSpec]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from adpo_ray.core.noise import SCENARIOS
@@ -155,14 +155,53 @@ def base_count(spec) -> int:
 
 
 def grid_trials(spec) -> list[TrialSpec]:
-    """Every trial a launch runs: each base trial at every point of the sweep's grid. With
-    ``search``, the base trial alone (Tune samples its sweep points)."""
+    """Every trial a launch runs: each base trial at every point of the sweep's grid that trains
+    it differently (:func:`_distinct_points`). With ``search``, the base trial alone (Tune samples
+    its sweep points)."""
     base = base_trials(spec)
     axes = spec.grid_axes()
     if spec.search is not None or not axes:
         return base
-    points = [tuple(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
-    return [TrialSpec(**{**t.as_dict(), "sweep": point}) for t in base for point in points]
+    shape = [len(values) for values in axes.values()]
+    combos = list(itertools.product(*(range(n) for n in shape)))
+    labels: dict[tuple, list[tuple[int, ...]]] = {}
+    out = []
+    for t in base:
+        # which points differ depends on the method, env and network, not on scenario or seed
+        method = (t.env, t.algorithm, t.anchor_mode, t.hidden_size)
+        if method not in labels:
+            labels[method] = _distinct_points(spec, t, axes, combos)
+        for label in labels[method]:
+            point = tuple((path, axes[path][i]) for path, i in zip(axes, label, strict=True) if i is not None)
+            out.append(TrialSpec(**{**t.as_dict(), "sweep": point}))
+    return out
+
+
+def _distinct_points(spec, base: TrialSpec, axes: dict[str, list], combos: list[tuple[int, ...]]) -> list[tuple]:
+    """The sweep points (value indices per axis, ``None``: the axis left out of the trial's point)
+    at which ``base`` trains differently. Points that give it the same knobs are one trial, the
+    first in sweep order: a sweep over ``adpo.loss`` runs a PPO trial once, as PPO reads no
+    ``adpo:`` knob. Each kept point names the axes of one value and those whose other values
+    change the trial's knobs there; if two kept points would then read the same, every point
+    names every axis."""
+    def settings(combo: tuple[int, ...]) -> str:
+        point = tuple((path, axes[path][i]) for path, i in zip(axes, combo, strict=True))
+        knobs = spec.knobs(TrialSpec(**{**base.as_dict(), "sweep": point}))
+        return repr([(f.name, getattr(knobs, f.name)) for f in fields(knobs) if f.name != "trial"])
+
+    of = {combo: settings(combo) for combo in combos}
+    kept: dict[str, tuple[int, ...]] = {}
+    for combo in combos:
+        kept.setdefault(of[combo], combo)
+    labels = []
+    for key, combo in kept.items():
+        labels.append(tuple(
+            i if len(values) == 1 or any(of[combo[:a] + (j,) + combo[a + 1:]] != key for j in range(len(values)))
+            else None
+            for a, (i, values) in enumerate(zip(combo, axes.values(), strict=True))))
+    if len(set(labels)) < len(labels):
+        return list(kept.values())
+    return labels
 
 
 def check_identities(trials: list[TrialSpec]) -> None:

@@ -28,12 +28,41 @@ def test_sweep_of_ppo_bandit_and_anchor_params():
     spec = parse_spec({**BASE, "algorithms": ["adpo", "ppo"],
                        "sweep": {"ppo.lr": [0.0001, 0.0002], "bandit.num_items": [4, 16],
                                  "anchors.params.ema.rate": [0.1, 0.5]}})
-    assert spec.trial_count() == 3 * 8
+    # each method at the points that change its knobs: adpo-dynamic reads bandit.num_items alone,
+    # adpo-ema also its rate, ppo also ppo.lr (ADPO trials read adpo:, not ppo:)
+    assert spec.trial_count() == len(spec.trials()) == 2 + 4 + 4
+    assert spec.grid_size() == 3 * 8
+    assert {t.sweep for t in spec.trials() if t.anchor_mode == "dynamic"} == {
+        (("bandit.num_items", 4),), (("bandit.num_items", 16),)}
     ppo = next(t for t in spec.trials() if t.algorithm == "ppo" and dict(t.sweep)["ppo.lr"] == 0.0002)
     assert spec.knobs(ppo).lr == 0.0002 and spec.knobs(ppo).clip_param == 0.2
     ema = next(t for t in spec.trials() if t.anchor_mode == "ema" and dict(t.sweep)["anchors.params.ema.rate"] == 0.5)
     assert dict(spec.knobs(ema).anchor_params)["rate"] == 0.5
     assert dict(spec.knobs(ema).bandit)["num_items"] == dict(ema.sweep)["bandit.num_items"]
+
+
+def test_points_that_train_a_method_alike_are_one_trial():
+    """A sweep over ADPO's loss knobs runs each baseline once (its knobs are the same at every
+    point), labelled without those axes; ADPO runs at every point."""
+    spec = parse_spec({**BASE, "anchors": {"modes": ["fixed"]}, "algorithms": ["adpo", "ppo", "ppo_kl"],
+                       "sweep": {"adpo.loss": ["listwise", "plackett_luce"], "adpo.beta_q": [0.5, 2.0],
+                                 "train.lr": [0.001]}})
+    trials = spec.trials()
+    assert spec.grid_size() == 3 * 4 and spec.trial_count() == len(trials) == 4 + 1 + 1
+    assert {(t.algorithm, t.sweep) for t in trials} == {
+        *(("adpo", (("adpo.loss", loss), ("adpo.beta_q", beta), ("train.lr", 0.001)))
+          for loss in ("listwise", "plackett_luce") for beta in (0.5, 2.0)),
+        ("ppo", (("train.lr", 0.001),)),  # a one-value axis stays in every label, as it was
+        ("ppo_kl", (("train.lr", 0.001),)),
+    }
+    assert len({t.tag for t in trials}) == len(trials)
+    # a PPO trial left out would have trained exactly as the one kept: the same knobs
+    ppo = next(t for t in trials if t.algorithm == "ppo")
+    left_out = TrialSpec(**{**ppo.as_dict(), "sweep": (("adpo.loss", "plackett_luce"), ("adpo.beta_q", 2.0),
+                                                       ("train.lr", 0.001))})
+    assert spec.knobs(left_out).params() == spec.knobs(ppo).params()
+    adpo = [t for t in trials if t.algorithm == "adpo"]
+    assert len({tuple(sorted(spec.knobs(t).params().items())) for t in adpo}) == 4  # control: these differ
 
 
 def test_trial_round_trips_through_tune_config():
