@@ -79,16 +79,17 @@ def start_pack_learner_from(learner, module_id: str, states: list[dict[str, np.n
     not fit."""
     module = learner.module[module_id].unwrapped()
     own = module.member_state_dicts()
+    for k, state in enumerate(states):  # every member checked before any is written
+        if state is not None:
+            _fitting_keys(own[k], state, f"member {k}: ")
     net = module.net
     with torch.no_grad():
         for k, state in enumerate(states):
             if state is None:
                 continue
-            _fitting_keys(own[k], state, f"member {k}: ")
-            # the learned layers only: the other entries are constants of the shared network
-            # config (RLlib's log-std clip), the same for every member and checkpoint that fits
-            row = net.flatten([{n: torch.as_tensor(state[n]) for n, _ in net.layout}])[0]
-            module.theta[k].copy_(row)
+            # the learned layers only: the other entries are constants the members' shared
+            # network config sets (RLlib's log-std clip), not learned
+            module.theta[k].copy_(net.flatten([{n: torch.as_tensor(state[n]) for n, _ in net.layout}])[0])
             if set_anchor and hasattr(module, "anchor"):
                 module.anchor[k].copy_(module.theta[k, :net.policy_size])
 
