@@ -188,7 +188,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
         assert k.data.params["anchors.init.run_id"] == pretrained.info.run_id
         assert k.data.params["anchors.init"] == "pretrain:" + stage.key
 
-    # a second launch, packed: the two ADPO trials as one pack (ppo_kl, which no pack runs, alone),
+    # a second launch, packed: the two ADPO trials as one pack (ppo_kl's one trial alone),
     # each member started from the same pretrained run and tracked as its solo trial was
     second = run_grid(parse_spec({**BANDIT, "algorithms": ["adpo", "ppo_kl"], "resources": {"pack": "auto"}}),
                       GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),

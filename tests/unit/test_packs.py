@@ -78,12 +78,12 @@ def test_a_knob_a_pack_cannot_run_leaves_every_trial_alone():
 
 
 def test_trials_from_pretrained_policies_pack_and_find_their_start():
-    """``anchors.init`` (a pretrained start, or a stored checkpoint) packs as any other knob: the
-    ADPO and PPO trials form their packs, ``ppo_kl`` still runs alone, and the pack's Tune config
+    """``anchors.init`` (a pretrained start, or a stored checkpoint) packs as any other knob: each
+    method's trials form their pack (one start for all members), and the pack's Tune config
     carries the pinned runs and store as a solo trial's does."""
     pretrain = {"modes": ["fixed", "dynamic"], "init": {"pretrain": {"iterations": 3}}}
     s = spec("auto", algorithms=["adpo", "ppo", "ppo_kl"], anchors=pretrain)
-    assert [len(p) for p in s.packs()] == [4, 2, 1, 1]
+    assert [len(p) for p in s.packs()] == [4, 2, 2]
     assert all(len({s.knobs(t).init for t in p}) == 1 and s.knobs(p[0]).init.startswith("pretrain:")
                for p in s.packs())
     space = param_space(s, "sqlite:///x.db", init_runs={"slot": "run"})
