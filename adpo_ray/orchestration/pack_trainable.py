@@ -9,7 +9,9 @@ and, in a search,
 its ``search/<metric>``), read from the pack's ``member/<k>/`` entries, plus the pack's own env
 steps (``env_steps``: all members together). The pack runs to the members' common budget
 (iterations or env steps per member), evaluates each member on its clean env on the solo
-schedule and checkpoints as a solo trial does. Tune reserves one bundle for the whole pack.
+schedule and checkpoints as a solo trial does. Members of a grid with ``anchors.init`` start,
+as their solo trials do, from their pretrained policy (``init_runs``, ``tracking_uri``: as a solo
+trial's config holds them). Tune reserves one bundle for the whole pack.
 """
 
 from __future__ import annotations
@@ -93,8 +95,9 @@ def member_result(raw: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 class PackTrainable(AlgorithmTrainable):
-    """``config = {"spec": <spec dict>, "trials": [<TrialSpec dict>, ...]}`` (see the module
-    docstring)."""
+    """``config = {"spec": <spec dict>, "trials": [<TrialSpec dict>, ...]}``, with
+    ``"tracking_uri"`` and ``"init_runs"`` for a grid starting from pretrained policies (see the
+    module docstring)."""
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]) -> PlacementGroupFactory:
@@ -109,6 +112,14 @@ class PackTrainable(AlgorithmTrainable):
             raise ValueError(f"trials: every member of a pack must share its env, got {sorted(envs)}")
         self.budget = self.spec.budget_for(self.trials[0].env)
         self.algo = pack_algo_config(config).build_algo()
+        from adpo_ray.orchestration.policies import init_checkpoint
+
+        starts = [init_checkpoint(self.spec, t, config.get("tracking_uri"), config.get("init_runs"))
+                  for t in self.trials]
+        if any(s is not None for s in starts):  # a restore from the pack's own checkpoint overwrites all of it
+            from adpo_ray.rllib.init import start_pack_from_checkpoints
+
+            start_pack_from_checkpoints(self.algo, starts)
         self._last: dict[str, Any] = {}
 
     @property

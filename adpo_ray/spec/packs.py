@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from adpo_ray.spec.knobs import NO_INIT
 from adpo_ray.spec.sections import LEARNER_UPDATES
 from adpo_ray.spec.trials import TrialSpec
 
@@ -46,8 +45,9 @@ def check_pack(knobs: list) -> None:
         ValueError: no members; an offline (distillation) trial or a method not in
             :data:`PACK_ALGORITHMS`; the first knob of
             :data:`SHAPE_KNOBS` two members differ in, naming it, both members and values;
-            what a pack does not run (``anchor_kl_coeff > 0``, ``anchors.init``, RLlib's update
-            path ``learner_update: rllib``, ``learner_compile``, more than one learner).
+            what a pack does not run (``anchor_kl_coeff > 0``, RLlib's update path
+            ``learner_update: rllib``, ``learner_compile``, more than one learner). Members may
+            start from pretrained policies (``anchors.init``): each loads its own.
     """
     if not knobs:
         raise ValueError("a pack needs at least one member (knobs is empty)")
@@ -64,8 +64,6 @@ def check_pack(knobs: list) -> None:
         if kn.anchor_kl_coeff:
             raise ValueError(f"member {k}: anchor_kl_coeff={kn.anchor_kl_coeff}; a pack runs without the KL "
                              "penalty to the anchor (anchor_kl_coeff: 0)")
-        if kn.init not in (None, NO_INIT):
-            raise ValueError(f"member {k}: anchors.init={kn.init!r}; a pack starts from fresh networks only")
     if first.learner_update != FUSED:
         raise ValueError(f"learner_update={first.learner_update!r}; a pack runs only on the fused update ({FUSED})")
     if first.learner_compile:

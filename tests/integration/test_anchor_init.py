@@ -5,6 +5,9 @@ by a second launch, and each child run records which run it started from."""
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -12,17 +15,21 @@ from mlflow.tracking import MlflowClient
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
+from adpo_ray.core.packed import StackedActorCritic
 from adpo_ray.orchestration.launch import GridOptions, run_grid
 from adpo_ray.orchestration.policies import TEACHER_TAG
+from adpo_ray.orchestration.spool import RUN_KEY_TAG
+from adpo_ray.orchestration.tracking import PACK_TAG
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow
 from adpo_ray.rllib.factory import build_algo_config
-from adpo_ray.rllib.init import policy_state, start_from_checkpoint
+from adpo_ray.rllib.init import module_dir, policy_state, start_from_checkpoint
 from adpo_ray.rllib.learner import kl_from_logits
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS
 from adpo_ray.spec import TrialSpec, parse_spec, pretrained_of
 
 from ..helpers.grid import options
+from .test_pack_grid import RUNNER_TAGS
 
 pytestmark = pytest.mark.slow
 
@@ -181,16 +188,43 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
         assert k.data.params["anchors.init.run_id"] == pretrained.info.run_id
         assert k.data.params["anchors.init"] == "pretrain:" + stage.key
 
-    assert not run_grid(parse_spec({**BANDIT, "algorithms": ["ppo_kl"]}), GridOptions(
-        tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
-        storage_path=str(tmp_path / "ray_results"), name="second"), verbose=0).errors
+    # a second launch, packed: the two ADPO trials as one pack (ppo_kl's one trial alone),
+    # each member started from the same pretrained run and tracked as its solo trial was
+    second = run_grid(parse_spec({**BANDIT, "algorithms": ["adpo", "ppo_kl"], "resources": {"pack": "auto"}}),
+                      GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
+                                  storage_path=str(tmp_path / "ray_results"), name="second"), verbose=0)
+    assert len(second) == 2 and not second.errors  # 2 Tune trials for 3 trials
     out = capsys.readouterr().out
     assert f"reusing MLflow run {pretrained.info.run_id}" in out and "training RLlib PPO" not in out
+    launches: dict[str, dict] = {}
+    for run in client.search_runs([client.get_experiment_by_name("init_bandit").experiment_id]):
+        if "trial" in run.data.tags:
+            launches.setdefault(run.data.tags["mlflow.parentRunId"], {})[run.data.tags["trial"]] = run
+    solo_runs, packed_runs = sorted(launches.values(), key=len, reverse=True)
+    assert len(solo_runs) == 5 and len(packed_runs) == 3
+    assert {r.data.tags.get(PACK_TAG) is not None for r in packed_runs.values()
+            if r.data.tags["algorithm"] == "adpo"} == {True}
+    for tag, run in packed_runs.items():
+        mine = solo_runs[tag]
+        assert run.info.status == "FINISHED" and run.data.params == mine.data.params, tag
+        # the same tags but those naming the Tune trial and the launch (the spool's run key)
+        assert run.data.tags[RUN_KEY_TAG] == f"second/{tag}" and mine.data.tags[RUN_KEY_TAG] == f"first/{tag}"
+        assert ({k: v for k, v in run.data.tags.items() if k not in {*RUNNER_TAGS, RUN_KEY_TAG}}
+                == {k: v for k, v in mine.data.tags.items() if k not in {*RUNNER_TAGS, RUN_KEY_TAG}}), tag
 
     from adpo_ray.orchestration.mlflow_store import download
 
     source = download(uri, pretrained.info.run_id, "checkpoint")
     saved = policy_state(source)
+    # the pack started from it: its final checkpoint holds the fixed member's anchor (never
+    # refreshed) at the pretrained policy, bit for bit
+    (pack_dir,) = (tmp_path / "ray_results" / "second").glob("pack2_*")
+    modes = [t["anchor_mode"] for t in json.loads((pack_dir / "params.json").read_text())["trials"]]
+    (checkpoint,) = pack_dir.glob("checkpoint_*")
+    anchors = pickle.loads((module_dir(checkpoint) / "module_state.pkl").read_bytes())["anchor"]
+    pretrained_policy = StackedActorCritic.from_state_dicts(
+        [{n: torch.as_tensor(v) for n, v in saved.items()}], "categorical").anchor()[0]
+    np.testing.assert_array_equal(anchors[modes.index("fixed")], pretrained_policy.numpy())
     obs = torch.randn(32, 8)
     for algorithm, mode in [("adpo", "fixed"), ("adpo", "dynamic"), ("ppo", "none"), ("ppo_kl", "none"),
                             ("dpo", "fixed")]:

@@ -77,6 +77,22 @@ def test_a_knob_a_pack_cannot_run_leaves_every_trial_alone():
     assert s.packs() == [[t] for t in s.trials()]
 
 
+def test_trials_from_pretrained_policies_pack_and_find_their_start():
+    """``anchors.init`` (a pretrained start, or a stored checkpoint) packs as any other knob: each
+    method's trials form their pack (one start for all members), and the pack's Tune config
+    carries the pinned runs and store as a solo trial's does."""
+    pretrain = {"modes": ["fixed", "dynamic"], "init": {"pretrain": {"iterations": 3}}}
+    s = spec("auto", algorithms=["adpo", "ppo", "ppo_kl"], anchors=pretrain)
+    assert [len(p) for p in s.packs()] == [4, 2, 2]
+    assert all(len({s.knobs(t).init for t in p}) == 1 and s.knobs(p[0]).init.startswith("pretrain:")
+               for p in s.packs())
+    space = param_space(s, "sqlite:///x.db", init_runs={"slot": "run"})
+    assert space["init_runs"] == {"slot": "run"} and space["tracking_uri"] == "sqlite:///x.db"
+    assert "trials" in space
+    stored = spec(2, anchors={"modes": ["fixed", "dynamic"], "init": {"checkpoint": "/x"}})
+    assert [len(p) for p in stored.packs()] == [2, 2]
+
+
 def test_at_most_n_members_split_evenly():
     s = spec(3)  # 4 trials of one shape: 2 + 2, not 3 + 1
     assert [len(p) for p in s.packs()] == [2, 2]
