@@ -11,7 +11,8 @@ steps (``env_steps``: all members together). The pack runs to the members' commo
 (iterations or env steps per member), evaluates each member on its clean env on the solo
 schedule and checkpoints as a solo trial does. Members of a grid with ``anchors.init`` start,
 as their solo trials do, from their pretrained policy (``init_runs``, ``tracking_uri``: as a solo
-trial's config holds them). Tune reserves one bundle for the whole pack.
+trial's config holds them). Tune reserves the placement group RLlib asks for the pack's
+algorithm: a solo trial's, for K members.
 """
 
 from __future__ import annotations
@@ -65,12 +66,9 @@ def pack_algo_config(config: dict[str, Any]):
 @lru_cache(maxsize=64)
 def _resources(config_json: str) -> PlacementGroupFactory:
     algo_config = pack_algo_config(json.loads(config_json))
-    request = algo_config.algo_class.default_resource_request(algo_config)
-    total: dict[str, float] = {}
-    for bundle in request.bundles:
-        for name, amount in bundle.items():
-            total[name] = total.get(name, 0.0) + amount
-    return PlacementGroupFactory([{k: v for k, v in total.items() if v}])
+    # RLlib's own placement group, as a solo trial's: the main process and learner in bundle 0,
+    # each env runner in a bundle of its own (RLlib places runner i in bundle i)
+    return algo_config.algo_class.default_resource_request(algo_config)
 
 
 def member_result(raw: dict[str, Any], k: int) -> dict[str, Any]:
@@ -101,8 +99,8 @@ class PackTrainable(AlgorithmTrainable):
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]) -> PlacementGroupFactory:
-        """One bundle for the whole pack: the RLlib algorithm's bundles (main process, env
-        runners, learner with its GPU share) added up."""
+        """The pack's RLlib algorithm's placement group (main process and learner with its GPU
+        share, then one bundle per env runner), as a solo trial asks."""
         return _resources(json.dumps({"spec": config["spec"], "trials": config["trials"]}, sort_keys=True))
 
     def setup(self, config: dict[str, Any]) -> None:

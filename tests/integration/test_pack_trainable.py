@@ -1,5 +1,6 @@
-"""A trial pack under a real ``tune.Tuner``: one trial, one bundle, K members whose results are
-shaped exactly as solo GridTrainable trials' results."""
+"""A trial pack under a real ``tune.Tuner``: one trial, the placement group of its solo trials
+(an env runner in a bundle of its own), K members whose results are shaped exactly as solo
+GridTrainable trials' results."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ SPEC = {
     "anchors": {"modes": ["fixed", "dynamic"]},
     "budget": {"iterations": 2, "checkpoint_every": 1},
     "adpo": {"train_batch_size": 128, "minibatch_size": 32, "num_epochs": 1},
+    # an env runner of its own: RLlib places it in bundle 1 of the trial's placement group
+    "resources": {"num_env_runners": 1, "num_envs_per_env_runner": 2},
 }
 
 
@@ -39,7 +42,9 @@ def test_pack_under_tune_reports_each_member_as_a_solo_trial(ray_local, tmp_path
     dump = spec.model_dump(mode="json", by_alias=True)
     space = {"spec": dump, "trials": [t.as_dict() for t in trials]}
     request = PackTrainable.default_resource_request(space)
-    assert len(request.bundles) == 1 and request.bundles[0].get("CPU", 0) >= 1
+    solo = GridTrainable.default_resource_request({"spec": dump, "trial": trials[0].as_dict()})
+    assert request.bundles == solo.bundles and len(request.bundles) == 2  # main + learner, the runner
+    assert request.strategy == solo.strategy
 
     (pack,) = fit(PackTrainable, space, tmp_path, "pack")
     solos = fit(GridTrainable, {"spec": dump, "trial": tune.grid_search([t.as_dict() for t in trials])},

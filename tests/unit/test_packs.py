@@ -134,11 +134,15 @@ def test_a_packed_grid_gives_tune_one_trial_per_pack_with_readable_unique_names(
         assert name.startswith(f"pack{len(members)}_{members[0].env}") if len(members) > 1 else name == members[0].dirname
 
 
-def test_plans_count_packs_one_bundle_each():
+def test_plans_count_packs_each_asking_what_its_solo_trial_asks():
     s = spec("auto", algorithms=["adpo", "ppo_kl"])
     plans = plan_trials(s)
     assert [len(p.trials) for p in plans] == [4, 2]
-    assert plans[0].members == tuple(s.packs()[0]) and len(plans[0].bundles) == 1
+    solo = plan_trials(parse_spec({**BASE, "algorithms": ["adpo", "ppo_kl"]}))
+    assert plans[0].members == tuple(s.packs()[0]) and plans[0].bundles == solo[0].bundles
+    # with env runners: RLlib's bundle per runner, which it places runner i in (never merged)
+    runners = plan_trials(spec("auto", resources={"num_env_runners": 2}))
+    assert [len(p.bundles) for p in runners] == [3] and runners[0].bundles[1] == runners[0].bundles[2] == {"CPU": 1}
     assert plans[0].env_steps == 2 * plans[1].env_steps and plans[0].name.startswith("pack4_")
     two_cpus = Capacity((NodeType("node", {"CPU": 2.0}, 1),), "test")
     assert max_concurrent(plans, two_cpus) == 2
