@@ -437,7 +437,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, short-lived local Ray
     ray.init(include_dashboard=False, log_to_driver=False)
     video = Path(args.video_dir or ".") / f"{run_id or checkpoint.name}_{args.scenario}.mp4" if args.video else None
-    result = evaluate(checkpoint, scenario=args.scenario, episodes=args.episodes, video=video)
+    try:
+        result = evaluate(checkpoint, scenario=args.scenario, episodes=args.episodes, video=video)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if result.metric == "winmass":
         print(f"{result.env} / {result.scenario}: WinMass {result.mean:.4f} (held-out nominal contexts)")
     else:

@@ -44,11 +44,16 @@ def checkpoint_of(source: str, tracking_uri: str) -> tuple[Path, str | None]:
     if storage.is_uri(source) or os.path.isdir(source):
         return Path(local_run_dir(source, "CHECKPOINT", "adpo-ray evaluate")), None
     from adpo_ray.orchestration.mlflow_store import client, download
+    from adpo_ray.orchestration.tracking import PACK_TAG
 
     try:
-        client(tracking_uri).get_run(source)
+        run = client(tracking_uri).get_run(source)
     except Exception as e:  # noqa: BLE001 - no such run, or the store is away: say which
         raise FileNotFoundError(f"{source!r} is neither a checkpoint folder nor a run at {tracking_uri} ({e})") from None
+    if PACK_TAG in run.data.tags:
+        raise ValueError(f"run {source} is a member of the trial pack {run.data.tags[PACK_TAG]!r} (its Tune trial): "
+                         "its policy is in that pack's checkpoint with the other members', and evaluating one "
+                         "member is not supported yet; its metrics (eval/*) are on the run")
     return download(tracking_uri, source, "checkpoint"), source
 
 
@@ -56,17 +61,22 @@ def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 1
              video: Path | None = None) -> Evaluation:
     """Evaluate the policy saved at ``checkpoint`` (needs a connected Ray to restore it): MuJoCo
     episodes reset with seeds ``seed``, ``seed + 1``, ... (default
-    :data:`~adpo_ray.rllib.rollout.EVAL_SEED`, the episodes teachers and students are measured on)."""
+    :data:`~adpo_ray.rllib.rollout.EVAL_SEED`, the episodes teachers and students are measured on).
+    Raises ValueError for a trial pack's checkpoint."""
     from ray.rllib.algorithms.algorithm import Algorithm
 
     from adpo_ray.orchestration.policies import obs_norm_of
     from adpo_ray.rllib import _ray_private as rp
     from adpo_ray.rllib.env import register
+    from adpo_ray.rllib.pack_module import MEMBER_SEEDS
     from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns
 
     register()
     algo = Algorithm.from_checkpoint(str(checkpoint))
     try:
+        if MEMBER_SEEDS in dict(algo.config.model_config or {}):
+            raise ValueError(f"{checkpoint} is a trial pack's checkpoint (the policies of several trials); "
+                             "evaluating one member is not supported yet")
         env_config = dict(algo.config.env_config or {})
         env = env_config["env"]
         scenario = scenario or "clean"

@@ -19,7 +19,7 @@ from adpo_ray.orchestration.tracking import PACK_TAG, spool_folder
 from adpo_ray.report.data import load_tune_folder
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import SMALL, children, options, steps
+from ..helpers.grid import SMALL, children, options, run_py, steps
 from ..helpers.resume import (
     assert_same_curves,
     kill_when,
@@ -82,6 +82,11 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
         assert "metrics.csv" in artifacts
         assert ("checkpoint" in artifacts) == (PACK_TAG not in run.data.tags)  # a pack's stays in its folder
     assert sorted(packs.values()) == [["adpo"] * 4, ["ppo_kl"] * 2]
+    # `adpo-ray evaluate` on a member's run says why it cannot, before starting anything
+    member = next(iter(packed_runs.values()))
+    res = run_py("-m", "adpo_ray.cli", "evaluate", member.info.run_id, "--tracking-uri", packed_opts.tracking_uri,
+                 cwd=tmp_path)
+    assert res.returncode == 2 and f"is a member of the trial pack '{member.data.tags[PACK_TAG]}'" in res.stderr, res.stderr
 
     # summary.csv and the report read from Tune's folder: one row per trial, as the solo launch's
     for run, opts in ((solo, solo_opts), (packed, packed_opts)):
