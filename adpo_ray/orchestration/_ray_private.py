@@ -9,7 +9,7 @@ from __future__ import annotations
 from adpo_ray.rllib._ray_private import RAY_VERSION  # noqa: F401 - the import checks the running Ray
 
 __all__ = ["PRIVATE_NAMES", "autoscaling_status", "tuner_run_config", "tuner_scheduler",
-           "newest_experiment_state", "AshaState"]
+           "newest_experiment_state", "driver_staging_copies", "AshaState"]
 
 #: The private Ray names reached here (see :data:`adpo_ray.rllib._ray_private.PRIVATE_NAMES`).
 PRIVATE_NAMES = frozenset({"_internal_kv_get", "_local_tuner", "_tune_config",
@@ -36,6 +36,21 @@ def tuner_scheduler(tuner):
     """The trial scheduler of a restored ``tune.Tuner`` (``Tuner._local_tuner._tune_config.scheduler``,
     Ray 2.60.0): the object unpickled with the Tuner, which Tune does not snapshot."""
     return tuner._local_tuner._tune_config.scheduler
+
+
+def driver_staging_copies(experiment: str, filename: str) -> list[str]:
+    """Tune's own copies of an experiment's state file ``filename`` on this machine, newest
+    first: Tune 2.60 writes its snapshot and search state atomically into the driver's staging
+    folder, ``<Ray temp dir>/session_*/artifacts/<timestamp>/<experiment>/driver_artifacts``, and
+    only copies them into the results folder (not atomically) with each snapshot."""
+    import glob
+    import os
+    import tempfile
+
+    root = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+    found = glob.glob(os.path.join(glob.escape(root), "session_*", "artifacts", "*", glob.escape(experiment),
+                                   "driver_artifacts", glob.escape(filename)))
+    return sorted(found, key=os.path.getmtime, reverse=True)
 
 
 def newest_experiment_state(run_dir: str) -> str | None:

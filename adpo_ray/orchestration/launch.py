@@ -133,8 +133,70 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     # the folder may have moved since launch: everything follows the folder given here
     options.storage_path, _, options.name = run_dir.rpartition("/")
     claim_folder(run_dir, options.name, take_over=True)
+    if not storage.is_uri(run_dir):
+        try:
+            repair_tune_state(run_dir)
+        except BaseException:
+            release_folder(run_dir)
+            raise
     return _run(spec, options, data, address=address or options.address, resume=True,
                 trainable=trainable, verbose=verbose, report=report)
+
+
+#: Tune's state files in a results folder that a restore reads (the newest of each pattern): the
+#: experiment snapshot, the grid's variant generator, a search algorithm's state.
+TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl")
+
+
+def repair_tune_state(run_dir: str) -> list[str]:
+    """Make Tune's state files in the local folder ``run_dir`` whole before a restore.
+
+    Tune copies them into the results folder with each snapshot, not atomically: a driver killed
+    during the copy leaves one cut short, and Tune's restore then drops the grid's trials and
+    starts them again under new ids. A cut-short file is replaced by Tune's own copy in the
+    driver's staging folder on this machine (written atomically) when one is readable.
+
+    Returns:
+        The files replaced (paths).
+
+    Raises:
+        ValueError: a file is cut short and this machine holds no readable copy of it; it names
+            the file, as a resume would otherwise start trials again.
+    """
+    replaced = []
+    for pattern in TUNE_STATE_FILES:
+        files = sorted(Path(run_dir).glob(pattern))
+        if not files or _readable(files[-1]):
+            continue
+        newest = files[-1]
+        copy = next((c for c in _ray_private.driver_staging_copies(Path(run_dir).name, newest.name)
+                     if _readable(Path(c))), None)
+        if copy is None:
+            raise ValueError(
+                f"{newest} is cut short (the driver was killed while Tune copied it into the folder) and "
+                "this machine holds no copy of it: a resume would start the grid's trials again under new "
+                "ids. Resume on the machine that ran the driver, or restore the file from a backup")
+        tmp = newest.with_name(newest.name + ".tmp")
+        tmp.write_bytes(Path(copy).read_bytes())
+        tmp.replace(newest)
+        replaced.append(str(newest))
+        print(f"{newest.name} was cut short by the kill; restored from Tune's copy {copy}", flush=True)
+    return replaced
+
+
+def _readable(path) -> bool:
+    """Whether a Tune state file loads (JSON, or a pickle)."""
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        data = path.read_bytes()
+        if path.suffix == ".json" and path.name.startswith("experiment_state"):
+            json.loads(data)
+        else:
+            cloudpickle.loads(data)
+    except Exception:  # noqa: BLE001 - any way of being cut short
+        return False
+    return True
 
 
 def _start(address: str | None) -> None:

@@ -265,7 +265,8 @@ def test_dry_run_starts_no_ray_and_counts_paper_grid(tmp_path):
         assert "1 x head.gpu (CPU=8, GPU=1), 8 x worker.gpu (CPU=8, GPU=1)" in out
     assert "2 x {CPU=1}" in solo and "at once: 36 trial(s)" in solo
     assert "trial packs (resources.pack: auto): 366 Tune trials for 5760 trials" in packed
-    assert "{CPU=2}" in packed and "at once: 36 Tune trial(s) (packs or trials)" in packed
+    # a pack asks for its solo trial's placement group: the main process, then its env runner
+    assert "each asking 2 x {CPU=1}" in packed and "at once: 36 Tune trial(s) (packs or trials)" in packed
     hours = [float(re.search(r"estimated wall time: ([0-9.]+) h", out).group(1)) for out in (packed, solo)]
     assert hours[0] < hours[1] / 3, hours  # packs priced at their measured speed-ups
     assert "measured by bench/throughput.py" in res.stdout and "packs at the speed-ups bench/pack.py" in packed

@@ -163,3 +163,33 @@ def test_evaluate_of_a_uri_says_local_folders_only(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "CHECKPOINT s3://bucket/ckpt: adpo-ray evaluate reads local folders only" in err, err
     assert not (tmp_path / "mlflow.db").exists()  # stopped before the tracking store was opened
+
+
+def test_a_cut_short_tune_state_file_is_restored_from_tunes_copy_or_refused(tmp_path, monkeypatch):
+    """A resume first makes Tune's state files whole: a file a kill cut short is replaced by
+    Tune's atomic copy in its driver staging folder on this machine; with none, a clear error
+    names the file (Tune would otherwise drop the trials and start them again)."""
+    import ray.cloudpickle as cloudpickle
+
+    from adpo_ray.orchestration.launch import repair_tune_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    run_dir = tmp_path / "results" / "grid-xyz"
+    run_dir.mkdir(parents=True)
+    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    state = {"_finished": True}
+    torn = run_dir / "basic-variant-state-2026-01-01_00-00-00.json"
+    torn.write_bytes(cloudpickle.dumps(state)[:5])
+    assert repair_tune_state(str(tmp_path / "results")) == []  # control: another folder, nothing torn
+
+    with pytest.raises(ValueError, match=r"basic-variant-state-2026-01-01_00-00-00.json is cut short .* no copy"):
+        repair_tune_state(str(run_dir))
+    staging = tmp_path / "tmp" / "ray" / "session_1" / "artifacts" / "2026-01-01_00-00-00" / "grid-xyz" / "driver_artifacts"
+    staging.mkdir(parents=True)
+    (staging / torn.name).write_bytes(b"")  # an unreadable copy is never used
+    with pytest.raises(ValueError, match="no copy"):
+        repair_tune_state(str(run_dir))
+    (staging / torn.name).write_bytes(cloudpickle.dumps(state))
+    assert repair_tune_state(str(run_dir)) == [str(torn)]
+    assert cloudpickle.loads(torn.read_bytes()) == state
+    assert repair_tune_state(str(run_dir)) == []  # whole now: left alone
