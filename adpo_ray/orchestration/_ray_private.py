@@ -48,9 +48,17 @@ def driver_staging_copies(experiment: str, filename: str) -> list[str]:
     import tempfile
 
     root = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
-    found = glob.glob(os.path.join(glob.escape(root), "session_*", "artifacts", "*", glob.escape(experiment),
-                                   "driver_artifacts", glob.escape(filename)))
-    return sorted(found, key=os.path.getmtime, reverse=True)
+    sessions = [s for s in glob.glob(os.path.join(glob.escape(root), "session_*"))
+                if not os.path.islink(s)]  # ``session_latest`` moves with every new Ray session
+    dated = []
+    for session in sessions:
+        for path in glob.glob(os.path.join(glob.escape(session), "artifacts", "*", glob.escape(experiment),
+                                           "driver_artifacts", glob.escape(filename))):
+            try:
+                dated.append((os.path.getmtime(path), path))
+            except OSError:  # its session was cleaned up meanwhile
+                continue
+    return [path for _, path in sorted(dated, reverse=True)]
 
 
 def newest_experiment_state(run_dir: str) -> str | None:

@@ -169,28 +169,43 @@ def repair_tune_state(run_dir: str) -> list[str]:
         if not files or _readable(files[-1]):
             continue
         newest = files[-1]
-        copy = next((c for c in _ray_private.driver_staging_copies(Path(run_dir).name, newest.name)
-                     if _readable(Path(c))), None)
+        copy, data = None, None
+        for candidate in _ray_private.driver_staging_copies(Path(run_dir).name, newest.name):
+            try:
+                candidate_data = Path(candidate).read_bytes()
+            except OSError:  # removed since it was listed
+                continue
+            if _loads(newest.name, candidate_data):
+                copy, data = candidate, candidate_data
+                break
         if copy is None:
             raise ValueError(
                 f"{newest} is cut short (the driver was killed while Tune copied it into the folder) and "
                 "this machine holds no copy of it: a resume would start the grid's trials again under new "
                 "ids. Resume on the machine that ran the driver, or restore the file from a backup")
         tmp = newest.with_name(newest.name + ".tmp")
-        tmp.write_bytes(Path(copy).read_bytes())
+        tmp.write_bytes(data)
         tmp.replace(newest)
         replaced.append(str(newest))
         print(f"{newest.name} was cut short by the kill; restored from Tune's copy {copy}", flush=True)
     return replaced
 
 
-def _readable(path) -> bool:
-    """Whether a Tune state file loads (JSON, or a pickle)."""
+def _readable(path: Path) -> bool:
+    """Whether the Tune state file at ``path`` can be read and loads."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return _loads(path.name, data)
+
+
+def _loads(name: str, data: bytes) -> bool:
+    """Whether ``data``, the bytes of Tune state file ``name``, loads (JSON, or a pickle)."""
     import ray.cloudpickle as cloudpickle
 
     try:
-        data = path.read_bytes()
-        if path.suffix == ".json" and path.name.startswith("experiment_state"):
+        if name.endswith(".json") and name.startswith("experiment_state"):
             json.loads(data)
         else:
             cloudpickle.loads(data)

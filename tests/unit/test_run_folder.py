@@ -193,3 +193,31 @@ def test_a_cut_short_tune_state_file_is_restored_from_tunes_copy_or_refused(tmp_
     assert repair_tune_state(str(run_dir)) == [str(torn)]
     assert cloudpickle.loads(torn.read_bytes()) == state
     assert repair_tune_state(str(run_dir)) == []  # whole now: left alone
+
+
+def test_tunes_copies_are_found_once_and_a_vanished_one_is_passed_over(tmp_path, monkeypatch):
+    """Tune's copies are listed per Ray session, not through ``session_latest`` (which every new
+    Ray session on the machine moves), and a listed copy that is gone by the time it is read
+    is passed over for the next one rather than failing the resume."""
+    import ray.cloudpickle as cloudpickle
+
+    from adpo_ray.orchestration import _ray_private
+    from adpo_ray.orchestration.launch import repair_tune_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    name = "basic-variant-state-2026-01-01_00-00-00.json"
+    staging = tmp_path / "tmp" / "ray" / "session_1" / "artifacts" / "2026-01-01_00-00-00" / "grid-xyz" / "driver_artifacts"
+    staging.mkdir(parents=True)
+    (staging / name).write_bytes(cloudpickle.dumps({"_finished": True}))
+    (tmp_path / "tmp" / "ray" / "session_latest").symlink_to(tmp_path / "tmp" / "ray" / "session_1")
+    (tmp_path / "tmp" / "ray" / "session_gone").symlink_to(tmp_path / "tmp" / "ray" / "session_2")  # dangling
+    assert _ray_private.driver_staging_copies("grid-xyz", name) == [str(staging / name)]
+
+    run_dir = tmp_path / "results" / "grid-xyz"
+    run_dir.mkdir(parents=True)
+    torn = run_dir / name
+    torn.write_bytes(b"")
+    listed = [str(tmp_path / "vanished" / name), str(staging / name)]
+    monkeypatch.setattr(_ray_private, "driver_staging_copies", lambda experiment, filename: listed)
+    assert repair_tune_state(str(run_dir)) == [str(torn)]
+    assert cloudpickle.loads(torn.read_bytes()) == {"_finished": True}
