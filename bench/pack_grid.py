@@ -29,19 +29,19 @@ sys.path.insert(0, str(ROOT))
 from adpo_ray.spec import TrialSpec  # noqa: E402 - after the path above
 
 
-def launch(config: str, pack: str, sets: list[str], folder: Path) -> tuple[float, list[dict[str, str]]]:
-    """Wall seconds of one launch and its summary.csv rows."""
-    name = f"bench-pack-{pack}"
+def launch(config: str, sets: list[str], folder: Path, name: str = "bench") -> tuple[float, list[dict[str, str]]]:
+    """Wall seconds of one launch of ``config`` with ``sets`` (``KEY=VALUE`` overrides) in
+    ``folder``, and its summary.csv rows."""
     command = [sys.executable, str(ROOT / "run_grid.py"), "--config", config, "--name", name,
                "--storage-path", str(folder / "ray_results"), "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
-               "--set", f"resources.pack={pack}", "--no-report"]
+               "--no-report"]
     for item in sets:
         command += ["--set", item]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"pack={pack}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(sets)}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     with open(folder / "ray_results" / name / "summary.csv", newline="") as f:
         return wall, list(csv.DictReader(f))
 
@@ -79,7 +79,7 @@ def main() -> None:
     for r in range(args.repeats):
         for pack in ("1", "auto"):
             with tempfile.TemporaryDirectory(prefix=f"pack-grid-{pack}-") as tmp:
-                wall, rows = launch(args.config, pack, args.sets, Path(tmp))
+                wall, rows = launch(args.config, [f"resources.pack={pack}", *args.sets], Path(tmp), f"bench-pack-{pack}")
             walls[pack].append(wall)
             tables[pack] = rows
             print(f"pack={pack} repeat {r}: {wall:.1f} s, {len(rows)} trials", file=sys.stderr)

@@ -282,6 +282,7 @@ def _new_tuner(spec: ExperimentSpec, options: GridOptions, prepared: dict, concu
         param_space=param_space(spec, options.tracking_uri, prepared.get("distill_runs"), prepared.get("init_runs")),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
+            reuse_actors=spec.resources.reuse_actors,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
             **search_config(spec, record_path(options.run_dir, options.name)),

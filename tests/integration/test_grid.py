@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -522,13 +523,14 @@ def test_unreachable_tracking_server_fails_fast_before_ray(tmp_path):
 
 def test_embedded_grid_serves_its_dashboard(tmp_path):
     """`make run`'s embedded Ray prints its dashboard URL; the dashboard's REST API (with the token
-    Ray made for it) lists the grid's trial actors while the grid runs."""
+    Ray made for it) lists the grid's trial actors while the grid runs; then Ctrl-C ends the grid
+    as a user's would (exit 130)."""
     import json as _json
     import re
     import threading
 
     spec = {**SMALL, "name": "watched", "scenarios": ["clean"], "anchors": {"modes": ["fixed", "dynamic"]},
-            "budget": {"iterations": 30}}
+            "budget": {"iterations": 1000}}  # runs until the test has seen the dashboard
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     home = tmp_path / "home"
     home.mkdir()
@@ -563,8 +565,14 @@ def test_embedded_grid_serves_its_dashboard(tmp_path):
             if actors:
                 break
     finally:
-        out_code = proc.wait(timeout=600)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            out_code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
         reader.join(timeout=10)
     assert url is not None, "".join(lines)[-3000:]
     assert actors, "the dashboard listed no trial actor while the grid ran"
-    assert out_code == 0, "".join(lines)[-3000:]
+    assert out_code == 130, "".join(lines)[-3000:]
