@@ -154,7 +154,6 @@ def test_the_spec_package_is_one_ray_free_layer_and_every_file_is_checked():
     assert "adpo_ray.core.devices" not in MODULES
 
 
-
 TESTS = PKG.parent / "tests"
 
 
