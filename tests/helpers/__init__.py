@@ -1,1 +1,2 @@
-"""Helpers shared by the integration tests (so test modules never import one another)."""
+"""What the tests share: constants and helpers that several test modules use (so test modules
+never import one another; tests/unit/test_layering.py checks it)."""

@@ -1,5 +1,5 @@
-"""A small grid spec, launch options, MLflow look-ups, subprocess runs and a real `mlflow server`,
-shared by the integration tests."""
+"""A small grid spec, a long sweep, launch options, MLflow look-ups, subprocess runs and a real
+`mlflow server`, shared by the tests."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ SMALL = {
     "train": {"lr": 0.003, "train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
     "adpo": {"beta_q": 0.5},
 }
+
+#: 15 knobs with one value each: a 331-character tag, more than a folder name may hold
+LONG = {"train.lr": [0.003], "adpo.tau_anc": [1.0], "adpo.beta_q": [1.0], "adpo.list_size": [8],
+        "train.entropy_coeff": [0.0], "train.vf_coeff": [0.5], "train.gamma": [0.99], "train.lambda": [0.95],
+        "train.num_epochs": [2], "train.minibatch_size": [64], "train.train_batch_size": [128],
+        "train.grad_clip": [0.5], "bandit.num_items": [8], "bandit.context_dim": [8], "bandit.problem_seed": [0]}
 
 
 def options(tmp_path: Path, name: str, uri: str | None = None) -> GridOptions:

@@ -29,7 +29,7 @@ from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS
 from adpo_ray.spec import TrialSpec, parse_spec, pretrained_of
 
 from ..helpers.grid import options
-from .test_pack_grid import RUNNER_TAGS
+from ..helpers.packs import RUNNER_TAGS
 
 pytestmark = pytest.mark.slow
 

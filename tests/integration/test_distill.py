@@ -16,43 +16,10 @@ from adpo_ray.report.data import load_mlflow
 from adpo_ray.rllib.factory import build_distill_config
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
 
+from ..helpers.distill import DISTILL, synthetic_dataset
 from ..helpers.grid import options
 
 pytestmark = pytest.mark.slow
-
-DISTILL = {
-    "name": "distill_small",
-    "environments": ["Hopper-v5"],
-    "scenarios": ["gaussian-high"],
-    "algorithms": ["adpo", "kd", "bc"],
-    "anchors": {"modes": ["fixed", "dynamic"]},
-    "hidden_sizes": [32],
-    "budget": {"iterations": 4, "checkpoint_every": 2},
-    "train": {"train_batch_size": 512, "minibatch_size": 128, "num_epochs": 2, "lr": 0.001},
-    "distill": {
-        "teacher": {"env_steps": 1024, "hidden_size": 32, "seed": 5},
-        "dataset": {"states": 240, "candidates": 4, "chunks": 2, "heldout_fraction": 0.25},
-        "states_per_iteration": 128,
-        "minibatch_states": 64,
-    },
-    "resources": {"num_envs_per_env_runner": 4},
-    "evaluation": {"interval": 2, "episodes": 1},
-}
-
-
-def synthetic_dataset(n=600, seed=0):
-    """A teacher far from any fresh student: mean 0.8 * tanh(obs W), std exp(-1)."""
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, 11)).astype(np.float32)
-    mean = (0.8 * np.tanh(obs @ rng.normal(size=(11, 3)) / 3)).astype(np.float32)
-    log_std = np.full((n, 3), -1.0, np.float32)
-    actions = (mean[:, None] + np.exp(log_std)[:, None] * rng.normal(size=(n, 5, 3))).astype(np.float32)
-    z = (actions - mean[:, None]) / np.exp(log_std)[:, None]
-    logp = (-0.5 * z**2 - log_std[:, None] - 0.5 * np.log(2 * np.pi)).sum(-1).astype(np.float32)
-    clean = -((actions - 0.5) ** 2).sum(-1).astype(np.float32)
-    rewards = (clean + rng.normal(size=clean.shape)).astype(np.float32)  # the signal with noise
-    return {"obs": obs, "actions": actions, "rewards": rewards, "rewards_clean": clean, "teacher_logp": logp,
-            "teacher_mean": mean, "teacher_log_std": log_std, "heldout": rng.random(n) < 0.2}
 
 
 def heldout_ndcg(algo, data) -> float:

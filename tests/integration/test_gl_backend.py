@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .test_grid import ROOT
+from ..helpers.grid import ROOT
 
 pytestmark = pytest.mark.skipif(ctypes.util.find_library("OSMesa") is not None,
                                 reason="OSMesa is installed here: MUJOCO_GL=osmesa is not a broken backend")

@@ -11,7 +11,7 @@ from adpo_ray import metrics
 from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 from adpo_ray.spec import TrialSpec, parse_spec
 
-from .test_distill import DISTILL, synthetic_dataset
+from ..helpers.distill import DISTILL, synthetic_dataset
 
 pytestmark = pytest.mark.slow
 

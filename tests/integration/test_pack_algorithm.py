@@ -7,7 +7,6 @@ RLlib algorithms (pack: build_pack_config; solos: factory.build_algo_config), re
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ import torch
 from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_KL_KEY
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
-from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from adpo_ray.metrics import ANCHOR_KL, MEMBER_GROUP, PPO_KL_BETA, RLLIB_CURR_KL_COEFF, curate
 from adpo_ray.rllib import _ray_private as rp
@@ -24,77 +22,22 @@ from adpo_ray.rllib.pack_factory import build_pack_config
 from adpo_ray.rllib.packed import MEMBER
 from adpo_ray.spec import TrialSpec, parse_spec
 
+from ..helpers.packs import (
+    BATCH,
+    EMA_HOOK,
+    KL_BETA,
+    SEEDS,
+    build,
+    learner,
+    max_diff,
+    member_knobs,
+    pack_states,
+    solo_state,
+    split,
+    update,
+)
+
 pytestmark = pytest.mark.slow
-
-BATCH, EPOCHS = 128, 2
-SEEDS = [5, 17, 29]
-LRS = [3e-3, 1e-3, 5e-3]
-BETA_Q = [0.5, 1.0, 2.0]
-#: ppo_kl's initial betas and KL targets: member 0's KL lies far above its target (beta doubles),
-#: member 1's far below (beta halves), member 2's decides by its data
-KL_BETA = [0.3, 1.0, 0.5]
-KL_TARGET = [1e-7, 10.0, 0.01]
-EMA_HOOK = "adpo_ray.core.anchors:EMA"  # an import-path schedule
-
-
-def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "shift-high"), **adpo):
-    """K members of one shape whose seeds, lr, beta_q (ppo_kl: initial beta and KL target),
-    scenario and anchor mode differ."""
-    spec = parse_spec({
-        "name": "pack", "environments": [env], "algorithms": [algorithm], "budget": {"iterations": 1},
-        "scenarios": sorted(set(scenarios)),
-        "adpo": {"train_batch_size": BATCH, "num_epochs": EPOCHS, "minibatch_size": 32, **adpo},
-        "anchors": {"modes": sorted({"ema" if m == EMA_HOOK else m for m in modes}) if algorithm == "adpo" else ["dynamic"],
-                    "params": {"kl_triggered": {"threshold": 1e-4, "window": 1}}},
-        "resources": {"num_envs_per_env_runner": 2},
-    })
-    out = []
-    for k, mode in enumerate(modes):
-        spec_mode = "ema" if mode == EMA_HOOK else mode
-        knobs = spec.knobs(TrialSpec(env, scenarios[k], algorithm, spec_mode, 16, SEEDS[k]))
-        change = {"lr": LRS[k]}
-        if knobs.beta_q is not None:
-            change["beta_q"] = BETA_Q[k]
-        if knobs.kl_beta is not None:
-            change.update(kl_beta=KL_BETA[k], kl_target=KL_TARGET[k])
-        if mode == EMA_HOOK:
-            change["anchor_mode"] = EMA_HOOK
-        out.append(dataclasses.replace(knobs, **change))
-    return out
-
-
-def build(config, shuffle):
-    config.evaluation(evaluation_interval=None)
-    config.training(fused_shuffle=shuffle)
-    return config.build_algo()
-
-
-def learner(algo):
-    return rp.local_learner(algo.learner_group)
-
-
-def solo_state(algo) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in learner(algo).module[DEFAULT_MODULE_ID].state_dict().items()}
-
-
-def pack_states(algo) -> list[dict[str, torch.Tensor]]:
-    return learner(algo).pack_module.member_state_dicts()
-
-
-def split(episodes, k):
-    return [e for e in episodes if e.custom_data[MEMBER] == k]
-
-
-def update(algo, episodes, steps):
-    return algo.learner_group.update(
-        episodes=copy.deepcopy(episodes), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: steps},
-        num_epochs=EPOCHS, minibatch_size=algo.config.minibatch_size, shuffle_batch_per_epoch=True,
-    )[0][DEFAULT_MODULE_ID]
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[n] - b[n]).abs().max()) for n in a)
 
 
 def pack_and_solos(knobs, shuffle):

@@ -15,7 +15,7 @@ from ray.rllib.utils.filter import RunningStat
 from adpo_ray.metrics import CLEAN_RETURN_KEY, MEMBER_GROUP
 from adpo_ray.rllib.packed import ENV_INDEX, MEMBER, PackedMeanStdFilter
 
-from ..unit.test_packed_env import SEEDS, N, pack_config, solo_config
+from ..helpers.packed_env import SEEDS, N, pack_config, solo_config
 
 SCENARIOS = ["gaussian-high", "shift-high"]
 

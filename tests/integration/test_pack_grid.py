@@ -20,6 +20,7 @@ from adpo_ray.report.data import load_tune_folder
 from adpo_ray.spec import parse_spec
 
 from ..helpers.grid import SMALL, children, options, run_py, steps
+from ..helpers.packs import RUNNER_TAGS
 from ..helpers.resume import (
     assert_same_curves,
     kill_when,
@@ -33,8 +34,6 @@ pytestmark = pytest.mark.slow
 # 2 scenarios x 2 anchor modes x 1 seed of ADPO (one shape: one pack under `auto`), and the
 # KL-penalty baseline's 2 scenarios (another pack: each member adapts its own beta)
 SPEC = {**SMALL, "algorithms": ["adpo", "ppo_kl"]}
-#: child-run tags that name the Tune trial that ran a trial, not the trial
-RUNNER_TAGS = {"tune_trial_id", PACK_TAG, "mlflow.parentRunId"}
 
 
 def by_trial(client: MlflowClient, experiment: str) -> dict:

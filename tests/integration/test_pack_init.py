@@ -24,7 +24,7 @@ from adpo_ray.rllib.init import (
 from adpo_ray.rllib.pack_factory import build_pack_config
 from adpo_ray.rllib.packed import PackedMeanStdFilter
 
-from .test_pack_algorithm import (
+from ..helpers.packs import (
     BATCH,
     build,
     learner,

@@ -174,7 +174,7 @@ def test_two_launches_needing_one_teacher_train_it_once(ray_local, tmp_path):
     from adpo_ray.orchestration.datasets import prepare
     from adpo_ray.orchestration.policies import TEACHER_TAG
 
-    from .test_distill import DISTILL
+    from ..helpers.distill import DISTILL
 
     spec = parse_spec({**DISTILL, "distill": {**DISTILL["distill"], "teacher": {"env_steps": 256, "hidden_size": 16,
                                                                                 "seed": 9}}})

@@ -13,7 +13,7 @@ from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.report.data import load_mlflow, load_tune_folder
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import children, options, steps
+from ..helpers.grid import LONG, children, options, steps
 from ..helpers.resume import (
     assert_same_curves,
     kill_when,
@@ -65,8 +65,6 @@ def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tm
     significant digits) with 14 knobs more at one value each (a name longer than a folder name
     may be): two trials in two folders of at most 200 bytes, two child runs with the exact values
     and the full names, two methods in the report, the launch summary delivered to MLflow."""
-    from ..unit.test_identity import LONG
-
     spec = parse_spec({**BANDIT, "name": "ident", "hidden_sizes": [16],
                        "sweep": {**LONG, "train.lr": [0.0030001, 0.0030004]}})
     trials = spec.trials()

@@ -10,14 +10,10 @@ from adpo_ray import sweeps
 from adpo_ray.cli import main
 from adpo_ray.spec import SpecError, TrialSpec, parse_spec
 
+from ..helpers.grid import LONG
+
 BASE = {"name": "ident", "environments": ["PreferenceBandit"], "scenarios": ["clean"],
         "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": 2}}
-
-#: 15 knobs with one value each: a 331-character tag, more than a folder name may hold
-LONG = {"train.lr": [0.003], "adpo.tau_anc": [1.0], "adpo.beta_q": [1.0], "adpo.list_size": [8],
-        "train.entropy_coeff": [0.0], "train.vf_coeff": [0.5], "train.gamma": [0.99], "train.lambda": [0.95],
-        "train.num_epochs": [2], "train.minibatch_size": [64], "train.train_batch_size": [128],
-        "train.grad_clip": [0.5], "bandit.num_items": [8], "bandit.context_dim": [8], "bandit.problem_seed": [0]}
 
 
 def test_close_values_get_distinct_exact_labels():

@@ -1,7 +1,8 @@
 """Layering (README, "Layout"): every module imports only its own package or the layers below it,
 the lower layers import no Ray, and no import cycle exists between modules (imports inside
 functions count too). Each Ray-using layer reaches private Ray names through its own adapter
-(``_ray_private``), which sits at the bottom of its package so that any module there can use it."""
+(``_ray_private``), which sits at the bottom of its package so that any module there can use it.
+In the tests, no module imports a test module: what tests share lives in ``tests/helpers``."""
 
 from __future__ import annotations
 
@@ -151,3 +152,50 @@ def test_the_spec_package_is_one_ray_free_layer_and_every_file_is_checked():
     assert all(internal(MODULES[m]) for m in found - {"adpo_ray.spec"})
     # the hardware measurements left the pure-math floor for the spec, whose knobs need them
     assert "adpo_ray.core.devices" not in MODULES
+
+
+TESTS = PKG.parent / "tests"
+
+
+def imports_from_tests(module: str, source: str) -> set[str]:
+    """What a module of the tests (dotted name ``module``, ``source`` its text) imports from a
+    ``test_*`` module (or imports as a ``test_*`` name), relative imports resolved against its
+    package. What tests share lives in ``tests/helpers``, never in a test module."""
+    package = module.split(".")[:-1]  # ``tests.helpers.__init__``: the package ``tests.helpers``
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            parts = package[:len(package) - node.level + 1] if node.level else []
+            parent = ".".join([*parts, *([node.module] if node.module else [])])
+            names = {f"{parent}.{a.name}" for a in node.names}  # `from pkg import test_module`
+        else:
+            continue
+        found |= {n for n in names if any(part.startswith("test_") for part in n.split("."))}
+    return found
+
+
+def test_no_test_module_imports_another():
+    bad = []
+    for path in sorted(TESTS.rglob("*.py")):
+        module = ".".join(path.relative_to(PKG.parent).with_suffix("").parts)
+        bad += [f"{module} imports {name}" for name in sorted(imports_from_tests(module, path.read_text()))]
+    assert not bad, "move what tests share into tests/helpers:\n" + "\n".join(bad)
+
+
+def test_the_test_import_check_finds_every_spelling():
+    here = "tests.integration.test_here"
+    for source, name in [
+        ("from .test_distill import DISTILL", "tests.integration.test_distill.DISTILL"),
+        ("from ..unit.test_packed_env import N", "tests.unit.test_packed_env.N"),
+        ("from . import test_grid", "tests.integration.test_grid"),
+        ("from ..unit import test_identity", "tests.unit.test_identity"),
+        ("import tests.integration.test_grid", "tests.integration.test_grid"),
+        ("from tests.unit.test_identity import LONG", "tests.unit.test_identity.LONG"),
+        ("def test_x():\n    from .test_distill import DISTILL", "tests.integration.test_distill.DISTILL"),
+    ]:
+        assert imports_from_tests(here, source) == {name}, source
+    assert imports_from_tests("tests.helpers.__init__", "from . import test_x") == {"tests.helpers.test_x"}
+    ok = "import pytest\nfrom ..helpers.grid import ROOT\nfrom .raycluster import x\nfrom adpo_ray.spec import parse_spec"
+    assert imports_from_tests(here, ok) == set()
