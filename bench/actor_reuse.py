@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pack_grid import largest_difference, launch, trial_key  # noqa: E402 - after the path above
+from bench.pack_grid import largest_difference, side_by_side  # noqa: E402 - after the path above
 
 
 def main() -> None:
@@ -31,26 +30,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="launches of each kind, alternating")
     args = parser.parse_args()
 
-    walls: dict[str, list[float]] = {"false": [], "true": []}
-    tables: dict[str, list[dict[str, str]]] = {}
-    for r in range(args.repeats):
-        for reuse in ("false", "true"):
-            sets = ["resources.pack=1", f"resources.reuse_actors={reuse}", *args.sets]
-            with tempfile.TemporaryDirectory(prefix=f"actor-reuse-{reuse}-") as tmp:
-                wall, rows = launch(args.config, sets, Path(tmp), f"bench-reuse-{reuse}")
-            walls[reuse].append(wall)
-            tables[reuse] = rows
-            print(f"reuse_actors={reuse} repeat {r}: {wall:.1f} s, {len(rows)} trials", file=sys.stderr)
-    fresh, reused = tables["false"], tables["true"]
-    if sorted(map(trial_key, fresh)) != sorted(map(trial_key, reused)):
-        raise SystemExit("the two launches ran different trials")
-    best = {k: min(v) for k, v in walls.items()}
+    variants = {f"reuse-{reuse}": ["resources.pack=1", f"resources.reuse_actors={reuse}"] for reuse in ("false", "true")}
+    best, tables = side_by_side(args.config, variants, args.sets, args.repeats)
+    fresh, reused = tables["reuse-false"], tables["reuse-true"]
     print(json.dumps({
         "config": args.config, "sets": args.sets, "trials": len(fresh), "repeats": args.repeats,
-        "new_process_wall_s": round(best["false"], 1), "reused_wall_s": round(best["true"], 1),
+        "new_process_wall_s": round(best["reuse-false"], 1), "reused_wall_s": round(best["reuse-true"], 1),
         "largest_final_difference": {k: round(v, 9) for k, v in sorted(largest_difference(fresh, reused).items())},
     }))
-    print(f"ratio={best['false'] / best['true']:.2f}")
+    print(f"ratio={best['reuse-false'] / best['reuse-true']:.2f}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,27 @@ def largest_difference(solo: list[dict[str, str]], packed: list[dict[str, str]])
     return out
 
 
+def side_by_side(config: str, variants: dict[str, list[str]], sets: list[str], repeats: int,
+                 ) -> tuple[dict[str, float], dict[str, list[dict[str, str]]]]:
+    """Launch ``config`` once per variant (its ``KEY=VALUE`` overrides, then ``sets``) per repeat,
+    alternating; the best wall seconds and the summary rows of each variant. Exits when two
+    variants ran different trials."""
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    tables: dict[str, list[dict[str, str]]] = {}
+    for r in range(repeats):
+        for name, overrides in variants.items():
+            with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+                wall, rows = launch(config, [*overrides, *sets], Path(tmp), f"bench-{name}")
+            walls[name].append(wall)
+            tables[name] = rows
+            print(f"{name} repeat {r}: {wall:.1f} s, {len(rows)} trials", file=sys.stderr)
+    first, *others = tables.values()
+    for rows in others:
+        if sorted(map(trial_key, rows)) != sorted(map(trial_key, first)):
+            raise SystemExit("the launches ran different trials")
+    return {name: min(w) for name, w in walls.items()}, tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="smoke")
@@ -74,28 +95,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="launches of each kind, alternating")
     args = parser.parse_args()
 
-    walls: dict[str, list[float]] = {"1": [], "auto": []}
-    tables: dict[str, list[dict[str, str]]] = {}
-    for r in range(args.repeats):
-        for pack in ("1", "auto"):
-            with tempfile.TemporaryDirectory(prefix=f"pack-grid-{pack}-") as tmp:
-                wall, rows = launch(args.config, [f"resources.pack={pack}", *args.sets], Path(tmp), f"bench-pack-{pack}")
-            walls[pack].append(wall)
-            tables[pack] = rows
-            print(f"pack={pack} repeat {r}: {wall:.1f} s, {len(rows)} trials", file=sys.stderr)
-    solo, packed = tables["1"], tables["auto"]
-    same_trials = sorted(map(trial_key, solo)) == sorted(map(trial_key, packed))
-    same_columns = set(solo[0]) == set(packed[0])
-    if not (same_trials and same_columns):
-        raise SystemExit(f"the tables differ: same trials {same_trials}; columns only solo "
-                         f"{sorted(set(solo[0]) - set(packed[0]))}, only packed {sorted(set(packed[0]) - set(solo[0]))}")
-    best = {k: min(v) for k, v in walls.items()}
+    best, tables = side_by_side(args.config, {"pack-1": ["resources.pack=1"], "pack-auto": ["resources.pack=auto"]},
+                                args.sets, args.repeats)
+    solo, packed = tables["pack-1"], tables["pack-auto"]
+    if set(solo[0]) != set(packed[0]):
+        raise SystemExit(f"the tables differ: columns only solo {sorted(set(solo[0]) - set(packed[0]))}, "
+                         f"only packed {sorted(set(packed[0]) - set(solo[0]))}")
     print(json.dumps({
         "config": args.config, "sets": args.sets, "trials": len(solo), "repeats": args.repeats,
-        "solo_wall_s": round(best["1"], 1), "packed_wall_s": round(best["auto"], 1),
+        "solo_wall_s": round(best["pack-1"], 1), "packed_wall_s": round(best["pack-auto"], 1),
         "largest_final_difference": {k: round(v, 6) for k, v in sorted(largest_difference(solo, packed).items())},
     }))
-    print(f"ratio={best['1'] / best['auto']:.2f}")
+    print(f"ratio={best['pack-1'] / best['pack-auto']:.2f}")
 
 
 if __name__ == "__main__":
