@@ -235,6 +235,27 @@ def test_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
     assert (Path(parents[0].info.artifact_uri) / "spec.yaml").is_file()
 
 
+def test_trials_in_a_reused_process_train_as_in_new_ones(ray_local, tmp_path):
+    """Tune's actor reuse (``resources.reuse_actors``, on by default): one trial at a time, the
+    second trial runs in the first one's process, and each trial's final metrics equal, bit for
+    bit, those of a launch with a new process per trial (each builds its algorithm afresh)."""
+    base = {**SMALL, "name": "reuse", "scenarios": ["clean", "flip-high"], "anchors": {"modes": ["dynamic"]},
+            "budget": {"iterations": 2}}
+    finals = {}
+    for reuse in (True, False):
+        spec = parse_spec({**base, "resources": {"pack": 1, "max_concurrent_trials": 1, "reuse_actors": reuse}})
+        folder = tmp_path / f"reuse-{reuse}"
+        folder.mkdir()
+        results = run_grid(spec, options(folder, "r"), verbose=0)
+        assert len(results) == 2 and not results.errors
+        assert len({r.metrics["pid"] for r in results}) == (1 if reuse else 2)
+        finals[reuse] = {r.config["trial"]["scenario"]: {k: v for k, v in r.metrics.items()
+                                                         if k == "env_steps" or ("/" in k and not k.startswith("time/"))}
+                         for r in results}
+    assert set(finals[True]) == {"clean", "flip-high"} and "eval/winmass" in finals[True]["clean"]
+    assert finals[True] == finals[False]
+
+
 def test_unschedulable_trial_fails_before_launch(ray_local, tmp_path):
     spec = parse_spec({**SMALL, "name": "too_big", "resources": {"num_env_runners": 4}})
     opts = options(tmp_path, "too_big")
