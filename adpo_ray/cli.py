@@ -570,8 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="CHILD_RUN_ID|CHECKPOINT",
                    help="a grid's child run (a solo trial's or a trial pack member's) or a checkpoint folder")
     p.add_argument("--member", type=_int_at_least(0), metavar="K",
-                   help="with a trial pack's checkpoint folder: the member to evaluate, 0..K-1 (its run's "
-                        "pack_member tag; a member's run id needs none)")
+                   help="with a trial pack's checkpoint folder: the member to evaluate, counted from 0 (its "
+                        "run's pack_member tag; a member's run id needs none)")
     p.add_argument("--scenario", default="clean", help="a scenario name (default: clean; `adpo-ray scenarios` lists them)")
     p.add_argument("--episodes", type=_int_at_least(1), default=10, metavar="N", help="MuJoCo episodes (default 10)")
     p.add_argument("--video", action="store_true", help="also record one episode as an MP4 (MuJoCo, offscreen)")
