@@ -428,7 +428,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     uri = args.tracking_uri or default_tracking_uri()
     try:
-        checkpoint, run_id = checkpoint_of(args.source, uri)
+        checkpoint, run_id, member = checkpoint_of(args.source, uri, args.member)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -436,12 +436,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, short-lived local Ray
     ray.init(include_dashboard=False, log_to_driver=False)
-    video = Path(args.video_dir or ".") / f"{run_id or checkpoint.name}_{args.scenario}.mp4" if args.video else None
+    name = run_id or (checkpoint.name if member is None else f"{checkpoint.name}_member{member}")
+    video = Path(args.video_dir or ".") / f"{name}_{args.scenario}.mp4" if args.video else None
     try:
-        result = evaluate(checkpoint, scenario=args.scenario, episodes=args.episodes, video=video)
+        result = evaluate(checkpoint, scenario=args.scenario, episodes=args.episodes, video=video, member=member)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if member is not None:
+        print(f"trial pack member {member}:", end=" ")
     if result.metric == "winmass":
         print(f"{result.env} / {result.scenario}: WinMass {result.mean:.4f} (held-out nominal contexts)")
     else:
@@ -564,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="roll a trained policy out on a scenario (a child run id or a checkpoint)")
-    p.add_argument("source", metavar="CHILD_RUN_ID|CHECKPOINT")
+    p.add_argument("source", metavar="CHILD_RUN_ID|CHECKPOINT",
+                   help="a grid's child run (a solo trial's or a trial pack member's) or a checkpoint folder")
+    p.add_argument("--member", type=_int_at_least(0), metavar="K",
+                   help="with a trial pack's checkpoint folder: the member to evaluate, counted from 0 (its "
+                        "run's pack_member tag; a member's run id needs none)")
     p.add_argument("--scenario", default="clean", help="a scenario name (default: clean; `adpo-ray scenarios` lists them)")
     p.add_argument("--episodes", type=_int_at_least(1), default=10, metavar="N", help="MuJoCo episodes (default 10)")
     p.add_argument("--video", action="store_true", help="also record one episode as an MP4 (MuJoCo, offscreen)")

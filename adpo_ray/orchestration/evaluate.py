@@ -1,7 +1,8 @@
 """Roll a trained policy out (`adpo-ray evaluate`): a grid trial's checkpoint, from its MLflow
 child run or a folder, on any scenario, with the project's own evaluation (the bandit's WinMass;
 MuJoCo's clean return of the mean action, the trial's observation normalisation frozen), and,
-with a run id, the result logged back to that run."""
+with a run id, the result logged back to that run. A trial pack's member is evaluated from the
+pack's checkpoint exactly as its solo trial's checkpoint would be (``--member``)."""
 
 from __future__ import annotations
 
@@ -36,58 +37,91 @@ class Evaluation:
         return out
 
 
-def checkpoint_of(source: str, tracking_uri: str) -> tuple[Path, str | None]:
+def checkpoint_of(source: str, tracking_uri: str, member: int | None = None) -> tuple[Path, str | None, int | None]:
     """``source`` is a checkpoint folder on this machine (resolved by
-    :func:`~adpo_ray.orchestration.run_folder.resolve_run_dir`), or the id of a grid's child run
-    (its ``checkpoint`` artifact, downloaded once). Returns (checkpoint folder, run id or None).
-    Raises ValueError for a URI, FileNotFoundError when ``source`` is neither."""
+    :func:`~adpo_ray.orchestration.run_folder.resolve_run_dir`), or the id of a grid's child run:
+    a solo trial's (its ``checkpoint`` artifact, downloaded once) or a trial pack member's (the
+    pack's checkpoint its ``pack_checkpoint`` tag names, the member its ``pack_member`` tag).
+    Returns (checkpoint folder, run id or None, member or None); ``member`` is the ``--member``
+    given, checked against a run's.
+
+    Raises:
+        ValueError: a URI; a run id with a ``member`` that is not its own (a solo run has none);
+            a member's run whose pack checkpoint is not on this machine (the message says what
+            to pass instead).
+        FileNotFoundError: ``source`` is neither a folder nor a run.
+    """
     if storage.is_uri(source) or os.path.isdir(source):
-        return Path(local_run_dir(source, "CHECKPOINT", "adpo-ray evaluate")), None
+        return Path(local_run_dir(source, "CHECKPOINT", "adpo-ray evaluate")), None, member
     from adpo_ray.orchestration.mlflow_store import client, download
-    from adpo_ray.orchestration.tracking import PACK_TAG
+    from adpo_ray.orchestration.tracking import PACK_CHECKPOINT_TAG, PACK_MEMBER_TAG, PACK_TAG
 
     try:
         run = client(tracking_uri).get_run(source)
     except Exception as e:  # noqa: BLE001 - no such run, or the store is away: say which
         raise FileNotFoundError(f"{source!r} is neither a checkpoint folder nor a run at {tracking_uri} ({e})") from None
-    if PACK_TAG in run.data.tags:
-        raise ValueError(f"run {source} is a member of the trial pack {run.data.tags[PACK_TAG]!r} (its Tune trial): "
-                         "its policy is in that pack's checkpoint with the other members', and evaluating one "
-                         "member is not supported yet; its metrics (eval/*) are on the run")
-    return download(tracking_uri, source, "checkpoint"), source
+    tags = run.data.tags
+    if PACK_TAG not in tags:
+        if member is not None:
+            raise ValueError(f"--member {member}: run {source} is a solo trial's (one policy); --member picks a "
+                             "member of a trial pack's checkpoint only")
+        return download(tracking_uri, source, "checkpoint"), source, None
+    pack, own = tags[PACK_TAG], tags.get(PACK_MEMBER_TAG)
+    if own is not None and member is not None and member != int(own):
+        raise ValueError(f"--member {member}: run {source} is member {own} of the trial pack {pack!r}; "
+                         f"leave --member out (or give {own})")
+    location = tags.get(PACK_CHECKPOINT_TAG)
+    if own is not None and location and not storage.is_uri(location) and os.path.isdir(location):
+        return Path(location), source, int(own)
+    where = f"its pack's checkpoint {location}, which is not a folder on this machine" if location else \
+        "its run names no checkpoint of its pack (the pack has not ended, or was launched before runs named it)"
+    launch = tags.get("mlflow.parentRunId")
+    run_dir = client(tracking_uri).get_run(launch).data.tags.get("run_dir") if launch else None
+    folder = f" (a checkpoint_* folder of the pack's Tune folder in {run_dir})" if run_dir else ""
+    which = own if own is not None else "K"
+    place = "" if own is not None else " (K: its place, from 0, in the 'trials' list of the pack folder's params.json)"
+    raise ValueError(f"run {source} is a member of the trial pack {pack!r} (its Tune trial), and {where}: run "
+                     f"`adpo-ray evaluate PACK_CHECKPOINT --member {which}` with a copy of the pack's checkpoint "
+                     f"folder here{folder}{place}")
 
 
 def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 10, seed: int | None = None,
-             video: Path | None = None) -> Evaluation:
+             video: Path | None = None, member: int | None = None) -> Evaluation:
     """Evaluate the policy saved at ``checkpoint`` (needs a connected Ray to restore it): MuJoCo
     episodes reset with seeds ``seed``, ``seed + 1``, ... (default
     :data:`~adpo_ray.rllib.rollout.EVAL_SEED`, the episodes teachers and students are measured on).
-    Raises ValueError for a trial pack's checkpoint."""
+
+    A trial pack's checkpoint holds K members' policies: ``member`` (``0 .. K-1``, in the pack's
+    member order, the ``pack_member`` tag of the member's MLflow run) picks one, evaluated exactly
+    as its solo trial's checkpoint would be: its own network
+    (:meth:`~adpo_ray.rllib.pack_module.PackedTorchRLModule.member_module`), its own env config and,
+    on MuJoCo, its own observation filter, through the same WinMass or rollout.
+
+    Raises:
+        ValueError: a pack's checkpoint without ``member`` or with one outside ``0 .. K-1``, or a
+            solo trial's checkpoint with a ``member`` (raised before any rollout).
+    """
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from adpo_ray.orchestration.policies import obs_norm_of
-    from adpo_ray.rllib import _ray_private as rp
     from adpo_ray.rllib.env import register
-    from adpo_ray.rllib.pack_module import MEMBER_SEEDS
-    from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns
+    from adpo_ray.rllib.packed import register_pack
 
     register()
+    register_pack()
     algo = Algorithm.from_checkpoint(str(checkpoint))
     try:
-        if MEMBER_SEEDS in dict(algo.config.model_config or {}):
-            raise ValueError(f"{checkpoint} is a trial pack's checkpoint (the policies of several trials); "
-                             "evaluating one member is not supported yet")
-        env_config = dict(algo.config.env_config or {})
+        module, env_config, obs_norm = _policy(algo, checkpoint, member)
         env = env_config["env"]
         scenario = scenario or "clean"
         if ENVIRONMENTS[env]["kind"] == "bandit":
-            from adpo_ray.rllib.callbacks import _winmass_on_learner
+            from adpo_ray.rllib.callbacks import module_winmass
 
-            value = _winmass_on_learner(rp.local_learner(algo.learner_group), {**env_config, "scenario": scenario})
+            value = module_winmass(module, {**env_config, "scenario": scenario})
             note = "--video: the bandit has no frames to record" if video else None
             return Evaluation(env, scenario, "winmass", value, 0.0, 0, video_note=note)
-        obs_norm = env_config.get("obs_norm") or obs_norm_of(algo)
-        module = algo.get_module()
+        from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns
+
+        obs_norm = obs_norm()
         seed = EVAL_SEED if seed is None else seed
         returns = episode_returns(module, env, obs_norm, episodes, seed, scenario=scenario)
         result = Evaluation(env, scenario, "return", float(np.mean(returns)), float(np.std(returns)), episodes)
@@ -96,6 +130,36 @@ def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 1
         return result
     finally:
         algo.stop()
+
+
+def _policy(algo, checkpoint: Path, member: int | None):
+    """What :func:`evaluate` rolls out of a restored ``algo``: (the solo module, its env config
+    without ``seed``, a callable giving its frozen observation normalisation); a pack's member
+    ``member``, or the solo trial's. Raises ValueError as :func:`evaluate`."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from adpo_ray.orchestration.policies import obs_norm_of
+    from adpo_ray.rllib import _ray_private as rp
+
+    env_config = dict(algo.config.env_config or {})
+    k = len(env_config.get("members") or [])  # a pack's env config (configure_pack): one per member
+    if not k:
+        if member is not None:
+            raise ValueError(f"--member {member}: {checkpoint} is a solo trial's checkpoint (one policy); "
+                             "--member picks a member of a trial pack's checkpoint only")
+        if ENVIRONMENTS[env_config["env"]]["kind"] == "bandit":  # the learner's module, as during training
+            module = rp.local_learner(algo.learner_group).module[DEFAULT_MODULE_ID]
+        else:
+            module = algo.get_module()
+        return module, env_config, lambda: env_config.get("obs_norm") or obs_norm_of(algo)
+    if member is None or isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < k:
+        got = "none given" if member is None else f"got {member!r}"
+        raise ValueError(f"--member: {checkpoint} is a trial pack's checkpoint of {k} members; pick one with "
+                         f"--member 0..{k - 1} ({got}; a member's MLflow run has it as its "
+                         "'pack_member' tag)")
+    pack = rp.local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
+    mine = {n: v for n, v in env_config["members"][member].items() if n != "seed"}
+    return pack.member_module(member), mine, lambda: mine.get("obs_norm") or obs_norm_of(algo, member)
 
 
 def _record(module, env_name: str, scenario: str, obs_norm: dict, seed: int, path: Path) -> tuple[str | None, str]:

@@ -107,15 +107,16 @@ def teacher_callables(checkpoint: str | Path):
     return policy, value
 
 
-def obs_norm_of(algo) -> dict:
-    """An online algorithm's observation filter (running mean/std), frozen, as an ObsNorm dict."""
+def obs_norm_of(algo, member: int | None = None) -> dict:
+    """An online algorithm's observation filter (running mean/std), frozen, as an ObsNorm dict;
+    of a trial pack (one filter per member), member ``member``'s."""
     from adpo_ray.envs.mujoco import ObsNorm
     from adpo_ray.rllib import _ray_private as rp
 
     for connector in rp.env_to_module(algo.env_runner).connectors:
         filters = rp.mean_std_filters(connector)
         if filters:
-            filt = filters[next(iter(filters))]
+            filt = filters[next(iter(filters)) if member is None else member]
             stats = filt.running_stats
             return ObsNorm(stats.mean, stats.std, filt.clip).as_dict()
     raise RuntimeError("the teacher's env-to-module pipeline has no observation filter")

@@ -1,7 +1,8 @@
 """MLflow tracking of a grid, as a Tune callback running on the driver.
 
 * one MLflow experiment per spec name, one *parent* run per launch, one *child* run per trial
-  (``mlflow.parentRunId``; each member of a trial pack has its own, tagged ``pack``), tagged with
+  (``mlflow.parentRunId``; each member of a trial pack has its own, tagged ``pack``,
+  ``pack_member`` and, once the pack ended, ``pack_checkpoint``), tagged with
   the trial's coordinates so the MLflow UI can filter and group by scenario, noise type,
   severity, anchor mode, hidden size, env, seed and algorithm;
 * params: each trial's effective settings (``spec.knobs(trial)``); curated metrics, logged in
@@ -50,6 +51,10 @@ from adpo_ray.spec import ExperimentSpec, TrialSpec, init_slot, trials_of, unit_
 PARENT_FILE = "adpo_mlflow_parent.json"
 #: The child-run tag of a trial pack's member: the Tune trial id of the pack that ran it.
 PACK_TAG = "pack"
+#: A pack member's run tags: its index in the pack (``0 .. K-1``, ``adpo-ray evaluate --member``)
+#: and, once the pack ended, where the pack's final checkpoint is (a local path or a URI).
+PACK_MEMBER_TAG = "pack_member"
+PACK_CHECKPOINT_TAG = "pack_checkpoint"
 #: Tune's results in each trial folder: one row per result (a solo trial's steps are read here)
 #: and one JSON line per result (a pack's: its progress.csv holds the members' list as one cell).
 PROGRESS_FILE = "progress.csv"
@@ -246,9 +251,9 @@ class MLflowTracker(tune.Callback):
         child run keys; a child run not made yet is made (a pack's members tagged ``pack``: the
         pack's Tune trial id)."""
         members = trials_of(trial.config, trial.trial_id)
-        pack = {PACK_TAG: trial.trial_id} if len(members) > 1 else {}
         out = []
-        for t in members:
+        for k, t in enumerate(members):
+            pack = {PACK_TAG: trial.trial_id, PACK_MEMBER_TAG: str(k)} if len(members) > 1 else {}
             key = self.child_key(t)
             if key not in self._state["runs"]:
                 params = self.spec.knobs(t).params()
@@ -318,7 +323,7 @@ class MLflowTracker(tune.Callback):
     def _finish_records(self, trial, children: list[tuple[TrialSpec, str]]) -> list[dict[str, Any]]:
         """The terminal records of ``children`` (a Tune trial's members and keys): each one's
         metrics.csv and FINISHED; a solo trial's checkpoint too (a pack's checkpoint holds all
-        its members: it stays in the pack's Tune folder)."""
+        its members: it stays in the pack's Tune folder, and each member's run names where)."""
         records = []
         for t, key in children:
             history = self._state["history"].pop(key, {})
@@ -331,6 +336,9 @@ class MLflowTracker(tune.Callback):
             if checkpoint is not None and len(children) == 1:
                 records.append({"op": "artifact", "key": key, "artifact_path": "checkpoint",
                                 "path": self._spool.relative(checkpoint_location(checkpoint, self.run_dir))})
+            elif checkpoint is not None:
+                records.append({"op": "tag", "key": key, "name": PACK_CHECKPOINT_TAG,
+                                "value": checkpoint_location(checkpoint, self.run_dir)})
             records.append({"op": "status", "key": key, "status": "FINISHED"})
         return records
 

@@ -21,7 +21,13 @@ from adpo_ray.metrics import CLEAN_RETURN_KEY, EVAL_GROUP, WINMASS_KEY
 
 
 def _winmass_on_learner(learner, env_config: dict) -> float:
-    module = learner.module[DEFAULT_MODULE_ID]
+    return module_winmass(learner.module[DEFAULT_MODULE_ID], env_config)
+
+
+def module_winmass(module, env_config: dict) -> float:
+    """The WinMass of ``module`` (a solo RLModule with categorical action inputs) on the held-out
+    nominal contexts of the bandit ``env_config`` describes (``eval_contexts`` of them, 1024 by
+    default): a float in [0, 1]."""
     device = next(module.parameters()).device
     problem = bandit_problem(env_config)
 

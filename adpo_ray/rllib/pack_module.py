@@ -178,6 +178,21 @@ class PackedTorchRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Inf
         return ["anchor"]
 
     # -- solo views ------------------------------------------------------------------------
+    def member_module(self, k: int) -> DefaultPPOTorchRLModule:
+        """Member ``k`` as its solo trial's network: a ``DefaultPPOTorchRLModule`` (policy and value,
+        on the CPU) holding a copy of the member's parameters, so that its forward pass is the solo
+        module's, row for row. Raises ``ValueError`` for ``k`` outside ``0 .. K-1``."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_members:
+            raise ValueError(f"member: must be an int in 0..{self.num_members - 1} (the pack has "
+                             f"{self.num_members} members), got {k!r}")
+        config = {n: v for n, v in dict(self.model_config).items() if n != MEMBER_SEEDS}
+        with seeded(self.member_seeds[k]):  # its fresh weights are overwritten; the process's generators stay
+            solo = DefaultPPOTorchRLModule(observation_space=self.observation_space,
+                                           action_space=self.action_space, model_config=config)
+        state = self.member_state_dicts()[k]
+        solo.load_state_dict({n: state[n] for n in solo.state_dict()})
+        return solo
+
     def member_state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """The K members as solo ``DefaultPPOTorchRLModule`` state dicts (copies), each with its
         anchor under ADPO's module names if the anchor exists."""

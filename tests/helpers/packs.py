@@ -10,13 +10,14 @@ import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from adpo_ray.orchestration.tracking import PACK_TAG
+from adpo_ray.orchestration.tracking import PACK_CHECKPOINT_TAG, PACK_MEMBER_TAG, PACK_TAG
 from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.packed import MEMBER
 from adpo_ray.spec import TrialSpec, parse_spec
 
-#: child-run tags that name the Tune trial that ran a trial, not the trial
-RUNNER_TAGS = {"tune_trial_id", PACK_TAG, "mlflow.parentRunId"}
+#: child-run tags that name the Tune trial that ran a trial (a pack: the member's place, the
+#: pack's checkpoint), not the trial
+RUNNER_TAGS = {"tune_trial_id", PACK_TAG, PACK_MEMBER_TAG, PACK_CHECKPOINT_TAG, "mlflow.parentRunId"}
 
 #: Each member's train batch (env steps) and epochs per update.
 BATCH, EPOCHS = 128, 2

@@ -1,23 +1,34 @@
 """A grid launched with trial packs (``resources.pack``) against the same grid launched solo, both
 in-process on real Ray Tune with a real sqlite MLflow store: the same MLflow child runs (tags and
-params, metric steps), one summary.csv and report row per trial, fewer Tune trials."""
+params, metric steps), one summary.csv and report row per trial, fewer Tune trials; and each member
+evaluated out of its pack's checkpoint as its solo trial's checkpoint is."""
 
 from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.rllib.algorithms.algorithm import Algorithm
 
 from adpo_ray.metrics import CURATED, PPO_KL_BETA
+from adpo_ray.orchestration.evaluate import checkpoint_of, evaluate
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
 from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.status import grid_status
-from adpo_ray.orchestration.tracking import PACK_TAG, spool_folder
+from adpo_ray.orchestration.tracking import (
+    PACK_CHECKPOINT_TAG,
+    PACK_MEMBER_TAG,
+    PACK_TAG,
+    spool_folder,
+)
 from adpo_ray.report.data import load_tune_folder
-from adpo_ray.spec import parse_spec
+from adpo_ray.rllib.init import start_pack_from_checkpoints
+from adpo_ray.rllib.packed import register_pack
+from adpo_ray.spec import TrialSpec, parse_spec
 
 from ..helpers.grid import SMALL, children, options, run_py, steps
 from ..helpers.packs import RUNNER_TAGS
@@ -36,6 +47,11 @@ pytestmark = pytest.mark.slow
 SPEC = {**SMALL, "algorithms": ["adpo", "ppo_kl"]}
 
 
+def tune_result(results, trial_id: str):
+    """The Tune result of the trial ``trial_id`` in a launch's ``results``."""
+    return next(r for r in results if r.metrics["trial_id"] == trial_id)
+
+
 def by_trial(client: MlflowClient, experiment: str) -> dict:
     parents, kids = children(client, experiment)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -44,13 +60,20 @@ def by_trial(client: MlflowClient, experiment: str) -> dict:
     return runs
 
 
-def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path):
-    launches = {}
+@pytest.fixture(scope="module")
+def launches(ray_local, tmp_path_factory):
+    """SPEC launched solo (``resources.pack: 1``) and packed (``auto``): ``{pack: (spec, options, result)}``."""
+    tmp_path = tmp_path_factory.mktemp("launches")
+    out = {}
     for pack in (1, "auto"):
         spec = parse_spec({**SPEC, "resources": {"pack": pack}})
         (tmp_path / str(pack)).mkdir()
         opts = options(tmp_path / str(pack), "grid")
-        launches[pack] = (spec, opts, run_grid(spec, opts, verbose=0))
+        out[pack] = (spec, opts, run_grid(spec, opts, verbose=0))
+    return out
+
+
+def test_a_packed_grid_tracks_each_member_as_its_solo_trial(launches, tmp_path):
     trials = parse_spec(SPEC).trials()
     (solo_spec, solo_opts, solo), (_, packed_opts, packed) = launches[1], launches["auto"]
     assert not solo.errors and not packed.errors
@@ -67,8 +90,11 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
         assert run.data.params == mine.data.params, tag
         assert ({k: v for k, v in run.data.tags.items() if k not in RUNNER_TAGS}
                 == {k: v for k, v in mine.data.tags.items() if k not in RUNNER_TAGS}), tag
-        # a pack's member: its pack's Tune trial id
+        # a pack's member: its pack's Tune trial id, its place in the pack, the pack's checkpoint
         assert run.data.tags[PACK_TAG] == run.data.tags["tune_trial_id"], tag
+        pack = tune_result(packed, run.data.tags[PACK_TAG])
+        assert [TrialSpec(**t).tag for t in pack.config["trials"]][int(run.data.tags[PACK_MEMBER_TAG])] == tag
+        assert run.data.tags[PACK_CHECKPOINT_TAG] == pack.checkpoint.path, tag
         packs.setdefault(run.data.tags[PACK_TAG], []).append(run.data.tags["algorithm"])
         assert set(run.data.metrics) == set(mine.data.metrics), tag  # every metric a solo trial logs
         logged = {m for m in run.data.metrics if m in CURATED}
@@ -81,11 +107,6 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
         assert "metrics.csv" in artifacts
         assert ("checkpoint" in artifacts) == (PACK_TAG not in run.data.tags)  # a pack's stays in its folder
     assert sorted(packs.values()) == [["adpo"] * 4, ["ppo_kl"] * 2]
-    # `adpo-ray evaluate` on a member's run says why it cannot, before starting anything
-    member = next(iter(packed_runs.values()))
-    res = run_py("-m", "adpo_ray.cli", "evaluate", member.info.run_id, "--tracking-uri", packed_opts.tracking_uri,
-                 cwd=tmp_path)
-    assert res.returncode == 2 and f"is a member of the trial pack '{member.data.tags[PACK_TAG]}'" in res.stderr, res.stderr
 
     # summary.csv and the report read from Tune's folder: one row per trial, as the solo launch's
     for run, opts in ((solo, solo_opts), (packed, packed_opts)):
@@ -114,6 +135,63 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(ray_local, tmp_path)
     assert by_trial(packed_client, solo_spec.experiment_name).keys() == packed_runs.keys()
     for run in packed_runs.values():
         assert steps(packed_client, run.info.run_id, "eval/winmass") == [128, 256, 384]
+
+
+def test_a_pack_member_is_evaluated_as_its_solo_trial(launches, tmp_path, monkeypatch):
+    """`adpo-ray evaluate` takes a pack member's run id, or the pack's checkpoint folder and
+    ``--member``: the member's own policy out of the pack's checkpoint, logged to its run. A pack
+    holding the solo launch's final policies evaluates each member exactly as its solo trial's
+    own checkpoint evaluates."""
+    (spec, solo_opts, _), (_, opts, _) = launches[1], launches["auto"]
+    monkeypatch.setenv("ADPO_RAY_CACHE", str(tmp_path / "cache"))  # checkpoints downloaded here (subprocesses too)
+    client = MlflowClient(opts.tracking_uri)
+    runs = {tag: r for tag, r in by_trial(client, spec.experiment_name).items() if r.data.tags["algorithm"] == "adpo"}
+    order = sorted(runs, key=lambda tag: int(runs[tag].data.tags[PACK_MEMBER_TAG]))  # the pack's member order
+    assert len(order) == 4 and [runs[t].data.tags[PACK_MEMBER_TAG] for t in order] == ["0", "1", "2", "3"]
+    member = runs[order[1]]  # not the first member
+    checkpoint = member.data.tags[PACK_CHECKPOINT_TAG]
+
+    res = run_py("-m", "adpo_ray.cli", "evaluate", member.info.run_id, "--tracking-uri", opts.tracking_uri,
+                 cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    winmass = client.get_run(member.info.run_id).data.metrics["evaluate/clean/winmass_mean"]
+    # member 1's trained policy: its final evaluation in the pack, which ran every member in one
+    # batched product (here member 1's network alone: float32 sums may differ in the last bits)
+    assert winmass == pytest.approx(member.data.metrics["eval/winmass"], abs=1e-6)
+    assert all(abs(winmass - runs[t].data.metrics["eval/winmass"]) > 1e-4 for t in order if t != order[1])
+    assert f"trial pack member 1: PreferenceBandit / clean: WinMass {winmass:.4f}" in res.stdout
+    assert f"logged to run {member.info.run_id}" in res.stdout
+    res = run_py("-m", "adpo_ray.cli", "evaluate", checkpoint, "--member", "1", cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"trial pack member 1: PreferenceBandit / clean: WinMass {winmass:.4f}" in res.stdout
+    # a --member that is not the run's, or given with a solo trial's run: refused before Ray starts
+    res = run_py("-m", "adpo_ray.cli", "evaluate", member.info.run_id, "--member", "2", "--tracking-uri",
+                 opts.tracking_uri, cwd=tmp_path)
+    assert res.returncode == 2 and (f"--member 2: run {member.info.run_id} is member 1 of the trial pack "
+                                    f"'{member.data.tags[PACK_TAG]}'") in res.stderr, res.stderr
+    solo_runs = by_trial(MlflowClient(solo_opts.tracking_uri), spec.experiment_name)
+    with pytest.raises(ValueError, match="--member 0: run .* is a solo trial's"):
+        checkpoint_of(solo_runs[order[0]].info.run_id, solo_opts.tracking_uri, 0)
+    # the pack's checkpoint needs a member in 0..3
+    with pytest.raises(ValueError, match=r"a trial pack's checkpoint of 4 members; pick one with --member 0\.\.3 "
+                                         r"\(none given;"):
+        evaluate(Path(checkpoint))
+
+    # the pack with each member set to its solo trial's final policy (solo launch, same trials)
+    solos = [checkpoint_of(solo_runs[t].info.run_id, solo_opts.tracking_uri)[0] for t in order]
+    register_pack()
+    algo = Algorithm.from_checkpoint(checkpoint)
+    try:
+        start_pack_from_checkpoints(algo, solos)
+        algo.save_to_path(str(tmp_path / "solos_packed"))
+    finally:
+        algo.stop()
+    values = []
+    for k, solo in enumerate(solos):
+        want = evaluate(solo)
+        assert evaluate(tmp_path / "solos_packed", member=k) == want, order[k]
+        values.append(want.mean)
+    assert len(set(values)) == 4  # four policies, each evaluated as its own
 
 
 def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):

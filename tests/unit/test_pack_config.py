@@ -107,6 +107,29 @@ def test_members_start_at_their_solo_weights_and_rows_route_to_members():
         pack.forward_inference({Columns.OBS: obs[:4]})
 
 
+def test_a_member_as_a_solo_module_is_its_solo_network():
+    """``member_module(k)``: member k's network as its solo trial's module, after the pack has moved
+    away from the start; the process's random generators are left as they were."""
+    pack = module()
+    pack.make_target_networks()
+    with torch.no_grad():
+        pack.theta.add_(torch.randn_like(pack.theta))  # trained: no longer any seed's fresh network
+    obs = torch.randn(6, 5)
+    want = pack.member_policy(obs.expand(3, -1, -1))
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    for k in range(3):
+        solo_k = pack.member_module(k)
+        assert isinstance(solo_k, DefaultPPOTorchRLModule) and not any(n.startswith("_anchor") for n in solo_k.state_dict())
+        sd = pack.member_state_dicts()[k]
+        assert all(torch.equal(v, sd[n]) for n, v in solo_k.state_dict().items())
+        got = solo_k.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        torch.testing.assert_close(got, want[k], rtol=0, atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), torch_state) and np.array_equal(np.random.get_state()[1], np_state)
+    for bad in (3, -1, True):
+        with pytest.raises(ValueError, match=r"member: must be an int in 0\.\.2 \(the pack has 3 members\)"):
+            pack.member_module(bad)
+
+
 def test_the_anchor_lives_on_the_learner_copy_only():
     pack = module()
     pack.make_target_networks()

@@ -154,8 +154,9 @@ def test_report_results_of_a_uri_says_local_folders_only(uri, tmp_path, capsys):
 def test_evaluate_resolves_a_checkpoint_folder(tmp_path, monkeypatch):
     (tmp_path / "grid").mkdir()
     for path in spellings(tmp_path, monkeypatch):
-        folder, run_id = checkpoint_of(path, f"sqlite:///{tmp_path / 'mlflow.db'}")
-        assert folder == tmp_path / "grid" and folder.is_absolute() and run_id is None, path
+        folder, run_id, member = checkpoint_of(path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert folder == tmp_path / "grid" and folder.is_absolute() and run_id is None and member is None, path
+        assert checkpoint_of(path, f"sqlite:///{tmp_path / 'mlflow.db'}", 2)[2] == 2  # --member goes on
 
 
 def test_evaluate_of_a_uri_says_local_folders_only(tmp_path, capsys):
