@@ -38,7 +38,8 @@ def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "sh
     spec = parse_spec({
         "name": "pack", "environments": [env], "algorithms": [algorithm], "budget": {"iterations": 1},
         "scenarios": sorted(set(scenarios)),
-        "adpo": {"train_batch_size": BATCH, "num_epochs": EPOCHS, "minibatch_size": 32, **adpo},
+        "train": {"train_batch_size": BATCH, "num_epochs": EPOCHS, "minibatch_size": 32},
+        "adpo": adpo,
         "anchors": {"modes": sorted({"ema" if m == EMA_HOOK else m for m in modes}) if algorithm == "adpo" else ["dynamic"],
                     "params": {"kl_triggered": {"threshold": 1e-4, "window": 1}}},
         "resources": {"num_envs_per_env_runner": 2},
