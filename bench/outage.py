@@ -34,6 +34,7 @@ SPEC = {
     "anchors": {"modes": ["fixed", "dynamic"]},
     "train": {"lr": 0.003, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2},
     "adpo": {"beta_q": 0.5},
+    "resources": {"pack": 1},  # 4 Tune trials, 2 at a time (one pack would take all 4)
 }
 
 

@@ -315,7 +315,7 @@ class Resources(_Strict):
     #: (one Tune trial, one bundle; each member still gets its own MLflow run); ``auto``: every
     #: trial of a shape, at most :data:`~adpo_ray.spec.packs.AUTO_PACK_SIZE` per pack; ``1``: one
     #: trial per Tune trial. Trials a pack cannot run, and a search's trials, run alone.
-    pack: Literal["auto"] | _count(1, 1024) = 1
+    pack: Literal["auto"] | _count(1, 1024) = "auto"
 
     @field_validator("pack", mode="before")
     @classmethod

@@ -54,7 +54,9 @@ def _module_params(algo) -> dict[str, np.ndarray]:
 
 
 def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
-    spec = parse_spec(INIT)
+    # solo: a pack's evaluation of Hopper members whose episodes differ much in length never ends
+    # (evaluate_members in adpo_ray/rllib/pack_factory.py)
+    spec = parse_spec({**INIT, "resources": {**INIT["resources"], "pack": 1}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
@@ -167,7 +169,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
     every method (ADPO modes, PPO, ppo_kl, DPO) recording it as its start, reused by a later
     launch; and each method built from that checkpoint holds its parameters, ADPO's and DPO's
     anchor at KL 0."""
-    spec = parse_spec(BANDIT)
+    spec = parse_spec({**BANDIT, "resources": {"pack": 1}})  # solo runs, the packed launch's reference
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)

@@ -54,6 +54,7 @@ SPEC = {
     "seeds": [0, 1],
     "budget": {"iterations": 4, "checkpoint_every": 2},
     "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 0.003},
+    "resources": {"pack": 1},  # 8 Tune trials: the demand that makes the autoscaler add nodes
 }
 
 

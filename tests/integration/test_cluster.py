@@ -48,6 +48,7 @@ def submit_grid_job(cluster, tmp_path: Path):
         "anchors": {"modes": ["fixed", "dynamic"]},
         "budget": {"iterations": 2},
         "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
+        "resources": {"pack": 1},  # two trials, two actors on the two nodes
     }
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))

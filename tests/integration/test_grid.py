@@ -73,7 +73,8 @@ def small_grid(ray_local, tmp_path_factory):
     """One small real grid (4 trials) tracked through a real `mlflow server` on 127.0.0.1 (sqlite
     store behind it, artifacts proxied to a folder), shared by the tests that read its records."""
     tmp_path = tmp_path_factory.mktemp("small_grid")
-    spec = parse_spec(SMALL)
+    # solo trials: each child run holds its checkpoint, which `evaluate` restores (packs: test_pack_grid)
+    spec = parse_spec({**SMALL, "resources": {"pack": 1}})
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
         opts = options(tmp_path, "e2e", uri=uri)
         results = run_grid(spec, opts, verbose=0)
@@ -214,7 +215,7 @@ def make_flaky(marker_dir: Path):
 
 def test_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
     spec = parse_spec({**SMALL, "name": "flaky", "scenarios": ["clean"], "anchors": {"modes": ["dynamic"]},
-                       "budget": {"iterations": 5, "checkpoint_every": 2}, "resources": {"max_failures": 1}})
+                       "budget": {"iterations": 5, "checkpoint_every": 2}, "resources": {"max_failures": 1, "pack": 1}})
     markers = tmp_path / "markers"
     markers.mkdir()
     opts = options(tmp_path, "flaky")
@@ -316,7 +317,8 @@ def test_sigkill_driver_then_resume(tmp_path):
     are not re-run and keep their end time."""
     spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high"],
                  "budget": {"iterations": 8, "checkpoint_every": 2},
-                 "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128}}
+                 "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128},
+                 "resources": {"pack": 1}}  # trials that end one by one (a pack's kill: test_pack_grid)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "k"
     # snapshots every 10 s: a trial that ends between two is held as running by the snapshot
@@ -551,7 +553,8 @@ def test_embedded_grid_serves_its_dashboard(tmp_path):
     import threading
 
     spec = {**SMALL, "name": "watched", "scenarios": ["clean"], "anchors": {"modes": ["fixed", "dynamic"]},
-            "budget": {"iterations": 1000}}  # runs until the test has seen the dashboard
+            # solo trials (GridTrainable actors); it runs until the test has seen the dashboard
+            "budget": {"iterations": 1000}, "resources": {"pack": 1}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     home = tmp_path / "home"
     home.mkdir()

@@ -94,7 +94,7 @@ def test_ctrl_c_then_resume(tmp_path):
     the stopped trial's child KILLED, the finished one's FINISHED; the end-of-grid table calls no
     partial value final. The resume then finishes all 4, one child run each, every step once."""
     spec_dict = {**SMALL, "name": "interrupted", "budget": {"iterations": 8, "checkpoint_every": 2},
-                 "resources": {"max_concurrent_trials": 1}}
+                 "resources": {"max_concurrent_trials": 1, "pack": 1}}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "c"
     with open(tmp_path / "out.txt", "w") as out:

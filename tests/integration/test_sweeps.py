@@ -36,7 +36,9 @@ BANDIT = {
 
 
 def test_grid_sweep_trials_names_params_and_report(ray_local, tmp_path):
-    spec = parse_spec({**BANDIT, "sweep": {"adpo.beta_q": [0.5, 2.0], "train.lr": [0.001, 0.003]}})
+    # solo: a Tune trial, and its folder, per sweep point
+    spec = parse_spec({**BANDIT, "sweep": {"adpo.beta_q": [0.5, 2.0], "train.lr": [0.001, 0.003]},
+                       "resources": {"pack": 1}})
     opts = options(tmp_path, "sw")
     results = run_grid(spec, opts)
     assert len(results) == 4 and not results.errors
@@ -66,7 +68,7 @@ def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tm
     may be): two trials in two folders of at most 200 bytes, two child runs with the exact values
     and the full names, two methods in the report, the launch summary delivered to MLflow."""
     spec = parse_spec({**BANDIT, "name": "ident", "hidden_sizes": [16],
-                       "sweep": {**LONG, "train.lr": [0.0030001, 0.0030004]}})
+                       "sweep": {**LONG, "train.lr": [0.0030001, 0.0030004]}, "resources": {"pack": 1}})
     trials = spec.trials()
     assert len(trials) == 2 and all(len(t.tag) > 255 for t in trials)
     opts = options(tmp_path, "id")

@@ -37,12 +37,19 @@ def tags(packs):
     return [[t.tag for t in p] for p in packs]
 
 
-def test_pack_1_is_one_trial_per_tune_trial_as_before():
+def test_the_default_is_auto():
     s = parse_spec(BASE)
-    assert s.resources.pack == 1
+    assert s.resources.pack == "auto"
+    assert tags(s.packs()) == tags(spec("auto").packs()) == [[t.tag for t in s.trials()]]  # one shape: one pack
+    assert param_space(s, "sqlite:///x.db")["trials"] == {"grid_search": [[t.as_dict() for t in s.trials()]]}
+
+
+def test_pack_1_is_one_trial_per_tune_trial_as_before():
+    s = spec(1)
     assert s.packs() == [[t] for t in s.trials()]
     space = param_space(s, "sqlite:///x.db")
     assert "trials" not in space and space["trial"] == {"grid_search": [t.as_dict() for t in s.trials()]}
+    assert [p.trial for p in plan_trials(s)] == s.trials() and not any(p.members for p in plan_trials(s))
 
 
 def test_auto_packs_each_shape():
@@ -138,7 +145,7 @@ def test_plans_count_packs_each_asking_what_its_solo_trial_asks():
     s = spec("auto", algorithms=["adpo", "ppo_kl"])
     plans = plan_trials(s)
     assert [len(p.trials) for p in plans] == [4, 2]
-    solo = plan_trials(parse_spec({**BASE, "algorithms": ["adpo", "ppo_kl"]}))
+    solo = plan_trials(spec(1, algorithms=["adpo", "ppo_kl"]))
     assert plans[0].members == tuple(s.packs()[0]) and plans[0].bundles == solo[0].bundles
     # with env runners: RLlib's bundle per runner, which it places runner i in (never merged)
     runners = plan_trials(spec("auto", resources={"num_env_runners": 2}))
@@ -146,7 +153,7 @@ def test_plans_count_packs_each_asking_what_its_solo_trial_asks():
     assert plans[0].env_steps == 2 * plans[1].env_steps and plans[0].name.startswith("pack4_")
     two_cpus = Capacity((NodeType("node", {"CPU": 2.0}, 1),), "test")
     assert max_concurrent(plans, two_cpus) == 2
-    assert len(plan_trials(parse_spec({**BASE, "algorithms": ["adpo", "ppo_kl"]}))) == 6
+    assert len(solo) == 6
 
 
 def test_a_long_pack_name_is_cut_with_a_digest():

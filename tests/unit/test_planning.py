@@ -22,7 +22,7 @@ T = TrialSpec("Hopper-v5", "flip-high", "adpo", "dynamic", 128, 7)
 
 
 def test_plan_trials_bundles_and_budgets():
-    spec = parse_spec(SPEC)
+    spec = parse_spec({**SPEC, "resources": {"pack": 1}})  # a plan per trial
     plans = plan_trials(spec)
     assert [p.trial for p in plans] == spec.trials()
     for p in plans:
