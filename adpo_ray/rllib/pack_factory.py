@@ -114,9 +114,13 @@ class PackResultCallbacks(CleanMetricsCallbacks):
 def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     """The pack's evaluation (RLlib's ``custom_evaluation_function``): ``evaluation_duration``
     episodes per member on the local evaluation env runner (the members' clean envs, each
-    member's synced observation filter), each member's first episodes in the order they end,
-    as a solo trial's ``sample(num_episodes=...)`` returns them (a member still short of them
-    when the pack's sample ends gets the rest from the next sample, which starts from a reset).
+    member's synced observation filter), each member's first episodes in the order they end
+    from a reset of every env, as a solo trial's ``sample(num_episodes=...)`` returns them.
+
+    The runner samples by timesteps and carries episodes over between calls (one reset, at the
+    start), summing each episode's pieces by its id: members whose episodes end quickly cannot
+    starve a member whose episodes run long, as sampling by episode count (which resets every
+    env on each call) would.
 
     Their returns and lengths are logged as a solo evaluation env runner logs its episodes (the
     same window, ``metrics_num_episodes_for_smoothing``, kept across evaluations) under
@@ -127,27 +131,35 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     runner = eval_env_runner_group.local_env_runner
     members = runner.config.env_config["members"]
     k, wanted = len(members), int(algorithm.config.evaluation_duration)
-    done: dict[int, list] = {m: [] for m in range(k)}
-    env_steps = 0
+    done: dict[int, list[tuple[float, int]]] = {m: [] for m in range(k)}  # (return, length) per episode
+    partial: dict[str, tuple[float, int]] = {}  # episodes still running: their pieces so far
+    env_steps, reset = 0, True
+    timesteps = max(1, int(getattr(runner, "num_envs", 1))) * 100
     while any(len(v) < wanted for v in done.values()):
-        for episode in runner.sample(num_episodes=k * wanted, explore=runner.config.explore):
-            env_steps += episode.env_steps()
-            m = episode.custom_data[MEMBER]
+        for piece in runner.sample(num_timesteps=timesteps, explore=runner.config.explore, force_reset=reset):
+            env_steps += piece.env_steps()
+            ret, length = partial.pop(piece.id_, (0.0, 0))
+            ret, length = ret + float(piece.get_return()), length + len(piece)
+            if not piece.is_done:
+                partial[piece.id_] = (ret, length)
+                continue
+            m = piece.custom_data[MEMBER]
             if len(done[m]) < wanted:
-                done[m].append(episode)
+                done[m].append((ret, length))
+        reset = False
     logger = getattr(runner, "pack_eval_metrics", None)
     if logger is None:  # one per evaluation runner, so that the window spans evaluations
         logger = MetricsLogger()
         runner.pack_eval_metrics = logger
     win = max(1, math.ceil(runner.config.metrics_num_episodes_for_smoothing / (runner.config.num_env_runners or 1)))
     for m, episodes in done.items():
-        for e in episodes:
-            logger.log_value((MEMBER_GROUP, str(m), EPISODE_RETURN_MEAN), e.get_return(), window=win)
-            logger.log_value((MEMBER_GROUP, str(m), EPISODE_LEN_MEAN), len(e), window=win)
-            logger.log_value(EPISODE_RETURN_MEAN, e.get_return(), window=win)
+        for ret, length in episodes:
+            logger.log_value((MEMBER_GROUP, str(m), EPISODE_RETURN_MEAN), ret, window=win)
+            logger.log_value((MEMBER_GROUP, str(m), EPISODE_LEN_MEAN), length, window=win)
+            logger.log_value(EPISODE_RETURN_MEAN, ret, window=win)
     # RLlib's new stack reads the evaluation's results from the algorithm's metrics, into which
     # its own evaluation merges the evaluation env runner's reduced metrics
     algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
-    means = {str(m): {EPISODE_RETURN_MEAN: float(np.mean([e.get_return() for e in eps])),
-                      EPISODE_LEN_MEAN: float(np.mean([len(e) for e in eps]))} for m, eps in done.items()}
+    means = {str(m): {EPISODE_RETURN_MEAN: float(np.mean([r for r, _ in eps])),
+                      EPISODE_LEN_MEAN: float(np.mean([n for _, n in eps]))} for m, eps in done.items()}
     return {ENV_RUNNER_RESULTS: {MEMBER_GROUP: means}}, env_steps, env_steps

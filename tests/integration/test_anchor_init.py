@@ -54,8 +54,7 @@ def _module_params(algo) -> dict[str, np.ndarray]:
 
 
 def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
-    # solo: a pack's evaluation of Hopper members whose episodes differ much in length never ends
-    # (evaluate_members in adpo_ray/rllib/pack_factory.py)
+    # solo runs (one child run and checkpoint each); the same members as a pack: the test below
     spec = parse_spec({**INIT, "resources": {**INIT["resources"], "pack": 1}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     opts = options(tmp_path, "first")
@@ -87,6 +86,26 @@ def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, 
     again = [r for r in client.search_runs([client.get_experiment_by_name("init_small").experiment_id])
              if r.data.tags.get("trial") and r.data.tags.get("method") == "ppo"]
     assert {r.data.params["anchors.init.run_id"] for r in again} == {pretrained}
+
+
+def test_a_pack_of_pretrained_hopper_members_evaluates_each_member(ray_local, tmp_path):
+    """Hopper members started from one pretrained policy end their evaluation episodes at very
+    different lengths: the pack's evaluation still gives each member its episode and the grid
+    ends (sampling by episode count reset every env on each call, so a member whose episodes
+    ran long never finished one, and the pack hung in its second evaluation)."""
+    spec = parse_spec({**INIT, "name": "init_pack", "algorithms": ["adpo"],
+                       "resources": {**INIT["resources"], "pack": "auto"}})
+    opts = options(tmp_path, "pack")
+    results = run_grid(spec, opts, verbose=0)
+    assert len(results) == 1 and not results.errors  # one pack of the four anchor modes
+    client = MlflowClient(opts.tracking_uri)
+    kids = [r for r in client.search_runs([client.get_experiment_by_name("init_pack").experiment_id])
+            if "trial" in r.data.tags]
+    assert sorted(k.data.tags["method"] for k in kids) == ["adpo-dynamic", "adpo-ema", "adpo-fixed", "adpo-kl_triggered"]
+    for k in kids:
+        assert PACK_TAG in k.data.tags and k.info.status == "FINISHED"
+        history = client.get_metric_history(k.info.run_id, "eval/return_mean")
+        assert len(history) == results[0].metrics["training_iteration"] and all(np.isfinite(m.value) for m in history)
 
 
 def test_every_mode_starts_from_the_same_parameters(ray_local, tmp_path):
