@@ -1,7 +1,7 @@
 """Scale-out on Ray's own autoscaler: a head of 1 CPU whose fake multi-node provider may add up to
-3 one-CPU workers. A grid of 8 one-CPU trials launched with `--address auto` must make the
-autoscaler add nodes (Tune keeps trials pending, so the autoscaler sees the demand), run trials at
-the same time, and leave exactly one MLflow child run per trial."""
+3 one-CPU workers. A grid of 8 trials as 4 one-CPU trial packs launched with `--address auto` must
+make the autoscaler add nodes (Tune keeps packs pending, so the autoscaler sees the demand), run
+packs at the same time, and leave exactly one MLflow child run per trial."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from adpo_ray.orchestration.tracking import PACK_TAG
 
 from .raycluster import RAY, free_port
 
@@ -54,7 +56,8 @@ SPEC = {
     "seeds": [0, 1],
     "budget": {"iterations": 4, "checkpoint_every": 2},
     "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 0.003},
-    "resources": {"pack": 1},  # 8 Tune trials: the demand that makes the autoscaler add nodes
+    # 4 packs of 2: 4 one-CPU Tune trials, the demand that makes the autoscaler add nodes
+    "resources": {"pack": 2},
 }
 
 
@@ -128,7 +131,7 @@ def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
     for progress in (tmp_path / "ray_results" / "grow").glob("*/progress.csv"):
         rows = pd.read_csv(progress)
         spans.append((rows["timestamp"].iloc[0] - rows["time_this_iter_s"].iloc[0], rows["timestamp"].iloc[-1]))
-    assert len(spans) == 8
+    assert len(spans) == 4  # one Tune trial folder per pack
     overlap = max(sum(1 for s, e in spans if s < t < e) for t in [s + 1e-3 for s, _ in spans])
     assert overlap >= 2, spans
 
@@ -138,3 +141,5 @@ def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
     kids = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(kids) == 8 and len({k.data.tags["trial"] for k in kids}) == 8
     assert all(k.info.status == "FINISHED" for k in kids)
+    packs = {k.data.tags[PACK_TAG] for k in kids}  # each member tagged with its pack's Tune trial
+    assert len(packs) == 4 and sorted(sum(k.data.tags[PACK_TAG] == p for k in kids) for p in packs) == [2] * 4
