@@ -29,6 +29,7 @@ __all__ = [
     "builds_own_filters", "built_filters",
     "has_lr_schedulers", "has_grad_scalers", "compiles_complete_update", "check_is_built",
     "next_weights_seq_no", "weights_seq_no", "multi_agent_batch", "learner_connector",
+    "seed_next_reset",
 ]
 
 #: The Ray release every adapter here (and in :mod:`adpo_ray.orchestration._ray_private`) was
@@ -42,6 +43,7 @@ PRIVATE_NAMES = frozenset({
     "_init_new_filters", "_multi_agent", "_update_stats", "_global_registry",
     "_lr_scheduler_classes", "_grad_scalers", "_torch_compile_complete_update",
     "_check_is_built", "_weights_seq_no", "_make_batch_if_necessary", "_learner_connector",
+    "_needs_initial_reset",
 })
 
 
@@ -88,6 +90,14 @@ def local_learner(learner_group):
     """``LearnerGroup._learner`` (Ray 2.60.0): the learner living in this process (``None``
     with remote learners, ``num_learners > 0``)."""
     return learner_group._learner
+
+
+def seed_next_reset(env_runner) -> None:
+    """Make the env runner's next ``sample()`` reset every env with the runner's seed, as each
+    ``sample(num_episodes=...)`` call leaves it (``SingleAgentEnvRunner._needs_initial_reset``,
+    Ray 2.60.0): an evaluation by timesteps then starts from the episodes a solo trial's
+    evaluation by episodes starts from."""
+    env_runner._needs_initial_reset = True
 
 
 def env_to_module(env_runner):

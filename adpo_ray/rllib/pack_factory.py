@@ -34,6 +34,7 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
 from adpo_ray.metrics import EVAL_GROUP, MEMBER_GROUP, WINMASS_KEY
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
 from adpo_ray.rllib.factory import build_algo_config, model_config
 from adpo_ray.rllib.pack_learner import PACK_ALGORITHM, PACK_MEMBERS, PackedLearner, member_knobs
@@ -134,6 +135,7 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     done: dict[int, list[tuple[float, int]]] = {m: [] for m in range(k)}  # (return, length) per episode
     partial: dict[str, tuple[float, int]] = {}  # episodes still running: their pieces so far
     env_steps, reset = 0, True
+    rp.seed_next_reset(runner)  # every evaluation starts from the same seeded reset, as a solo trial's
     timesteps = max(1, int(getattr(runner, "num_envs", 1))) * 100
     while any(len(v) < wanted for v in done.values()):
         for piece in runner.sample(num_timesteps=timesteps, explore=runner.config.explore, force_reset=reset):

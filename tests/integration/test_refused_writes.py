@@ -59,7 +59,8 @@ def test_sweep_summary_under_valid_names(tmp_path):
 
 DELETED = {**SMALL, "name": "deletedchild", "scenarios": ["clean", "flip-high", "flip-low"],
            "anchors": {"modes": ["dynamic"]}, "hidden_sizes": [16], "budget": {"iterations": 3},
-           "resources": {"max_concurrent_trials": 1}}
+           # solo trials, one at a time: each run's writes end at its own time (a pack ends all at once)
+           "resources": {"max_concurrent_trials": 1, "pack": 1}}
 
 
 def _finished_in_spool(spool_records, key: str) -> bool:
