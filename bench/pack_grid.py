@@ -88,26 +88,29 @@ def side_by_side(config: str, variants: dict[str, list[str]], sets: list[str], r
     return {name: min(w) for name, w in walls.items()}, tables
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def compare(doc: str, baseline: tuple[str, list[str]], other: tuple[str, list[str]]) -> None:
+    """A bench's command line (``--config``, ``--set``, ``--repeats``): ``baseline`` and ``other``
+    (a label and its ``KEY=VALUE`` overrides) launched side by side; prints one JSON line (each
+    label's best wall seconds, the largest final difference per column), then
+    ``ratio=<baseline wall / other wall>``. Exits when the two tables differ in trials or columns."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--config", default="smoke")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--repeats", type=int, default=1, help="launches of each kind, alternating")
     args = parser.parse_args()
 
-    best, tables = side_by_side(args.config, {"pack-1": ["resources.pack=1"], "pack-auto": ["resources.pack=auto"]},
-                                args.sets, args.repeats)
-    solo, packed = tables["pack-1"], tables["pack-auto"]
-    if set(solo[0]) != set(packed[0]):
-        raise SystemExit(f"the tables differ: columns only solo {sorted(set(solo[0]) - set(packed[0]))}, "
-                         f"only packed {sorted(set(packed[0]) - set(solo[0]))}")
+    (a, _), (b, _) = baseline, other
+    best, tables = side_by_side(args.config, dict([baseline, other]), args.sets, args.repeats)
+    if set(tables[a][0]) != set(tables[b][0]):
+        raise SystemExit(f"the tables differ: columns only {a} {sorted(set(tables[a][0]) - set(tables[b][0]))}, "
+                         f"only {b} {sorted(set(tables[b][0]) - set(tables[a][0]))}")
     print(json.dumps({
-        "config": args.config, "sets": args.sets, "trials": len(solo), "repeats": args.repeats,
-        "solo_wall_s": round(best["pack-1"], 1), "packed_wall_s": round(best["pack-auto"], 1),
-        "largest_final_difference": {k: round(v, 6) for k, v in sorted(largest_difference(solo, packed).items())},
+        "config": args.config, "sets": args.sets, "trials": len(tables[a]), "repeats": args.repeats,
+        f"{a}_wall_s": round(best[a], 1), f"{b}_wall_s": round(best[b], 1),
+        "largest_final_difference": {k: round(v, 9) for k, v in sorted(largest_difference(tables[a], tables[b]).items())},
     }))
-    print(f"ratio={best['pack-1'] / best['pack-auto']:.2f}")
+    print(f"ratio={best[a] / best[b]:.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    compare(__doc__, ("solo", ["resources.pack=1"]), ("packed", ["resources.pack=auto"]))

@@ -152,7 +152,7 @@ def _policy(algo, checkpoint: Path, member: int | None):
         else:
             module = algo.get_module()
         return module, env_config, lambda: env_config.get("obs_norm") or obs_norm_of(algo)
-    if member is None or isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < k:
+    if member is None or not 0 <= member < k:
         got = "none given" if member is None else f"got {member!r}"
         raise ValueError(f"--member: {checkpoint} is a trial pack's checkpoint of {k} members; pick one with "
                          f"--member 0..{k - 1} ({got}; a member's MLflow run has it as its "

@@ -169,20 +169,16 @@ def repair_tune_state(run_dir: str) -> list[str]:
         if not files or _readable(files[-1]):
             continue
         newest = files[-1]
-        copy, data = None, None
-        for candidate in _ray_private.driver_staging_copies(Path(run_dir).name, newest.name):
-            try:
-                candidate_data = Path(candidate).read_bytes()
-            except OSError:  # removed since it was listed
-                continue
-            if _loads(newest.name, candidate_data):
-                copy, data = candidate, candidate_data
-                break
-        if copy is None:
+        copies = _ray_private.driver_staging_copies(Path(run_dir).name, newest.name)
+        # a copy's bytes are read once: what is checked is what is written
+        found = next(((c, data) for c in copies if (data := _read(Path(c))) is not None and _loads(newest.name, data)),
+                     None)
+        if found is None:
             raise ValueError(
                 f"{newest} is cut short (the driver was killed while Tune copied it into the folder) and "
                 "this machine holds no copy of it: a resume would start the grid's trials again under new "
                 "ids. Resume on the machine that ran the driver, or restore the file from a backup")
+        copy, data = found
         tmp = newest.with_name(newest.name + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(newest)
@@ -191,13 +187,18 @@ def repair_tune_state(run_dir: str) -> list[str]:
     return replaced
 
 
+def _read(path: Path) -> bytes | None:
+    """The bytes of ``path``; None where it cannot be read (e.g. removed since it was listed)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def _readable(path: Path) -> bool:
     """Whether the Tune state file at ``path`` can be read and loads."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return False
-    return _loads(path.name, data)
+    data = _read(path)
+    return data is not None and _loads(path.name, data)
 
 
 def _loads(name: str, data: bytes) -> bool:

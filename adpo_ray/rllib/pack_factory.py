@@ -136,7 +136,7 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     partial: dict[str, tuple[float, int]] = {}  # episodes still running: their pieces so far
     env_steps, reset = 0, True
     rp.seed_next_reset(runner)  # every evaluation starts from the same seeded reset, as a solo trial's
-    timesteps = max(1, int(getattr(runner, "num_envs", 1))) * 100
+    timesteps = runner.num_envs * 100  # per call: 100 steps of every env
     while any(len(v) < wanted for v in done.values()):
         for piece in runner.sample(num_timesteps=timesteps, explore=runner.config.explore, force_reset=reset):
             env_steps += piece.env_steps()
