@@ -9,7 +9,7 @@ from __future__ import annotations
 from adpo_ray.rllib._ray_private import RAY_VERSION  # noqa: F401 - the import checks the running Ray
 
 __all__ = ["PRIVATE_NAMES", "autoscaling_status", "tuner_run_config", "tuner_scheduler",
-           "newest_experiment_state", "driver_staging_copies", "AshaState"]
+           "newest_experiment_state", "driver_staging_copies", "follow_moved_folder", "AshaState"]
 
 #: The private Ray names reached here (see :data:`adpo_ray.rllib._ray_private.PRIVATE_NAMES`).
 PRIVATE_NAMES = frozenset({"_internal_kv_get", "_local_tuner", "_tune_config",
@@ -68,6 +68,37 @@ def newest_experiment_state(run_dir: str) -> str | None:
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
     return _find_newest_experiment_checkpoint(str(run_dir))
+
+
+def follow_moved_folder(state: dict, storage_fs_path: str, experiment_dir_name: str) -> bool:
+    """Point the trials a restored search state has yet to create at the results folder where it
+    is now: ``<storage_fs_path>/<experiment_dir_name>``.
+
+    ``state`` is the loaded dict of a ``basic-variant-state-*.json`` (a grid's
+    ``BasicVariantGenerator``: each of its ``_iterators`` holds the experiment spec and the resolved
+    specs it creates trials from) or a ``search_gen_state-*.json`` (a search's ``SearchGenerator``: its ``experiment``).
+    Tune 2.60.0 moves the storage of the trials in its snapshot when a folder moved
+    (``TuneController._restore_trials``), but not the storage these specs hold, so a trial created
+    after a resume in a moved folder would write to the old one and fail at its first checkpoint.
+
+    Returns:
+        Whether anything was changed (the state is changed in place).
+    """
+    specs = []
+    for iterator in state.get("_iterators", []):
+        specs.append(iterator.unresolved_spec)
+        if iterator.variants is not None:  # the resolved specs not yet made trials, with copies of its storage
+            specs.extend(spec for _, spec in iterator.variants.iterable)
+    if state.get("experiment") is not None:
+        specs.append(state["experiment"].spec)  # its ``storage`` is ``experiment.storage`` itself
+    changed = False
+    for spec in specs:
+        storage = spec.get("storage")
+        if storage is not None and (storage.storage_fs_path, storage.experiment_dir_name) != (
+                storage_fs_path, experiment_dir_name):
+            storage.storage_fs_path, storage.experiment_dir_name = storage_fs_path, experiment_dir_name
+            changed = True
+    return changed
 
 
 class AshaState:

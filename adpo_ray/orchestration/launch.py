@@ -136,6 +136,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     if not storage.is_uri(run_dir):
         try:
             repair_tune_state(run_dir)
+            follow_moved_folder(run_dir)
         except BaseException:
             release_folder(run_dir)
             raise
@@ -145,7 +146,10 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
 
 #: Tune's state files in a results folder that a restore reads (the newest of each pattern): the
 #: experiment snapshot, the grid's variant generator, a search algorithm's state.
-TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl")
+TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
+                    "searcher-state-*.pkl")
+#: Those of them that create the trials still to come (see :func:`follow_moved_folder`).
+TRIAL_CREATING_FILES = ("basic-variant-state-*.json", "search_gen_state-*.json")
 
 
 def repair_tune_state(run_dir: str) -> list[str]:
@@ -185,6 +189,34 @@ def repair_tune_state(run_dir: str) -> list[str]:
         replaced.append(str(newest))
         print(f"{newest.name} was cut short by the kill; restored from Tune's copy {copy}", flush=True)
     return replaced
+
+
+def follow_moved_folder(run_dir: str) -> list[str]:
+    """Make the trials a grid has yet to create, in the local folder ``run_dir``, write there:
+    a folder moved between a kill and ``adpo-ray resume`` (another disk, another machine) still
+    holds the old folder in the state Tune restores its variant generator or search from (see
+    :func:`adpo_ray.orchestration._ray_private.follow_moved_folder`). The newest such file, the
+    one Tune reads, is rewritten atomically where it names another folder.
+
+    Returns:
+        The files rewritten (paths).
+    """
+    import ray.cloudpickle as cloudpickle
+
+    folder = Path(run_dir).resolve()
+    rewritten = []
+    for pattern in TRIAL_CREATING_FILES:
+        files = sorted(folder.glob(pattern))
+        if not files:
+            continue
+        state = cloudpickle.loads(files[-1].read_bytes())
+        if not _ray_private.follow_moved_folder(state, str(folder.parent), folder.name):
+            continue
+        tmp = files[-1].with_name(files[-1].name + ".tmp")
+        tmp.write_bytes(cloudpickle.dumps(state))
+        tmp.replace(files[-1])
+        rewritten.append(str(files[-1]))
+    return rewritten
 
 
 def _read(path: Path) -> bytes | None:

@@ -31,7 +31,6 @@ from ..helpers.resume import (
     kill_when,
     launch,
     resume,
-    tune_progress,
     tune_snapshot,
     wait_until,
 )
@@ -311,19 +310,23 @@ def test_run_grid_rejects_bad_spec_before_anything(tmp_path):
 
 def test_sigkill_driver_then_resume(tmp_path):
     """Kill the driver mid-grid (SIGKILL) once a trial has finished and another has not, move its
-    folder, cut its state files short, resume: MLflow never called finished a trial that Tune's
-    snapshot did not hold as finished; each trial ends once, one parent and one child run each,
-    the whole metric history present with no step twice and as in Tune's folder; finished trials
-    are not re-run and keep their end time."""
-    iters = 16  # trials 3 and 4 run ~12 s here: several snapshots fall while they run
-    spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high"],
+    folder, cut its state files short, resume: trials not started before the kill start in the
+    moved folder; MLflow never called finished a trial that Tune's snapshot did not hold as
+    finished; each trial ends once, one parent and one child run each, the whole metric history
+    present with no step twice and as in Tune's folder; finished trials are not re-run and keep
+    their end time."""
+    iters = 8
+    # 6 trials, 2 at a time: the kill comes with a wave still to start, which Tune's variant
+    # generator may not have created yet (they start in the moved folder after the resume)
+    spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high", "shift-low"],
                  "budget": {"iterations": iters, "checkpoint_every": 2},
                  "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128},
                  "resources": {"pack": 1}}  # trials that end one by one (a pack's kill: test_pack_grid)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "k"
-    # snapshots every 4 s: a trial that ends between two is held as running by the snapshot
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "4"}
+    # snapshots every 2 s, well within a trial's run (a trial that ends between two is held as
+    # running by the snapshot)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
     proc = launch(spec_dict, tmp_path, uri, "k", env=env)
     client = MlflowClient(uri)
     wait_until(proc, lambda: len(done_in_folder(run_dir)) >= 1, timeout=300, what="a finished trial")
@@ -332,25 +335,22 @@ def test_sigkill_driver_then_resume(tmp_path):
     assert live.returncode == 0 and "k: running" in live.stdout, live.stdout + live.stderr
     assert "finished" in live.stdout and "ETA:" in live.stdout and "MLflow parent run:" in live.stdout
 
-    def all_started_some_ended() -> bool:
-        # every trial started (a trial that had not started before its folder moved fails to
-        # checkpoint after the move: a separate bug), one ended per MLflow or Tune's snapshot
-        if len([rows for rows in tune_progress(run_dir).values() if rows]) < 4:
-            return False
+    def some_ended() -> bool:
+        # one trial ended per MLflow or Tune's snapshot, another not
         try:
             _, kids = children(client, "killed")
             snapshot = tune_snapshot(run_dir)
         except Exception:  # noqa: BLE001 - the snapshot is being copied there right now
             return False
-        return snapshot is not None and len(snapshot.finished) < 4 and (
+        return snapshot is not None and len(snapshot.finished) < 6 and (
             bool(snapshot.finished) or any(k.info.status == "FINISHED" for k in kids))
 
-    kill_when(proc, all_started_some_ended, timeout=300)
+    kill_when(proc, some_ended, timeout=300)
     snapshot = tune_snapshot(run_dir)
     _, kids = children(client, "killed")
     finished_before = {k.data.tags["tune_trial_id"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}
     assert set(finished_before) <= snapshot.finished, (finished_before, snapshot.status)
-    assert 0 < len(snapshot.finished) < 4
+    assert 0 < len(snapshot.finished) < 6
 
     # the results folder moves (another disk, another machine) before the resume, and its state
     # files are cut short, as a full disk or a dying machine might leave them
@@ -366,7 +366,7 @@ def test_sigkill_driver_then_resume(tmp_path):
     assert "report: " in res.stdout and (moved / "report" / "report.html").exists()
 
     after = run_py("-m", "adpo_ray.cli", "status", str(moved), cwd=tmp_path)
-    assert after.returncode == 0 and "trials: 4 finished" in after.stdout and "(100%)" in after.stdout, after.stdout
+    assert after.returncode == 0 and "trials: 6 finished" in after.stdout and "(100%)" in after.stdout, after.stdout
     parents, kids = children(client, "killed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].info.run_id in after.stdout

@@ -222,3 +222,60 @@ def test_tunes_copies_are_found_once_and_a_vanished_one_is_passed_over(tmp_path,
     monkeypatch.setattr(_ray_private, "driver_staging_copies", lambda experiment, filename: listed)
     assert repair_tune_state(str(run_dir)) == [str(torn)]
     assert cloudpickle.loads(torn.read_bytes()) == {"_finished": True}
+
+
+
+def _trainable(config):  # a Tune function trainable; never run here
+    return {"x": 1}
+
+
+def _generator(search: str):
+    """A grid's variant generator, or a search's generator over Optuna (as launches build them)."""
+    from optuna.distributions import FloatDistribution
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    if search == "grid":
+        return BasicVariantGenerator()
+    return SearchGenerator(ConcurrencyLimiter(
+        OptunaSearch(space={"x": FloatDistribution(0, 1)}, metric="x", mode="max", seed=0), 2))
+
+
+@pytest.mark.parametrize("search", ["grid", "search"])
+def test_trials_created_after_a_moved_folder_resumes_write_to_it(tmp_path, search):
+    """A folder moved between a kill and the resume: the trials Tune's restored variant generator
+    (a grid) or search generator (a search) has yet to create are created in the folder as it
+    is now, not the old one (where their first checkpoint would fail). Real Tune objects, saved
+    and restored as Tune saves and restores them; no Ray starts."""
+    from ray import tune
+    from ray.tune.experiment import Experiment
+
+    from adpo_ray.orchestration.launch import follow_moved_folder
+
+    old, moved = tmp_path / "ray_results" / "k", tmp_path / "elsewhere" / "moved"
+    config = {"x": tune.grid_search([1, 2, 3])} if search == "grid" else {}
+    generator = _generator(search)
+    generator.add_configurations([Experiment("k", _trainable, config=config, num_samples=1 if search == "grid" else 3,
+                                             storage_path=str(old.parent))])
+    first = generator.next_trial()  # created before the kill
+    assert first.storage.experiment_fs_path == str(old)
+    old.mkdir(parents=True, exist_ok=True)
+    generator.save_to_dir(str(old), session_str="2026-01-01_00-00-00")
+    if search == "search":
+        generator.searcher.save_to_dir(str(old), session_str="2026-01-01_00-00-00")
+    moved.parent.mkdir()
+    old.rename(moved)  # the folder moves, under another parent and another name
+
+    def created_after_restore(folder):
+        restored = _generator(search)
+        restored.restore_from_dir(str(folder))
+        trial = restored.next_trial()
+        assert trial is not None
+        return trial
+
+    # control: as Tune restores it, the generator creates trials in the old folder
+    assert created_after_restore(moved).storage.experiment_fs_path == str(old)
+    assert follow_moved_folder(str(moved)) != []
+    assert follow_moved_folder(str(moved)) == []  # once followed, nothing to rewrite
+    later = created_after_restore(moved)
+    assert later.storage.experiment_fs_path == str(moved)
