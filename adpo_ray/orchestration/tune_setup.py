@@ -170,10 +170,23 @@ class _NoRestoreHint(logging.Filter):
 _NO_RESTORE_HINT = _NoRestoreHint()  # one instance: addFilter adds it once however often it runs
 
 
+class _NoMembersHistogram(logging.Filter):
+    """Drops TensorBoard's warning that a trial pack's ``members`` (each member's result, a list
+    that no TensorBoard plot takes) is an invalid value: each member's curves are in its own MLflow
+    run and in the pack's ``progress.csv``; TensorBoard plots the pack's own scalars."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "invalid value (ray/tune/members=" not in record.getMessage()
+
+
+_NO_MEMBERS_HISTOGRAM = _NoMembersHistogram()
+
+
 def tuner_env() -> None:
     """Settings of this process for Tune, set before a launch or a resume (the values already in
     the environment win)."""
     logging.getLogger("ray.tune.tune").addFilter(_NO_RESTORE_HINT)
+    logging.getLogger("ray.tune.logger.tensorboardx").addFilter(_NO_MEMBERS_HISTOGRAM)
     # The compact progress table (legacy reporter) and frequent experiment snapshots, so a
     # killed driver resumes close to where it was.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

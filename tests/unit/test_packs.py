@@ -186,3 +186,26 @@ def test_a_pack_is_priced_at_its_measured_speed_up_read_conservatively():
     assert pack_speedup("HalfCheetah-v5", 64, 15) == 3.2  # K=15: the K=4 figure
     assert pack_speedup("Hopper-v5", 32, 16) == 5.2  # Hopper priced as HalfCheetah
     assert pack_speedup("HalfCheetah-v5", 64, 3) == 1.0  # below every measured K: none assumed
+
+
+def test_tensorboards_warning_about_a_packs_members_is_dropped_and_others_kept(monkeypatch):
+    """TensorBoard cannot plot a pack's ``members`` (a list of results): Tune's warning that it
+    is an invalid value, with every member's result in it, is not printed; other warnings are."""
+    import logging
+    import os
+
+    from adpo_ray.orchestration.tune_setup import tuner_env
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # Tune's settings stay in this test
+    tuner_env()
+    log = logging.getLogger("ray.tune.logger.tensorboardx")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        log.warning("You are trying to log an invalid value (ray/tune/members=[{'env_steps': 128.0}]) via TBXLoggerCallback!")
+        log.warning("You are trying to log an invalid value (ray/tune/other=[[]]) via TBXLoggerCallback!")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["You are trying to log an invalid value (ray/tune/other=[[]]) via TBXLoggerCallback!"]
