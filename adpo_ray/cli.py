@@ -321,11 +321,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def _after_grid(run) -> int:
-    """Print the end of a launch or a resume; its exit status (1: a trial errored)."""
+    """Print the end of a launch or a resume; its exit status (1: a trial errored, or a grid that
+    was not interrupted left a trial unfinished; 130: interrupted)."""
     print_summary(run)
     if run.interrupted:
         return _interrupted(run.options)
-    return 0 if not run.errors else 1
+    if run.unfinished and not run.errors:
+        print(f"\n{run.unfinished} trial(s) ended before their budget without an error; finish them with\n"
+              f"  adpo-ray resume {run.options.run_dir}")
+    return 1 if run.errors or run.unfinished else 0
 
 
 #: The exit status of an interrupted launch or resume (128 + SIGINT, as a shell reports Ctrl-C).

@@ -83,6 +83,13 @@ class GridRun:
         """The errors of the trials that failed for good."""
         return self.results.errors
 
+    @property
+    def unfinished(self) -> int:
+        """How many trials ended neither at their budget nor with an error (``UNFINISHED`` in
+        :attr:`summary`): an interrupted grid's stopped trials, or trials Tune gave up on without
+        an error file (a resume finishes them)."""
+        return int((self.summary["status"] == "UNFINISHED").sum()) if len(self.summary) else 0
+
     def __len__(self) -> int:
         """The number of trials."""
         return len(self.results)

@@ -285,3 +285,36 @@ def test_summary_table_calls_no_partial_value_final():
     assert frame["status"].tolist() == ["TERMINATED", "UNFINISHED"]
     pivot, metric = headline_table(frame, "PreferenceBandit")
     assert metric == "eval/winmass" and pivot.loc["clean", "adpo-fixed"] == 0.5
+
+
+@pytest.mark.parametrize("done", [True, False])
+def test_a_grid_left_with_an_unfinished_trial_exits_1_and_names_the_resume(tmp_path, capsys, done):
+    """A grid that was not interrupted but ended with a trial short of its budget and no error
+    (Tune gave up on it) does not exit 0: the CLI exits 1 and names `adpo-ray resume`. Control:
+    the same grid with every trial done exits 0."""
+    from types import SimpleNamespace
+
+    from adpo_ray.cli import _after_grid
+    from adpo_ray.orchestration.launch import GridRun
+    from adpo_ray.orchestration.run_folder import GridOptions
+    from adpo_ray.report.summary import summary_frame
+    from adpo_ray.spec import parse_spec
+
+    spec = parse_spec({"name": "u", "environments": ["PreferenceBandit"], "scenarios": ["clean"],
+                       "anchors": {"modes": ["fixed"]}, "seeds": [0, 1], "budget": {"iterations": 2}})
+
+    class Results(list):
+        errors: list = []
+
+    results = Results(SimpleNamespace(config={"trial": t.as_dict()}, error=None,
+                                      metrics={"eval/winmass": 0.5, "done": done or t.seed == 0})
+                      for t in spec.trials())
+    run = GridRun(results, spec, GridOptions(f"sqlite:///{tmp_path / 'm.db'}", None, str(tmp_path), "u"),
+                  summary_frame(results), 0, False)
+    code = _after_grid(run)
+    out = capsys.readouterr().out
+    assert run.unfinished == (0 if done else 1)
+    if done:
+        assert code == 0 and "adpo-ray resume" not in out
+    else:
+        assert code == 1 and f"adpo-ray resume {tmp_path}/u" in out and "1 trial(s) ended before their budget" in out
