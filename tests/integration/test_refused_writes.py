@@ -57,8 +57,12 @@ def test_sweep_summary_under_valid_names(tmp_path):
     assert "adpo-dynamic (adpo.beta_q=0.5)" in report and "adpo-dynamic (adpo.beta_q=2)" in report
 
 
+#: Trials of 12 iterations (a few seconds each): a child run shows in MLflow (its writes reach
+#: the server about once a second) well before its trial's last write; at 3 iterations, with one
+#: process reused for trial after trial, every trial could end before its run was seen.
+DELETED_ITERATIONS = 12
 DELETED = {**SMALL, "name": "deletedchild", "scenarios": ["clean", "flip-high", "flip-low"],
-           "anchors": {"modes": ["dynamic"]}, "hidden_sizes": [16], "budget": {"iterations": 3},
+           "anchors": {"modes": ["dynamic"]}, "hidden_sizes": [16], "budget": {"iterations": DELETED_ITERATIONS},
            # solo trials, one at a time: each run's writes end at its own time (a pack ends all at once)
            "resources": {"max_concurrent_trials": 1, "pack": 1}}
 
@@ -116,5 +120,5 @@ def test_child_deleted_while_grid_runs_is_restored(tmp_path):
         assert client.get_run(deleted).info.lifecycle_stage == "active"  # restored, not made anew
         _, kids = children(client, "deletedchild")
         assert deleted in {k.info.run_id for k in kids}
-        check_complete(client, "deletedchild", DELETED, 3, SMALL["train"]["train_batch_size"])
+        check_complete(client, "deletedchild", DELETED, DELETED_ITERATIONS, SMALL["train"]["train_batch_size"])
     assert not (records.parent / "rejected.jsonl").exists()
