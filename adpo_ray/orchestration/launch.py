@@ -176,10 +176,9 @@ def repair_tune_state(run_dir: str) -> list[str]:
     """
     replaced = []
     for pattern in TUNE_STATE_FILES:
-        files = sorted(Path(run_dir).glob(pattern))
-        if not files or _readable(files[-1]):
+        newest = _newest(Path(run_dir), pattern)
+        if newest is None or _readable(newest):
             continue
-        newest = files[-1]
         copies = _ray_private.driver_staging_copies(Path(run_dir).name, newest.name)
         # a copy's bytes are read once: what is checked is what is written
         found = next(((c, data) for c in copies if (data := _read(Path(c))) is not None and _loads(newest.name, data)),
@@ -190,9 +189,7 @@ def repair_tune_state(run_dir: str) -> list[str]:
                 "this machine holds no copy of it: a resume would start the grid's trials again under new "
                 "ids. Resume on the machine that ran the driver, or restore the file from a backup")
         copy, data = found
-        tmp = newest.with_name(newest.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(newest)
+        _write_atomically(newest, data)
         replaced.append(str(newest))
         print(f"{newest.name} was cut short by the kill; restored from Tune's copy {copy}", flush=True)
     return replaced
@@ -213,17 +210,27 @@ def follow_moved_folder(run_dir: str) -> list[str]:
     folder = Path(run_dir).resolve()
     rewritten = []
     for pattern in TRIAL_CREATING_FILES:
-        files = sorted(folder.glob(pattern))
-        if not files:
+        newest = _newest(folder, pattern)
+        if newest is None:
             continue
-        state = cloudpickle.loads(files[-1].read_bytes())
-        if not _ray_private.follow_moved_folder(state, str(folder.parent), folder.name):
-            continue
-        tmp = files[-1].with_name(files[-1].name + ".tmp")
-        tmp.write_bytes(cloudpickle.dumps(state))
-        tmp.replace(files[-1])
-        rewritten.append(str(files[-1]))
+        state = cloudpickle.loads(newest.read_bytes())
+        if _ray_private.follow_moved_folder(state, str(folder.parent), folder.name):
+            _write_atomically(newest, cloudpickle.dumps(state))
+            rewritten.append(str(newest))
     return rewritten
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The newest of Tune's state files ``pattern`` in ``folder``, the one a restore reads (their
+    names end in the time they were written); None when there is none."""
+    return max(folder.glob(pattern), default=None)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path``'s contents with ``data``: a reader sees the old file or the new, never part."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _read(path: Path) -> bytes | None:

@@ -159,27 +159,25 @@ def trial_name(trial) -> str:
     return unit_name(trial.config, trial.trial_id)
 
 
-class _NoRestoreHint(logging.Filter):
-    """Drops Tune's advice to resume an interrupted run with ``Tuner.restore``: a grid resumes
-    with `adpo-ray resume RUN_DIR`, which the CLI prints instead."""
+class _DropMessages(logging.Filter):
+    """Drops a logger's records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        return self.text not in record.getMessage()
 
 
-_NO_RESTORE_HINT = _NoRestoreHint()  # one instance: addFilter adds it once however often it runs
-
-
-class _NoMembersHistogram(logging.Filter):
-    """Drops TensorBoard's warning that a trial pack's ``members`` (each member's result, a list
-    that no TensorBoard plot takes) is an invalid value: each member's curves are in its own MLflow
-    run and in the pack's ``progress.csv``; TensorBoard plots the pack's own scalars."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "invalid value (ray/tune/members=" not in record.getMessage()
-
-
-_NO_MEMBERS_HISTOGRAM = _NoMembersHistogram()
+# One instance each: addFilter adds it once however often tuner_env runs.
+#: Tune's advice to resume an interrupted run with ``Tuner.restore``: a grid resumes with
+#: `adpo-ray resume RUN_DIR`, which the CLI prints instead.
+_NO_RESTORE_HINT = _DropMessages("Tuner.restore(")
+#: TensorBoard's warning that a trial pack's ``members`` (each member's result, a list no
+#: TensorBoard plot takes) is an invalid value: each member's curves are in its own MLflow run and
+#: in the pack's ``progress.csv``; TensorBoard plots the pack's own scalars.
+_NO_MEMBERS_HISTOGRAM = _DropMessages("invalid value (ray/tune/members=")
 
 
 def tuner_env() -> None:
