@@ -54,7 +54,7 @@ def _module_params(algo) -> dict[str, np.ndarray]:
 
 
 def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
-    # solo runs (one child run and checkpoint each); the same members as a pack: the test below
+    # solo runs (one child run and checkpoint each), then the ADPO ones again as one pack
     spec = parse_spec({**INIT, "resources": {**INIT["resources"], "pack": 1}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     opts = options(tmp_path, "first")
@@ -77,35 +77,25 @@ def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, 
     report = build_report(load_mlflow(uri, "init_small"), tmp_path / "report")
     assert "start: pretrained PPO" in report["report.md"].read_text()
 
-    # a second launch of the same spec reuses the pretrained run: nothing is trained again
+    # a second launch, packed, reuses the pretrained run: nothing is trained again. Its Hopper
+    # members, started from one pretrained policy, end their evaluation episodes at very different
+    # lengths: the pack still gives each member its episodes and the grid ends (sampling by
+    # episode count reset every env on each call, so a member whose episodes ran long never
+    # finished one, and the pack hung in its second evaluation)
     opts2 = options(tmp_path, "second")
-    assert not run_grid(parse_spec({**INIT, "algorithms": ["ppo"]}), opts2, verbose=0).errors
+    packed = run_grid(parse_spec({**INIT, "algorithms": ["adpo"], "resources": {**INIT["resources"], "pack": "auto"}}),
+                      opts2, verbose=0)
+    assert len(packed) == 1 and not packed.errors  # one pack of the four anchor modes
     out = capsys.readouterr().out
     assert f"reusing MLflow run {pretrained}" in out and "training RLlib PPO" not in out
     assert len(client.search_runs([client.get_experiment_by_name("adpo-ray-teachers").experiment_id])) == 1
-    again = [r for r in client.search_runs([client.get_experiment_by_name("init_small").experiment_id])
-             if r.data.tags.get("trial") and r.data.tags.get("method") == "ppo"]
-    assert {r.data.params["anchors.init.run_id"] for r in again} == {pretrained}
-
-
-def test_a_pack_of_pretrained_hopper_members_evaluates_each_member(ray_local, tmp_path):
-    """Hopper members started from one pretrained policy end their evaluation episodes at very
-    different lengths: the pack's evaluation still gives each member its episode and the grid
-    ends (sampling by episode count reset every env on each call, so a member whose episodes
-    ran long never finished one, and the pack hung in its second evaluation)."""
-    spec = parse_spec({**INIT, "name": "init_pack", "algorithms": ["adpo"],
-                       "resources": {**INIT["resources"], "pack": "auto"}})
-    opts = options(tmp_path, "pack")
-    results = run_grid(spec, opts, verbose=0)
-    assert len(results) == 1 and not results.errors  # one pack of the four anchor modes
-    client = MlflowClient(opts.tracking_uri)
-    kids = [r for r in client.search_runs([client.get_experiment_by_name("init_pack").experiment_id])
-            if "trial" in r.data.tags]
-    assert sorted(k.data.tags["method"] for k in kids) == ["adpo-dynamic", "adpo-ema", "adpo-fixed", "adpo-kl_triggered"]
-    for k in kids:
-        assert PACK_TAG in k.data.tags and k.info.status == "FINISHED"
+    members = [r for r in client.search_runs([client.get_experiment_by_name("init_small").experiment_id])
+               if r.data.tags.get("trial") and PACK_TAG in r.data.tags]
+    assert sorted(k.data.tags["method"] for k in members) == ["adpo-dynamic", "adpo-ema", "adpo-fixed", "adpo-kl_triggered"]
+    for k in members:
+        assert k.info.status == "FINISHED" and k.data.params["anchors.init.run_id"] == pretrained
         history = client.get_metric_history(k.info.run_id, "eval/return_mean")
-        assert len(history) == results[0].metrics["training_iteration"] and all(np.isfinite(m.value) for m in history)
+        assert len(history) == packed[0].metrics["training_iteration"] and all(np.isfinite(m.value) for m in history)
 
 
 def test_every_mode_starts_from_the_same_parameters(ray_local, tmp_path):

@@ -67,6 +67,10 @@ def check_grid_in_mlflow(client, spec, results, expected_iterations):
     return parent, kids
 
 
+# the tests reading the grid run on one pytest-xdist worker (`--dist loadgroup`), so it is launched once
+ON_SMALL_GRID = pytest.mark.xdist_group("small_grid")
+
+
 @pytest.fixture(scope="module")
 def small_grid(ray_local, tmp_path_factory):
     """One small real grid (4 trials) tracked through a real `mlflow server` on 127.0.0.1 (sqlite
@@ -80,6 +84,7 @@ def small_grid(ray_local, tmp_path_factory):
         yield spec, opts, results, tmp_path
 
 
+@ON_SMALL_GRID
 def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
     spec, opts, results, grid_dir = small_grid
     assert len(results) == 4 and not results.errors
@@ -111,6 +116,7 @@ def test_small_grid_tune_and_mlflow_agree(small_grid, tmp_path):
     assert list((grid_dir / "server-artifacts").rglob("spec.yaml"))
 
 
+@ON_SMALL_GRID
 def test_run_grid_writes_the_summary_and_the_report(small_grid):
     """run_grid() called from Python ends a grid as the CLI does: summary.csv in the folder (the
     summary it returns) and the report, read from MLflow, next to the results."""
@@ -152,6 +158,7 @@ def tfevents_steps(folder: Path, tag: str) -> list[int]:
     return sorted(out)
 
 
+@ON_SMALL_GRID
 def test_evaluate_a_bandit_run(small_grid, tmp_path):
     spec, opts, results, _ = small_grid
     client = MlflowClient(opts.tracking_uri)
@@ -170,12 +177,14 @@ def test_evaluate_a_bandit_run(small_grid, tmp_path):
     assert bad.returncode == 2 and "--scenario: unknown scenario" in bad.stderr
 
 
+@ON_SMALL_GRID
 def test_tensorboard_plots_against_env_steps(small_grid):
     spec, opts, results, _ = small_grid
     for r in results:
         assert tfevents_steps(Path(r.path), "ray/tune/eval/winmass") == [128, 256, 384]
 
 
+@ON_SMALL_GRID
 def test_report_from_mlflow_and_from_tune_folder_agree(small_grid, tmp_path):
     spec, opts, results, _ = small_grid
     from_mlflow = load_mlflow(opts.tracking_uri, spec.experiment_name)
@@ -386,6 +395,7 @@ def test_sigkill_driver_then_resume(tmp_path):
 CHROMIUM = "/usr/bin/chromium"
 
 
+@ON_SMALL_GRID
 def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
     """The MLflow UI, served by a real `mlflow server` over the grid's store, in headless Chromium:
     the experiment page lists the child runs, with the anchor_mode and scenario tags as columns.

@@ -60,6 +60,10 @@ def by_trial(client: MlflowClient, experiment: str) -> dict:
     return runs
 
 
+# the tests reading the launches run on one pytest-xdist worker (`--dist loadgroup`), so they are made once
+ON_LAUNCHES = pytest.mark.xdist_group("pack_launches")
+
+
 @pytest.fixture(scope="module")
 def launches(ray_local, tmp_path_factory):
     """SPEC launched solo (``resources.pack: 1``) and packed (``auto``): ``{pack: (spec, options, result)}``."""
@@ -73,6 +77,7 @@ def launches(ray_local, tmp_path_factory):
     return out
 
 
+@ON_LAUNCHES
 def test_a_packed_grid_tracks_each_member_as_its_solo_trial(launches, tmp_path):
     trials = parse_spec(SPEC).trials()
     (solo_spec, solo_opts, solo), (_, packed_opts, packed) = launches[1], launches["auto"]
@@ -137,6 +142,7 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(launches, tmp_path):
         assert steps(packed_client, run.info.run_id, "eval/winmass") == [128, 256, 384]
 
 
+@ON_LAUNCHES
 def test_a_pack_member_is_evaluated_as_its_solo_trial(launches, tmp_path, monkeypatch):
     """`adpo-ray evaluate` takes a pack member's run id, or the pack's checkpoint folder and
     ``--member``: the member's own policy out of the pack's checkpoint, logged to its run. A pack
