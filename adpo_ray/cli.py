@@ -383,14 +383,50 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Trials by state, env steps done over budget per env, an ETA, the MLflow parent run."""
-    from adpo_ray.orchestration.status import STATES, grid_status
+    """Trials by state, env steps done over budget per env, an ETA, the MLflow parent run; given a
+    run id, that trial's progress first (a pack member's own), then its launch's."""
+    import os
 
+    from adpo_ray.orchestration import storage
+    from adpo_ray.orchestration.status import grid_status, run_status
+
+    target = args.run_dir
+    folder = os.path.exists(target) or storage.is_uri(target) or os.sep in target
     try:
-        st = grid_status(args.run_dir)
+        if folder or not (_looks_like_run_id(target) or args.tracking_uri):
+            _print_grid_status(grid_status(target))
+            return 0
+        from adpo_ray.orchestration.mlflow_store import default_tracking_uri
+
+        found = run_status(target, args.tracking_uri or default_tracking_uri())
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if found.trial is not None:
+        t = found.trial
+        state = t.state or t.run_status.lower()
+        print(f"trial {t.trial} ({t.method}, {t.env} / {t.scenario}): {state}")
+        if t.pack is not None:
+            print(f"  member {t.member} of the trial pack {t.pack!r} (its Tune trial)")
+        budget = f" / {t.steps_budget:,} ({t.logged_steps / t.steps_budget:.0%})" if t.steps_budget else ""
+        print(f"  env steps: {t.logged_steps:,}{budget} in its MLflow run {t.run_id} ({t.run_status})")
+    if found.grid is not None:
+        print(f"launch folder: {found.run_dir}")
+        _print_grid_status(found.grid)
+    else:
+        print(f"launch folder: {found.run_dir or 'unknown'} ({found.note}); `adpo-ray status RUN_DIR` on a machine "
+              "that has it shows the whole grid")
+    return 0
+
+
+def _looks_like_run_id(text: str) -> bool:
+    """An MLflow run id: 32 hex digits."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text.lower())
+
+
+def _print_grid_status(st) -> None:
+    from adpo_ray.orchestration.status import STATES
+
     run_dir = st.run_dir
     table = Table(title=f"{st.launch}: {'running' if st.alive else 'not running'}")
     for col in ("env", *STATES, "env steps done / budget"):
@@ -414,7 +450,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.mlflow_pending:
         lines.append(f"MLflow writes pending: {st.mlflow_pending} (`adpo-ray sync {run_dir}` delivers them)")
     print("\n".join(lines))
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -584,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("status", help="where a grid stands: trials by state, env steps, ETA, MLflow run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR|RUN_ID",
+                   help="a launch's results folder, or an MLflow run id: a trial's child run (a solo trial's or "
+                        "a trial pack member's: that trial's progress, then its launch's) or a launch's parent run")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for a run id (default: sqlite:///<cwd>/mlflow.db)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("sync", help="deliver a launch's MLflow writes kept while the tracking store was away")

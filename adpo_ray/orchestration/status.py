@@ -1,5 +1,7 @@
 """Where a grid stands, read from its results folder alone (`adpo-ray status RUN_DIR`): works
-while the grid runs and after it ends, without Ray and without reaching MLflow."""
+while the grid runs and after it ends, without Ray and without reaching MLflow. Given an MLflow
+run id instead (`adpo-ray status RUN_ID`: a trial's child run, a trial pack member's included, or
+a launch's parent run), the run's own record in MLflow leads to its launch's folder."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from adpo_ray.orchestration.run_folder import LOCK_FILE, load_grid_file, local_r
 from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.tracking import PARENT_FILE, spool_folder
 from adpo_ray.orchestration.tune_setup import packed
-from adpo_ray.spec import pack_dirname
+from adpo_ray.spec import TrialSpec, pack_dirname
 
 #: Trial states: ``running`` while the launch is alive, ``stopped`` when it is not (resume it).
 STATES = ("finished", "running", "stopped", "errored", "not started")
@@ -77,6 +79,22 @@ def _trial_state(folder: Path) -> tuple[str, int]:
     return ("started" if folder.exists() else "not started"), steps
 
 
+def _trial_states(spec, root: Path, alive: bool) -> dict[str, tuple[TrialSpec, str, int, int]]:
+    """Every trial of ``spec`` by its tag: (trial, state, env steps done, env steps budget), read
+    from its Tune folder in ``root`` (a trial pack's members share the pack's folder and state;
+    each member's env steps are the pack's divided among them)."""
+    out = {}
+    for pack in (spec.packs() if packed(spec) else [[t] for t in spec.trials()]):
+        folder = pack_dirname(pack) if len(pack) > 1 else pack[0].dirname
+        state, steps = _trial_state(root / folder)
+        if state == "started":
+            state = "running" if alive else "stopped"
+        for trial in pack:
+            budget = trial_env_steps(spec.knobs(trial))
+            out[trial.tag] = (trial, state, min(steps // len(pack), budget), budget)
+    return out
+
+
 def grid_status(run_dir: str | os.PathLike) -> GridStatus:
     """Where the grid in ``run_dir`` stands (a folder on this machine, resolved by
     :func:`~adpo_ray.orchestration.run_folder.resolve_run_dir`; ``GridStatus.run_dir`` is the
@@ -87,18 +105,11 @@ def grid_status(run_dir: str | os.PathLike) -> GridStatus:
     root = Path(run_dir)
     alive = _alive(root)
     envs: dict[str, EnvProgress] = {}
-    for pack in (spec.packs() if packed(spec) else [[t] for t in spec.trials()]):
-        # a trial pack's folder: its members share its state; its env steps are all members'
-        folder = pack_dirname(pack) if len(pack) > 1 else pack[0].dirname
-        state, steps = _trial_state(root / folder)
-        if state == "started":
-            state = "running" if alive else "stopped"
-        for trial in pack:
-            progress = envs.setdefault(trial.env, EnvProgress())
-            budget = trial_env_steps(spec.knobs(trial))
-            progress.trials[state] += 1
-            progress.steps_done += min(steps // len(pack), budget)
-            progress.steps_budget += budget
+    for trial, state, steps, budget in _trial_states(spec, root, alive).values():
+        progress = envs.setdefault(trial.env, EnvProgress())
+        progress.trials[state] += 1
+        progress.steps_done += steps
+        progress.steps_budget += budget
     parent = {}
     if (root / PARENT_FILE).exists():
         try:
@@ -126,3 +137,79 @@ def _alive(root: Path) -> bool:
     except (OSError, ValueError):
         return False
     return holder.get("host") == socket.gethostname() and psutil.pid_exists(int(holder.get("pid", 0) or 0))
+
+
+@dataclass
+class TrialStatus:
+    """One trial, as its MLflow child run and its launch's folder record it."""
+
+    run_id: str
+    trial: str  # the trial's tag (its child run's ``trial`` tag)
+    method: str
+    env: str
+    scenario: str
+    run_status: str  # MLflow's: RUNNING, FINISHED, KILLED, FAILED
+    logged_steps: int  # the run's last ``env_steps`` (a pack member's own), 0 before its first result
+    pack: str | None = None  # the trial pack's Tune trial id, for a member
+    member: int | None = None  # its place in the pack, from 0
+    state: str | None = None  # one of STATES, from the launch's folder (None when not on this machine)
+    steps_budget: int | None = None  # from the launch's folder
+
+
+@dataclass
+class RunStatus:
+    """Where the run ``adpo-ray status RUN_ID`` was given stands: its launch's folder, that
+    grid's status when the folder is on this machine, and the trial when the run is a trial's."""
+
+    run_dir: str | None
+    grid: GridStatus | None
+    trial: TrialStatus | None
+    note: str | None = None  # why ``grid`` is None
+
+
+def run_status(run_id: str, tracking_uri: str) -> RunStatus:
+    """The status of a grid's MLflow run at ``tracking_uri``: a trial's child run (a solo trial's
+    or a trial pack member's) or a launch's parent run. The launch's folder is the parent run's
+    ``run_dir`` tag; where it is not a folder on this machine, ``RunStatus.grid`` is None and
+    ``note`` says why (the trial's progress then comes from MLflow alone).
+
+    Raises:
+        FileNotFoundError: no run ``run_id`` at ``tracking_uri`` (or the store does not answer).
+        ValueError: the run is not a grid's (a stored teacher or pretrained policy, say).
+    """
+    from adpo_ray.orchestration.mlflow_store import client
+    from adpo_ray.orchestration.tracking import PACK_MEMBER_TAG, PACK_TAG
+
+    store = client(tracking_uri)
+    try:
+        run = store.get_run(run_id)
+    except Exception as e:  # noqa: BLE001 - no such run, or the store is away: say which
+        raise FileNotFoundError(f"{run_id!r} is neither a results folder nor a run at {tracking_uri} ({e})") from None
+    tags = run.data.tags
+    trial = None
+    launch = run
+    if "trial" in tags:
+        parent = tags.get("mlflow.parentRunId")
+        launch = store.get_run(parent) if parent else None
+        member = tags.get(PACK_MEMBER_TAG)
+        trial = TrialStatus(
+            run_id=run_id, trial=tags["trial"], method=tags.get("method", ""), env=tags.get("env", ""),
+            scenario=tags.get("scenario", ""), run_status=run.info.status,
+            logged_steps=int(run.data.metrics.get(ENV_STEPS, 0)), pack=tags.get(PACK_TAG),
+            member=int(member) if member is not None else None)
+    elif tags.get("kind") != "grid":
+        raise ValueError(f"run {run_id} is neither a grid's launch (parent) run nor one of its trials' child runs "
+                         f"(tags: {', '.join(sorted(k for k in tags if not k.startswith('mlflow.'))) or 'none'})")
+    run_dir = launch.data.tags.get("run_dir") if launch is not None else None
+    if not run_dir:
+        return RunStatus(None, None, trial, "its launch's run names no results folder")
+    try:
+        grid = grid_status(run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        return RunStatus(run_dir, None, trial, str(e))
+    if trial is not None:
+        spec, _ = load_grid_file(grid.run_dir)
+        found = _trial_states(spec, Path(grid.run_dir), grid.alive).get(trial.trial)
+        if found is not None:
+            _, trial.state, _, trial.steps_budget = found
+    return RunStatus(grid.run_dir, grid, trial)

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.rllib.algorithms.algorithm import Algorithm
 
+from adpo_ray.cli import main
 from adpo_ray.metrics import CURATED, PPO_KL_BETA
 from adpo_ray.orchestration.evaluate import checkpoint_of, evaluate
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
@@ -78,7 +79,7 @@ def launches(ray_local, tmp_path_factory):
 
 
 @ON_LAUNCHES
-def test_a_packed_grid_tracks_each_member_as_its_solo_trial(launches, tmp_path):
+def test_a_packed_grid_tracks_each_member_as_its_solo_trial(launches, tmp_path, capsys):
     trials = parse_spec(SPEC).trials()
     (solo_spec, solo_opts, solo), (_, packed_opts, packed) = launches[1], launches["auto"]
     assert not solo.errors and not packed.errors
@@ -133,6 +134,26 @@ def test_a_packed_grid_tracks_each_member_as_its_solo_trial(launches, tmp_path):
     assert status.trials["finished"] == len(trials) == sum(status.trials.values())
     (env,) = status.envs.values()
     assert env.steps_done == env.steps_budget == 384 * len(trials)
+    # `adpo-ray status` on a member's run id: that member's own progress, then its launch's grid
+    capsys.readouterr()
+    member = next(r for r in packed_runs.values() if r.data.tags[PACK_MEMBER_TAG] == "1")
+    tags = member.data.tags
+    assert main(["status", member.info.run_id, "--tracking-uri", packed_opts.tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert f"trial {tags['trial']} ({tags['method']}, PreferenceBandit / {tags['scenario']}): finished" in out
+    assert f"member 1 of the trial pack '{tags[PACK_TAG]}'" in out
+    assert f"env steps: 384 / 384 (100%) in its MLflow run {member.info.run_id} (FINISHED)" in out
+    assert f"launch folder: {packed_opts.run_dir}" in out and f"trials: {len(trials)} finished" in out
+    solo_run = solo_runs[tags["trial"]]  # a solo trial's run: no pack
+    assert main(["status", solo_run.info.run_id, "--tracking-uri", solo_opts.tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert f"trial {tags['trial']} (" in out and "trial pack" not in out and f"launch folder: {solo_opts.run_dir}" in out
+    parent = member.data.tags["mlflow.parentRunId"]  # the launch's run: its grid alone
+    assert main(["status", parent, "--tracking-uri", packed_opts.tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert f"trials: {len(trials)} finished" in out and "env steps:" not in out
+    assert main(["status", "0" * 32, "--tracking-uri", packed_opts.tracking_uri]) == 2
+    assert f"'{'0' * 32}' is neither a results folder nor a run at {packed_opts.tracking_uri}" in capsys.readouterr().err
 
     # a resume of the packed grid re-attaches every member's run and logs no step twice
     again = resume_grid(packed_opts.run_dir, verbose=0, report=False)
