@@ -43,6 +43,8 @@ class GridStatus:
     experiment_id: str | None
     tracking_uri: str
     mlflow_pending: int | None
+    #: every trial by its tag: (state, env steps budget), as counted in ``envs``
+    by_trial: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
 
     @property
     def trials(self) -> dict[str, int]:
@@ -105,7 +107,9 @@ def grid_status(run_dir: str | os.PathLike) -> GridStatus:
     root = Path(run_dir)
     alive = _alive(root)
     envs: dict[str, EnvProgress] = {}
-    for trial, state, steps, budget in _trial_states(spec, root, alive).values():
+    by_trial = {}
+    for tag, (trial, state, steps, budget) in _trial_states(spec, root, alive).items():
+        by_trial[tag] = (state, budget)
         progress = envs.setdefault(trial.env, EnvProgress())
         progress.trials[state] += 1
         progress.steps_done += steps
@@ -122,7 +126,7 @@ def grid_status(run_dir: str | os.PathLike) -> GridStatus:
         run_dir=run_dir, launch=options.name, alive=alive,
         started=(root / "adpo_grid.json").stat().st_mtime, envs=envs,
         parent_run_id=parent.get("run_id"), experiment_id=parent.get("experiment_id"),
-        tracking_uri=options.tracking_uri, mlflow_pending=pending,
+        tracking_uri=options.tracking_uri, mlflow_pending=pending, by_trial=by_trial,
     )
 
 
@@ -207,9 +211,6 @@ def run_status(run_id: str, tracking_uri: str) -> RunStatus:
         grid = grid_status(run_dir)
     except (FileNotFoundError, ValueError) as e:
         return RunStatus(run_dir, None, trial, str(e))
-    if trial is not None:
-        spec, _ = load_grid_file(grid.run_dir)
-        found = _trial_states(spec, Path(grid.run_dir), grid.alive).get(trial.trial)
-        if found is not None:
-            _, trial.state, _, trial.steps_budget = found
+    if trial is not None and trial.trial in grid.by_trial:
+        trial.state, trial.steps_budget = grid.by_trial[trial.trial]
     return RunStatus(grid.run_dir, grid, trial)
