@@ -118,9 +118,13 @@ def max_iterations(spec: ExperimentSpec) -> int:
 
 
 def progress_reporter(spec: ExperimentSpec):
-    """The progress table printed while a grid runs: each trial's coordinates (and sweep point),
-    its iteration, env steps and the eval metric of its env kind (and the search metric)."""
-    from ray import tune
+    """The progress table printed while a grid runs (every 20 s at most, and at the end; at most 30
+    rows, chosen fairly across states): each trial's coordinates (and sweep point), its
+    iteration, env steps and the eval metric of its env kind (and the search metric). A trial
+    pack is shown as its members, one row each, as their solo trials would be
+    (:class:`~adpo_ray.orchestration.progress.GridReporter`); the trial counts above the table
+    count members."""
+    from adpo_ray.orchestration.progress import GridReporter
 
     metrics = {TRAINING_ITERATION: "iter", ENV_STEPS: "env steps"}
     kinds = {ENVIRONMENTS[e]["kind"] for e in spec.environments}
@@ -143,10 +147,13 @@ def progress_reporter(spec: ExperimentSpec):
         columns.update({f"sweep/{path}": path for path in spec.sweep})
     elif spec.sweep:
         columns["trial/sweep"] = "sweep"
-    return tune.CLIReporter(
+    return GridReporter(
+        members=len(spec.trials()) if packed(spec) else None,
         metric_columns=metrics,
         parameter_columns=columns,
         max_report_frequency=20,
+        # the table at every report (Tune's default: at verbose 3 only; a grid runs at 1)
+        print_intermediate_tables=True,
         max_progress_rows=30,
         max_error_rows=10,
         sort_by_metric=False,

@@ -5,7 +5,9 @@ evaluated out of its pack's checkpoint as its solo trial's checkpoint is."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -67,15 +69,40 @@ ON_LAUNCHES = pytest.mark.xdist_group("pack_launches")
 
 @pytest.fixture(scope="module")
 def launches(ray_local, tmp_path_factory):
-    """SPEC launched solo (``resources.pack: 1``) and packed (``auto``): ``{pack: (spec, options, result)}``."""
+    """SPEC launched solo (``resources.pack: 1``) and packed (``auto``): ``{pack: (spec, options,
+    result)}``; ``"printed"``: what the packed launch printed (Tune's progress table among it)."""
     tmp_path = tmp_path_factory.mktemp("launches")
     out = {}
     for pack in (1, "auto"):
         spec = parse_spec({**SPEC, "resources": {"pack": pack}})
         (tmp_path / str(pack)).mkdir()
         opts = options(tmp_path / str(pack), "grid")
-        out[pack] = (spec, opts, run_grid(spec, opts, verbose=0))
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            out[pack] = (spec, opts, run_grid(spec, opts, verbose=1 if pack == "auto" else 0))
+        if pack == "auto":
+            out["printed"] = printed.getvalue()
     return out
+
+
+@ON_LAUNCHES
+def test_the_progress_table_shows_each_member_as_its_solo_trial(launches):
+    """Tune's progress table of a packed launch: a row per member under its solo trial's name, with
+    its own coordinates, iterations and env steps; the counts above it count members."""
+    final = launches["printed"].split("== Status ==")[-1]  # the table printed at the end
+    assert "Number of trials: 6/6 (6 TERMINATED)" in final, final
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in final.splitlines() if line.startswith("| ") and "TERMINATED" in line}
+    trials = parse_spec(SPEC).trials()
+    assert set(rows) == {t.dirname for t in trials}, final
+    header = next(line for line in final.splitlines() if line.startswith("| Trial name"))
+    columns = [c.strip() for c in header.split("|")[2:-1]]
+    for t in trials:
+        row = dict(zip(columns, rows[t.dirname], strict=True))
+        assert (row["scenario"], row["algo"], row["anchor"], row["seed"]) == (
+            t.scenario, t.algorithm, t.anchor_mode, str(t.seed)), (t.tag, row)
+        assert (row["iter"], row["env steps"]) == ("3", "384"), (t.tag, row)
+        assert 0.0 <= float(row["WinMass"]) <= 1.0, (t.tag, row)
 
 
 @ON_LAUNCHES
