@@ -28,9 +28,10 @@ run: $(STAMP)
 report: $(STAMP)
 	$(BIN)/adpo-ray report --experiment smoke --out reports/smoke
 
-# The MLflow UI over the default local store, on 127.0.0.1 only.
+# The MLflow UI over the default local store, on 127.0.0.1 only (without MLflow's job runner,
+# seven processes for GenAI jobs this project does not use).
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq

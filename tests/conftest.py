@@ -4,6 +4,9 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The grids the tests launch (in this process or as subprocesses) start Ray without its dashboard:
+# about 5 s of CPU saved per Ray start; test_embedded_grid_serves_its_dashboard turns it back on.
+os.environ.setdefault("ADPO_RAY_DASHBOARD", "0")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,9 @@ from adpo_ray.orchestration.planning import (
 
 def connect(address: str | None) -> None:
     """Connect this driver to the Ray cluster at ``address`` (e.g. ``auto``), or start an embedded
-    Ray on this machine when there is none; nothing when Ray is already initialised."""
+    Ray on this machine when there is none; nothing when Ray is already initialised. The embedded
+    Ray serves its dashboard on 127.0.0.1 unless ``$ADPO_RAY_DASHBOARD`` is ``0`` (its processes
+    cost a few seconds of CPU at each start)."""
     import ray
 
     if ray.is_initialized():
@@ -30,7 +32,8 @@ def connect(address: str | None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         # an embedded Ray with its dashboard on this machine's loopback, to watch the grid
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        dashboard = os.environ.get("ADPO_RAY_DASHBOARD", "1") != "0"
+        context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False)
         url = getattr(context, "dashboard_url", None)
         if url:
             token = "" if os.environ.get("RAY_AUTH_MODE") == "disabled" else \

@@ -571,6 +571,7 @@ def test_embedded_grid_serves_its_dashboard(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env["HOME"] = str(home)
+    env["ADPO_RAY_DASHBOARD"] = "1"  # as `make run` starts it (the other tests start Ray without it)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_grid.py"), "--config", str(tmp_path / "spec.yaml"), "--tracking-uri",
          f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "rr"), "--name", "w", "--no-report"],
