@@ -53,6 +53,7 @@ def _module_params(algo) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.long_running
 def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
     # solo runs (one child run and checkpoint each), then the ADPO ones again as one pack
     spec = parse_spec({**INIT, "resources": {**INIT["resources"], "pack": 1}})
@@ -173,6 +174,7 @@ BANDIT = {
 }
 
 
+@pytest.mark.long_running
 def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
     """The bandit as MuJoCo: ``iterations`` of clean PPO stored in MLflow with its clean WinMass,
     every method (ADPO modes, PPO, ppo_kl, DPO) recording it as its start, reused by a later

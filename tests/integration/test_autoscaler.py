@@ -84,6 +84,7 @@ def _alive_nodes(env: dict, address: str) -> int:
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1
 
 
+@pytest.mark.long_running
 def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
     temp_dir = Path(f"/tmp/fa{os.getpid()}")  # short: Unix socket paths are limited
     gcs_port = free_port()

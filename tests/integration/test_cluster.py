@@ -103,6 +103,7 @@ for _file in sorted(CLUSTER_FILES, key=lambda p: p.name != "gpu.yaml"):
     SAME_STARTS.setdefault(_ray_starts(_file), []).append(_file)
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize("cluster_yamls", list(SAME_STARTS.values()), ids=lambda g: "+".join(p.name for p in g))
 def test_cluster_yaml_starts_a_locked_cluster(cluster_yamls, tmp_path):
     cluster_yaml = cluster_yamls[0]

@@ -133,6 +133,7 @@ def test_fixed_anchor_student_is_anchored_to_the_teacher(ray_local):
         algo.stop()
 
 
+@pytest.mark.long_running
 def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     spec = parse_spec(DISTILL)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

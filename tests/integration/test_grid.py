@@ -317,6 +317,7 @@ def test_run_grid_rejects_bad_spec_before_anything(tmp_path):
     assert not (tmp_path / "rr").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.long_running
 def test_sigkill_driver_then_resume(tmp_path):
     """Kill the driver mid-grid (SIGKILL) once a trial has finished and another has not, move its
     folder, cut its state files short, resume: trials not started before the kill start in the
@@ -473,6 +474,7 @@ def test_mlflow_ui_in_a_real_browser(small_grid, tmp_path):
     assert "summary/ENV/METHOD/METRIC_mean" in body  # the experiment's how-to, as the UI renders it
 
 
+@pytest.mark.long_running
 def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
     """A few iterations of ADPO and of PPO on each MuJoCo env through the grid entry point, with the
     clean evaluation return logged to MLflow."""

@@ -248,6 +248,7 @@ def test_a_pack_member_is_evaluated_as_its_solo_trial(launches, tmp_path, monkey
     assert len(set(values)) == 4  # four policies, each evaluated as its own
 
 
+@pytest.mark.long_running
 def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     """The driver is SIGKILLed while the pack trains, its snapshot holding a result past the pack's
     checkpoint: `adpo-ray resume` restores the pack from that checkpoint, the steps it trains again

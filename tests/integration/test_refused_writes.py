@@ -81,6 +81,7 @@ def _finished_in_spool(spool_records, key: str) -> bool:
     return False
 
 
+@pytest.mark.long_running
 def test_child_deleted_while_grid_runs_is_restored(tmp_path):
     """A child run deleted in the UI while its trial still has writes to come (a real `mlflow
     server`): the run is restored under its id, every trial ends up in MLflow with its full

@@ -29,6 +29,7 @@ def _cli(*args: str, cwd: Path, env=None, timeout: float = 600) -> subprocess.Co
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.long_running
 def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
     """The server dies after the grid's first results and stays down: the grid still ends (exit
     0, no trial errors) and says what is pending; once the server is back, `adpo-ray sync`
@@ -73,6 +74,7 @@ KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
           "budget": {"iterations": 6, "checkpoint_every": 3}}
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize("point", ["before-first-snapshot", "during-report"])
 def test_driver_killed_then_resume(tmp_path, point):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -88,6 +90,7 @@ def test_driver_killed_then_resume(tmp_path, point):
     check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
 
 
+@pytest.mark.long_running
 def test_ctrl_c_then_resume(tmp_path):
     """SIGINT (Ctrl-C) to a 4-trial grid during its 2nd trial: the launch exits non-zero and names
     `adpo-ray resume`, not Tune's Tuner.restore; its parent run is KILLED with no summary metrics,

@@ -137,6 +137,7 @@ def iterations_by_point(client: MlflowClient, experiment: str) -> dict[tuple[str
     return {(k.data.params["lr"], k.data.params["beta_q"]): len(steps(client, k.info.run_id)) for k in kids}
 
 
+@pytest.mark.long_running
 def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
     """8 Optuna samples with ASHA on the bandit, the driver killed (SIGKILL) during a sample past
     its last rung once two samples have ended, then resumed: the same 8 points, each trained for as many iterations as

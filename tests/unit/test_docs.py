@@ -31,6 +31,26 @@ def test_every_docs_page_is_in_the_nav():
     assert pages and {p for p in pages if p not in nav} == set()
 
 
+def test_the_layout_table_names_every_module():
+    """docs/development.md's layout table names every module of the package, each in its
+    folder's row (a module added, moved or deleted without the table fails here)."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(adpo_ray/[^`]*)` \| (.*) \|$", text, re.M)}
+    missing = []
+    for path in sorted((ROOT / "adpo_ray").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if path.name == "__init__.py":
+            continue
+        folder = rel.rsplit("/", 1)[0] + "/"
+        row = rows.get(rel) if rel in rows else rows.get(folder)
+        if row is None or (rel not in rows and f"`{path.name}`" not in row):
+            missing.append(rel)
+    assert not missing, f"docs/development.md's layout table does not name: {missing}"
+    named = {name for row in rows.values() for name in re.findall(r"`(\w+\.py)`", row)}
+    modules = {p.name for p in (ROOT / "adpo_ray").rglob("*.py")} | {p.name for p in ROOT.glob("*.py")}
+    assert named <= modules, f"the layout table names modules that do not exist: {sorted(named - modules)}"
+
+
 def test_readme_is_a_front_door():
     """At most 250 lines; every link into docs/ resolves; no figure that speaks from one machine."""
     text = (ROOT / "README.md").read_text()
