@@ -5,7 +5,8 @@ import pytest
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The grids the tests launch (in this process or as subprocesses) start Ray without its dashboard:
-# about 5 s of CPU saved per Ray start; test_embedded_grid_serves_its_dashboard turns it back on.
+# about 3 s of CPU saved per Ray start (its 7 or 8 processes); test_embedded_grid_serves_its_dashboard
+# turns it back on.
 os.environ.setdefault("ADPO_RAY_DASHBOARD", "0")
 # One torch thread per process (Ray gives its actors one already): three pytest-xdist workers
 # and their grids share two cores, where a second thread mostly spins; measured on

@@ -8,12 +8,14 @@ from ray.tune.result import NODE_IP, PID
 
 from adpo_ray.metrics import MEMBERS
 from adpo_ray.spec import TrialSpec
+from adpo_ray.sweeps import sweep_label
 
 
 class GridReporter(CLIReporter):
     """Tune's :class:`~ray.tune.CLIReporter` with each trial pack replaced by its members' rows
     (:func:`member_rows`): the trial counts above the table count members, and the parameter and
-    metric columns read each member's own coordinates and result.
+    metric columns read each member's own coordinates and result. A grid sweep's point shows as
+    its label (``adpo.beta_q=0.5``), not as the pairs it is stored as.
 
     :param members: how many trials (pack members and solo trials) the grid has; Tune's own total
         counts its trials, one per pack. ``None``: Tune's total (a grid without packs).
@@ -42,7 +44,7 @@ class MemberRow:
     def __init__(self, pack, k: int):
         self._pack = pack
         member = pack.config["trials"][k]
-        self.config = {"trial": member}
+        self.config = {"trial": _shown(member)}
         result = pack.last_result or {}
         members = result.get(MEMBERS) or []
         self.last_result = {**{key: result[key] for key in (NODE_IP, PID) if key in result},
@@ -62,14 +64,37 @@ class MemberRow:
         return self._name
 
 
+class SoloRow:
+    """A solo trial as a row of Tune's progress table: the trial itself, its sweep point shown as
+    its label (:func:`_shown`)."""
+
+    def __init__(self, trial):
+        self._trial = trial
+        self.config = {**trial.config, "trial": _shown(trial.config["trial"])}
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+    def __str__(self) -> str:
+        return str(self._trial)
+
+
+def _shown(trial: dict) -> dict:
+    """A trial's config (:meth:`TrialSpec.as_dict`) as the table shows it: its grid sweep point
+    as its label (``adpo.beta_q=0.5``; the pairs it is stored as would be cut to 20 characters)."""
+    return {**trial, "sweep": sweep_label(trial["sweep"])} if trial.get("sweep") else trial
+
+
 def member_rows(trials: list) -> list:
     """``trials`` (Tune's trials) with each trial pack replaced by its members' rows
-    (:class:`MemberRow`), in order; solo trials as they are."""
+    (:class:`MemberRow`), in order, and each solo trial of a grid by its :class:`SoloRow`."""
     rows = []
     for trial in trials:
         packed_members = trial.config.get("trials")
-        if packed_members is None:
-            rows.append(trial)
-        else:
+        if packed_members is not None:
             rows.extend(MemberRow(trial, k) for k in range(len(packed_members)))
+        elif "trial" in trial.config:
+            rows.append(SoloRow(trial))
+        else:
+            rows.append(trial)
     return rows

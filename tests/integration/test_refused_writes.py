@@ -12,9 +12,11 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.orchestration.spool import RUN_KEY_TAG
+from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import SMALL, check_complete, children, mlflow_server
+from ..helpers.grid import SMALL, check_complete, children, mlflow_server, options
 from ..helpers.resume import launch
 
 pytestmark = pytest.mark.slow
@@ -33,15 +35,21 @@ SWEEP = {
 }
 
 
-def test_sweep_summary_under_valid_names(tmp_path):
+def test_sweep_summary_under_valid_names(ray_local, tmp_path, capsys):
     """The parent of a sweep ends FINISHED with its per-method summary under names MLflow takes,
-    each name's label in a tag; nothing is refused, nothing pending; the report finds the runs."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = launch(SWEEP, tmp_path, uri, "sw", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-4000:]
+    each name's label in a tag; nothing is refused, nothing pending; the report finds the runs.
+    In this process, on the shared Ray: what it proves is in MLflow and the run folder."""
+    opts = options(tmp_path, "sw")
+    results = run_grid(parse_spec(SWEEP), opts, verbose=1)
+    out = capsys.readouterr().out
+    assert not results.errors, out[-4000:]  # the two points: one trial pack
     assert "not delivered" not in out and "refused" not in out, out[-3000:]
-    client = MlflowClient(uri)
+    # the progress table shows each point under its own name, its sweep point as its label
+    final = out.split("== Status ==")[-1]
+    for point in ("adpo.beta_q=0.5", "adpo.beta_q=2"):
+        assert any(line.startswith(f"| PreferenceBandit_clean_adpo-dynamic_h16_s0_{point} ") and f"| {point} " in line
+                   and "TERMINATED" in line for line in final.splitlines()), final
+    client = MlflowClient(opts.tracking_uri)
     parents, kids = children(client, "sweepnames")
     assert len(parents) == 1 and len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
     parent = parents[0]
