@@ -120,6 +120,10 @@ def test_ctrl_c_then_resume(tmp_path):
     assert code == 130, text[-3000:]
     assert f"adpo-ray resume {run_dir}" in text and "Tuner.restore" not in text, text[-3000:]
     assert "trial(s) unfinished, left out of the table" in text
+    # Tune's progress table, printed while the grid ran: a row per solo trial Tune had created
+    # (one at a time: the finished one and the stopped one), under its name
+    rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")}
+    assert len(rows & {t.dirname for t in parse_spec(spec_dict).trials()}) >= 2, text[-3000:]
     summary = (run_dir / "summary.csv").read_text()
     assert "UNFINISHED" in summary and summary.count("TERMINATED") == 1, summary
     assert not (run_dir / "report").exists() and "report:" not in text  # no report of a cut-short grid
