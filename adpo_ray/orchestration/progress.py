@@ -13,7 +13,7 @@ from adpo_ray.sweeps import sweep_label
 
 class GridReporter(CLIReporter):
     """Tune's :class:`~ray.tune.CLIReporter` with each trial pack replaced by its members' rows
-    (:func:`member_rows`): the trial counts above the table count members, and the parameter and
+    (:func:`member_rows`, :class:`TableRow`): the trial counts above the table count members, and the parameter and
     metric columns read each member's own coordinates and result. A grid sweep's point shows as
     its label (``adpo.beta_q=0.5``), not as the pairs it is stored as.
 
@@ -35,48 +35,33 @@ class GridReporter(CLIReporter):
         super().report(member_rows(trials), False, *sys_info)
 
 
-class MemberRow:
-    """Member ``k`` of a trial pack as a row of Tune's progress table: its own name (its solo
-    trial's, :attr:`TrialSpec.dirname`), coordinates (``config["trial"]``) and result (the pack
-    result's ``members[k]``, with the pack's node and pid); the pack's state, error and folder. The
-    pack's error is listed once, on its first member's row."""
+class TableRow:
+    """A trial as a row of Tune's progress table. Member ``k`` of a trial pack: its own name (its
+    solo trial's, :attr:`TrialSpec.dirname`), coordinates (``config["trial"]``) and result (the
+    pack result's ``members[k]``, with the pack's node and pid), with the pack's state, error and
+    folder; the pack's error is listed once, on its first member's row. A solo trial (``k`` None):
+    the trial itself. Either way a grid sweep's point shows as its label (:func:`_shown`)."""
 
-    def __init__(self, pack, k: int):
-        self._pack = pack
-        member = pack.config["trials"][k]
+    def __init__(self, trial, k: int | None = None):
+        self._trial = trial
+        if k is None:
+            self.config = {**trial.config, "trial": _shown(trial.config["trial"])}
+            return
+        member = trial.config["trials"][k]
         self.config = {"trial": _shown(member)}
-        result = pack.last_result or {}
+        result = trial.last_result or {}
         members = result.get(MEMBERS) or []
         self.last_result = {**{key: result[key] for key in (NODE_IP, PID) if key in result},
                             **(members[k] if k < len(members) else {})}
-        self.trial_id = f"{pack.trial_id}_{k:05d}"  # a pack's members sort together, in order
-        self._k = k
+        self.trial_id = f"{trial.trial_id}_{k:05d}"  # a pack's members sort together, in order
+        self.error_file = trial.error_file if k == 0 else None
         self._name = TrialSpec(**member).dirname
 
-    @property
-    def error_file(self) -> str | None:
-        return self._pack.error_file if self._k == 0 else None
-
-    def __getattr__(self, name: str):  # status, local_path, run_metadata...: the pack's
-        return getattr(self._pack, name)
-
-    def __str__(self) -> str:
-        return self._name
-
-
-class SoloRow:
-    """A solo trial as a row of Tune's progress table: the trial itself, its sweep point shown as
-    its label (:func:`_shown`)."""
-
-    def __init__(self, trial):
-        self._trial = trial
-        self.config = {**trial.config, "trial": _shown(trial.config["trial"])}
-
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # what the row does not set (status, local_path...): the trial's
         return getattr(self._trial, name)
 
     def __str__(self) -> str:
-        return str(self._trial)
+        return getattr(self, "_name", None) or str(self._trial)
 
 
 def _shown(trial: dict) -> dict:
@@ -86,15 +71,13 @@ def _shown(trial: dict) -> dict:
 
 
 def member_rows(trials: list) -> list:
-    """``trials`` (Tune's trials) with each trial pack replaced by its members' rows
-    (:class:`MemberRow`), in order, and each solo trial of a grid by its :class:`SoloRow`."""
+    """``trials`` (Tune's trials) as the table's rows (:class:`TableRow`), in order: a trial pack
+    as its members' rows, a grid's solo trial as its own."""
     rows = []
     for trial in trials:
         packed_members = trial.config.get("trials")
         if packed_members is not None:
-            rows.extend(MemberRow(trial, k) for k in range(len(packed_members)))
-        elif "trial" in trial.config:
-            rows.append(SoloRow(trial))
+            rows.extend(TableRow(trial, k) for k in range(len(packed_members)))
         else:
-            rows.append(trial)
+            rows.append(TableRow(trial) if "trial" in trial.config else trial)
     return rows
