@@ -19,7 +19,7 @@ from adpo_ray.orchestration.trainable import GridTrainable
 from adpo_ray.spec import parse_spec
 
 from ..helpers.grid import SMALL, check_complete, children, free_port, mlflow_server, steps
-from ..helpers.resume import checkpoints_written, kill_when, launch, resume
+from ..helpers.resume import checkpoints_written, kill_when, launch, resume, tune_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -75,28 +75,33 @@ KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
 
 
 @pytest.mark.long_running
-@pytest.mark.parametrize("point", ["before-first-snapshot", "during-report"])
-def test_driver_killed_then_resume(tmp_path, point):
+def test_driver_killed_before_its_first_snapshot_then_while_its_resume_reports(tmp_path):
+    """The driver killed as early as it can be caught (before Tune's first snapshot): the resume
+    starts the grid over. That resume killed in turn once every trial has ended, while it writes
+    the summary and report: the next resume restores Tune's last snapshot and trains nothing again.
+    The grid ends complete, each trial one child run with every step once."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "k"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     proc = launch(KILLED, tmp_path, uri, "k", env=env)
-    if point == "before-first-snapshot":  # as early as it can be caught: Tune starts over
-        kill_when(proc, lambda: (run_dir / "adpo_grid.json").exists(), poll=0.02)
-    else:  # every trial ended: Tune restores its last snapshot
-        kill_when(proc, lambda: (run_dir / "summary.csv").exists())
-    resume(run_dir, expect="start-over" if point == "before-first-snapshot" else "restore", cwd=tmp_path, env=env)
+    kill_when(proc, lambda: (run_dir / "adpo_grid.json").exists(), poll=0.02)
+    assert tune_snapshot(run_dir) is None and not (run_dir / "summary.csv").exists()  # so it starts over
+    proc = subprocess.Popen([sys.executable, "-m", "adpo_ray.cli", "resume", str(run_dir)], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: (run_dir / "summary.csv").exists(), what="the resumed grid's summary")
+    resume(run_dir, expect="restore", cwd=tmp_path, env=env)
     assert (run_dir / "report" / "report.html").exists()
     check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
 
 
 @pytest.mark.long_running
 def test_ctrl_c_then_resume(tmp_path):
-    """SIGINT (Ctrl-C) to a 4-trial grid during its 2nd trial: the launch exits non-zero and names
+    """SIGINT (Ctrl-C) to a 2-trial grid during its 2nd trial: the launch exits non-zero and names
     `adpo-ray resume`, not Tune's Tuner.restore; its parent run is KILLED with no summary metrics,
     the stopped trial's child KILLED, the finished one's FINISHED; the end-of-grid table calls no
-    partial value final. The resume then finishes all 4, one child run each, every step once."""
-    spec_dict = {**SMALL, "name": "interrupted", "budget": {"iterations": 8, "checkpoint_every": 2},
+    partial value final. The resume then finishes both, one child run each, every step once."""
+    spec_dict = {**SMALL, "name": "interrupted", "anchors": {"modes": ["fixed"]},
+                 "budget": {"iterations": 8, "checkpoint_every": 2},
                  "resources": {"max_concurrent_trials": 1, "pack": 1}}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "ray_results" / "c"
