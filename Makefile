@@ -43,11 +43,8 @@ $(CHROMIUM):
 # three share two cores well (four measured slower). A free worker takes the next test; the
 # integration tests go first, so the many short unit tests fill the end, and the tests that
 # read one module-scoped grid share a worker (`xdist_group`), so that grid is launched once.
-# On a fresh machine the Python packages (pip, about 85 s) and Chromium (apt, about 20 s) install
-# side by side: both spend much of their time waiting on downloads and the disk.
 TEST_WORKERS ?= 3
-test:
-	$(MAKE) --no-print-directory -j2 $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 tests/integration tests/unit
 
 # The fast tier alone.
