@@ -34,16 +34,20 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
     """The server dies after the grid's first results and stays down: the grid still ends (exit
     0, no trial errors) and says what is pending; once the server is back, `adpo-ray sync`
     delivers every write exactly once."""
-    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": 6, "checkpoint_every": 3}}
+    # 16 iterations, the first results flushed to the server within 1 s and looked for every
+    # 0.25 s: the server is down long before the grid ends, even on an idle machine (with 6
+    # iterations and a 5 s flush, a grid of 10 s had delivered everything before the server died)
+    iterations = 16
+    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": iterations, "checkpoint_every": 4}}
     port = free_port()
     backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts"
-    env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "5"}
+    env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "1"}
     with mlflow_server(backend, artifacts, port=port) as uri:
         proc = launch(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = MlflowClient(uri)
         deadline = time.time() + 300
         while time.time() < deadline:
-            time.sleep(1)
+            time.sleep(0.25)
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             try:
                 _, kids = children(client, "outage")
@@ -54,6 +58,7 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
         else:
             pytest.fail("no result reached MLflow")
     # the server is gone now, and stays gone until the grid has ended
+    assert proc.poll() is None, "the grid ended before the server died: " + proc.stdout.read()[-3000:]
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "write(s) not delivered" in out and "adpo-ray sync" in out, out[-3000:]
@@ -67,7 +72,7 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
         assert "nothing pending" in res.stdout
         again = _cli("sync", str(tmp_path / "ray_results" / "o"), cwd=tmp_path)
         assert again.returncode == 0 and "0 write(s) delivered" in again.stdout  # exactly once
-        check_complete(MlflowClient(uri), "outage", spec_dict, 6, SMALL["train"]["train_batch_size"])
+        check_complete(MlflowClient(uri), "outage", spec_dict, iterations, SMALL["train"]["train_batch_size"])
 
 
 KILLED = {**SMALL, "name": "killpoint", "scenarios": ["clean", "flip-high"],
