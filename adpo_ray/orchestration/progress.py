@@ -44,6 +44,7 @@ class TableRow:
 
     def __init__(self, trial, k: int | None = None):
         self._trial = trial
+        self._name: str | None = None  # a solo trial's own name (str of the trial)
         if k is None:
             self.config = {**trial.config, "trial": _shown(trial.config["trial"])}
             return
@@ -61,7 +62,7 @@ class TableRow:
         return getattr(self._trial, name)
 
     def __str__(self) -> str:
-        return getattr(self, "_name", None) or str(self._trial)
+        return self._name or str(self._trial)
 
 
 def _shown(trial: dict) -> dict:
