@@ -1,5 +1,5 @@
 # adpo-ray: `make run` runs the main job, `make test` the whole test suite.
-# Both create .venv on first use (CPU torch first, then the package) and reuse it afterwards.
+# Both create .venv on first use (torch first, then the package) and reuse it afterwards.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,11 +11,15 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test test-unit install lint scenarios mlflow-ui report docs clean
 
+# torch through pip, so pip's own settings (a local wheel, a CPU index) choose the build; then the
+# rest through uv, which keeps that torch and installs the other ~170 packages in a third of pip's
+# time. Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every Ray worker
+# would otherwise recompile Ray, torch and MLflow at each start.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
