@@ -308,7 +308,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         try:
-            return dry_run(spec, options, args)
+            return dry_run(spec, options, args, plans)
         except ResourceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -342,8 +342,10 @@ def _interrupted(options) -> int:
     return EXIT_INTERRUPTED
 
 
-def dry_run(spec, options, args) -> int:
-    """Print the capacity plan: on the cluster YAML given (full scale), else on this machine."""
+def dry_run(spec, options, args, plans) -> int:
+    """Print the capacity plan: on the cluster YAML given (full scale), else on this machine.
+    ``plans``: :func:`~adpo_ray.orchestration.planning.plan_trials` of ``spec``, made again only
+    where the cluster gives learners a GPU share."""
     from adpo_ray.orchestration.planning import (
         STUDENT_THROUGHPUT,
         STUDENT_THROUGHPUT_SOURCE,
@@ -357,8 +359,9 @@ def dry_run(spec, options, args) -> int:
     )
 
     capacity = capacity_from_yaml(args.cluster, args.max_workers) if args.cluster else local_capacity()
-    spec = resolve_learner_gpus(spec, capacity)
-    plans = plan_trials(spec)
+    resolved = resolve_learner_gpus(spec, capacity)
+    if resolved is not spec:
+        spec, plans = resolved, plan_trials(resolved)
     check_fits(plans, capacity)
     concurrency = max_concurrent(plans, capacity, options.max_concurrent or spec.resources.max_concurrent_trials)
     if args.steps_per_second:
@@ -453,9 +456,8 @@ def _print_grid_status(st) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Roll a trained policy out on a scenario; with a run id, log the result to that run."""
-    import os
-
+    """Roll a trained policy out on a scenario; with a run id, log the result to that run. Reads
+    the checkpoint's files and rolls out in this process: no Ray starts."""
     from adpo_ray.core.noise import get_scenario
     from adpo_ray.orchestration.evaluate import checkpoint_of, evaluate, log_evaluation
     from adpo_ray.orchestration.mlflow_store import default_tracking_uri
@@ -471,15 +473,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, short-lived local Ray
-    ray.init(include_dashboard=False, log_to_driver=False)
     name = run_id or (checkpoint.name if member is None else f"{checkpoint.name}_member{member}")
     video = Path(args.video_dir or ".") / f"{name}_{args.scenario}.mp4" if args.video else None
     try:
         result = evaluate(checkpoint, scenario=args.scenario, episodes=args.episodes, video=video, member=member)
-    except ValueError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if member is not None:

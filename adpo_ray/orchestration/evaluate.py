@@ -87,9 +87,13 @@ def checkpoint_of(source: str, tracking_uri: str, member: int | None = None) -> 
 
 def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 10, seed: int | None = None,
              video: Path | None = None, member: int | None = None) -> Evaluation:
-    """Evaluate the policy saved at ``checkpoint`` (needs a connected Ray to restore it): MuJoCo
+    """Evaluate the policy saved at ``checkpoint`` (an RLlib algorithm checkpoint folder): MuJoCo
     episodes reset with seeds ``seed``, ``seed + 1``, ... (default
     :data:`~adpo_ray.rllib.rollout.EVAL_SEED`, the episodes teachers and students are measured on).
+
+    Reads the checkpoint's files, the learner's RLModule, the env config and the env runner's
+    observation filter, and rolls the policy out in this process: it builds no algorithm and
+    starts no Ray.
 
     A trial pack's checkpoint holds K members' policies: ``member`` (``0 .. K-1``, in the pack's
     member order, the ``pack_member`` tag of the member's MLflow run) picks one, evaluated exactly
@@ -98,68 +102,55 @@ def evaluate(checkpoint: Path, *, scenario: str | None = None, episodes: int = 1
     on MuJoCo, its own observation filter, through the same WinMass or rollout.
 
     Raises:
+        FileNotFoundError: ``checkpoint`` is not an algorithm checkpoint.
         ValueError: a pack's checkpoint without ``member`` or with one outside ``0 .. K-1``, or a
             solo trial's checkpoint with a ``member`` (raised before any rollout).
     """
-    from ray.rllib.algorithms.algorithm import Algorithm
+    module, env_config, obs_norm = _policy(checkpoint, member)
+    env = env_config["env"]
+    scenario = scenario or "clean"
+    if ENVIRONMENTS[env]["kind"] == "bandit":
+        from adpo_ray.rllib.callbacks import module_winmass
 
-    from adpo_ray.rllib.env import register
-    from adpo_ray.rllib.packed import register_pack
+        value = module_winmass(module, {**env_config, "scenario": scenario})
+        note = "--video: the bandit has no frames to record" if video else None
+        return Evaluation(env, scenario, "winmass", value, 0.0, 0, video_note=note)
+    from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns
 
-    register()
-    register_pack()
-    algo = Algorithm.from_checkpoint(str(checkpoint))
-    try:
-        module, env_config, obs_norm = _policy(algo, checkpoint, member)
-        env = env_config["env"]
-        scenario = scenario or "clean"
-        if ENVIRONMENTS[env]["kind"] == "bandit":
-            from adpo_ray.rllib.callbacks import module_winmass
-
-            value = module_winmass(module, {**env_config, "scenario": scenario})
-            note = "--video: the bandit has no frames to record" if video else None
-            return Evaluation(env, scenario, "winmass", value, 0.0, 0, video_note=note)
-        from adpo_ray.rllib.rollout import EVAL_SEED, episode_returns
-
-        obs_norm = obs_norm()
-        seed = EVAL_SEED if seed is None else seed
-        returns = episode_returns(module, env, obs_norm, episodes, seed, scenario=scenario)
-        result = Evaluation(env, scenario, "return", float(np.mean(returns)), float(np.std(returns)), episodes)
-        if video is not None:
-            result.video, result.video_note = _record(module, env, scenario, obs_norm, seed, video)
-        return result
-    finally:
-        algo.stop()
+    obs_norm = obs_norm()
+    seed = EVAL_SEED if seed is None else seed
+    returns = episode_returns(module, env, obs_norm, episodes, seed, scenario=scenario)
+    result = Evaluation(env, scenario, "return", float(np.mean(returns)), float(np.std(returns)), episodes)
+    if video is not None:
+        result.video, result.video_note = _record(module, env, scenario, obs_norm, seed, video)
+    return result
 
 
-def _policy(algo, checkpoint: Path, member: int | None):
-    """What :func:`evaluate` rolls out of a restored ``algo``: (the solo module, its env config
-    without ``seed``, a callable giving its frozen observation normalisation); a pack's member
-    ``member``, or the solo trial's. Raises ValueError as :func:`evaluate`."""
-    from ray.rllib.core import DEFAULT_MODULE_ID
+def _policy(checkpoint: Path, member: int | None):
+    """What :func:`evaluate` rolls out of ``checkpoint``: (the solo module, its env config without
+    ``seed``, a callable giving its frozen observation normalisation); a pack's member
+    ``member``, or the solo trial's. The module is the learner's, as trained (the env runners
+    hold the same weights after every iteration). Raises ValueError as :func:`evaluate`."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
 
-    from adpo_ray.orchestration.policies import obs_norm_of
-    from adpo_ray.rllib import _ray_private as rp
+    from adpo_ray.rllib.init import module_dir, saved_env_config, saved_obs_norm
 
-    env_config = dict(algo.config.env_config or {})
+    env_config = saved_env_config(checkpoint)
     k = len(env_config.get("members") or [])  # a pack's env config (configure_pack): one per member
     if not k:
         if member is not None:
             raise ValueError(f"--member {member}: {checkpoint} is a solo trial's checkpoint (one policy); "
                              "--member picks a member of a trial pack's checkpoint only")
-        if ENVIRONMENTS[env_config["env"]]["kind"] == "bandit":  # the learner's module, as during training
-            module = rp.local_learner(algo.learner_group).module[DEFAULT_MODULE_ID]
-        else:
-            module = algo.get_module()
-        return module, env_config, lambda: env_config.get("obs_norm") or obs_norm_of(algo)
+        module = RLModule.from_checkpoint(str(module_dir(checkpoint)))
+        return module, env_config, lambda: env_config.get("obs_norm") or saved_obs_norm(checkpoint)
     if member is None or not 0 <= member < k:
         got = "none given" if member is None else f"got {member!r}"
         raise ValueError(f"--member: {checkpoint} is a trial pack's checkpoint of {k} members; pick one with "
                          f"--member 0..{k - 1} ({got}; a member's MLflow run has it as its "
                          "'pack_member' tag)")
-    pack = rp.local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
+    pack = RLModule.from_checkpoint(str(module_dir(checkpoint))).unwrapped()
     mine = {n: v for n, v in env_config["members"][member].items() if n != "seed"}
-    return pack.member_module(member), mine, lambda: mine.get("obs_norm") or obs_norm_of(algo, member)
+    return pack.member_module(member), mine, lambda: mine.get("obs_norm") or saved_obs_norm(checkpoint, member)
 
 
 def _record(module, env_name: str, scenario: str, obs_norm: dict, seed: int, path: Path) -> tuple[str | None, str]:

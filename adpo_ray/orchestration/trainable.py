@@ -64,9 +64,13 @@ def _resources(spec_json: str, trial_json: str):
     answers are cached by the trial's identity, and the RLlib config behind them by its knobs with
     the scenario and seed left out (they never change what a trial asks for)."""
     spec = _spec(spec_json)
-    knobs = spec.knobs(TrialSpec(**json.loads(trial_json)))
-    alike = dataclasses.replace(knobs, trial=dataclasses.replace(knobs.trial, scenario="clean", seed=0))
-    return _request(alike, spec.distill is not None)
+    return _request(resource_alike(spec.knobs(TrialSpec(**json.loads(trial_json)))), spec.distill is not None)
+
+
+def resource_alike(knobs: TrialKnobs) -> TrialKnobs:
+    """``knobs`` with the trial's scenario and seed set to ``clean`` and 0: a cache key for what
+    the trial asks of the cluster, which they never change."""
+    return dataclasses.replace(knobs, trial=dataclasses.replace(knobs.trial, scenario="clean", seed=0))
 
 
 @lru_cache(maxsize=1024)

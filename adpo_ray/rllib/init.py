@@ -11,6 +11,7 @@ the same way, each from its own checkpoint, into its own slice of the pack
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,41 @@ def start_pack_learner_from(learner, module_id: str, states: list[dict[str, np.n
             module.theta[k].copy_(net.flatten([{n: torch.as_tensor(state[n]) for n, _ in net.layout}])[0])
             if set_anchor and hasattr(module, "anchor"):
                 module.anchor[k].copy_(module.theta[k, :net.policy_size])
+
+
+def saved_env_config(path: str | Path) -> dict:
+    """The env config of the algorithm saved at ``path`` (an algorithm checkpoint folder), read
+    from the file RLlib rebuilds the algorithm from (``class_and_ctor_args.pkl``: the algorithm's
+    config, as a dict). Builds nothing and starts no Ray. Raises FileNotFoundError when ``path``
+    holds no algorithm checkpoint."""
+    file = Path(path) / Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME
+    if not file.exists():
+        raise FileNotFoundError(f"{path} is not an RLlib algorithm checkpoint (no {file.name})")
+    args, kwargs = pickle.loads(file.read_bytes())["ctor_args_and_kwargs"]
+    config = args[0] if args else kwargs["config"]
+    return dict(config.get("env_config") or {})
+
+
+def saved_obs_norm(path: str | Path, member: int | None = None) -> dict:
+    """The frozen observation normalisation (an :class:`~adpo_ray.envs.mujoco.ObsNorm` dict) of
+    the algorithm saved at ``path``: its env runner's mean/std filter statistics, a trial pack's
+    member ``member``'s. Read from the filter's state file (RLlib's ``MeanStdFilter`` state, by
+    agent id ``None`` or, in a pack, by member): nothing is rebuilt and no Ray starts. Raises
+    RuntimeError when the checkpoint holds no observation filter."""
+    from ray.rllib.utils.filter import RunningStat
+
+    from adpo_ray.envs.mujoco import ObsNorm
+
+    folder = Path(path) / "env_runner" / "env_to_module_connector"
+    for piece in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        file = piece / "state.pkl"
+        state = pickle.loads(file.read_bytes()) if file.exists() else None
+        if isinstance(state, dict) and state and all(isinstance(v, dict) and "running_stats" in v
+                                                     for v in state.values()):
+            saved = state[next(iter(state)) if member is None else member]
+            (stats,) = [RunningStat.from_state(s) for s in saved["running_stats"]]  # a flat Box
+            return ObsNorm(stats.mean, stats.std, saved["clip_by_value"]).as_dict()
+    raise RuntimeError(f"{path}: the saved env-to-module pipeline has no observation filter")
 
 
 def observation_filter_state(path: str | Path):

@@ -178,6 +178,12 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
         self.num_members = num_members
         self.add_obs_column = add_obs_column
 
+    def get_ctor_args_and_kwargs(self):
+        """RLlib's record of the constructor's keywords (``MeanStdFilter``'s), with this filter's
+        own: a checkpoint's pipeline rebuilds it from its files (``Checkpointable.from_checkpoint``)."""
+        args, kwargs = super().get_ctor_args_and_kwargs()
+        return args, {**kwargs, "num_members": self.num_members, "add_obs_column": self.add_obs_column}
+
     def build_filters(self, solo: _MeanStdFilter) -> dict[int, _MeanStdFilter]:
         """One filter per member, each like RLlib's single-agent ``solo`` (see
         :func:`adpo_ray.rllib._ray_private.builds_own_filters`)."""

@@ -171,6 +171,7 @@ def test_evaluate_a_bandit_run(small_grid, tmp_path):
     # the restored policy is the trained one: the same WinMass as its final evaluation
     assert winmass == pytest.approx(kid.data.metrics["eval/winmass"], abs=1e-6)
     assert f"WinMass {winmass:.4f}" in res.stdout
+    assert "Started a local Ray instance" not in res.stdout + res.stderr  # read from the files, no Ray
     bad = run_py("-m", "adpo_ray.cli", "evaluate", "no-such-run", "--tracking-uri", opts.tracking_uri, cwd=tmp_path)
     assert bad.returncode == 2 and "neither a checkpoint folder nor a run" in bad.stderr
     bad = run_py("-m", "adpo_ray.cli", "evaluate", kid.info.run_id, "--scenario", "noisy", cwd=tmp_path)

@@ -14,7 +14,7 @@ import torch
 from adpo_ray.orchestration.evaluate import evaluate
 from adpo_ray.orchestration.policies import obs_norm_of
 from adpo_ray.rllib.factory import build_algo_config
-from adpo_ray.rllib.init import start_pack_from_checkpoints
+from adpo_ray.rllib.init import saved_obs_norm, start_pack_from_checkpoints
 from adpo_ray.rllib.pack_factory import build_pack_config
 
 from ..helpers.packs import build, learner, member_knobs, solo_state
@@ -47,6 +47,10 @@ def test_a_mujoco_pack_member_evaluates_as_its_solo_trial(ray_local, tmp_path):
     finally:
         for algo in (pack, *solos):
             algo.stop()
+
+    # the statistics evaluate reads from the saved files (no algorithm built) are the live filters'
+    for k, path in enumerate(paths):
+        assert saved_obs_norm(path) == norms[k] == saved_obs_norm(tmp_path / "pack", k), k
 
     evaluations = []
     for k, path in enumerate(paths):

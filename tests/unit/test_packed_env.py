@@ -149,3 +149,23 @@ def test_packed_filter_is_one_solo_filter_per_member(shuffled):
         np.testing.assert_equal(PackedMeanStdFilter.member_states(state)[m], solo.get_state())
     with pytest.raises(KeyError, match="has no custom_data\\['member'\\]"):
         filter_step(pack, rows[:1], [None], space)
+
+
+def test_packed_filter_rebuilds_from_its_checkpoint(tmp_path):
+    """RLlib's ``Checkpointable.from_checkpoint`` rebuilds a pack's env-to-module pipeline from its
+    saved constructor keywords (the filter's ``num_members`` and ``add_obs_column`` included),
+    with every member's statistics."""
+    from ray.rllib.connectors.env_to_module import EnvToModulePipeline
+    from ray.rllib.utils.checkpoints import Checkpointable
+
+    k, n, d = 2, 3, 4
+    space = gym.spaces.Box(-np.inf, np.inf, (d,), np.float64)
+    pack = PackedMeanStdFilter(num_members=k, add_obs_column=True)
+    pipeline = EnvToModulePipeline(input_observation_space=space, input_action_space=gym.spaces.Discrete(2),
+                                   connectors=[pack])
+    filter_step(pack, np.random.default_rng(1).normal(size=(k * n, d)), np.repeat(np.arange(k), n), space)
+    pipeline.save_to_path(str(tmp_path / "pipeline"))
+
+    (again,) = Checkpointable.from_checkpoint(str(tmp_path / "pipeline")).connectors
+    assert type(again) is PackedMeanStdFilter and (again.num_members, again.add_obs_column) == (k, True)
+    np.testing.assert_equal(again.get_state(), pack.get_state())
