@@ -12,8 +12,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run test test-unit install lint scenarios mlflow-ui report docs clean
 
 # torch through pip, so pip's own settings (a local wheel, a CPU index) choose the build; then the
-# rest through uv, which keeps that torch and installs the other ~170 packages in a third of pip's
-# time. Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every Ray worker
+# rest through uv, which keeps that torch and installs the other ~170 packages in a third to a half
+# of pip's time. Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every Ray worker
 # would otherwise recompile Ray, torch and MLflow at each start.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
