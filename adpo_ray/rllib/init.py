@@ -103,9 +103,13 @@ def saved_env_config(path: str | Path) -> dict:
     file = Path(path) / Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME
     if not file.exists():
         raise FileNotFoundError(f"{path} is not an RLlib algorithm checkpoint (no {file.name})")
-    args, kwargs = pickle.loads(file.read_bytes())["ctor_args_and_kwargs"]
-    config = args[0] if args else kwargs["config"]
+    (config, *_), _ = pickle.loads(file.read_bytes())["ctor_args_and_kwargs"]
     return dict(config.get("env_config") or {})
+
+
+def _env_to_module_dir(path: str | Path) -> Path:
+    """Where an algorithm checkpoint keeps its local env runner's env-to-module pipeline."""
+    return Path(path) / "env_runner" / "env_to_module_connector"
 
 
 def saved_obs_norm(path: str | Path, member: int | None = None) -> dict:
@@ -118,7 +122,7 @@ def saved_obs_norm(path: str | Path, member: int | None = None) -> dict:
 
     from adpo_ray.envs.mujoco import ObsNorm
 
-    folder = Path(path) / "env_runner" / "env_to_module_connector"
+    folder = _env_to_module_dir(path)
     for piece in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         file = piece / "state.pkl"
         state = pickle.loads(file.read_bytes()) if file.exists() else None
@@ -132,7 +136,7 @@ def saved_obs_norm(path: str | Path, member: int | None = None) -> dict:
 
 def observation_filter_state(path: str | Path):
     """The saved env-to-module pipeline's state (the observation filter's statistics), or None."""
-    folder = Path(path) / "env_runner" / "env_to_module_connector"
+    folder = _env_to_module_dir(path)
     if not folder.exists():
         return None
     return Checkpointable.from_checkpoint(str(folder)).get_state()
