@@ -28,7 +28,7 @@ from adpo_ray.rllib.learner import kl_from_logits
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS
 from adpo_ray.spec import TrialSpec, parse_spec, pretrained_of
 
-from ..helpers.grid import options
+from ..helpers.grid import new_store, options
 from ..helpers.packs import RUNNER_TAGS
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def _module_params(algo) -> dict[str, np.ndarray]:
 def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, capsys):
     # solo runs (one child run and checkpoint each), then the ADPO ones again as one pack
     spec = parse_spec({**INIT, "resources": {**INIT["resources"], "pack": 1}})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 5 and not results.errors
@@ -181,7 +181,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
     launch; and each method built from that checkpoint holds its parameters, ADPO's and DPO's
     anchor at KL 0."""
     spec = parse_spec({**BANDIT, "resources": {"pack": 1}})  # solo runs, the packed launch's reference
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 5 and not results.errors

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from adpo_ray.orchestration.tracking import PACK_TAG
 
+from ..helpers.grid import new_store
 from .raycluster import RAY, free_port
 
 pytestmark = pytest.mark.slow
@@ -103,6 +104,7 @@ def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     db = tmp_path / "mlflow.db"
+    new_store(tmp_path)
     try:
         deadline = time.time() + 90
         while _alive_nodes(env, f"127.0.0.1:{gcs_port}") < 1 and time.time() < deadline:

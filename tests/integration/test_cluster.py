@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from ..helpers.grid import new_store
 from .raycluster import RAY, yaml_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,7 @@ def submit_grid_job(cluster, tmp_path: Path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     db = tmp_path / "mlflow.db"
+    new_store(tmp_path)
     storage = tmp_path / "ray_results"
     deadline = time.time() + 300
     while True:

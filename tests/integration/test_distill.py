@@ -17,7 +17,7 @@ from adpo_ray.rllib.factory import build_distill_config
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
 
 from ..helpers.distill import DISTILL, synthetic_dataset
-from ..helpers.grid import options
+from ..helpers.grid import new_store, options
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_fixed_anchor_student_is_anchored_to_the_teacher(ray_local):
 @pytest.mark.long_running
 def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     spec = parse_spec(DISTILL)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 4 and not results.errors

@@ -24,7 +24,17 @@ from adpo_ray.report.data import load_mlflow, load_tune_folder
 from adpo_ray.report.summary import summary_frame
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import ROOT, SMALL, children, free_port, mlflow_server, options, run_py, steps
+from ..helpers.grid import (
+    ROOT,
+    SMALL,
+    children,
+    free_port,
+    mlflow_server,
+    new_store,
+    options,
+    run_py,
+    steps,
+)
 from ..helpers.resume import (
     assert_same_curves,
     done_in_folder,
@@ -78,7 +88,7 @@ def small_grid(ray_local, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("small_grid")
     # solo trials: each child run holds its checkpoint, which `evaluate` restores (packs: test_pack_grid)
     spec = parse_spec({**SMALL, "resources": {"pack": 1}})
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
+    with mlflow_server(new_store(tmp_path, "server.db"), tmp_path / "server-artifacts") as uri:
         opts = options(tmp_path, "e2e", uri=uri)
         results = run_grid(spec, opts, verbose=0)
         yield spec, opts, results, tmp_path
@@ -227,6 +237,7 @@ def test_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
                        "budget": {"iterations": 5, "checkpoint_every": 2}, "resources": {"max_failures": 1, "pack": 1}})
     markers = tmp_path / "markers"
     markers.mkdir()
+    new_store(tmp_path)
     opts = options(tmp_path, "flaky")
     results = run_grid(spec, opts, trainable=make_flaky(markers), verbose=0)
     assert not results.errors
@@ -256,6 +267,7 @@ def test_trials_in_a_reused_process_train_as_in_new_ones(ray_local, tmp_path):
         spec = parse_spec({**base, "resources": {"pack": 1, "max_concurrent_trials": 1, "reuse_actors": reuse}})
         folder = tmp_path / f"reuse-{reuse}"
         folder.mkdir()
+        new_store(folder)
         results = run_grid(spec, options(folder, "r"), verbose=0)
         assert len(results) == 2 and not results.errors
         assert len({r.metrics["pid"] for r in results}) == (1 if reuse else 2)
@@ -334,7 +346,7 @@ def test_sigkill_driver_then_resume(tmp_path):
                  "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128},
                  # trials that end one by one (a pack's kill: test_pack_grid)
                  "resources": {"pack": 1, "max_concurrent_trials": 1}}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "k"
     # snapshots every 2 s, well within a trial's run (a trial that ends between two is held as
     # running by the snapshot)
@@ -486,6 +498,7 @@ def test_mujoco_trials_through_the_grid_log_clean_eval(ray_local, tmp_path):
         "train": {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 1},
         "resources": {"num_envs_per_env_runner": 4}, "evaluation": {"interval": 2, "episodes": 1},
     })
+    new_store(tmp_path)
     opts = options(tmp_path, "mujoco")
     results = run_grid(spec, opts, verbose=0)
     assert len(results) == 4 and not results.errors
@@ -531,6 +544,7 @@ def test_grid_on_uri_storage(ray_local, tmp_path, monkeypatch):
     """--storage-path as a URI (here file://, the same code path as s3:// or gs://)."""
     monkeypatch.setenv("ADPO_RAY_SPOOL_DIR", str(tmp_path / "spools"))  # object storage takes no appends
     spec = parse_spec({**SMALL, "name": "uri_storage", "scenarios": ["clean"], "anchors": {"modes": ["dynamic"]}})
+    new_store(tmp_path)
     opts = options(tmp_path, "onuri")
     opts.storage_path = f"file://{tmp_path / 'remote'}"
     results = run_grid(spec, opts, verbose=0)

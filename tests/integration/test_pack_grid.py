@@ -33,7 +33,7 @@ from adpo_ray.rllib.init import start_pack_from_checkpoints
 from adpo_ray.rllib.packed import register_pack
 from adpo_ray.spec import TrialSpec, parse_spec
 
-from ..helpers.grid import SMALL, children, options, run_py, steps
+from ..helpers.grid import SMALL, children, new_store, options, run_py, steps
 from ..helpers.packs import RUNNER_TAGS
 from ..helpers.resume import (
     assert_same_curves,
@@ -76,6 +76,7 @@ def launches(ray_local, tmp_path_factory):
     for pack in (1, "auto"):
         spec = parse_spec({**SPEC, "resources": {"pack": pack}})
         (tmp_path / str(pack)).mkdir()
+        new_store(tmp_path / str(pack))
         opts = options(tmp_path / str(pack), "grid")
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
@@ -255,7 +256,7 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     are replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
     spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 4},
                  "resources": {"pack": "auto"}}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "p"
     # a snapshot every 0.5 s: many land between two checkpoints (at iterations 4, 8 and 12)
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}

@@ -16,7 +16,7 @@ from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.orchestration.spool import RUN_KEY_TAG
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import SMALL, check_complete, children, mlflow_server, options
+from ..helpers.grid import SMALL, check_complete, children, mlflow_server, new_store, options
 from ..helpers.resume import launch
 
 pytestmark = pytest.mark.slow
@@ -39,6 +39,7 @@ def test_sweep_summary_under_valid_names(ray_local, tmp_path, capsys):
     """The parent of a sweep ends FINISHED with its per-method summary under names MLflow takes,
     each name's label in a tag; nothing is refused, nothing pending; the report finds the runs.
     In this process, on the shared Ray: what it proves is in MLflow and the run folder."""
+    new_store(tmp_path)
     opts = options(tmp_path, "sw")
     results = run_grid(parse_spec(SWEEP), opts, verbose=1)
     out = capsys.readouterr().out
@@ -96,7 +97,7 @@ def test_child_deleted_while_grid_runs_is_restored(tmp_path):
     history, the parent FINISHED, nothing refused, nothing pending."""
     env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "120"}
     records = tmp_path / "ray_results" / "d" / "mlflow_spool" / "records.jsonl"
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
+    with mlflow_server(new_store(tmp_path, "server.db"), tmp_path / "server-artifacts") as uri:
         proc = launch(DELETED, tmp_path, uri, "d", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = MlflowClient(uri)
         seen: set[str] = set()

@@ -18,7 +18,15 @@ from mlflow.tracking import MlflowClient
 from adpo_ray.orchestration.trainable import GridTrainable
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import SMALL, check_complete, children, free_port, mlflow_server, steps
+from ..helpers.grid import (
+    SMALL,
+    check_complete,
+    children,
+    free_port,
+    mlflow_server,
+    new_store,
+    steps,
+)
 from ..helpers.resume import checkpoints_written, kill_when, launch, resume, tune_snapshot
 
 pytestmark = pytest.mark.slow
@@ -40,7 +48,7 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
     iterations = 16
     spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": iterations, "checkpoint_every": 4}}
     port = free_port()
-    backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts"
+    backend, artifacts = new_store(tmp_path, "server.db"), tmp_path / "server-artifacts"
     env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "1"}
     with mlflow_server(backend, artifacts, port=port) as uri:
         proc = launch(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -86,7 +94,7 @@ def test_driver_killed_before_its_first_snapshot_then_while_its_resume_reports(t
     written (while it writes the report, or just after: the kill is not timed closer): the next
     resume restores Tune's last snapshot and trains nothing again. The grid ends complete, each
     trial one child run with every step once."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "k"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     proc = launch(KILLED, tmp_path, uri, "k", env=env)
@@ -109,7 +117,7 @@ def test_ctrl_c_then_resume(tmp_path):
     spec_dict = {**SMALL, "name": "interrupted", "anchors": {"modes": ["fixed"]},
                  "budget": {"iterations": 8, "checkpoint_every": 2},
                  "resources": {"max_concurrent_trials": 1, "pack": 1}}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "c"
     with open(tmp_path / "out.txt", "w") as out:
         proc = launch(spec_dict, tmp_path, uri, "c", stdout=out, stderr=subprocess.STDOUT)

@@ -13,7 +13,7 @@ from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.report.data import load_mlflow, load_tune_folder
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import LONG, children, options, steps
+from ..helpers.grid import LONG, children, new_store, options, steps
 from ..helpers.resume import (
     assert_same_curves,
     kill_when,
@@ -39,6 +39,7 @@ def test_grid_sweep_trials_names_params_and_report(ray_local, tmp_path):
     # solo: a Tune trial, and its folder, per sweep point
     spec = parse_spec({**BANDIT, "sweep": {"adpo.beta_q": [0.5, 2.0], "train.lr": [0.001, 0.003]},
                        "resources": {"pack": 1}})
+    new_store(tmp_path)
     opts = options(tmp_path, "sw")
     results = run_grid(spec, opts)
     assert len(results) == 4 and not results.errors
@@ -71,6 +72,7 @@ def test_close_values_and_a_long_sweep_keep_one_identity_per_trial(ray_local, tm
                        "sweep": {**LONG, "train.lr": [0.0030001, 0.0030004]}, "resources": {"pack": 1}})
     trials = spec.trials()
     assert len(trials) == 2 and all(len(t.tag) > 255 for t in trials)
+    new_store(tmp_path)
     opts = options(tmp_path, "id")
     results = run_grid(spec, opts)
     assert len(results) == 2 and not results.errors and results.mlflow_pending == 0
@@ -147,11 +149,12 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
     and Tune's folder agree on every step."""
     reference = tmp_path / "reference"
     reference.mkdir()
+    new_store(reference)
     run_grid(parse_spec(SEARCH), options(reference, "ref"), verbose=0)
     expected = iterations_by_point(MlflowClient(f"sqlite:///{reference / 'mlflow.db'}"), "search")
     assert len(expected) == 8 and min(expected.values()) < 6 <= max(expected.values()), expected
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "s"
     # snapshots every 2 s: a new sample is in one well before its first result (RLlib takes longer to build)
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "2"}

@@ -10,10 +10,12 @@ from mlflow.tracking import MlflowClient
 from adpo_ray.cli import main
 from adpo_ray.orchestration.status import run_status
 
+from ..helpers.grid import new_store
+
 
 @pytest.fixture
 def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     return uri, client, client.create_experiment("grid")
 

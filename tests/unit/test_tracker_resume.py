@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 from adpo_ray.orchestration.tracking import MLflowTracker
 from adpo_ray.spec import parse_spec
 
+from ..helpers.grid import new_store
+
 SPEC = {"name": "t", "environments": ["PreferenceBandit"], "scenarios": ["clean"], "algorithms": ["adpo"],
         "anchors": {"modes": ["fixed"]}, "hidden_sizes": [16], "seeds": [0], "budget": {"iterations": 4}}
 
@@ -29,7 +31,7 @@ def launch_folder(tmp_path):
     """(tracking URI, results folder, the trial, its Tune trial, a factory of the launch's trackers:
     a driver's, then its resume's) of a one-trial launch ``g`` in ``tmp_path``."""
     spec = parse_spec(SPEC)
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = new_store(tmp_path, "m.db")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     t, trial = restored_trial(spec, "abc")
