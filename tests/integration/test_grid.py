@@ -279,14 +279,13 @@ def test_trials_in_a_reused_process_train_as_in_new_ones(ray_local, tmp_path):
 
 
 def test_unschedulable_trial_fails_before_launch(ray_local, tmp_path):
-    # more CPUs than the shared Ray has (2 per pytest worker), or than a 2-CPU one
-    spec = parse_spec({**SMALL, "name": "too_big", "resources": {"num_env_runners": 8}})
+    spec = parse_spec({**SMALL, "name": "too_big", "resources": {"num_env_runners": 4}})
     opts = options(tmp_path, "too_big")
     with pytest.raises(ResourceError, match=r"can never be scheduled.*num_env_runners"):
         run_grid(spec, opts, verbose=0)
     assert not (tmp_path / "mlflow.db").exists()  # nothing started, nothing recorded
     assert not (Path(opts.run_dir) / ".adpo_launch.json").exists()  # the name is free for the fixed spec
-    assert plan_trials(spec)[0].required["CPU"] == 9
+    assert plan_trials(spec)[0].required["CPU"] == 5
 
 
 def test_dry_run_starts_no_ray_and_counts_paper_grid(tmp_path):
