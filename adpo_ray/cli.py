@@ -378,7 +378,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from adpo_ray.orchestration.launch import resume_grid
 
     try:
-        run = resume_grid(args.run_dir, address=args.address)
+        run = resume_grid(args.run_dir, address=args.address, report=not args.no_report)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -631,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="finish an interrupted grid from its results folder")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--address", help="Ray cluster address (default: as launched)")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.set_defaults(func=cmd_resume)
     return parser
 

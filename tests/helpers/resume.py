@@ -110,14 +110,14 @@ def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: 
         os.kill(proc.pid, signal_)
 
 
-def resume(run_dir: Path, *, expect: str, cwd: Path, env=None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`adpo-ray resume run_dir`, asserting it succeeded and resumed the way ``expect`` says:
+def resume(run_dir: Path, *args: str, expect: str, cwd: Path, env=None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`adpo-ray resume run_dir *args`, asserting it succeeded and resumed the way ``expect`` says:
     ``"restore"`` (Tune restores its snapshot: every trial in it goes on under its id) or
     ``"start-over"`` (killed before Tune's first snapshot: the grid starts again)."""
     assert expect in ("restore", "start-over"), expect
     before = tune_snapshot(run_dir)
     assert (before is not None) == (expect == "restore"), f"expected a {expect}, snapshot: {before}"
-    res = run_py("-m", "adpo_ray.cli", "resume", str(run_dir), cwd=cwd, env=env, timeout=timeout)
+    res = run_py("-m", "adpo_ray.cli", "resume", str(run_dir), *args, cwd=cwd, env=env, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after = tune_snapshot(run_dir)
     assert after is not None

@@ -154,7 +154,7 @@ def test_ctrl_c_then_resume(tmp_path):
     stopped = next(k for k in kids if k.info.status == "KILLED")
     assert 2 <= len(steps(client, stopped.info.run_id)) < 8
 
-    resume(run_dir, expect="restore", cwd=tmp_path)
+    resume(run_dir, "--no-report", expect="restore", cwd=tmp_path)  # its data, not its report
     parents, kids = children(client, "interrupted")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["summary/PreferenceBandit/adpo-fixed/winmass_n"] == 2
