@@ -49,7 +49,9 @@ $(CHROMIUM):
 # integration tests go first, so the many short unit tests fill the end, and the tests that
 # read one module-scoped grid share a worker (`xdist_group`), so that grid is launched once.
 TEST_WORKERS ?= 3
-test: $(STAMP) $(CHROMIUM)
+# The venv and Chromium install side by side (one is mostly unpacking, the other downloading).
+test:
+	$(MAKE) --no-print-directory -j2 $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 tests/integration tests/unit
 
 # The fast tier alone.
