@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import functools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -94,10 +95,39 @@ def run_py(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=kw.pop("cwd", ROOT), **kw)
 
 
+def _port_range() -> range:
+    """Ports above Ray's default worker ports (10002-19999) and below the kernel's ephemeral range
+    (``ip_local_port_range``, 32768-60999 by default), from which every bind to port 0 draws."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(20000, max(low, 21000))
+
+
+_PORTS = _port_range()
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 for a server a test starts (`mlflow server`, `ray start`), not
+    given twice in this process.
+
+    Taken at random from :func:`_port_range`, not by binding port 0: a port from the ephemeral
+    range can go to any other process binding port 0 (a Ray agent, a worker, a gRPC client) before
+    the server binds it; a cluster test's `ray start` failed so once (its metrics export port:
+    "Address already in use")."""
+    while True:
+        port = random.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
 
 
 @contextlib.contextmanager
