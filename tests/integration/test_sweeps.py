@@ -169,6 +169,8 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
         # resume replays its iterations with the decisions recorded for them.
         record = asha_record(run_dir)
         ended = {t for t, entries in record.items() if any(e.get("action") in ("STOP", "COMPLETE") for e in entries)}
+        if len(ended) < 2:
+            return False
         try:
             snapshot = tune_snapshot(run_dir)
         except ValueError:  # being copied there right now
