@@ -12,15 +12,17 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test test-unit install lint scenarios mlflow-ui report docs clean
 
-# torch through pip, so pip's own settings (a local wheel, a CPU index) choose the build; then the
-# rest through uv, which keeps that torch and installs the other ~170 packages in a third to a half
-# of pip's time. Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every Ray worker
-# would otherwise recompile Ray, torch and MLflow at each start.
+# pip chooses torch's wheel, so that pip's own settings (a local wheel, a CPU index) choose the
+# build; uv installs it with the other ~170 packages, in a third to a half of pip's time. Bytecode
+# is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every Ray worker would otherwise
+# recompile Ray, torch and MLflow at each start.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[dev]'
+	rm -rf $(VENV)/wheels
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(VENV)/wheels $(TORCH)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode $(VENV)/wheels/torch-*.whl -e '.[dev]'
+	rm -rf $(VENV)/wheels
 	touch $(STAMP)
 
 install: $(STAMP)
