@@ -69,7 +69,7 @@ def new_store(folder: Path, name: str = "mlflow.db") -> str:
     in this process (kept if the file is there already).
 
     A new store costs about 1.1 s of CPU in the process that opens it first (MLflow's migrations),
-    about 40 times over in the suite. The tests whose point is a store's first opening (two drivers
+    about 30 times over in the suite. The tests whose point is a store's first opening (two drivers
     opening one at once; no store made on refused input) start without one."""
     db = folder / name
     if not db.exists():

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from adpo_ray.orchestration.tracking import PACK_TAG
 
-from ..helpers.grid import new_store
-from .raycluster import RAY, free_port
+from ..helpers.grid import free_port, new_store
+from .raycluster import RAY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
