@@ -105,13 +105,24 @@ def _port_range() -> range:
     return range(20000, max(low, 21000))
 
 
-_PORTS = _port_range()
+def _own_ports(ports: range) -> range:
+    """This test process's share of ``ports``: under pytest-xdist each worker takes every n-th
+    port from its own offset, so two workers never pick the same port between the check here and
+    their servers' bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return ports
+    return ports[int(worker[2:]) % count::count]
+
+
+_PORTS = _own_ports(_port_range())
 _given: set[int] = set()
 
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a server a test starts (`mlflow server`, `ray start`), not
-    given twice in this process.
+    given twice in this test session (xdist workers draw from disjoint shares).
 
     Taken at random from :func:`_port_range`, not by binding port 0: a port from the ephemeral
     range can go to any other process binding port 0 (a Ray agent, a worker, a gRPC client) before

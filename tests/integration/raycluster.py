@@ -102,6 +102,30 @@ def localize(command: str, *, gcs_port: int, temp_dir: str, dash_port: int | Non
     return command.replace("ray start", f"{RAY} start{extra}", 1)
 
 
+def _start_node(command: str, env: dict, temp_dir: str) -> None:
+    """Run one node's `ray start`; if it fails, the error carries what it printed and the last
+    lines of the node's own logs (the dashboard's, the GCS's, the raylet's), which name the cause."""
+    try:
+        out = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"`ray start` ran past {e.timeout} s\n{_node_logs(temp_dir)}") from None
+    if out.returncode != 0:
+        raise RuntimeError(f"`ray start` exited {out.returncode}: {command}\n--- its stdout:\n{out.stdout[-3000:]}"
+                           f"\n--- its stderr:\n{out.stderr[-6000:]}\n{_node_logs(temp_dir)}")
+
+
+def _node_logs(temp_dir: str, lines: int = 25) -> str:
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    names = ("dashboard.log", "dashboard.err", "gcs_server.out", "gcs_server.err", "raylet.out", "raylet.err")
+    parts = []
+    for name in names:
+        f = logs / name
+        if f.is_file() and f.stat().st_size:
+            tail = f.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {f}:\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no node logs under {logs})"
+
+
 @contextlib.contextmanager
 def yaml_cluster(cluster_yaml: Path, token: str):
     """Head and one worker started by the YAML's own `head_start_ray_commands` and
@@ -114,6 +138,10 @@ def yaml_cluster(cluster_yaml: Path, token: str):
     gcs_port, dash_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     env["PATH"] = f"{Path(RAY).parent}:{env.get('PATH', '')}"
+    # A cloud head starts its dashboard and GCS on idle cores; here they share two with the rest of
+    # the suite, so they get longer than Ray's 60 s (dashboard) and ~20 s (GCS connect) to come up.
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+    env.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     homes = {}
     for role in ("head", "worker"):
         homes[role] = Path(temp_dir) / f"home-{role}"
@@ -129,8 +157,7 @@ def yaml_cluster(cluster_yaml: Path, token: str):
             for command in commands:
                 local = localize(command, gcs_port=gcs_port, temp_dir=f"{temp_dir}/{role[0]}",
                                  dash_port=dash_port if role == "head" else None)
-                subprocess.run(["bash", "-c", local], env={**env, "HOME": str(homes[role])}, check=True,
-                               capture_output=True, timeout=180)
+                _start_node(local, env={**env, "HOME": str(homes[role])}, temp_dir=f"{temp_dir}/{role[0]}")
         # a driver of this cluster: the token mode and the token, as the YAML's docker env gives them
         client_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
         cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", token, client_env, temp_dir)
