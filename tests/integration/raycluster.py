@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,3 +166,4 @@ def yaml_cluster(cluster_yaml: Path, token: str):
         yield cluster
     finally:
         _stop(temp_dir, gcs_port)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # a failed start's logs are in its error already

@@ -6,6 +6,7 @@ packs at the same time, and leave exactly one MLflow child run per trial."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
         monitor = "".join(p.read_text(errors="replace") for p in temp_dir.glob("session_*/logs/monitor.*"))
     finally:
         _stop_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     # the autoscaler added worker nodes
     assert "Adding" in monitor and "ray.worker.cpu" in monitor, monitor[-3000:]
     assert nodes_after >= 2, nodes_after
