@@ -347,7 +347,8 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class Knobs:
     """Per-member loss knobs, each ``(K,)`` (build and check them with :meth:`of`): PPO's
     ``clip_param``, ``vf_clip_param``, ``vf_loss_coeff``, ``entropy_coeff``, ADPO's ``tau_anc``,
-    ``beta_q``, ``ppo_kl``'s current KL coefficient ``kl_beta`` (its learner adapts it in place). Pack-wide (one per pack, not per member): the ADPO loss variant in ``adpo``
+    ``beta_q``, ``anchor_kl_coeff`` (None when every member's is 0: the term is left out),
+    ``ppo_kl``'s current KL coefficient ``kl_beta`` (its learner adapts it in place). Pack-wide (one per pack, not per member): the ADPO loss variant in ``adpo``
     (``loss``, ``target``, ``target_norm``, ``tau_alpha``, ``tau_min``, ``q_center``: the keyword
     arguments of :func:`adpo_ray.core.losses.adpo_loss`) and ``list_size``."""
 
@@ -358,16 +359,18 @@ class Knobs:
     tau_anc: torch.Tensor | None = None
     beta_q: torch.Tensor | None = None
     kl_beta: torch.Tensor | None = None
+    anchor_kl_coeff: torch.Tensor | None = None
     list_size: int = 0
     adpo: dict | None = None
 
     @classmethod
     def of(cls, k: int, *, vf_clip_param, vf_loss_coeff, entropy_coeff, clip_param=None, tau_anc=None,
-           beta_q=None, kl_beta=None, list_size: int = 0, adpo: dict | None = None, dtype=torch.float32,
-           device=None) -> Knobs:
+           beta_q=None, kl_beta=None, anchor_kl_coeff=None, list_size: int = 0, adpo: dict | None = None,
+           dtype=torch.float32, device=None) -> Knobs:
         """The knobs of K members from numbers (shared) or K numbers each, checked: ``ValueError``
         naming the knob unless ``vf_clip_param``, ``clip_param``, ``tau_anc``, ``beta_q``, ``kl_beta`` are
-        ``> 0``, the coefficients ``>= 0``, and ``list_size >= 1`` where ADPO lists need it."""
+        ``> 0``, the coefficients (``anchor_kl_coeff`` too) ``>= 0``, and ``list_size >= 1`` where
+        ADPO lists need it."""
         def pos(name, v, strict=True):
             return None if v is None else member_values(name, v, k, strict=strict, dtype=dtype, device=device)
 
@@ -375,11 +378,16 @@ class Knobs:
             raise ValueError("tau_anc and beta_q: give both (ADPO) or neither (PPO)")
         if list_size < 0:
             raise ValueError(f"list_size must be >= 1 for list_source: batch (0: the actions layout), got {list_size}")
+        if anchor_kl_coeff is not None and tau_anc is None:
+            raise ValueError("anchor_kl_coeff: an ADPO knob (give tau_anc and beta_q too)")
+        anchor_kl = pos("anchor_kl_coeff", anchor_kl_coeff, strict=False)
         return cls(vf_clip_param=pos("vf_clip_param", vf_clip_param),
                    vf_loss_coeff=pos("vf_loss_coeff", vf_loss_coeff, strict=False),
                    entropy_coeff=pos("entropy_coeff", entropy_coeff, strict=False),
                    clip_param=pos("clip_param", clip_param), tau_anc=pos("tau_anc", tau_anc),
-                   beta_q=pos("beta_q", beta_q), kl_beta=pos("kl_beta", kl_beta), list_size=list_size, adpo=adpo)
+                   beta_q=pos("beta_q", beta_q), kl_beta=pos("kl_beta", kl_beta),
+                   anchor_kl_coeff=anchor_kl if anchor_kl is not None and bool((anchor_kl > 0).any()) else None,
+                   list_size=list_size, adpo=adpo)
 
 
 def _value_entropy(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tensor], entropy: torch.Tensor):
@@ -428,9 +436,11 @@ def ppo_kl_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.T
 
 
 def adpo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Tensor]):
-    """ADPO's loss of one minibatch per member (the learner's, without ``anchor_kl_coeff``), as
-    :func:`ppo_terms` with the policy loss the anchored preference loss of
-    :func:`~adpo_ray.core.losses.adpo_loss`. ``batch`` adds ``anchor_logp``, and the lists:
+    """ADPO's loss of one minibatch per member (the learner's), as :func:`ppo_terms` with the
+    policy loss the anchored preference loss of :func:`~adpo_ray.core.losses.adpo_loss`, plus
+    ``knobs.anchor_kl_coeff * KL(policy || anchor)`` (exact, per state, a masked mean over rows)
+    where that knob is set. ``batch`` adds ``anchor_logp``, ``anchor_inputs`` ``(K, B, D)`` (the
+    anchor's distribution inputs; needed only for the KL term), and the lists:
 
     * ``list_signal`` ``(K, B, n_actions)`` present (the bandit's ``actions`` layout): one list per
       row over all actions; ``anchor_logp`` is ``(K, B, n_actions)``; rows are averaged (masked);
@@ -465,6 +475,8 @@ def adpo_terms(net: StackedActorCritic, knobs: Knobs, batch: dict[str, torch.Ten
             policy_loss = (per_list * has).sum(dim=1) / has.sum(dim=1)
     vf_loss, ent = _value_entropy(net, knobs, batch, entropy)
     total = policy_loss + knobs.vf_loss_coeff * vf_loss - knobs.entropy_coeff * ent
+    if knobs.anchor_kl_coeff is not None:  # the author's KL penalty to the anchor (0 for some members: exact)
+        total = total + knobs.anchor_kl_coeff * _masked_mean(net.kl(inputs, batch["anchor_inputs"]), mask)
     return total, torch.stack([policy_loss, vf_loss, ent], dim=1).detach()
 
 

@@ -5,7 +5,7 @@ shape, network, batch and loss variant) made to sample all members' envs
 (:func:`~adpo_ray.rllib.packed.configure_pack`), with the stacked module
 (:class:`~adpo_ray.rllib.pack_module.PackedTorchRLModule`) and learner
 (:class:`~adpo_ray.rllib.pack_learner.PackedLearner`); each member's own knobs (seed, lr, clips,
-coefficients, ``tau_anc``, ``beta_q``, anchor schedule, ``ppo_kl``'s initial beta and KL target,
+coefficients, ``tau_anc``, ``beta_q``, ``anchor_kl_coeff``, anchor schedule, ``ppo_kl``'s initial beta and KL target,
 env scenario) go to the learner and the env. ``train_batch_size`` is K times the solo's: each member's rows are its own solo batch.
 
 Evaluation is per member, as the solo trial's: the bandit's WinMass on the learner's module over
@@ -68,7 +68,7 @@ def build_pack_config(knobs: list) -> AlgorithmConfig:
                 seed=kn.trial.seed, lr=kn.lr, grad_clip=kn.grad_clip, entropy_coeff=kn.entropy_coeff,
                 vf_loss_coeff=kn.vf_coeff, clip_param=kn.clip_param, tau_anc=kn.tau_anc, beta_q=kn.beta_q,
                 anchor_mode=kn.anchor_mode, anchor_params=dict(kn.anchor_params), kl_beta=kn.kl_beta,
-                kl_target=kn.kl_target) for kn in knobs],
+                kl_target=kn.kl_target, anchor_kl_coeff=kn.anchor_kl_coeff) for kn in knobs],
         },
     )
     config.rl_module(rl_module_spec=RLModuleSpec(

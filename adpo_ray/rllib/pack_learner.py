@@ -100,13 +100,14 @@ _GRAD_NORM_KEY = "gradients_default_optimizer_global_norm"  # the solo learner's
 def member_knobs(*, seed: int, lr: float, grad_clip: float | None, entropy_coeff: float, vf_loss_coeff: float,
                  clip_param: float | None = None, tau_anc: float | None = None, beta_q: float | None = None,
                  anchor_mode: str | None = None, anchor_params: dict | None = None, kl_beta: float | None = None,
-                 kl_target: float | None = None) -> dict[str, Any]:
+                 kl_target: float | None = None, anchor_kl_coeff: float | None = None) -> dict[str, Any]:
     """One member's entry of ``learner_config_dict[PACK_MEMBERS]`` (its solo trial's values;
-    ``kl_beta``: ``ppo_kl``'s initial beta)."""
+    ``kl_beta``: ``ppo_kl``'s initial beta; ``anchor_kl_coeff``: ADPO's KL penalty to the anchor,
+    None or 0 for none)."""
     return {"seed": int(seed), "lr": lr, "grad_clip": grad_clip, "entropy_coeff": entropy_coeff,
             "vf_loss_coeff": vf_loss_coeff, "clip_param": clip_param, "tau_anc": tau_anc, "beta_q": beta_q,
             "anchor_mode": anchor_mode, "anchor_params": dict(anchor_params or {}), "kl_beta": kl_beta,
-            "kl_target": kl_target}
+            "kl_target": kl_target, "anchor_kl_coeff": anchor_kl_coeff}
 
 
 class PackedGAE(ConnectorV2):
@@ -190,6 +191,7 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             entropy_coeff=each("entropy_coeff"), clip_param=each("clip_param") if self.algorithm == "ppo" else None,
             tau_anc=each("tau_anc") if adpo else None, beta_q=each("beta_q") if adpo else None,
             kl_beta=each("kl_beta") if kl_penalty else None,
+            anchor_kl_coeff=[m.get("anchor_kl_coeff") or 0.0 for m in members] if adpo else None,
             list_size=cfg.list_size if adpo and not self.list_actions else 0,
             adpo=dict(loss=cfg.adpo_loss, target=cfg.adpo_target, **loss_variants_of(cfg)) if adpo else None,
             dtype=module.theta.dtype, device=device)

@@ -45,8 +45,8 @@ def check_pack(knobs: list) -> None:
         ValueError: no members; an offline (distillation) trial or a method not in
             :data:`PACK_ALGORITHMS`; the first knob of
             :data:`SHAPE_KNOBS` two members differ in, naming it, both members and values;
-            what a pack does not run (``anchor_kl_coeff > 0``, RLlib's update path
-            ``learner_update: rllib``, ``learner_compile``, more than one learner). Members may
+            what a pack does not run (RLlib's update path ``learner_update: rllib``,
+            ``learner_compile``, more than one learner). Members may
             start from pretrained policies (``anchors.init``): each loads its own.
     """
     if not knobs:
@@ -61,9 +61,6 @@ def check_pack(knobs: list) -> None:
         if kn.trial.algorithm not in PACK_ALGORITHMS or kn.gamma is None:
             raise ValueError(f"member {k}: algorithm {kn.trial.algorithm!r}; a pack runs online "
                              f"{', '.join(PACK_ALGORITHMS[:-1])} or {PACK_ALGORITHMS[-1]}")
-        if kn.anchor_kl_coeff:
-            raise ValueError(f"member {k}: anchor_kl_coeff={kn.anchor_kl_coeff}; a pack runs without the KL "
-                             "penalty to the anchor (anchor_kl_coeff: 0)")
     if first.learner_update != FUSED:
         raise ValueError(f"learner_update={first.learner_update!r}; a pack runs only on the fused update ({FUSED})")
     if first.learner_compile:

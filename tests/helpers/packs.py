@@ -30,11 +30,13 @@ BETA_Q = [0.5, 1.0, 2.0]
 KL_BETA = [0.3, 1.0, 0.5]
 KL_TARGET = [1e-7, 10.0, 0.01]
 EMA_HOOK = "adpo_ray.core.anchors:EMA"  # an import-path schedule
+#: ADPO's KL penalty to the anchor per member, where the spec turns it on (member 1: none)
+ANCHOR_KL = [0.2, 0.0, 0.5]
 
 
 def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "shift-high"), **adpo):
-    """K members of one shape whose seeds, lr, beta_q (ppo_kl: initial beta and KL target),
-    scenario and anchor mode differ."""
+    """K members of one shape whose seeds, lr, beta_q (ppo_kl: initial beta and KL target;
+    ``anchor_kl_coeff`` where ``adpo`` sets it: :data:`ANCHOR_KL`), scenario and anchor mode differ."""
     spec = parse_spec({
         "name": "pack", "environments": [env], "algorithms": [algorithm], "budget": {"iterations": 1},
         "scenarios": sorted(set(scenarios)),
@@ -53,6 +55,8 @@ def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "sh
             change["beta_q"] = BETA_Q[k]
         if knobs.kl_beta is not None:
             change.update(kl_beta=KL_BETA[k], kl_target=KL_TARGET[k])
+        if knobs.anchor_kl_coeff:
+            change["anchor_kl_coeff"] = ANCHOR_KL[k]
         if mode == EMA_HOOK:
             change["anchor_mode"] = EMA_HOOK
         out.append(dataclasses.replace(knobs, **change))

@@ -49,17 +49,22 @@ CASES = [
     ("PreferenceBandit", "adpo", ["kl_triggered", EMA_HOOK, "dynamic"], {"loss": "pairwise"}, "rllib"),
     ("PreferenceBandit", "adpo", ["dynamic", "kl_triggered", "fixed"], {"loss": "listwise", "list_source": "batch",
                                                                         "list_size": 8}, "device"),
+    # ADPO's KL penalty to the anchor, each member's own coefficient (categorical and Gaussian)
+    ("PreferenceBandit", "adpo", ["fixed", "dynamic", "ema"], {"loss": "listwise", "anchor_kl_coeff": 0.2}, "device"),
     ("PreferenceBandit", "dpo", ["fixed"] * 3, {}, "rllib"),
     ("PreferenceBandit", "ppo", ["none"] * 3, {}, "device"),
     ("PreferenceBandit", "ppo_kl", ["none"] * 3, {}, "rllib"),
     ("Hopper-v5", "ppo_kl", ["none"] * 3, {}, "device"),
     # Hopper's episodes end at different steps: the members' batches differ in size
     ("Hopper-v5", "adpo", ["ema", "kl_triggered", "fixed"], {"loss": "pairwise", "list_size": 4}, "device"),
+    ("Hopper-v5", "adpo", ["fixed", "ema", "dynamic"], {"loss": "listwise", "list_size": 4, "anchor_kl_coeff": 0.2},
+     "device"),
 ]
 
 
 @pytest.mark.parametrize("env,algorithm,modes,adpo,shuffle", CASES,
-                         ids=[f"{c[0]}-{c[1]}-{c[3].get('loss', '')}-{c[3].get('list_source', '')}-{c[4]}" for c in CASES])
+                         ids=[f"{c[0]}-{c[1]}-{c[3].get('loss', '')}-{c[3].get('list_source', '')}-{c[4]}"
+                              + ("-anchor_kl" if "anchor_kl_coeff" in c[3] else "") for c in CASES])
 def test_pack_update_equals_each_members_solo_update(ray_local, env, algorithm, modes, adpo, shuffle):
     knobs = member_knobs(env, algorithm, modes, **adpo)
     pack, solos = pack_and_solos(knobs, shuffle)

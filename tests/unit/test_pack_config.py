@@ -45,11 +45,17 @@ def test_ppo_kl_members_may_differ_in_initial_beta_and_target_not_in_whether_it_
         check_pack(members)
 
 
+def test_members_may_differ_in_anchor_kl_coeff():
+    members = knobs()
+    members[1] = dataclasses.replace(members[1], anchor_kl_coeff=0.2)
+    check_pack(members)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"minibatch_size": 16}, r"minibatch_size: every member of a pack must share it; member 0 has \d+, member 2 has 16"),
     ({"num_envs_per_env_runner": 3}, "num_envs_per_env_runner: .* member 2 has 3"),
     ({"loss": "pairwise"}, "loss: .*member 2 has 'pairwise'"),
-    ({"anchor_kl_coeff": 0.1}, "member 2: anchor_kl_coeff=0.1"),
+    ({"learner_compile": True}, "learner_compile: every member"),
     ({"learner_update": "rllib"}, "learner_update: every member"),
 ])
 def test_a_member_differing_in_shape_is_refused_naming_knob_and_members(change, message):

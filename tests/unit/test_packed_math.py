@@ -111,6 +111,14 @@ def solo_loss(model: Solo, kind: str, kn: dict, b: dict, list_size: int, adpo_kw
         s, r, y = cols.view(n_lists, list_size, 3).unbind(-1)
         policy = adpo_loss(s, r, y, tau_anc=kn["tau_anc"], beta_q=kn["beta_q"],
                            mask=lmask.view(n_lists, list_size), **adpo_kw).mean()
+    if kn.get("anchor_kl_coeff"):  # coeff * KL(policy || anchor), torch's own KL of the two distributions
+        anchor = b["anchor_inputs"]
+        if model.gaussian:
+            mean, log_std = anchor.chunk(2, dim=-1)
+            kl = torch.distributions.kl_divergence(dist, torch.distributions.Normal(mean, log_std.exp())).sum(-1)
+        else:
+            kl = torch.distributions.kl_divergence(dist, torch.distributions.Categorical(logits=anchor))
+        policy = policy + kn["anchor_kl_coeff"] * mmean(kl)
     vf = mmean(torch.clamp((model.value(b["obs"]) - b["value_targets"]) ** 2, 0, kn["vf_clip_param"]))
     return policy + kn["vf_loss_coeff"] * vf - kn["entropy_coeff"] * mmean(entropy)
 
@@ -128,7 +136,7 @@ def solo_update(model: Solo, opt, kind, kn, rows, plan, grad_clip, list_size, ad
 # -- data -----------------------------------------------------------------------------------
 KNOBS = dict(lr=[3e-3, 1e-2, 5e-3], beta_q=[0.5, 1.0, 2.0], tau_anc=[0.5, 1.0, 0.25], clip_param=[0.1, 0.2, 0.3],
              vf_clip_param=[10.0, 0.5, 3.0], vf_loss_coeff=[0.5, 1.0, 0.25], entropy_coeff=[0.0, 0.01, 0.003],
-             grad_clip=[0.5, None, 2.0], kl_beta=[0.3, 1.0, 2.5])
+             grad_clip=[0.5, None, 2.0], kl_beta=[0.3, 1.0, 2.5], anchor_kl_coeff=[0.2, 0.0, 0.5])
 
 
 def member_rows(seed: int, kind: str, gaussian: bool, n: int, with_mask: bool, dtype) -> dict:
@@ -145,6 +153,8 @@ def member_rows(seed: int, kind: str, gaussian: bool, n: int, with_mask: bool, d
         r["list_signal"] = torch.randn(n, N_ACTIONS, generator=g, dtype=dtype)
     else:
         r["anchor_logp"] = r["action_logp"] + 0.1 * torch.randn(n, generator=g, dtype=dtype)
+    if kind.startswith("adpo"):  # the anchor's distribution inputs (its KL penalty)
+        r["anchor_inputs"] = 0.3 * torch.randn(n, 2 * ACT if gaussian else N_ACTIONS, generator=g, dtype=dtype)
     if with_mask:
         r["loss_mask"] = torch.rand(n, generator=g) > 0.2
     return r
@@ -168,21 +178,25 @@ def build(kind: str, dtype, lr=None, with_mask=False, n=48, minibatch=12, epochs
     return solos, rows, plans, net, opt
 
 
-def run_both(kind: str, dtype, stacked_lr=None, with_mask=False, adpo_kw=None, out=None, stacked_kl_beta=None):
+def run_both(kind: str, dtype, stacked_lr=None, with_mask=False, adpo_kw=None, out=None, stacked_kl_beta=None,
+             anchor_kl=False, stacked_anchor_kl=None):
     """K solo updates and the stacked one; ``out`` (a dict) gets the stacked update's ``terms``
-    and, for ppo_kl, each solo's per-minibatch KLs (``solo_kls``)."""
+    and, for ppo_kl, each solo's per-minibatch KLs (``solo_kls``); ``anchor_kl``: ADPO with
+    each member's ``KNOBS["anchor_kl_coeff"]`` (``stacked_anchor_kl``: other values for the stacked
+    update only)."""
     list_size = 4
     adpo_kw = adpo_kw or {}
     solos, rows, plans, net, opt = build(kind, dtype, lr=stacked_lr, with_mask=with_mask)
     adams = [torch.optim.Adam(s.parameters(), lr=KNOBS["lr"][k]) for k, s in enumerate(solos)]
     solo_kls = [[] for _ in range(K)]
     for k in range(K):
-        kn = {name: v[k] for name, v in KNOBS.items()}
+        kn = {name: v[k] for name, v in KNOBS.items() if anchor_kl or name != "anchor_kl_coeff"}
         solo_update(solos[k], adams[k], kind, kn, rows[k], plans[k], KNOBS["grad_clip"][k], list_size, adpo_kw,
                     solo_kls[k])
     knobs = Knobs.of(K, **{n: KNOBS[n] for n in ("vf_clip_param", "vf_loss_coeff", "entropy_coeff", "clip_param",
                                                   "tau_anc", "beta_q")},
                      kl_beta=KNOBS["kl_beta"] if stacked_kl_beta is None else stacked_kl_beta,
+                     anchor_kl_coeff=(stacked_anchor_kl or KNOBS["anchor_kl_coeff"]) if anchor_kl else None,
                      list_size=list_size, adpo=adpo_kw, dtype=dtype)
     stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
     clip = member_values("grad_clip", KNOBS["grad_clip"], K, off_is=math.inf, dtype=dtype)
@@ -237,6 +251,30 @@ def test_ppo_kl_reports_each_members_mean_kl_over_its_minibatches(kind):
     want = [sum(kls) / len(kls) for kls in out["solo_kls"]]
     assert got == pytest.approx(want, rel=1e-10)
     assert min(want) > 1e-3 and len({round(w, 6) for w in want}) == K  # real, per-member KLs
+
+
+@pytest.mark.parametrize("kind", ["adpo_actions", "adpo_batch"])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_anchor_kl_penalty_with_each_members_coefficient_equals_k_solo_updates(kind, with_mask):
+    """ADPO plus coeff * KL(policy || anchor) (categorical and diagonal Gaussian), member 1's
+    coefficient 0: each member moves as its solo trial with its own coefficient."""
+    assert max_diff(*run_both(kind, torch.float64, with_mask=with_mask, anchor_kl=True)) < 1e-10
+
+
+def test_control_a_perturbed_anchor_kl_coeff_breaks_equality():
+    coeff = list(KNOBS["anchor_kl_coeff"])
+    coeff[1] = 0.01  # member 1's solo has none
+    assert max_diff(*run_both("adpo_batch", torch.float64, anchor_kl=True, stacked_anchor_kl=coeff)) > 1e-6
+
+
+def test_anchor_kl_coeff_knob_is_left_out_at_zero_and_checked():
+    base = dict(vf_clip_param=1.0, vf_loss_coeff=1.0, entropy_coeff=0.0, tau_anc=1.0, beta_q=1.0)
+    assert Knobs.of(K, **base, anchor_kl_coeff=[0.0, 0.0, 0.0]).anchor_kl_coeff is None  # no KL computed
+    assert Knobs.of(K, **base, anchor_kl_coeff=[0.0, 0.3, 0.0]).anchor_kl_coeff.tolist() == pytest.approx([0, 0.3, 0])
+    with pytest.raises(ValueError, match=r"anchor_kl_coeff: every member's value must be >= 0"):
+        Knobs.of(K, **base, anchor_kl_coeff=[0.1, -0.1, 0.0])
+    with pytest.raises(ValueError, match=r"anchor_kl_coeff: an ADPO knob"):
+        Knobs.of(K, vf_clip_param=1.0, vf_loss_coeff=1.0, entropy_coeff=0.0, anchor_kl_coeff=0.1)
 
 
 def test_control_a_perturbed_kl_beta_breaks_equality():

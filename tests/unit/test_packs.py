@@ -80,8 +80,16 @@ def test_ppo_kl_members_share_whether_beta_adapts_not_its_start():
 
 
 def test_a_knob_a_pack_cannot_run_leaves_every_trial_alone():
-    s = spec("auto", adpo={"anchor_kl_coeff": 0.1})
+    s = spec("auto", resources={"learner_update": "rllib"})
     assert s.packs() == [[t] for t in s.trials()]
+
+
+def test_members_pack_across_anchor_kl_coeff():
+    """ADPO's KL penalty to the anchor is a per-member knob: a sweep over it packs as one shape."""
+    s = spec("auto", scenarios=["clean"], sweep={"adpo.anchor_kl_coeff": [0.0, 0.2]})
+    packs = s.packs()
+    assert len(packs) == 1 and len(packs[0]) == len(s.trials())
+    assert {s.knobs(t).anchor_kl_coeff for t in packs[0]} == {0.0, 0.2}
 
 
 def test_trials_from_pretrained_policies_pack_and_find_their_start():
