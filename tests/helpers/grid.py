@@ -96,13 +96,19 @@ def run_py(*args, **kw) -> subprocess.CompletedProcess:
 
 
 def _port_range() -> range:
-    """Ports above Ray's default worker ports (10002-19999) and below the kernel's ephemeral range
-    (``ip_local_port_range``, 32768-60999 by default), from which every bind to port 0 draws."""
+    """Ports outside Ray's default worker ports (10002-19999) and the kernel's ephemeral range
+    (``ip_local_port_range``, 32768-60999 by default), from which every bind to port 0 draws:
+    those below it, else those above it; where that range leaves neither (a thousand ports or
+    more), 20000-29999, and :func:`free_port`'s check alone."""
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    return range(20000, max(low, 21000))
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if low >= 21000:
+        return range(20000, low)
+    if high <= 64535:
+        return range(high + 1, 65536)
+    return range(20000, 30000)
 
 
 def _own_ports(ports: range) -> range:
@@ -134,7 +140,7 @@ def free_port() -> int:
             continue
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind(("", port))  # every address: Ray's GCS listens on all of them
             except OSError:
                 continue
         _given.add(port)
