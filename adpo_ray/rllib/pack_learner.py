@@ -191,6 +191,7 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             entropy_coeff=each("entropy_coeff"), clip_param=each("clip_param") if self.algorithm == "ppo" else None,
             tau_anc=each("tau_anc") if adpo else None, beta_q=each("beta_q") if adpo else None,
             kl_beta=each("kl_beta") if kl_penalty else None,
+            # None (DPO) or absent (a pack config saved before the knob) is no penalty
             anchor_kl_coeff=[m.get("anchor_kl_coeff") or 0.0 for m in members] if adpo else None,
             list_size=cfg.list_size if adpo and not self.list_actions else 0,
             adpo=dict(loss=cfg.adpo_loss, target=cfg.adpo_target, **loss_variants_of(cfg)) if adpo else None,

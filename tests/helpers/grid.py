@@ -96,10 +96,10 @@ def run_py(*args, **kw) -> subprocess.CompletedProcess:
 
 
 def _port_range() -> range:
-    """Ports outside Ray's default worker ports (10002-19999) and the kernel's ephemeral range
-    (``ip_local_port_range``, 32768-60999 by default), from which every bind to port 0 draws:
-    those below it, else those above it; where that range leaves neither (a thousand ports or
-    more), 20000-29999, and :func:`free_port`'s check alone."""
+    """Ports outside Ray's default worker ports (10002-19999) and outside the kernel's ephemeral
+    range (``ip_local_port_range``, 32768-60999 by default), from which every bind to port 0
+    draws: from 20000 up to that range, else above it; where it leaves too little room on either
+    side, 20000-29999, guarded by :func:`free_port`'s check alone."""
     try:
         low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
     except (OSError, ValueError):
@@ -127,8 +127,8 @@ _given: set[int] = set()
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 for a server a test starts (`mlflow server`, `ray start`), not
-    given twice in this test session (xdist workers draw from disjoint shares).
+    """A TCP port free on every address, for a server a test starts (`mlflow server`, `ray start`),
+    not given twice in this test session (xdist workers draw from disjoint shares).
 
     Taken at random from :func:`_port_range`, not by binding port 0: a port from the ephemeral
     range can go to any other process binding port 0 (a Ray agent, a worker, a gRPC client) before

@@ -155,10 +155,11 @@ def yaml_cluster(cluster_yaml: Path, token: str):
     try:
         for role, commands in starts.items():
             assert commands, f"{cluster_yaml.name}: no `ray start` in the {role} start commands"
+            node_dir = f"{temp_dir}/{role[0]}"
             for command in commands:
-                local = localize(command, gcs_port=gcs_port, temp_dir=f"{temp_dir}/{role[0]}",
+                local = localize(command, gcs_port=gcs_port, temp_dir=node_dir,
                                  dash_port=dash_port if role == "head" else None)
-                _start_node(local, env={**env, "HOME": str(homes[role])}, temp_dir=f"{temp_dir}/{role[0]}")
+                _start_node(local, env={**env, "HOME": str(homes[role])}, temp_dir=node_dir)
         # a driver of this cluster: the token mode and the token, as the YAML's docker env gives them
         client_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
         cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", token, client_env, temp_dir)
