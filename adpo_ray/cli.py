@@ -200,7 +200,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
         f"estimated wall time: {took} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
         f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})"
-        f"{'; packs at the speed-ups bench/pack.py measured (CPU)' if packs else ''}\n"
+        f"{'; packs at the speed-ups bench/throughput.py --packs measured (CPU)' if packs else ''}\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
 

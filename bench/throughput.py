@@ -1,13 +1,19 @@
-"""Env steps per second of one grid trial, per environment: the figure behind the wall-time
-estimate of `run_grid.py --dry-run` (`THROUGHPUT` in adpo_ray/orchestration/planning.py).
+"""Env steps per second of one grid trial, per environment, and of trial packs at the preset's own
+shape: the figures behind the wall-time estimate of `run_grid.py --dry-run` (`THROUGHPUT`,
+`STARTUP_S` and `PACK_SPEEDUP` in adpo_ray/orchestration/planning.py).
 
-    python bench/throughput.py [--config twelve_scenarios] [--iterations 11]
+    python bench/throughput.py [--config twelve_scenarios] [--iterations 11] [--packs 4 16]
+                               [--set KEY=VALUE ...]
 
 For each environment of the spec, its first ADPO trial runs through the grid's own trainable
 (`GridTrainable`: RLlib's sampling, learner update and the spec's evaluation schedule) on an
 embedded Ray with exactly the CPUs the trial asks for. The first iteration (building the
-algorithm, first sampling) is timed apart; the rest gives env steps per second. Prints one line
-per env and `ratio=<slowest / fastest env throughput>` last.
+algorithm, first sampling) is timed apart; the rest gives env steps per second. With `--packs
+K ...`, the first K trials of that trial's pack (`ExperimentSpec.packs`: same shape, members
+differing in scenario, anchor and seed) run the same way as one `PackTrainable`; its per-member
+env steps/s over the solo trial's, times K, is the pack's speed-up. `--set` overrides the spec as
+`run_grid.py --set` does (e.g. `--set 'hidden_sizes=[256]'`). Prints one JSON line per env (and
+pack), and `ratio=<slowest / fastest env throughput>` last.
 """
 
 from __future__ import annotations
@@ -17,44 +23,72 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def timed(make, iterations: int) -> tuple[float, float]:
+    """``(seconds from building the trainable to its first result, env steps/s of the rest)``
+    for the trainable ``make()`` builds."""
+    start = time.perf_counter()
+    trainable = make()
+    first = trainable.train()
+    t0, s0 = time.perf_counter(), first["env_steps"]
+    for _ in range(iterations - 1):
+        last = trainable.train()
+    elapsed = time.perf_counter() - t0
+    trainable.stop()
+    return t0 - start, (last["env_steps"] - s0) / elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="twelve_scenarios")
     parser.add_argument("--iterations", type=int, default=11)
+    parser.add_argument("--packs", type=int, nargs="*", default=[], metavar="K", help="pack sizes to time too")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.iterations < 2:
+        parser.error("--iterations must be >= 2 (the first is timed apart)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     from adpo_ray.cli import resolve_config
+    from adpo_ray.orchestration.pack_trainable import PackTrainable
     from adpo_ray.orchestration.planning import plan_trials
     from adpo_ray.orchestration.trainable import GridTrainable
     from adpo_ray.spec import load_spec
 
-    spec = load_spec(resolve_config(args.config))
-    plans = plan_trials(spec)
+    spec = load_spec(resolve_config(args.config), args.sets)
+    plans = plan_trials(spec.model_copy(update={"resources": spec.resources.model_copy(update={"pack": 1})}))
     cpus = max(p.required.get("CPU", 1) for p in plans)
     ray.init(num_cpus=int(cpus), include_dashboard=False, log_to_driver=False)
+    spec_dict = spec.model_dump(mode="json", by_alias=True)
     rates = {}
     for env in spec.environments:
         trial = next(p.trial for p in plans if p.trial.env == env and p.trial.algorithm == "adpo")
-        config = {"spec": spec.model_dump(mode="json", by_alias=True), "trial": trial.as_dict()}
-        start = time.perf_counter()
-        trainable = GridTrainable(config)
-        first = trainable.train()
-        t0, s0 = time.perf_counter(), first["env_steps"]
-        for _ in range(args.iterations - 1):
-            last = trainable.train()
-        elapsed = time.perf_counter() - t0
-        rates[env] = (last["env_steps"] - s0) / elapsed
-        trainable.stop()
+        config = {"spec": spec_dict, "trial": trial.as_dict()}
+        setup_s, rates[env] = timed(partial(GridTrainable, config), args.iterations)
         print(json.dumps({"env": env, "trial": trial.tag, "cpus": plans[0].required.get("CPU"),
-                          "setup_and_first_iteration_s": round(t0 - start, 2),
-                          "env_steps_per_s": round(rates[env], 1)}))
+                          "setup_and_first_iteration_s": round(setup_s, 2),
+                          "env_steps_per_s": round(rates[env], 1)}), flush=True)
+        if args.packs:
+            mates = next(p for p in spec.model_copy(update={"resources": spec.resources.model_copy(
+                update={"pack": max(args.packs)})}).packs() if trial in p)
+        for k in args.packs:
+            members = mates[:k]
+            if len(members) < k:
+                print(json.dumps({"env": env, "K": k, "skipped": f"its pack has {len(mates)} members"}))
+                continue
+            config = {"spec": spec_dict, "trials": [t.as_dict() for t in members]}
+            setup_s, rate = timed(partial(PackTrainable, config), args.iterations)
+            per_member = rate / k
+            print(json.dumps({"env": env, "K": k, "hidden": trial.hidden_size,
+                              "setup_and_first_iteration_s": round(setup_s, 2),
+                              "per_member_env_steps_per_s": round(per_member, 1),
+                              "speedup": round(per_member * k / rates[env], 2)}), flush=True)
     ray.shutdown()
     print(f"ratio={min(rates.values()) / max(rates.values()):.3f}")
 

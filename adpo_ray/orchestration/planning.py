@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from adpo_ray.spec import ExperimentSpec, TrialKnobs, TrialSpec, pack_dirname
@@ -249,14 +250,16 @@ def resolve_learner_gpus(spec: ExperimentSpec, capacity: Capacity) -> Experiment
 
 
 # -- what a grid costs ---------------------------------------------------------------------------
-#: Env steps per second of one trial as the paper-scale preset runs it (an env runner and the
-#: learner, 2 CPUs; 10 epochs of minibatch 64 on MuJoCo), evaluation included: measured by
-#: `python bench/throughput.py --config twelve_scenarios` on a 2-core machine (README
-#: "Resources"). Pass --steps-per-second to plan with a figure of your own.
-THROUGHPUT = {"PreferenceBandit": 870.0, "HalfCheetah-v5": 589.0, "Hopper-v5": 904.0}
-#: Seconds from a trial's start to its first result (building the algorithm), same bench.
-STARTUP_S = {"PreferenceBandit": 6.2, "HalfCheetah-v5": 7.4, "Hopper-v5": 11.4}
-THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial on a 2-core machine"
+#: Env steps per second of one trial as the paper-scale preset runs it (sampling in its own
+#: process, 1 CPU; 10 epochs of minibatch 64 on MuJoCo), evaluation included: the slower of hidden
+#: 64 and 256, measured by `python bench/throughput.py --config twelve_scenarios [--set
+#: 'hidden_sizes=[256]']` on a 2-core machine (docs/results/benchmarks.md, "Capacity plan"). Pass
+#: --steps-per-second to plan with a figure of your own.
+THROUGHPUT = {"PreferenceBandit": 1354.0, "HalfCheetah-v5": 981.0, "Hopper-v5": 1160.0}
+#: Seconds from a trial's start to its first result (building the algorithm, its first
+#: iteration), same bench: the largest of a solo trial and a pack of 16 at either hidden size.
+STARTUP_S = {"PreferenceBandit": 2.1, "HalfCheetah-v5": 13.7, "Hopper-v5": 13.3}
+THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial (1 CPU) on a 2-core machine"
 #: Dataset states per second of one distillation student (2 at once on 2 cores, 2,048 states per
 #: iteration, a 5-episode clean evaluation every 20 iterations included): the distill_check
 #: students of the n-step check (README "Offline distillation"), on a 2-core machine otherwise quiet.
@@ -265,27 +268,34 @@ STUDENT_THROUGHPUT = {"HalfCheetah-v5": 13_300.0, "Hopper-v5": 31_500.0}
 STUDENT_THROUGHPUT_SOURCE = "dataset states/s measured on distill_check students on a 2-core machine"
 
 
-#: A trial pack's speed-up over running its K members one after another (whole training
-#: iterations: sampling, learning, each member's evaluation), by env kind, hidden size and K:
-#: ``bench/pack.py`` on a 2-core CPU machine (docs/results/benchmarks.md, "Trial packs"). Hopper
-#: is priced as HalfCheetah (not measured); a GPU learner was not measured.
+#: A trial pack's speed-up over running its K members one after another as solo trials (whole
+#: training iterations of the grid's own trainables: sampling, learning, each member's evaluation
+#: on the spec's schedule), by env, hidden size and K: ``bench/throughput.py --packs 4 16`` on the
+#: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack) on a 2-core CPU
+#: machine (docs/results/benchmarks.md, "Capacity plan"). A GPU learner was not measured.
 PACK_SPEEDUP = {
-    "bandit": {64: {4: 6.0, 16: 6.7, 64: 11.2}, 256: {4: 2.1, 16: 2.6, 64: 2.9}},
-    "mujoco": {64: {4: 3.2, 16: 5.2}, 256: {4: 2.7, 16: 3.1}},
+    "PreferenceBandit": {64: {4: 1.59, 16: 1.89}, 256: {4: 1.53, 16: 1.53}},
+    "HalfCheetah-v5": {64: {4: 1.81, 16: 2.13}, 256: {4: 1.67, 16: 2.45}},
+    "Hopper-v5": {64: {4: 1.85, 16: 2.63}, 256: {4: 1.44, 16: 1.92}},
 }
 
 
 def pack_speedup(env: str, hidden_size: int, members: int) -> float:
     """The measured speed-up (:data:`PACK_SPEEDUP`) of a pack of ``members`` trials of
-    ``hidden_size`` on ``env``, read conservatively: the row of the smallest measured hidden size
-    at least ``hidden_size`` (the largest above all), the largest measured K at most ``members``
-    (1.0 below the smallest K: no speed-up assumed)."""
-    from adpo_ray.envs import ENVIRONMENTS
-
-    rows = PACK_SPEEDUP[ENVIRONMENTS[env]["kind"]]
+    ``hidden_size`` on ``env``: the row of the smallest measured hidden size
+    at least ``hidden_size`` (the largest above all); between measured K (and from K=1, a solo
+    trial: 1.0, to the smallest), the straight line between its neighbours, which lies under the
+    speed-up as long as each added member gains less than the one before; above the largest
+    measured K, that K's figure. 1.0 (none assumed) for an env without figures."""
+    rows = PACK_SPEEDUP.get(env)
+    if not rows or members <= 1:
+        return 1.0
     hidden = min((h for h in rows if h >= hidden_size), default=max(rows))
-    measured = [k for k in rows[hidden] if k <= members]
-    return rows[hidden][max(measured)] if measured else 1.0
+    points = sorted({1: 1.0, **rows[hidden]}.items())
+    for (k0, s0), (k1, s1) in pairwise(points):
+        if members <= k1:
+            return s0 + (s1 - s0) * (members - k0) / (k1 - k0)
+    return points[-1][1]
 
 
 def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_second: dict[str, float],

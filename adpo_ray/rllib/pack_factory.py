@@ -102,6 +102,10 @@ class PackResultCallbacks(CleanMetricsCallbacks):
     """:class:`CleanMetricsCallbacks` for a pack: the bandit's WinMass per member, in
     ``eval/member/<k>/winmass`` (a solo trial's is ``eval/winmass``)."""
 
+    def on_episode_end(self, **kwargs) -> None:
+        """Nothing: :class:`~adpo_ray.rllib.packed.PackCallbacks` logs each member's clean return
+        (a mean over every member's episodes, which no result reads, cost a log call per episode)."""
+
     def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
         members = list((algorithm.config.env_config or {}).get("members") or [])
         if not members or ENVIRONMENTS.get(members[0].get("env", ""), {}).get("kind") != "bandit":

@@ -184,16 +184,26 @@ def test_the_dry_run_shows_the_packs(capsys, tmp_path):
 
 
 def test_a_pack_is_priced_at_its_measured_speed_up_read_conservatively():
-    """The wall-time estimate prices a pack at bench/pack.py's speed-up for its env kind, the
-    smallest measured hidden size at least its own, the largest measured K at most its size."""
+    """The wall-time estimate prices a pack at bench/throughput.py's speed-up for its env, the
+    smallest measured hidden size at least its own, and between measured sizes K (from K=1, a
+    solo trial at 1.0) the straight line between them."""
     from adpo_ray.orchestration.planning import PACK_SPEEDUP, pack_speedup
 
-    assert pack_speedup("PreferenceBandit", 64, 16) == PACK_SPEEDUP["bandit"][64][16] == 6.7
-    assert pack_speedup("PreferenceBandit", 128, 16) == 2.6  # priced as hidden 256
-    assert pack_speedup("PreferenceBandit", 1024, 70) == 2.9  # above every measured size: the largest
-    assert pack_speedup("HalfCheetah-v5", 64, 15) == 3.2  # K=15: the K=4 figure
-    assert pack_speedup("Hopper-v5", 32, 16) == 5.2  # Hopper priced as HalfCheetah
-    assert pack_speedup("HalfCheetah-v5", 64, 3) == 1.0  # below every measured K: none assumed
+    rows = PACK_SPEEDUP["HalfCheetah-v5"]
+    assert sorted(rows) == [64, 256] and all(sorted(r) == [4, 16] for r in rows.values())
+    assert pack_speedup("HalfCheetah-v5", 64, 16) == rows[64][16]
+    assert pack_speedup("HalfCheetah-v5", 64, 4) == rows[64][4]
+    assert pack_speedup("HalfCheetah-v5", 128, 16) == rows[256][16]  # priced as hidden 256
+    assert pack_speedup("HalfCheetah-v5", 32, 16) == rows[64][16]
+    assert pack_speedup("HalfCheetah-v5", 1024, 70) == rows[256][16]  # above every measured size and K
+    assert pack_speedup("HalfCheetah-v5", 64, 10) == pytest.approx(rows[64][4] + (rows[64][16] - rows[64][4]) * 6 / 12)
+    assert pack_speedup("HalfCheetah-v5", 64, 2) == pytest.approx(1 + (rows[64][4] - 1) / 3)  # from a solo's 1.0
+    assert pack_speedup("HalfCheetah-v5", 64, 1) == 1.0
+    assert pack_speedup("NotMeasured-v0", 64, 16) == 1.0  # no figures: no speed-up assumed
+    for env, by_hidden in PACK_SPEEDUP.items():  # every figure a speed-up, growing with K
+        for by_k in by_hidden.values():
+            figures = [by_k[k] for k in sorted(by_k)]
+            assert figures == sorted(figures) and figures[0] >= 1.0, (env, by_k)
 
 
 def test_tensorboards_warning_about_a_packs_members_is_dropped_and_others_kept(monkeypatch):
