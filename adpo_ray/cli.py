@@ -108,7 +108,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     the work and the estimated wall time."""
     from collections import Counter
 
-    from adpo_ray.orchestration.planning import STARTUP_S, estimate_wall_time
+    from adpo_ray.orchestration.planning import STARTUP_S, env_figure, estimate_wall_time
 
     console = _console()
     # one row per env, method, bundle and budget; a pack's members count as trials, each showing
@@ -164,7 +164,8 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     gpu_trials = sum(1 for p in plans if p.required.get("GPU"))
     device = (f"learners: {gpu_trials} Tune trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "
               f"(resources.learner_device: {spec.resources.learner_device})")
-    seconds = estimate_wall_time(plans, concurrency, steps_per_second, STARTUP_S)
+    startup = {env: env_figure(STARTUP_S, env, slowest=max)[0] for env in spec.environments}
+    seconds = estimate_wall_time(plans, concurrency, steps_per_second, startup)
     took = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{max(1, round(seconds / 60))} min"
     rates = ", ".join(f"{env} {steps_per_second[env]:,.0f}" for env in spec.environments)
     axes = spec.grid_axes()
@@ -199,7 +200,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"cluster at full scale: {capacity.describe()}\n"
         f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
         f"estimated wall time: {took} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
-        f"{min(STARTUP_S.values()):g}-{max(STARTUP_S.values()):g} s to start each ({sps_source})"
+        f"{min(startup.values()):g}-{max(startup.values()):g} s to start each ({sps_source})"
         f"{'; packs at the speed-ups bench/throughput.py --packs measured (CPU)' if packs else ''}\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
@@ -353,6 +354,7 @@ def dry_run(spec, options, args, plans) -> int:
         THROUGHPUT_SOURCE,
         capacity_from_yaml,
         check_fits,
+        env_figure,
         max_concurrent,
         plan_trials,
         resolve_learner_gpus,
@@ -366,10 +368,12 @@ def dry_run(spec, options, args, plans) -> int:
     concurrency = max_concurrent(plans, capacity, options.max_concurrent or spec.resources.max_concurrent_trials)
     if args.steps_per_second:
         sps, source = dict.fromkeys(spec.environments, args.steps_per_second), "--steps-per-second"
-    elif spec.distill is not None:
-        sps, source = {env: STUDENT_THROUGHPUT[env] for env in spec.environments}, STUDENT_THROUGHPUT_SOURCE
     else:
-        sps, source = {env: THROUGHPUT[env] for env in spec.environments}, THROUGHPUT_SOURCE
+        table, source = ((STUDENT_THROUGHPUT, STUDENT_THROUGHPUT_SOURCE) if spec.distill is not None
+                         else (THROUGHPUT, THROUGHPUT_SOURCE))
+        figures = {env: env_figure(table, env) for env in spec.environments}
+        sps = {env: rate for env, (rate, _) in figures.items()}
+        source = "; ".join([source, *(note for _, note in figures.values() if note)])
     print_plan(spec, plans, options, capacity, concurrency, sps, source)
     return 0
 

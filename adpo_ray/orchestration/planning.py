@@ -268,6 +268,22 @@ STUDENT_THROUGHPUT = {"HalfCheetah-v5": 13_300.0, "Hopper-v5": 31_500.0}
 STUDENT_THROUGHPUT_SOURCE = "dataset states/s measured on distill_check students on a 2-core machine"
 
 
+def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, str | None]:
+    """``table[env]`` (a per-env figure: :data:`THROUGHPUT`, :data:`STARTUP_S`,
+    :data:`STUDENT_THROUGHPUT`) and None; for an env the table lacks (one added to
+    :data:`~adpo_ray.envs.ENVIRONMENTS` after the figures were measured), the ``slowest`` figure
+    (``min`` for a rate, ``max`` for a time) of the measured envs of its kind, else of every
+    measured env, and a note that says so."""
+    from adpo_ray.envs import ENVIRONMENTS
+
+    if env in table:
+        return table[env], None
+    kind = ENVIRONMENTS.get(env, {}).get("kind")
+    alike = [e for e in table if ENVIRONMENTS.get(e, {}).get("kind") == kind] or list(table)
+    stand_in = slowest(alike, key=table.__getitem__)
+    return table[stand_in], f"{env}: not measured, priced as {stand_in}"
+
+
 #: A trial pack's speed-up over running its K members one after another as solo trials (whole
 #: training iterations of the grid's own trainables: sampling, learning, each member's evaluation
 #: on the spec's schedule), by env, hidden size and K: ``bench/throughput.py --packs 4 16`` on the

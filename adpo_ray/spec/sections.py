@@ -16,7 +16,7 @@ from adpo_ray.core.losses import LOSSES, TAU_MIN
 from adpo_ray.core.targets import TARGETS
 from adpo_ray.envs import ENVIRONMENTS
 
-EnvName = Literal["PreferenceBandit", "HalfCheetah-v5", "Hopper-v5"]
+EnvName = Literal[tuple(ENVIRONMENTS)]  # every env of adpo_ray.envs.ENVIRONMENTS
 Algorithm = Literal["adpo", "ppo", "ppo_kl", "dpo", "kd", "bc"]
 PosFloat = Annotated[float, Field(gt=0, le=1e6)]
 NonNegFloat = Annotated[float, Field(ge=0, le=1e6)]
@@ -29,7 +29,6 @@ LEARNER_UPDATES = ("fused", "rllib")
 #: The optimisers of every learner (``train.optimizer``); the first is the default.
 OPTIMIZERS = ("adam", "adamw")
 
-assert set(EnvName.__args__) == set(ENVIRONMENTS)  # one list of environments
 assert set(LOSSES) == {"listwise", "plackett_luce", "pairwise", "dpo"} and set(TARGETS) == {"softmax", "kde", "hard"}
 
 

@@ -67,3 +67,40 @@ def test_run_tags_name_every_coordinate():
 def test_chunk_sizes(total, chunks, expected):
     assert chunk_sizes(total, chunks) == expected
     assert sum(chunk_sizes(total, chunks)) == total
+
+
+def test_an_env_without_measured_figures_is_priced_as_the_slowest_of_its_kind(monkeypatch):
+    from adpo_ray.envs import ENVIRONMENTS
+    from adpo_ray.orchestration.planning import STARTUP_S, THROUGHPUT, env_figure
+
+    monkeypatch.setitem(ENVIRONMENTS, "Walker2d-v5", {"kind": "mujoco", "list_source": "batch"})
+    assert env_figure(THROUGHPUT, "Hopper-v5") == (THROUGHPUT["Hopper-v5"], None)
+    slowest = min(("HalfCheetah-v5", "Hopper-v5"), key=THROUGHPUT.__getitem__)
+    assert env_figure(THROUGHPUT, "Walker2d-v5") == (THROUGHPUT[slowest], f"Walker2d-v5: not measured, priced as {slowest}")
+    longest = max(("HalfCheetah-v5", "Hopper-v5"), key=STARTUP_S.__getitem__)
+    assert env_figure(STARTUP_S, "Walker2d-v5", slowest=max)[0] == STARTUP_S[longest]
+    # an env of no measured kind: the slowest of every measured env
+    assert env_figure({"PreferenceBandit": 5.0, "Hopper-v5": 2.0}, "Unlisted-v0") == (2.0, "Unlisted-v0: not measured, priced as Hopper-v5")
+
+
+def test_dry_run_of_an_env_added_to_the_list_prices_it_and_says_so(tmp_path):
+    """docs/extending.md: add an env to ENVIRONMENTS (one list; the spec reads it) and dry-run it
+    first. Here in a fresh process, the env added before the spec is imported."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = tmp_path / "walker.yaml"
+    spec.write_text(yaml.safe_dump({"name": "walker", "environments": ["Walker2d-v5"], "scenarios": ["gaussian-low"],
+                                    "algorithms": ["adpo"], "budget": {"env_steps": 20000}}))
+    code = (
+        "import sys; from adpo_ray.envs import ENVIRONMENTS, mujoco; "
+        "ENVIRONMENTS['Walker2d-v5'] = {'kind': 'mujoco', 'list_source': 'batch'}; "
+        "mujoco.REWARD_SCALE['Walker2d-v5'] = 1.0; from adpo_ray.cli import main; "
+        f"sys.exit(main(['grid', '--config', '{spec}', '--dry-run', '--storage-path', '{tmp_path / 'rr'}']))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Walker2d-v5: not measured, priced as " in res.stdout and "estimated wall time:" in res.stdout
+    assert not (tmp_path / "rr").exists()
