@@ -29,7 +29,7 @@ __all__ = [
     "builds_own_filters", "built_filters",
     "has_lr_schedulers", "has_grad_scalers", "compiles_complete_update", "check_is_built",
     "next_weights_seq_no", "weights_seq_no", "multi_agent_batch", "learner_connector",
-    "seed_next_reset",
+    "seed_next_reset", "take_initial_reset_seed", "count_sampled",
 ]
 
 #: The Ray release every adapter here (and in :mod:`adpo_ray.orchestration._ray_private`) was
@@ -43,7 +43,7 @@ PRIVATE_NAMES = frozenset({
     "_init_new_filters", "_multi_agent", "_update_stats", "_global_registry",
     "_lr_scheduler_classes", "_grad_scalers", "_torch_compile_complete_update",
     "_check_is_built", "_weights_seq_no", "_make_batch_if_necessary", "_learner_connector",
-    "_needs_initial_reset",
+    "_needs_initial_reset", "_seed", "_increase_sampled_metrics",
 })
 
 
@@ -98,6 +98,22 @@ def seed_next_reset(env_runner) -> None:
     Ray 2.60.0): an evaluation by timesteps then starts from the episodes a solo trial's
     evaluation by episodes starts from."""
     env_runner._needs_initial_reset = True
+
+
+def take_initial_reset_seed(env_runner) -> tuple[bool, int | None]:
+    """Whether the env runner's next reset is its first, seeded one, and that seed
+    (``SingleAgentEnvRunner._needs_initial_reset`` and ``_seed``, Ray 2.60.0); marks it taken, as
+    the runner's own reset does."""
+    needed = bool(env_runner._needs_initial_reset)
+    env_runner._needs_initial_reset = False
+    return needed, env_runner._seed
+
+
+def count_sampled(env_runner, num_steps: int, num_episodes: int) -> None:
+    """Log ``num_steps`` env (agent, module) steps and ``num_episodes`` finished episodes sampled,
+    per call and over the runner's lifetime, under RLlib's own names
+    (``SingleAgentEnvRunner._increase_sampled_metrics``, Ray 2.60.0)."""
+    env_runner._increase_sampled_metrics(num_steps, num_episodes)
 
 
 def env_to_module(env_runner):

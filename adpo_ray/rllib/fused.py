@@ -138,7 +138,7 @@ class FusedUpdateMixin(OptimizerLearnerMixin):
         training_data.validate()
         training_data.solve_refs()
         rp.next_weights_seq_no(self)
-        ma_batch = rp.multi_agent_batch(self, training_data)
+        ma_batch = self.fused_train_batch(training_data)
         for module_id, module_batch in list(ma_batch.policy_batches.items()):
             if not self.should_module_be_updated(module_id, ma_batch):
                 continue
@@ -238,6 +238,10 @@ class FusedUpdateMixin(OptimizerLearnerMixin):
             log((module_id, DIFF_NUM_GRAD_UPDATES_VS_SAMPLER_POLICY), float(masked_mean(lag, data.get(Columns.LOSS_MASK))), window=1)
 
     # -- what subclasses give -------------------------------------------------------------
+    def fused_train_batch(self, training_data):
+        """The update's ``MultiAgentBatch``: RLlib's (episodes through the learner connector)."""
+        return rp.multi_agent_batch(self, training_data)
+
     def fused_columns(self, config) -> frozenset[str]:
         """The batch columns the minibatch loss reads (the rest is never gathered)."""
         return frozenset({Columns.OBS, Columns.ACTIONS, Columns.LOSS_MASK})

@@ -35,6 +35,7 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from adpo_ray.envs import ENVIRONMENTS, bandit_problem, winmass
 from adpo_ray.metrics import EVAL_GROUP, MEMBER_GROUP, WINMASS_KEY
 from adpo_ray.rllib import _ray_private as rp
+from adpo_ray.rllib.bandit_runner import BanditPackEnvRunner
 from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
 from adpo_ray.rllib.factory import build_algo_config, model_config
 from adpo_ray.rllib.pack_learner import PACK_ALGORITHM, PACK_MEMBERS, PackedLearner, member_knobs
@@ -74,6 +75,8 @@ def build_pack_config(knobs: list) -> AlgorithmConfig:
     config.rl_module(rl_module_spec=RLModuleSpec(
         module_class=PackedTorchRLModule,
         model_config=pack_model_config(model_config(first.trial.hidden_size), [kn.trial.seed for kn in knobs])))
+    if first.kind == "bandit":  # one-step episodes: sampled as columns (see bandit_runner)
+        config.env_runners(env_runner_cls=BanditPackEnvRunner)
     if first.kind == "mujoco":
         clean = {**config.env_config, "members": [{**m, "scenario": "clean"} for m in members]}
         config.evaluation(

@@ -51,6 +51,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
 
@@ -79,6 +80,7 @@ from adpo_ray.metrics import (
     MEMBER_GROUP,
 )
 from adpo_ray.rllib import _ray_private as rp
+from adpo_ray.rllib.bandit_runner import BanditColumns
 from adpo_ray.rllib.connectors import LIST_SIGNAL
 from adpo_ray.rllib.distill import loss_variants_of
 from adpo_ray.rllib.fused import FusedUpdateMixin
@@ -110,6 +112,25 @@ def member_knobs(*, seed: int, lr: float, grad_clip: float | None, entropy_coeff
             "kl_target": kl_target, "anchor_kl_coeff": anchor_kl_coeff}
 
 
+def member_gae(values: np.ndarray, rewards: np.ndarray, terminateds: np.ndarray, truncateds: np.ndarray,
+               member: np.ndarray, *, gamma: float, lambda_: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(value targets, advantages)``, each ``(B,)`` like ``values``: RLlib's GAE
+    (``compute_value_targets``) over each member's rows alone, in batch order, and the
+    advantages standardised over that member's rows, as RLlib standardises a solo batch's."""
+    targets, advantages = np.empty_like(values), np.empty_like(values)
+    for k in np.unique(member):
+        # the member's rows in batch order are its solo batch (its episodes, in order): GAE runs
+        # over them alone, as RLlib's runs over the solo batch (an episode's artificial last step
+        # reads the row after it, which must be the member's own)
+        rows = np.flatnonzero(member == k)
+        t = compute_value_targets(values=values[rows], rewards=rewards[rows], terminateds=terminateds[rows],
+                                  truncateds=truncateds[rows], gamma=gamma, lambda_=lambda_)
+        a = t - values[rows]
+        targets[rows] = t
+        advantages[rows] = (a - a.mean()) / max(1e-4, a.std())
+    return targets, advantages
+
+
 class PackedGAE(ConnectorV2):
     """RLlib's ``GeneralAdvantageEstimation`` for a pack: values from each row's own member's value
     network (the ``member`` column), GAE over each member's rows alone, as RLlib computes it over
@@ -137,17 +158,8 @@ class PackedGAE(ConnectorV2):
             rewards, terminateds, truncateds = (convert_to_numpy(module_batch[c]) for c in (
                 Columns.REWARDS, Columns.TERMINATEDS, Columns.TRUNCATEDS))
             member = convert_to_numpy(module_batch[MEMBER])
-            targets, advantages = np.empty_like(values), np.empty_like(values)
-            for k in np.unique(member):
-                # the member's rows in batch order are its solo batch (its episodes, in order):
-                # GAE runs over them alone, as RLlib's runs over the solo batch (an episode's
-                # artificial last step reads the row after it, which must be the member's own)
-                rows = np.flatnonzero(member == k)
-                t = compute_value_targets(values=values[rows], rewards=rewards[rows], terminateds=terminateds[rows],
-                                          truncateds=truncateds[rows], gamma=self.gamma, lambda_=self.lambda_)
-                a = t - values[rows]
-                targets[rows] = t
-                advantages[rows] = (a - a.mean()) / max(1e-4, a.std())
+            targets, advantages = member_gae(values, rewards, terminateds, truncateds, member,
+                                             gamma=self.gamma, lambda_=self.lambda_)
             results[module_id] = {Columns.ADVANTAGES: advantages, Columns.VALUE_TARGETS: targets}
         if self._to_tensor is None:
             self._to_tensor = NumpyToTensor(as_learner_connector=True, device=device)
@@ -253,6 +265,54 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         if isinstance(gen, np.random.RandomState):
             return gen.permutation
         return lambda n: torch.randperm(n, generator=gen, device=gen.device)
+
+    # -- the train batch -------------------------------------------------------------------------
+    def fused_train_batch(self, training_data):
+        """RLlib's train batch, or, for a bandit pack's columns
+        (:class:`~adpo_ray.rllib.bandit_runner.BanditColumns`), :meth:`columns_batch`."""
+        episodes = training_data.episodes
+        if episodes and all(isinstance(e, BanditColumns) for e in episodes):
+            return self.columns_batch(episodes)
+        return super().fused_train_batch(training_data)
+
+    def columns_batch(self, samples: list[BanditColumns]) -> MultiAgentBatch:
+        """The train batch RLlib's learner pipeline makes from ``samples``' steps as one-step
+        episodes, in their order: per step its row and the artificial, masked row PPO's learner
+        adds to each episode (the next observation, reward 0, the action and its outputs
+        repeated, not done), the ``member`` column, and GAE per member (:func:`member_gae`) with
+        values from each member's value network."""
+        c = {f: np.concatenate([getattr(x, f) for x in samples]) for f in (
+            "obs", "next_obs", "actions", "rewards", "terminated", "action_logp", "action_dist_inputs",
+            "list_signal", "member")}
+
+        def pair(real: np.ndarray, artificial: np.ndarray) -> np.ndarray:
+            out = np.empty((2 * len(real), *real.shape[1:]), dtype=real.dtype)
+            out[0::2], out[1::2] = real, artificial
+            return out
+
+        done = c["terminated"]
+        cols = {
+            Columns.OBS: pair(c["obs"], c["next_obs"]), Columns.ACTIONS: pair(c["actions"], c["actions"]),
+            Columns.REWARDS: pair(c["rewards"], np.zeros_like(c["rewards"])),
+            Columns.TERMINATEDS: pair(done, np.zeros_like(done)), Columns.TRUNCATEDS: pair(~done, np.zeros_like(done)),
+            Columns.LOSS_MASK: pair(np.ones_like(done), np.zeros_like(done)),
+            Columns.ACTION_LOGP: pair(c["action_logp"], c["action_logp"]),
+            Columns.ACTION_DIST_INPUTS: pair(c["action_dist_inputs"], c["action_dist_inputs"]),
+            MEMBER: pair(c["member"], c["member"]),
+        }
+        if self.list_actions:
+            cols[LIST_SIGNAL] = pair(c["list_signal"], c["list_signal"])
+        module = self.module[DEFAULT_MODULE_ID]
+        device = self.pack_module.theta.device
+        tensors = {k: torch.from_numpy(v).to(device) for k, v in cols.items()}
+        with torch.no_grad():
+            values = convert_to_numpy(module.compute_values({Columns.OBS: tensors[Columns.OBS], MEMBER: tensors[MEMBER]}))
+        targets, advantages = member_gae(values, cols[Columns.REWARDS], cols[Columns.TERMINATEDS],
+                                         cols[Columns.TRUNCATEDS], cols[MEMBER], gamma=self.config.gamma,
+                                         lambda_=self.config.lambda_)
+        tensors[Columns.VALUE_TARGETS] = torch.from_numpy(targets).to(device)
+        tensors[Columns.ADVANTAGES] = torch.from_numpy(advantages).to(device)
+        return MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(tensors)}, env_steps=len(cols[Columns.ACTIONS]))
 
     # -- the update ----------------------------------------------------------------------------
     def update(self, *args, data_iterators=None, num_total_minibatches=0, **kwargs):

@@ -8,6 +8,7 @@ import dataclasses
 
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from adpo_ray.orchestration.tracking import PACK_CHECKPOINT_TAG, PACK_MEMBER_TAG, PACK_TAG
@@ -63,11 +64,19 @@ def member_knobs(env, algorithm, modes, scenarios=("clean", "gaussian-high", "sh
     return out
 
 
+def sampling_episodes(config):
+    """``config`` sampling with RLlib's ``SingleAgentEnvRunner`` (episodes), which a bandit pack
+    replaces by its columns (``BanditPackEnvRunner``, whose train batch is the episodes' one:
+    tests/integration/test_bandit_runner.py)."""
+    return config.env_runners(env_runner_cls=SingleAgentEnvRunner)
+
+
 def build(config, shuffle):
-    """The algorithm of ``config`` without evaluation; ``shuffle``: its ``fused_shuffle`` ("device" or "rllib")."""
+    """The algorithm of ``config`` without evaluation, sampling episodes (:func:`sampling_episodes`);
+    ``shuffle``: its ``fused_shuffle`` ("device" or "rllib")."""
     config.evaluation(evaluation_interval=None)
     config.training(fused_shuffle=shuffle)
-    return config.build_algo()
+    return sampling_episodes(config).build_algo()
 
 
 def learner(algo):

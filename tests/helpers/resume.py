@@ -110,13 +110,28 @@ def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: 
               signal_: int = signal.SIGKILL, group: bool = True, what: str = "the kill point") -> None:
     """As soon as ``condition()`` holds (see :func:`wait_until`), SIGKILL ``proc``'s process group
     and wait for it; or send ``signal_`` to ``proc`` alone (``group=False``: e.g. SIGINT, which the
-    caller then waits out)."""
-    wait_until(proc, condition, timeout=timeout, poll=poll, what=what)
-    if group:
-        os.killpg(proc.pid, signal_)
-        proc.wait()
-    else:
+    caller then waits out).
+
+    For the group, ``condition()`` is judged again with the group stopped (SIGSTOP): what it read
+    (Tune's snapshot, MLflow's store) cannot change between that judgement and the kill, however
+    fast the grid runs. If it no longer holds, the group goes on (SIGCONT) and so does the polling."""
+    if not group:
+        wait_until(proc, condition, timeout=timeout, poll=poll, what=what)
         os.kill(proc.pid, signal_)
+        return
+
+    def holds_while_stopped() -> bool:
+        if not condition():
+            return False
+        os.killpg(proc.pid, signal.SIGSTOP)
+        if condition():
+            return True
+        os.killpg(proc.pid, signal.SIGCONT)
+        return False
+
+    wait_until(proc, holds_while_stopped, timeout=timeout, poll=poll, what=what)
+    os.killpg(proc.pid, signal_)
+    proc.wait()
 
 
 def resume(run_dir: Path, *args: str, expect: str, cwd: Path, env=None, timeout: float = 900) -> subprocess.CompletedProcess:

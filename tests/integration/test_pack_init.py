@@ -31,6 +31,7 @@ from ..helpers.packs import (
     max_diff,
     member_knobs,
     pack_states,
+    sampling_episodes,
     solo_state,
     split,
     update,
@@ -80,7 +81,7 @@ def test_pack_members_start_from_a_checkpoint_as_their_solo_trials(ray_local, tm
     assert (saved_filter is not None) == (env != "PreferenceBandit")  # MuJoCo's observations are filtered
     knobs = member_knobs(env, "adpo", modes, **adpo)
     k = len(knobs)
-    pack = build_pack_config(knobs).build_algo()  # MuJoCo's evaluation env runner included
+    pack = sampling_episodes(build_pack_config(knobs)).build_algo()  # MuJoCo's evaluation env runner included
     solos = [build(build_algo_config(kn), "device") for kn in knobs]
     try:
         fresh = pack_states(pack)
