@@ -87,7 +87,7 @@ def main() -> None:
             per_member = rate / k
             print(json.dumps({"env": env, "K": k, "hidden": trial.hidden_size,
                               "setup_and_first_iteration_s": round(setup_s, 2),
-                              "per_member_env_steps_per_s": round(per_member, 1),
+                              "pack_env_steps_per_s": round(rate, 1), "per_member_env_steps_per_s": round(per_member, 1),
                               "speedup": round(per_member * k / rates[env], 2)}), flush=True)
     ray.shutdown()
     print(f"ratio={min(rates.values()) / max(rates.values()):.3f}")

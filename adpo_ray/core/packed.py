@@ -491,9 +491,11 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     (member ``k``'s :func:`~adpo_ray.core.minibatches.minibatch_plan`, stacked); ``loss_fn``:
     :func:`ppo_terms`, :func:`ppo_kl_terms` or :func:`adpo_terms`; ``grad_clip`` ``(K,)`` (``inf``: off). Per minibatch:
     gather, loss, gradient, per-member clip, Adam (a member whose gradient is not finite, e.g.
-    from a NaN in its rows or a minibatch with no valid row, skips that step). For ADPO's ``list_source: batch`` with a
-    ``loss_mask``, each minibatch's valid rows go first and its lists get a mask (as the fused
-    learner's plan does). Returns ``(terms, skipped)``: the mean over
+    from a NaN in its rows or a minibatch with no valid row, skips that step). With a
+    ``loss_mask``, each minibatch's valid rows go first: for ADPO's ``list_source: batch`` its lists
+    get a mask (as the fused learner's plan does); otherwise every minibatch is cut to the most
+    valid rows any active minibatch has (the masked means are the same, the masked rows' work is
+    saved). Returns ``(terms, skipped)``: the mean over
     minibatches of ``(K, 2 + T)`` [total, grad norm, *the loss function's T terms] and ``(K,)`` counts of skipped steps.
 
     ``num_minibatches`` (``(K,)`` ints, default all ``M``): members whose batches differ in size
@@ -504,21 +506,30 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     """
     _check_update(net, loss_fn, knobs, rows, plans, grad_clip)
     k, n = plans.shape[0], next(iter(rows.values())).shape[1]
-    list_masks = None
-    if loss_fn is adpo_terms and "list_signal" not in rows and "loss_mask" in rows:
-        valid = rows["loss_mask"].gather(1, plans.flatten(1)).view(plans.shape)
-        order = torch.argsort((~valid).to(torch.int8), dim=2, stable=True)
-        plans, valid = plans.gather(2, order), valid.gather(2, order)
-        list_masks = valid.view(k, plans.shape[1], -1, knobs.list_size)
-    flat_rows = {name: v.flatten(0, 1) for name, v in rows.items()}
-    offsets = (torch.arange(k, device=plans.device) * n).view(k, 1)
-    sums = None  # (K, 2 + T) once the first minibatch tells T
-    skipped = torch.zeros(k, dtype=torch.long, device=net.theta.device)
     counts = None
     if num_minibatches is not None:
         counts = torch.as_tensor(num_minibatches, dtype=torch.long, device=net.theta.device)
         if counts.shape != (k,) or bool((counts < 1).any()) or bool((counts > plans.shape[1]).any()):
             raise ValueError(f"num_minibatches: need K={k} counts in 1..{plans.shape[1]}, got {counts.tolist()}")
+    list_masks = None
+    if "loss_mask" in rows:  # each minibatch's valid rows first
+        valid = rows["loss_mask"].gather(1, plans.flatten(1)).view(plans.shape)
+        order = torch.argsort((~valid).to(torch.int8), dim=2, stable=True)
+        plans, valid = plans.gather(2, order), valid.gather(2, order)
+        if loss_fn is adpo_terms and "list_signal" not in rows:
+            list_masks = valid.view(k, plans.shape[1], -1, knobs.list_size)
+        else:
+            # every row stands alone and each term is a mean over valid rows: the masked rows
+            # (PPO's artificial last step of each episode, half of a bandit batch) change nothing
+            # but the work, so each minibatch is cut to the most valid rows any active one has
+            if counts is not None:
+                valid = valid & (torch.arange(plans.shape[1], device=plans.device).view(1, -1, 1)
+                                 < counts.to(plans.device).view(-1, 1, 1))
+            plans = plans[:, :, :max(1, int(valid.sum(2).max()))]
+    flat_rows = {name: v.flatten(0, 1) for name, v in rows.items()}
+    offsets = (torch.arange(k, device=plans.device) * n).view(k, 1)
+    sums = None  # (K, 2 + T) once the first minibatch tells T
+    skipped = torch.zeros(k, dtype=torch.long, device=net.theta.device)
     for i in range(plans.shape[1]):
         idx = (plans[:, i] + offsets).reshape(-1)
         batch = {name: v.index_select(0, idx).view(k, -1, *v.shape[1:]) for name, v in flat_rows.items()}

@@ -284,15 +284,16 @@ def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, s
     return table[stand_in], f"{env}: not measured, priced as {stand_in}"
 
 
-#: A trial pack's speed-up over running its K members one after another as solo trials (whole
-#: training iterations of the grid's own trainables: sampling, learning, each member's evaluation
-#: on the spec's schedule), by env, hidden size and K: ``bench/throughput.py --packs 4 16`` on the
+#: A trial pack's env steps/s (all members together) over :data:`THROUGHPUT` (one solo trial's), by
+#: env, hidden size and K, so that a pack is priced at the pack's own measured throughput: whole
+#: training iterations of the grid's own trainables (sampling, learning, each member's
+#: evaluation on the spec's schedule), ``bench/throughput.py --packs 4 16`` on the
 #: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack) on a 2-core CPU
 #: machine (docs/results/benchmarks.md, "Capacity plan"). A GPU learner was not measured.
 PACK_SPEEDUP = {
-    "PreferenceBandit": {64: {4: 1.59, 16: 1.89}, 256: {4: 1.53, 16: 1.53}},
-    "HalfCheetah-v5": {64: {4: 1.81, 16: 2.13}, 256: {4: 1.67, 16: 2.45}},
-    "Hopper-v5": {64: {4: 1.85, 16: 2.63}, 256: {4: 1.44, 16: 1.92}},
+    "PreferenceBandit": {64: {4: 8.75, 16: 13.79}, 256: {4: 5.15, 16: 5.57}},
+    "HalfCheetah-v5": {64: {4: 2.52, 16: 2.96}, 256: {4: 1.67, 16: 2.45}},
+    "Hopper-v5": {64: {4: 1.94, 16: 2.74}, 256: {4: 1.44, 16: 1.92}},
 }
 
 

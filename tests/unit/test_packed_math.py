@@ -236,9 +236,33 @@ def test_one_update_equals_k_solo_updates(kind, adpo_kw, dtype, tol):
     assert max_diff(solos, adams, net, opt) < tol
 
 
-@pytest.mark.parametrize("kind", ["ppo", "ppo_kl", "adpo_batch"])
+@pytest.mark.parametrize("kind", ["ppo", "ppo_kl", "adpo_batch", "adpo_actions"])
 def test_one_update_with_a_loss_mask_equals_k_solo_updates(kind):
     assert max_diff(*run_both(kind, torch.float64, with_mask=True)) < 1e-10
+
+
+def test_masked_rows_are_cut_from_the_work_not_from_the_means():
+    """Rows that stand alone (no lists): each minibatch's valid rows go first and every minibatch
+    is cut to the most valid rows any has, so masked rows (PPO's artificial last steps, half of a
+    bandit batch) cost nothing; the update still equals K solo updates (the test above)."""
+    _, rows, plans, net, opt = build("ppo", torch.float64, with_mask=True)
+    stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+    stacked["loss_mask"] = torch.rand(stacked["loss_mask"].shape, generator=torch.Generator().manual_seed(3)) > 0.5
+    plans = torch.stack(plans)
+    valid = stacked["loss_mask"].gather(1, plans.flatten(1)).view(plans.shape)
+    most = int(valid.sum(2).max())
+    assert most < plans.shape[2]  # some minibatch rows are masked: something to cut
+    seen = []
+    knobs = Knobs.of(K, **{n: KNOBS[n] for n in ("vf_clip_param", "vf_loss_coeff", "entropy_coeff", "clip_param")},
+                     dtype=torch.float64)
+    clip = member_values("grad_clip", KNOBS["grad_clip"], K, off_is=math.inf, dtype=torch.float64)
+    stacked_update(net, opt, ppo_terms, knobs, stacked, plans, clip,
+                   on_minibatch=lambda i, batch: seen.append((batch["loss_mask"], valid[:, i].sum(1))))
+    assert len(seen) == plans.shape[1]
+    for mask, count in seen:
+        assert mask.shape == (K, most)
+        for k in range(K):  # its valid rows first, all of them kept
+            assert mask[k, :count[k]].all() and not mask[k, count[k]:].any()
 
 
 @pytest.mark.parametrize("kind", ["ppo_kl", "ppo_kl_discrete"])
