@@ -310,7 +310,9 @@ def pack_speedup(env: str, hidden_size: int, members: int) -> float:
     hidden = min((h for h in rows if h >= hidden_size), default=max(rows))
     points = sorted({1: 1.0, **rows[hidden]}.items())
     for (k0, s0), (k1, s1) in pairwise(points):
-        if members <= k1:
+        if members == k1:
+            return s1
+        if members < k1:
             return s0 + (s1 - s0) * (members - k0) / (k1 - k0)
     return points[-1][1]
 
