@@ -98,7 +98,11 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
                explore: bool | None = None, random_actions: bool = False, force_reset: bool = False):
         """``[BanditColumns]`` of at least ``num_timesteps`` steps (default: the rollout fragment
         times the envs, as RLlib's runner samples) or ``num_episodes`` episodes, rounded up to
-        whole vector steps. ``random_actions`` draws actions from the action space instead."""
+        whole vector steps. ``random_actions`` draws actions from the action space instead.
+        ``force_reset`` changes nothing: every step starts from a reset (one-step episodes).
+
+        Raises:
+            ValueError: both counts given, or an env step that did not end its episode."""
         if num_timesteps is not None and num_episodes is not None:
             raise ValueError("sample: give num_timesteps or num_episodes, not both")
         vec = self.env.unwrapped
@@ -133,10 +137,7 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
             if any(not (o[2] or o[3]) for o in outs):
                 raise ValueError("BanditPackEnvRunner samples one-step episodes; an env step did not end its "
                                  "episode (use RLlib's SingleAgentEnvRunner for this env)")
-        columns = BanditColumns(**{k: np.concatenate(v) if k not in ("obs", "next_obs", "action_dist_inputs",
-                                                                     "list_signal") else np.concatenate(v, axis=0)
-                                   for k, v in cols.items()},
-                                member=np.tile(member, steps))
+        columns = BanditColumns(**{k: np.concatenate(v) for k, v in cols.items()}, member=np.tile(member, steps))
         self._log(columns, clean)
         return [columns]
 
