@@ -89,10 +89,8 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
 
     def __init__(self, *, config, **kwargs):
         super().__init__(config=config, **kwargs)
-        self._num_members = len((config.env_config or {}).get("members") or [])
-        vec = self.env.unwrapped
-        #: each sub-env's member, in row order
-        self._member = np.asarray([vec.member_of(i) for i in range(self.num_envs)], dtype=np.int64)
+        members = (config.env_config or {}).get("members") or []
+        self._num_members = len(members)
         #: RLlib's episode-metrics window per env runner
         self._window = max(1, math.ceil(config.metrics_num_episodes_for_smoothing / (config.num_env_runners or 1)))
 
@@ -115,6 +113,7 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
         steps = max(1, math.ceil(wanted / n))
         explore = self.config.explore if explore is None else explore
         first, seed = rp.take_initial_reset_seed(self)
+        member = np.asarray([vec.member_of(i) for i in range(n)], dtype=np.int64)
         cols: dict[str, list] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminated", "action_logp",
                                                   "action_dist_inputs", "list_signal")}
         clean = np.empty(steps * n, dtype=np.float64)
@@ -138,7 +137,7 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
             if any(not (o[2] or o[3]) for o in outs):
                 raise ValueError("BanditPackEnvRunner samples one-step episodes; an env step did not end its "
                                  "episode (use RLlib's SingleAgentEnvRunner for this env)")
-        columns = BanditColumns(**{k: np.concatenate(v) for k, v in cols.items()}, member=np.tile(self._member, steps))
+        columns = BanditColumns(**{k: np.concatenate(v) for k, v in cols.items()}, member=np.tile(member, steps))
         self._log(columns, clean)
         return [columns]
 
