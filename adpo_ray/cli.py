@@ -108,7 +108,12 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     the work and the estimated wall time."""
     from collections import Counter
 
-    from adpo_ray.orchestration.planning import STARTUP_S, env_figure, estimate_wall_time
+    from adpo_ray.orchestration.planning import (
+        DRIVER_CPU_S_PER_RESULT,
+        STARTUP_S,
+        env_figure,
+        estimate_wall_time,
+    )
 
     console = _console()
     # one row per env, method, bundle and budget; a pack's members count as trials, each showing
@@ -165,8 +170,14 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     device = (f"learners: {gpu_trials} Tune trial(s) on a GPU share, {len(plans) - gpu_trials} on CPU "
               f"(resources.learner_device: {spec.resources.learner_device})")
     startup = {env: env_figure(STARTUP_S, env, slowest=max)[0] for env in spec.environments}
-    seconds = estimate_wall_time(plans, concurrency, steps_per_second, startup)
-    took = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{max(1, round(seconds / 60))} min"
+    seconds = estimate_wall_time(plans, concurrency, steps_per_second, startup, cpus=capacity.total().get("CPU"),
+                                 cpu_s_per_result=DRIVER_CPU_S_PER_RESULT)
+    own = seconds - estimate_wall_time(plans, concurrency, steps_per_second, startup)
+    results = sum(p.results for p in plans)
+
+    def took(s: float) -> str:
+        return f"{s / 3600:,.1f} h" if s >= 3600 else f"{max(1, round(s / 60))} min"
+
     rates = ", ".join(f"{env} {steps_per_second[env]:,.0f}" for env in spec.environments)
     axes = spec.grid_axes()
     points = 1
@@ -199,9 +210,12 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"{device}\n"
         f"cluster at full scale: {capacity.describe()}\n"
         f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
-        f"estimated wall time: {took} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
+        f"estimated wall time: {took(seconds)} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
         f"{min(startup.values()):g}-{max(startup.values()):g} s to start each ({sps_source})"
-        f"{'; packs at the speed-ups bench/throughput.py --packs measured (CPU)' if packs else ''}\n"
+        f"{'; packs at the speed-ups bench/throughput.py --packs measured (CPU)' if packs else ''}"
+        + (f"; {took(own)} of it the launch's own CPU work ({results:,} trial results, "
+           f"{DRIVER_CPU_S_PER_RESULT * 1000:g} ms of CPU each for Tune's driver, the MLflow tracker and Ray, "
+           f"bench/driver.py), taken from the trials' CPUs" if own >= 30 else "") + "\n"
         f"tracking: {options.tracking_uri}\nresults:  {options.run_dir}"
     )
 

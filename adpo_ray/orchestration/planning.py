@@ -26,12 +26,14 @@ class ResourceError(RuntimeError):
 @dataclass(frozen=True)
 class TrialPlan:
     """One Tune trial: its trial (a pack's first member), the bundles it asks for, the env steps
-    it samples (a pack's: all members'), and a pack's members (empty for a solo trial)."""
+    it samples (a pack's: all members'), a pack's members (empty for a solo trial), and the
+    results it reports (training iterations, a pack's: summed over its members; 0: not counted)."""
 
     trial: TrialSpec
     bundles: list[dict[str, float]]
     env_steps: int
     members: tuple[TrialSpec, ...] = ()
+    results: int = 0
 
     @property
     def trials(self) -> tuple[TrialSpec, ...]:
@@ -63,13 +65,15 @@ def plan_trials(spec: ExperimentSpec) -> list[TrialPlan]:
     spec_dict = spec.model_dump(mode="json", by_alias=True)
     plans = []
     for pack in (spec.packs() if packed(spec) else [[t] for t in spec.trials()]):
-        steps = sum(trial_env_steps(spec.knobs(t)) for t in pack)
+        knobs = [spec.knobs(t) for t in pack]
+        steps = sum(trial_env_steps(k) for k in knobs)
+        results = sum(trial_iterations(k) for k in knobs)
         if len(pack) == 1:
             pgf = GridTrainable.default_resource_request({"spec": spec_dict, "trial": pack[0].as_dict()})
-            plans.append(TrialPlan(pack[0], [dict(b) for b in pgf.bundles], steps))
+            plans.append(TrialPlan(pack[0], [dict(b) for b in pgf.bundles], steps, results=results))
         else:
             pgf = PackTrainable.default_resource_request({"spec": spec_dict, "trials": [t.as_dict() for t in pack]})
-            plans.append(TrialPlan(pack[0], [dict(b) for b in pgf.bundles], steps, tuple(pack)))
+            plans.append(TrialPlan(pack[0], [dict(b) for b in pgf.bundles], steps, tuple(pack), results))
     if spec.search is not None:  # every sample asks what the base trial asks (ASHA may stop some early)
         plans = plans * spec.trial_count()
     return plans
@@ -82,6 +86,13 @@ def trial_env_steps(knobs: TrialKnobs) -> int:
         return knobs.iterations * knobs.distill_states_per_iteration
     by_iters = knobs.iterations * knobs.train_batch_size if knobs.iterations else None
     return int(min(v for v in (by_iters, knobs.env_steps) if v))
+
+
+def trial_iterations(knobs: TrialKnobs) -> int:
+    """The training iterations (results) one trial reports within its budget."""
+    if knobs.distill_states_per_iteration is not None:
+        return knobs.iterations
+    return -(-trial_env_steps(knobs) // knobs.train_batch_size)
 
 
 # -- what the cluster can hold ------------------------------------------------------------------
@@ -251,15 +262,23 @@ def resolve_learner_gpus(spec: ExperimentSpec, capacity: Capacity) -> Experiment
 
 # -- what a grid costs ---------------------------------------------------------------------------
 #: Env steps per second of one trial as the paper-scale preset runs it (sampling in its own
-#: process, 1 CPU; 10 epochs of minibatch 64 on MuJoCo), evaluation included: the slower of hidden
+#: process, 1 CPU, torch on one thread; 10 epochs of minibatch 64 on MuJoCo), evaluation
+#: included: the slower of hidden
 #: 64 and 256, measured by `python bench/throughput.py --config twelve_scenarios [--set
 #: 'hidden_sizes=[256]']` on a 2-core machine (docs/results/benchmarks.md, "Capacity plan"). Pass
 #: --steps-per-second to plan with a figure of your own.
-THROUGHPUT = {"PreferenceBandit": 1354.0, "HalfCheetah-v5": 981.0, "Hopper-v5": 1160.0}
+THROUGHPUT = {"PreferenceBandit": 1436.0, "HalfCheetah-v5": 1144.0, "Hopper-v5": 1215.0}
 #: Seconds from a trial's start to its first result (building the algorithm, its first
 #: iteration), same bench: the largest of a solo trial and a pack of 16 at either hidden size.
-STARTUP_S = {"PreferenceBandit": 2.1, "HalfCheetah-v5": 13.7, "Hopper-v5": 13.3}
+STARTUP_S = {"PreferenceBandit": 1.4, "HalfCheetah-v5": 15.5, "Hopper-v5": 17.2}
 THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial (1 CPU) on a 2-core machine"
+#: CPU seconds a launch spends outside its trials per result a trial reports (one training
+#: iteration of one trial; a pack of 16 reports 16): Tune's driver (its loop and loggers), the
+#: MLflow tracker and its sender (a sqlite store), Ray's own processes. On the bandit, whose
+#: iterations take a fraction of a second, this is a large part of a launch on a small machine.
+#: `python bench/driver.py` (a slope between two launches of the bandit_paper preset, hidden 64)
+#: on a 2-core machine (docs/results/benchmarks.md, "Capacity plan").
+DRIVER_CPU_S_PER_RESULT = 0.0029
 #: Dataset states per second of one distillation student (2 at once on 2 cores, 2,048 states per
 #: iteration, a 5-episode clean evaluation every 20 iterations included): the distill_check
 #: students of the n-step check (README "Offline distillation"), on a 2-core machine otherwise quiet.
@@ -268,32 +287,39 @@ STUDENT_THROUGHPUT = {"HalfCheetah-v5": 13_300.0, "Hopper-v5": 31_500.0}
 STUDENT_THROUGHPUT_SOURCE = "dataset states/s measured on distill_check students on a 2-core machine"
 
 
-def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, str | None]:
-    """``table[env]`` (a per-env figure: :data:`THROUGHPUT`, :data:`STARTUP_S`,
-    :data:`STUDENT_THROUGHPUT`) and None; for an env the table lacks (one added to
-    :data:`~adpo_ray.envs.ENVIRONMENTS` after the figures were measured), the ``slowest`` figure
-    (``min`` for a rate, ``max`` for a time) of the measured envs of its kind, else of every
-    measured env, and a note that says so."""
+def stand_in(table: dict[str, float], env: str, slowest=min) -> str:
+    """The env whose figure in ``table`` prices ``env``: ``env`` itself where measured; for an env
+    the table lacks (one added to :data:`~adpo_ray.envs.ENVIRONMENTS` after the figures were
+    measured), the measured env of its kind with the ``slowest`` figure (``min`` for a rate,
+    ``max`` for a time), else the slowest of every measured env."""
     from adpo_ray.envs import ENVIRONMENTS
 
     if env in table:
-        return table[env], None
+        return env
     kind = ENVIRONMENTS.get(env, {}).get("kind")
     alike = [e for e in table if ENVIRONMENTS.get(e, {}).get("kind") == kind] or list(table)
-    stand_in = slowest(alike, key=table.__getitem__)
-    return table[stand_in], f"{env}: not measured, priced as {stand_in}"
+    return slowest(alike, key=table.__getitem__)
+
+
+def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, str | None]:
+    """``table[env]`` (a per-env figure: :data:`THROUGHPUT`, :data:`STARTUP_S`,
+    :data:`STUDENT_THROUGHPUT`) and None; for an env the table lacks, its :func:`stand_in`'s
+    figure and a note that says so."""
+    used = stand_in(table, env, slowest)
+    return table[used], (None if used == env else f"{env}: not measured, priced as {used}")
 
 
 #: A trial pack's env steps/s (all members together) over :data:`THROUGHPUT` (one solo trial's), by
 #: env, hidden size and K, so that a pack is priced at the pack's own measured throughput: whole
 #: training iterations of the grid's own trainables (sampling, learning, each member's
 #: evaluation on the spec's schedule), ``bench/throughput.py --packs 4 16`` on the
-#: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack) on a 2-core CPU
-#: machine (docs/results/benchmarks.md, "Capacity plan"). A GPU learner was not measured.
+#: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack, torch on one
+#: thread as Ray gives a 1-CPU actor) on a 2-core CPU machine (docs/results/benchmarks.md,
+#: "Capacity plan"), in the same run as :data:`THROUGHPUT`. A GPU learner was not measured.
 PACK_SPEEDUP = {
-    "PreferenceBandit": {64: {4: 8.75, 16: 13.79}, 256: {4: 5.15, 16: 5.57}},
-    "HalfCheetah-v5": {64: {4: 2.52, 16: 2.96}, 256: {4: 1.67, 16: 2.45}},
-    "Hopper-v5": {64: {4: 1.94, 16: 2.74}, 256: {4: 1.44, 16: 1.92}},
+    "PreferenceBandit": {64: {4: 9.76, 16: 12.19}, 256: {4: 3.77, 16: 4.10}},
+    "HalfCheetah-v5": {64: {4: 2.62, 16: 2.70}, 256: {4: 1.40, 16: 1.53}},
+    "Hopper-v5": {64: {4: 1.97, 16: 2.45}, 256: {4: 1.18, 16: 1.28}},
 }
 
 
@@ -303,8 +329,9 @@ def pack_speedup(env: str, hidden_size: int, members: int) -> float:
     at least ``hidden_size`` (the largest above all); between measured K (and from K=1, a solo
     trial: 1.0, to the smallest), the straight line between its neighbours, which lies under the
     speed-up as long as each added member gains less than the one before; above the largest
-    measured K, that K's figure. 1.0 (none assumed) for an env without figures."""
-    rows = PACK_SPEEDUP.get(env)
+    measured K, that K's figure. An env without figures takes those of the env that prices its
+    throughput (:func:`stand_in` of :data:`THROUGHPUT`: the slowest measured env of its kind)."""
+    rows = PACK_SPEEDUP.get(env) or PACK_SPEEDUP.get(stand_in(THROUGHPUT, env))
     if not rows or members <= 1:
         return 1.0
     hidden = min((h for h in rows if h >= hidden_size), default=max(rows))
@@ -318,11 +345,18 @@ def pack_speedup(env: str, hidden_size: int, members: int) -> float:
 
 
 def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_second: dict[str, float],
-                       startup_s: dict[str, float] | None = None) -> float:
+                       startup_s: dict[str, float] | None = None, cpus: float | None = None,
+                       cpu_s_per_result: float = 0.0) -> float:
     """Seconds to run every trial, ``concurrency`` at a time, each taking its env's start-up
     time plus its env steps at its env's throughput: longest trials first, each on the slot
     that frees up first. A trial pack takes its members' env steps at that throughput times its
-    measured speed-up (:func:`pack_speedup`)."""
+    measured speed-up (:func:`pack_speedup`).
+
+    With ``cpus`` (the cluster's) and ``cpu_s_per_result`` (:data:`DRIVER_CPU_S_PER_RESULT`),
+    the launch's own CPU work (the Tune driver, the MLflow tracker, Ray's processes: that many
+    CPU seconds per result a trial reports, :attr:`TrialPlan.results`) is done first on the CPUs
+    the trials leave idle, and the rest is taken from the trials' CPUs: the estimate grows by
+    that rest over the CPUs the trials use."""
     import heapq
 
     startup_s = startup_s or {}
@@ -332,4 +366,9 @@ def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_secon
     slots = [0.0] * max(1, min(concurrency, len(durations)))
     for d in durations:
         heapq.heappush(slots, heapq.heappop(slots) + d)
-    return max(slots, default=0.0)
+    wall = max(slots, default=0.0)
+    if cpus is None or not cpu_s_per_result or not plans:
+        return wall
+    busy = min(cpus, len(slots) * max(p.required.get("CPU", 1.0) for p in plans))
+    overhead = cpu_s_per_result * sum(p.results for p in plans)
+    return wall + max(0.0, overhead - (cpus - busy) * wall) / busy

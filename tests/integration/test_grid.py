@@ -313,7 +313,8 @@ def test_dry_run_starts_no_ray_and_counts_paper_grid(tmp_path):
     # a pack asks for its solo trial's placement group
     assert "each asking {CPU=1}" in packed and "at once: 72 Tune trial(s) (packs or trials)" in packed
     hours = [float(re.search(r"estimated wall time: ([0-9.]+) h", out).group(1)) for out in (packed, solo)]
-    assert hours[0] < hours[1] / 1.5, hours  # packs priced at their measured speed-ups (about 2x)
+    assert hours[0] < hours[1] / 1.3, hours  # packs priced at their measured speed-ups (about 1.5x on CPUs)
+    assert "of it the launch's own CPU work (1,868,400 trial results" in packed  # 366 packs' members' iterations
     assert "measured by bench/throughput.py" in res.stdout and "packs at the speed-ups bench/throughput.py --packs" in packed
     assert "new API stack" not in res.stdout + res.stderr  # RLlib's banner stays out of the plan
     assert "DeprecationWarning" not in res.stdout + res.stderr

@@ -193,6 +193,36 @@ def test_estimate_wall_time_longest_first():
     assert estimate_wall_time(t, 8, sps) == pytest.approx(30.0)
 
 
+def test_the_launchs_own_cpu_work_is_taken_from_the_trials_cpus_it_leaves_none_idle():
+    """DRIVER_CPU_S_PER_RESULT: the driver's, tracker's and Ray's CPU seconds per result, done on
+    idle CPUs first, the rest taken from the CPUs the trials use."""
+    t = [TrialPlan(T, [{"CPU": 1}], steps, results=10) for steps in (1000, 1000, 1000, 3000)]
+    sps = {"Hopper-v5": 100.0}
+    # 40 results x 0.5 s = 20 CPU s on 2 busy CPUs of 2: +10 s on the 30 s of the trials
+    assert estimate_wall_time(t, 2, sps, cpus=2, cpu_s_per_result=0.5) == pytest.approx(40.0)
+    # a third CPU, idle for 30 s, takes all 20 s: nothing added
+    assert estimate_wall_time(t, 2, sps, cpus=3, cpu_s_per_result=0.5) == pytest.approx(30.0)
+    # 80 CPU s: 30 on the idle CPU, 50 over the 2 busy ones
+    assert estimate_wall_time(t, 2, sps, cpus=3, cpu_s_per_result=2.0) == pytest.approx(55.0)
+    # one trial at a time on 1 CPU of 1: all of it
+    assert estimate_wall_time(t, 1, sps, cpus=1, cpu_s_per_result=0.5) == pytest.approx(80.0)
+    assert estimate_wall_time(t, 2, sps, cpus=2) == estimate_wall_time(t, 2, sps) == pytest.approx(30.0)
+
+
+def test_a_plan_counts_the_results_each_trial_and_pack_reports():
+    """TrialPlan.results: a trial's training iterations within its budget (whichever limit comes
+    first), a pack's summed over its members."""
+    spec = parse_spec({**SPEC, "hidden_sizes": [64], "budget": {"iterations": 10, "env_steps": 5000},
+                       "resources": {"pack": 1}})
+    solos = plan_trials(spec)
+    assert solos and all(p.results == 3 for p in solos)  # 5,000 env steps in batches of 2,048: the third passes it
+    bandit = parse_spec({"name": "b", "environments": ["PreferenceBandit"], "scenarios": ["clean", "flip-high"],
+                         "seeds": [0, 1], "budget": {"iterations": 7}, "resources": {"pack": "auto"}})
+    packs = plan_trials(bandit)
+    assert sum(p.results for p in packs) == 7 * bandit.trial_count()
+    assert all(p.results == 7 * len(p.trials) for p in packs)
+
+
 def test_distillation_on_several_nodes_needs_a_shared_tracking_store():
     from adpo_ray.orchestration.policies import check_shared_tracking
 

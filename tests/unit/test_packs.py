@@ -187,7 +187,7 @@ def test_a_pack_is_priced_at_its_measured_speed_up_read_conservatively():
     """The wall-time estimate prices a pack at bench/throughput.py's speed-up for its env, the
     smallest measured hidden size at least its own, and between measured sizes K (from K=1, a
     solo trial at 1.0) the straight line between them."""
-    from adpo_ray.orchestration.planning import PACK_SPEEDUP, pack_speedup
+    from adpo_ray.orchestration.planning import PACK_SPEEDUP, THROUGHPUT, pack_speedup
 
     rows = PACK_SPEEDUP["HalfCheetah-v5"]
     assert sorted(rows) == [64, 256] and all(sorted(r) == [4, 16] for r in rows.values())
@@ -199,7 +199,8 @@ def test_a_pack_is_priced_at_its_measured_speed_up_read_conservatively():
     assert pack_speedup("HalfCheetah-v5", 64, 10) == pytest.approx(rows[64][4] + (rows[64][16] - rows[64][4]) * 6 / 12)
     assert pack_speedup("HalfCheetah-v5", 64, 2) == pytest.approx(1 + (rows[64][4] - 1) / 3)  # from a solo's 1.0
     assert pack_speedup("HalfCheetah-v5", 64, 1) == 1.0
-    assert pack_speedup("NotMeasured-v0", 64, 16) == 1.0  # no figures: no speed-up assumed
+    # an env without figures: those of the env that prices its throughput (planning.stand_in)
+    assert pack_speedup("NotMeasured-v0", 64, 16) == PACK_SPEEDUP[min(THROUGHPUT, key=THROUGHPUT.__getitem__)][64][16]
     for env, by_hidden in PACK_SPEEDUP.items():  # every figure a speed-up, growing with K
         for by_k in by_hidden.values():
             figures = [by_k[k] for k in sorted(by_k)]

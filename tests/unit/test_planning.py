@@ -71,12 +71,20 @@ def test_chunk_sizes(total, chunks, expected):
 
 def test_an_env_without_measured_figures_is_priced_as_the_slowest_of_its_kind(monkeypatch):
     from adpo_ray.envs import ENVIRONMENTS
-    from adpo_ray.orchestration.planning import STARTUP_S, THROUGHPUT, env_figure
+    from adpo_ray.orchestration.planning import (
+        PACK_SPEEDUP,
+        STARTUP_S,
+        THROUGHPUT,
+        env_figure,
+        pack_speedup,
+    )
 
     monkeypatch.setitem(ENVIRONMENTS, "Walker2d-v5", {"kind": "mujoco", "list_source": "batch"})
     assert env_figure(THROUGHPUT, "Hopper-v5") == (THROUGHPUT["Hopper-v5"], None)
     slowest = min(("HalfCheetah-v5", "Hopper-v5"), key=THROUGHPUT.__getitem__)
     assert env_figure(THROUGHPUT, "Walker2d-v5") == (THROUGHPUT[slowest], f"Walker2d-v5: not measured, priced as {slowest}")
+    # its packs are priced as that env's packs: the speed-up is over that env's solo figure
+    assert pack_speedup("Walker2d-v5", 256, 16) == PACK_SPEEDUP[slowest][256][16]
     longest = max(("HalfCheetah-v5", "Hopper-v5"), key=STARTUP_S.__getitem__)
     assert env_figure(STARTUP_S, "Walker2d-v5", slowest=max)[0] == STARTUP_S[longest]
     # an env of no measured kind: the slowest of every measured env
