@@ -38,13 +38,15 @@ def constant_policy(runner) -> None:
                 param.zero_()
 
 
-def test_columns_are_rllibs_steps_outputs_and_metrics():
+# per sub-env and call: 40 episodes per member, inside the metrics' 100-episode window; 140,
+# beyond it (the columnar runner logs only each window's last values)
+@pytest.mark.parametrize("steps", [20, 70], ids=["inside-window", "beyond-window"])
+def test_columns_are_rllibs_steps_outputs_and_metrics(steps):
     config = pack_config("PreferenceBandit", SCENARIOS, SEEDS)
     ref = SingleAgentEnvRunner(config=config)
     constant_policy(ref)
     fast = BanditPackEnvRunner(config=config)
     fast.set_state({COMPONENT_RL_MODULE: ref.module.get_state()})
-    steps = 20  # per sub-env: 40 episodes per member, inside the metrics' 100-episode window
     for call in range(2):  # the second call goes on from the first (autoreset streams, lifetime counts)
         episodes = ref.sample(num_timesteps=steps * ref.num_envs, explore=False)
         (cols,) = fast.sample(num_timesteps=steps * fast.num_envs, explore=False)
@@ -65,6 +67,8 @@ def test_columns_are_rllibs_steps_outputs_and_metrics():
         got, want = fast.get_metrics(), ref.get_metrics()
         assert got[NUM_ENV_STEPS_SAMPLED].peek() == want[NUM_ENV_STEPS_SAMPLED].peek() == len(cols)
         assert got[NUM_ENV_STEPS_SAMPLED_LIFETIME].peek() == want[NUM_ENV_STEPS_SAMPLED_LIFETIME].peek()
+        for key in ("episode_return_mean", "episode_len_mean"):  # the pack's, over every member
+            assert got[key].peek() == pytest.approx(want[key].peek(), rel=1e-6), (call, key)
         for k in ("0", "1"):
             for key in (CLEAN_RETURN_KEY, "episode_return_mean", "episode_len_mean", NUM_ENV_STEPS_SAMPLED_LIFETIME):
                 assert got[MEMBER_GROUP][k][key].peek() == pytest.approx(want[MEMBER_GROUP][k][key].peek(), rel=1e-6), (call, k, key)
