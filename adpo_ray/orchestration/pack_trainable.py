@@ -109,6 +109,7 @@ class PackTrainable(AlgorithmTrainable):
         return _request(tuple(resource_alike(spec.knobs(t)) for t in trials))
 
     def setup(self, config: dict[str, Any]) -> None:
+        self.pin_torch_threads()
         self.spec, self.trials = pack_from_config(config)
         envs = {t.env for t in self.trials}
         if len(envs) != 1:

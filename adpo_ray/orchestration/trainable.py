@@ -81,10 +81,31 @@ def _request(knobs: TrialKnobs, distill: bool):
     return algo_config.algo_class.default_resource_request(algo_config)
 
 
+def torch_threads(trial_resources) -> int | None:
+    """torch's intra-op threads for a trial whose placement group is ``trial_resources`` (Tune's
+    ``PlacementGroupFactory``; None outside Tune): the CPUs of its first bundle, where its process
+    and its local learner run (at least 1); None where there is no placement group."""
+    bundles = getattr(trial_resources, "bundles", None)
+    if not bundles:
+        return None
+    return max(1, int(bundles[0].get("CPU", 1)))
+
+
 class AlgorithmTrainable(tune.Trainable):
     """A Tune trainable around one RLlib algorithm (``self.algo``) whose last curated result
     (``self._last``) is saved with each checkpoint: a trial, or a trial pack, restored from its
     final checkpoint knows it is done."""
+
+    def pin_torch_threads(self) -> None:
+        """Run torch on as many threads as the trial has CPUs (:func:`torch_threads`), whatever
+        ``OMP_NUM_THREADS`` the node's environment holds: Ray sets it to an actor's CPUs only where
+        it is unset, so on a node started with ``OMP_NUM_THREADS=8`` every 1-CPU trial would run
+        its update on 8 threads, 8 trials oversubscribing 8 cores 8 times. Outside Tune: as is."""
+        threads = torch_threads(self.trial_resources)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.algo.save_to_path(checkpoint_dir)
@@ -120,6 +141,7 @@ class GridTrainable(AlgorithmTrainable):
         return _resources(json.dumps(config["spec"], sort_keys=True), key)
 
     def setup(self, config: dict[str, Any]) -> None:
+        self.pin_torch_threads()
         self.spec, self.trial = trial_from_config(config, self.trial_id)
         self.knobs = self.spec.knobs(self.trial)
         self.algo = algo_config_from(config, self.knobs).build_algo()

@@ -233,3 +233,16 @@ def test_distillation_on_several_nodes_needs_a_shared_tracking_store():
             check_shared_tracking(uri, many)
     check_shared_tracking("http://10.0.0.10:5000", many)
     check_shared_tracking("https://mlflow.example.org", many)
+
+
+def test_a_trial_runs_torch_on_the_cpus_of_its_first_bundle():
+    """AlgorithmTrainable.pin_torch_threads: a trial's process and local learner use the CPUs of
+    its placement group's first bundle, whatever OMP_NUM_THREADS the node holds."""
+    from ray.tune import PlacementGroupFactory
+
+    from adpo_ray.orchestration.trainable import torch_threads
+
+    assert torch_threads(PlacementGroupFactory([{"CPU": 1, "GPU": 0.25}, {"CPU": 1}])) == 1  # env runner apart
+    assert torch_threads(PlacementGroupFactory([{"CPU": 4}])) == 4
+    assert torch_threads(PlacementGroupFactory([{"CPU": 0.5}])) == 1
+    assert torch_threads(None) is None  # built outside Tune: torch as it is
