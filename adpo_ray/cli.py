@@ -173,6 +173,8 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
     seconds = estimate_wall_time(plans, concurrency, steps_per_second, startup, cpus=capacity.total().get("CPU"),
                                  cpu_s_per_result=DRIVER_CPU_S_PER_RESULT)
     own = seconds - estimate_wall_time(plans, concurrency, steps_per_second, startup)
+    low, high = min(startup.values()), max(startup.values())
+    starts = f"{low:g}" if low == high else f"{low:g}-{high:g}"
     results = sum(p.results for p in plans)
 
     def took(s: float) -> str:
@@ -211,7 +213,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"cluster at full scale: {capacity.describe()}\n"
         f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
         f"estimated wall time: {took(seconds)} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
-        f"{min(startup.values()):g}-{max(startup.values()):g} s to start each ({sps_source})"
+        f"{starts} s to start each ({sps_source})"
         f"{'; packs at the speed-ups bench/throughput.py --packs measured (CPU)' if packs else ''}"
         + (f"; {took(own)} of it the launch's own CPU work ({results:,} trial results, "
            f"{DRIVER_CPU_S_PER_RESULT * 1000:g} ms of CPU each for Tune's driver, the MLflow tracker and Ray, "
