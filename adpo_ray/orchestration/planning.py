@@ -367,8 +367,8 @@ def estimate_wall_time(plans: list[TrialPlan], concurrency: int, steps_per_secon
     for d in durations:
         heapq.heappush(slots, heapq.heappop(slots) + d)
     wall = max(slots, default=0.0)
-    if cpus is None or not cpu_s_per_result or not plans:
+    busy = min(cpus or 0.0, len(slots) * max((p.required.get("CPU", 1.0) for p in plans), default=0.0))
+    if busy <= 0 or not cpu_s_per_result:
         return wall
-    busy = min(cpus, len(slots) * max(p.required.get("CPU", 1.0) for p in plans))
     overhead = cpu_s_per_result * sum(p.results for p in plans)
     return wall + max(0.0, overhead - (cpus - busy) * wall) / busy

@@ -207,6 +207,8 @@ def test_the_launchs_own_cpu_work_is_taken_from_the_trials_cpus_it_leaves_none_i
     # one trial at a time on 1 CPU of 1: all of it
     assert estimate_wall_time(t, 1, sps, cpus=1, cpu_s_per_result=0.5) == pytest.approx(80.0)
     assert estimate_wall_time(t, 2, sps, cpus=2) == estimate_wall_time(t, 2, sps) == pytest.approx(30.0)
+    assert estimate_wall_time(t, 2, sps, cpus=0, cpu_s_per_result=0.5) == pytest.approx(30.0)  # no CPUs known
+    assert estimate_wall_time([], 2, sps, cpus=2, cpu_s_per_result=0.5) == 0.0
 
 
 def test_a_plan_counts_the_results_each_trial_and_pack_reports():
