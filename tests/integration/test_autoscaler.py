@@ -56,7 +56,10 @@ SPEC = {
     "scenarios": ["clean", "flip-high"],
     "anchors": {"modes": ["fixed", "dynamic"]},
     "seeds": [0, 1],
-    "budget": {"iterations": 4, "checkpoint_every": 2},
+    # long enough that packs still run when the added nodes join (a bandit pack iteration takes
+    # a few tenths of a second: with 4 iterations the four packs once ran one after another on
+    # the head before any worker joined; with 40 all four overlapped, each running 14-19 s)
+    "budget": {"iterations": 40, "checkpoint_every": 20},
     "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 0.003},
     # 4 packs of 2: 4 one-CPU Tune trials, the demand that makes the autoscaler add nodes
     "resources": {"pack": 2},
@@ -138,7 +141,7 @@ def test_grid_grows_a_fake_autoscaling_cluster(tmp_path):
         spans.append((rows["timestamp"].iloc[0] - rows["time_this_iter_s"].iloc[0], rows["timestamp"].iloc[-1]))
     assert len(spans) == 4  # one Tune trial folder per pack
     overlap = max(sum(1 for s, e in spans if s < t < e) for t in [s + 1e-3 for s, _ in spans])
-    assert overlap >= 2, spans
+    assert overlap >= 2, sorted(spans)
 
     # exactly one MLflow child run per trial, all finished
     client = MlflowClient(f"sqlite:///{db}")
