@@ -501,6 +501,8 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     ``num_minibatches`` (``(K,)`` ints, default all ``M``): members whose batches differ in size
     have plans of different lengths; member ``k`` takes only its first ``num_minibatches[k]``
     rows of ``plans`` (the rest is padding, never a step, and not in its means or skip count).
+    A count of 0 freezes the member (a pack member past its budget): no step, its parameters,
+    Adam moments and step count unchanged, zeros in its means.
     ``on_minibatch(i, batch)``: called after minibatch ``i``'s loss, before its step, with the
     gathered ``(K, B, ...)`` columns and the policy's inputs (:data:`POLICY_INPUTS`).
     """
@@ -509,8 +511,8 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
     counts = None
     if num_minibatches is not None:
         counts = torch.as_tensor(num_minibatches, dtype=torch.long, device=net.theta.device)
-        if counts.shape != (k,) or bool((counts < 1).any()) or bool((counts > plans.shape[1]).any()):
-            raise ValueError(f"num_minibatches: need K={k} counts in 1..{plans.shape[1]}, got {counts.tolist()}")
+        if counts.shape != (k,) or bool((counts < 0).any()) or bool((counts > plans.shape[1]).any()):
+            raise ValueError(f"num_minibatches: need K={k} counts in 0..{plans.shape[1]}, got {counts.tolist()}")
     list_masks = None
     if "loss_mask" in rows:  # each minibatch's valid rows first
         valid = rows["loss_mask"].gather(1, plans.flatten(1)).view(plans.shape)
@@ -552,7 +554,7 @@ def stacked_update(net: StackedActorCritic, optimizer: StackedAdam, loss_fn: Cal
         sums += torch.where(active.unsqueeze(1), row, torch.zeros((), dtype=row.dtype, device=row.device))
     if counts is None:
         return sums / plans.shape[1], skipped
-    return sums / counts.unsqueeze(1).to(sums.dtype), skipped
+    return sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype), skipped
 
 
 def _check_update(net, loss_fn, knobs: Knobs, rows, plans, grad_clip) -> None:

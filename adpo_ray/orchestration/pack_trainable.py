@@ -7,9 +7,10 @@ Each result holds ``members``: member ``k``'s result exactly as its solo trial's
 :meth:`GridTrainable.step` reports it (the curated metrics, ``timesteps_total``, ``training_iteration``
 and, in a search,
 its ``search/<metric>``), read from the pack's ``member/<k>/`` entries, plus the pack's own env
-steps (``env_steps``: all members together). The pack runs to the members' common budget
-(iterations or env steps per member), evaluates each member on its clean env on the solo
-schedule and checkpoints as a solo trial does. Members of a grid with ``anchors.init`` start,
+steps (``env_steps``: all members together). Each member runs to its own budget (iterations,
+or its own env steps) and stops there, as its solo trial does, while its pack-mates train on;
+the pack evaluates each member on its clean env on the solo schedule and checkpoints as a solo
+trial does. Members of a grid with ``anchors.init`` start,
 as their solo trials do, from their pretrained policy (``init_runs``, ``tracking_uri``: as a solo
 trial's config holds them). Tune reserves the placement group RLlib asks for the pack's
 algorithm: a solo trial's, for K members.
@@ -136,30 +137,30 @@ class PackTrainable(AlgorithmTrainable):
                     or (b.env_steps and member_steps >= b.env_steps))
 
     def step(self) -> dict[str, Any]:
-        if self._last and self._budget_reached(min(m.get(ENV_STEPS, 0) for m in self._last[MEMBERS])):
+        """One iteration of every member not past its budget. A member that reaches its budget
+        (its own env steps, or the iterations) ends there as its solo trial does: with a clean
+        evaluation if this iteration had none, ``done`` in its result, then frozen
+        (:func:`~adpo_ray.rllib.pack_factory.freeze_members`) while its pack-mates train on, its
+        result repeated unchanged. The pack is done when every member is."""
+        from adpo_ray.rllib.pack_factory import EVALUATED_MEMBERS, freeze_members
+
+        last_members = self._last.get(MEMBERS) or [{}] * self.num_members
+        ended = [bool(m.get("done")) for m in last_members]
+        if self._last and (all(ended) or self._budget_reached(min(m.get(ENV_STEPS, 0) for m in last_members))):
             return {**self._last, "done": True}  # restored from its final checkpoint
+        if any(ended):  # again after each restore: the learner and the env runners' filters
+            freeze_members(self.algo, ended)
         raw = self.algo.train()
         evaluated = self._evaluated_this_iteration()
-        members = []
+        members, newly = [], []
         for k in range(self.num_members):
+            if ended[k]:
+                members.append(last_members[k])  # as it ended: its solo trial's last result
+                continue
             result = curate(member_result(raw, k))
             if not evaluated:
                 for key in EVAL_METRICS:
                     result.pop(key, None)  # RLlib repeats the last evaluation's numbers
-            members.append(result)
-        out: dict[str, Any] = {}
-        # every member reaches its solo budget (their env steps differ by a few autoreset steps)
-        if self._budget_reached(min(m.get(ENV_STEPS, 0) for m in members)):
-            out["done"] = True
-            if EVAL_RETURN not in members[0] and self.algo.config.evaluation_interval:
-                final = self.algo.evaluate()  # every member ends with a clean evaluation
-                for k, result in enumerate(members):
-                    view = curate(member_result({"evaluation": final}, k))
-                    result.update({key: v for key, v in view.items() if key in EVAL_METRICS})
-        elif self.algo.iteration % self.budget.checkpoint_every == 0:
-            out["should_checkpoint"] = True
-        last_members = self._last.get(MEMBERS) or [{}] * self.num_members
-        for k, result in enumerate(members):
             result["timesteps_total"] = int(result.get(ENV_STEPS, 0))
             result[TRAINING_ITERATION] = self.iteration + 1  # as Tune numbers a solo trial's result
             search = self.spec.search
@@ -168,6 +169,28 @@ class PackTrainable(AlgorithmTrainable):
                 worst = float("-inf") if search.mode == "max" else float("inf")
                 result[key] = float(result[search.metric]) if search.metric in result \
                     else last_members[k].get(key, worst)
+            if self._budget_reached(result.get(ENV_STEPS, 0)):
+                result["done"] = True
+                newly.append(k)
+            members.append(result)
+        unevaluated = [k for k in newly if EVAL_RETURN not in members[k]]
+        if unevaluated and self.algo.config.evaluation_interval:
+            # each member ends with a clean evaluation; only theirs is logged (the others' windows
+            # of evaluation episodes stay their solo trials')
+            before = getattr(self.algo, EVALUATED_MEMBERS, None)
+            setattr(self.algo, EVALUATED_MEMBERS, unevaluated)
+            try:
+                final = self.algo.evaluate()
+            finally:
+                setattr(self.algo, EVALUATED_MEMBERS, before)
+            for k in unevaluated:
+                view = curate(member_result({"evaluation": final}, k))
+                members[k].update({key: v for key, v in view.items() if key in EVAL_METRICS})
+        out: dict[str, Any] = {}
+        if all(m.get("done") for m in members):
+            out["done"] = True
+        elif self.algo.iteration % self.budget.checkpoint_every == 0:
+            out["should_checkpoint"] = True
         pack_steps = curate(raw).get(ENV_STEPS, 0)
         out.update({MEMBERS: members, ENV_STEPS: pack_steps, "timesteps_total": int(pack_steps)})
         self._last = {k: v for k, v in out.items() if k not in ("done", "should_checkpoint")}

@@ -159,7 +159,8 @@ def _progress(folder: Path) -> pd.DataFrame:
 def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFrame]]:
     """(folder name, results) of each trial a Tune trial of ``trials`` ran: a pack's members'
     from its folder's result.json (Tune's progress.csv holds the members' list as one cell),
-    each row a member's result with the pack's ``done``; a trial alone's from its progress.csv."""
+    each row a member's result, ``done`` once the member or the pack is; a trial alone's from its
+    progress.csv."""
     from adpo_ray.spec import TrialSpec
 
     if len(config["trials"]) == 1:
@@ -172,7 +173,8 @@ def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFram
         except ValueError:  # a line torn by a killed driver (Tune appends the next one to it)
             continue
     return [(TrialSpec(**t).dirname,
-             pd.DataFrame([{**line[MEMBERS][k], "done": bool(line.get("done"))} for line in lines if MEMBERS in line]))
+             pd.DataFrame([{**line[MEMBERS][k], "done": bool(line.get("done") or line[MEMBERS][k].get("done"))}
+                           for line in lines if MEMBERS in line]))
             for k, t in enumerate(config["trials"])]
 
 

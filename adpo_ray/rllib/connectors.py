@@ -75,11 +75,11 @@ class BatchedMeanStdFilter(MeanStdFilter):
         return batch
 
 
-    def _filter_rows(self, filt, x: np.ndarray) -> np.ndarray:
+    def _filter_rows(self, filt, x: np.ndarray, update: bool = True) -> np.ndarray:
         """``x`` (rows of observations) through RLlib's filter ``filt`` in one batched step: its
-        running statistics updated with every row first (when this connector updates them), then
-        demeaned, scaled and clipped as RLlib's filter does, in ``x``'s dtype."""
-        if rp.updates_filter_stats(self):
+        running statistics updated with every row first (when this connector updates them and
+        ``update``), then demeaned, scaled and clipped as RLlib's filter does, in ``x``'s dtype."""
+        if update and rp.updates_filter_stats(self):
             push_batch(filt.running_stats, x)
             push_batch(filt.buffer, x)
         out = x

@@ -176,7 +176,7 @@ def _sets_anchor(algo) -> bool:
     return not getattr(algo.config, "anchor_init", None)
 
 
-def _each_pipeline(algo, fn) -> None:
+def each_pipeline(algo, fn) -> None:
     """``fn(pipeline)`` on the env-to-module pipeline of every env runner and evaluation env
     runner of ``algo``, and on the algorithm's own if it has one."""
     def on_runner(runner):
@@ -204,7 +204,7 @@ def start_from_checkpoint(algo, path: str | Path, module_id: str = DEFAULT_MODUL
     algo.learner_group.foreach_learner(lambda learner: start_learner_from(learner, module_id, state, set_anchor))
     filt = observation_filter_state(path)
     if filt is not None:
-        _each_pipeline(algo, lambda pipeline: pipeline.set_state(filt))
+        each_pipeline(algo, lambda pipeline: pipeline.set_state(filt))
     _sync_weights(algo)
 
 
@@ -229,5 +229,5 @@ def start_pack_from_checkpoints(algo, paths: list[str | Path | None], module_id:
     algo.learner_group.foreach_learner(
         lambda learner: start_pack_learner_from(learner, module_id, states, set_anchor))
     if any(f is not None for f in filters):
-        _each_pipeline(algo, lambda pipeline: set_member_filters(pipeline, filters))
+        each_pipeline(algo, lambda pipeline: set_member_filters(pipeline, filters))
     _sync_weights(algo)

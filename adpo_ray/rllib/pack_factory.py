@@ -119,6 +119,40 @@ class PackResultCallbacks(CleanMetricsCallbacks):
         result.setdefault(EVAL_GROUP, {})[MEMBER_GROUP] = {str(k): {WINMASS_KEY: float(v)} for k, v in enumerate(values)}
 
 
+#: The attribute of a pack's algorithm naming the members an evaluation logs (see
+#: :func:`evaluate_members`); unset or None: every member.
+EVALUATED_MEMBERS = "pack_evaluated_members"
+
+
+def freeze_members(algorithm, frozen: list[bool]) -> None:
+    """Member ``k`` of the pack ``algorithm`` stops where ``frozen[k]``, as its solo trial stops at
+    its budget while its pack-mates train on: its learner takes no step
+    (:meth:`~adpo_ray.rllib.pack_learner.PackedLearner.freeze_members`), its observation filter on
+    every env runner stops updating (:meth:`~adpo_ray.rllib.packed.PackedMeanStdFilter.freeze_members`)
+    and the scheduled evaluations log only the members not frozen. Its envs still step with the
+    others (their rows go unused). Idempotent; call it again after a restore.
+
+    Raises:
+        ValueError: for a length other than the pack's members, or every member frozen.
+    """
+    from adpo_ray.rllib.init import each_pipeline
+    from adpo_ray.rllib.packed import PackedMeanStdFilter
+
+    frozen = [bool(f) for f in frozen]
+    k = len((algorithm.config.env_config or {}).get("members") or [])
+    if len(frozen) != k or all(frozen):
+        raise ValueError(f"frozen: need one flag per member ({k}), not all true, got {frozen}")
+    algorithm.learner_group.foreach_learner(lambda learner: learner.freeze_members(frozen))
+
+    def on_pipeline(pipeline) -> None:
+        for connector in pipeline.connectors:
+            if isinstance(connector, PackedMeanStdFilter):
+                connector.freeze_members(frozen)
+
+    each_pipeline(algorithm, on_pipeline)
+    setattr(algorithm, EVALUATED_MEMBERS, [m for m in range(k) if not frozen[m]] if any(frozen) else None)
+
+
 def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     """The pack's evaluation (RLlib's ``custom_evaluation_function``): ``evaluation_duration``
     episodes per member on the local evaluation env runner (the members' clean envs, each
@@ -134,12 +168,16 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     same window, ``metrics_num_episodes_for_smoothing``, kept across evaluations) under
     ``member/<k>/`` and merged into the algorithm's evaluation results, where the result's
     ``evaluation/env_runners/member/<k>/episode_return_mean`` comes from, as a solo trial's
-    ``evaluation/env_runners/episode_return_mean`` does. Returns ``(this evaluation's means,
-    env_steps, agent_steps)``."""
+    ``evaluation/env_runners/episode_return_mean`` does. Only the members listed in the
+    algorithm's :data:`EVALUATED_MEMBERS` attribute (all when it is unset or None) are waited for
+    and logged: a member past its budget keeps its last evaluation and its window, as its solo
+    trial does. Returns ``(this evaluation's means, env_steps, agent_steps)``."""
     runner = eval_env_runner_group.local_env_runner
     members = runner.config.env_config["members"]
     k, wanted = len(members), int(algorithm.config.evaluation_duration)
-    done: dict[int, list[tuple[float, int]]] = {m: [] for m in range(k)}  # (return, length) per episode
+    logged = getattr(algorithm, EVALUATED_MEMBERS, None)
+    logged = range(k) if logged is None else logged
+    done: dict[int, list[tuple[float, int]]] = {m: [] for m in logged}  # (return, length) per episode
     partial: dict[str, tuple[float, int]] = {}  # episodes still running: their pieces so far
     env_steps, reset = 0, True
     rp.seed_next_reset(runner)  # every evaluation starts from the same seeded reset, as a solo trial's
@@ -153,7 +191,7 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
                 partial[piece.id_] = (ret, length)
                 continue
             m = piece.custom_data[MEMBER]
-            if len(done[m]) < wanted:
+            if m in done and len(done[m]) < wanted:
                 done[m].append((ret, length))
         reset = False
     logger = getattr(runner, "pack_eval_metrics", None)

@@ -27,7 +27,9 @@
 * the metrics: the solo learner's names under ``learners/default_policy/member/<k>/``.
 
 A member whose gradient is not finite on a minibatch (a NaN in its rows) skips that step; the
-others are exactly as without it. The learner state (``get_state`` / ``set_state``) carries the
+others are exactly as without it. A frozen member (:meth:`PackedLearner.freeze_members`: one past
+its budget while its pack-mates train on) takes no step at all: its parameters, anchor, Adam
+state, schedule, shuffle generator, ``ppo_kl`` beta and env-step count stay as they are. The learner state (``get_state`` / ``set_state``) carries the
 stacked Adam moments and step counts, the schedules, the shuffle generators and ``ppo_kl``'s betas.
 
 Members' knobs come from ``config.learner_config_dict[PACK_MEMBERS]`` (one dict per member, see
@@ -224,6 +226,17 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         self._update_kl: list[float] = []
         #: each member's env steps trained on so far: its solo trial's sampled lifetime steps
         self.member_env_steps = np.zeros(k, dtype=np.int64)
+        #: members past their budget (:meth:`freeze_members`)
+        self.frozen = np.zeros(k, dtype=bool)
+
+    def freeze_members(self, frozen: list[bool]) -> None:
+        """From the next update on, member ``k`` takes no step where ``frozen[k]`` (a member that
+        reached its budget before its pack-mates, kept as its solo trial ends); False thaws it.
+        Raises ``ValueError`` for a length other than the pack's members."""
+        frozen = np.asarray(frozen, dtype=bool)
+        if frozen.shape != self.frozen.shape:
+            raise ValueError(f"frozen: need one flag per member ({len(self.frozen)}), got {frozen.tolist()}")
+        self.frozen = frozen.copy()
 
     @property
     def pack_module(self) -> PackedTorchRLModule:
@@ -332,16 +345,22 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         sizes = counts.tolist()
         if min(sizes) == 0:
             raise ValueError(f"a pack's train batch needs rows of every member, got {sizes} rows per member")
-        plans = [minibatch_plan(n, minibatch_size, num_epochs, shuffle=shuffle, permute=self._permute(m),
+        frozen = self.frozen
+        if frozen.all():
+            raise ValueError("every member of the pack is frozen: nothing to update")
+        # a frozen member draws no shuffle and takes no minibatch (stacked_update's count 0)
+        plans = [torch.zeros(1, minibatch_size, dtype=torch.long, device=device) if frozen[m] else
+                 minibatch_plan(n, minibatch_size, num_epochs, shuffle=shuffle, permute=self._permute(m),
                                 device=device) for m, n in enumerate(sizes)]
-        counts_mb = [num_minibatches(n, minibatch_size, num_epochs) for n in sizes]
+        counts_mb = [0 if frozen[m] else num_minibatches(n, minibatch_size, num_epochs) for m, n in enumerate(sizes)]
         m_max = max(counts_mb)
         plans = torch.stack([torch.cat([p, p.new_zeros(m_max - len(p), minibatch_size)]) for p in plans])
 
         rows = {"obs": data[Columns.OBS][index].to(module.theta.dtype), "actions": data[Columns.ACTIONS][index]}
         mask = data[Columns.LOSS_MASK][index] & valid if Columns.LOSS_MASK in data else valid
         rows["loss_mask"] = mask
-        self.member_env_steps += mask.sum(1).cpu().numpy()  # real steps (not the artificial last ones)
+        # real steps (not the artificial last ones)
+        self.member_env_steps += np.where(frozen, 0, mask.sum(1).cpu().numpy())
         for name, col in (("advantages", Columns.ADVANTAGES), ("value_targets", Columns.VALUE_TARGETS)):
             rows[name] = data[col][index].to(module.theta.dtype)
         if self.algorithm in ("ppo", "ppo_kl"):
@@ -378,7 +397,7 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         module.train()
         means, skipped = stacked_update(net, self.optimizer, loss_fn, self.knobs, rows, plans, self.grad_clip,
                                         num_minibatches=active_mb, on_minibatch=anchor_kl)
-        self._anchor_kl = (kl_sum / active_mb.double()).cpu()
+        self._anchor_kl = (kl_sum / active_mb.clamp(min=1).double()).cpu()
         self._log_members(module_id, means.cpu().tolist(), skipped.cpu().tolist())
         self._fused_log_steps(module_id, data, num_minibatches=sum(counts_mb), minibatch_size=minibatch_size,
                               env_steps=env_steps)
@@ -407,9 +426,10 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
             return
         module = self.pack_module
         kls = self._anchor_kl.tolist()
-        # a solo schedule gets its trial's sampled lifetime env steps: the member's own count
-        rates = [schedule.step(kl, timestep=int(step))
-                 for schedule, kl, step in zip(self.schedules, kls, self.member_env_steps, strict=True)]
+        # a solo schedule gets its trial's sampled lifetime env steps: the member's own count;
+        # a frozen member's schedule does not step and its anchor stays (rate 0)
+        rates = [0.0 if frozen else schedule.step(kl, timestep=int(step)) for schedule, kl, step, frozen
+                 in zip(self.schedules, kls, self.member_env_steps, self.frozen, strict=True)]
         policy = module.theta[:, :module.net.policy_size]
         polyak_stacked_([module.anchor], [policy], torch.tensor(rates, dtype=torch.float64, device=policy.device))
         for m, (schedule, kl) in enumerate(zip(self.schedules, kls, strict=True)):
@@ -424,8 +444,8 @@ class PackedLearner(FusedUpdateMixin, PPOTorchLearner):
         then logged as RLlib's ``curr_kl_coeff`` under the member's key."""
         betas = self.knobs.kl_beta
         if self.kl_adaptive and self._update_kl:
-            new = [adapt_kl_beta(b, kl, target)
-                   for b, kl, target in zip(betas.tolist(), self._update_kl, self.kl_targets, strict=True)]
+            new = [b if frozen else adapt_kl_beta(b, kl, target) for b, kl, target, frozen
+                   in zip(betas.tolist(), self._update_kl, self.kl_targets, self.frozen, strict=True)]
             betas.copy_(torch.tensor(new, dtype=torch.float64))
         for m, beta in enumerate(betas.tolist()):
             self.metrics.log_value((DEFAULT_MODULE_ID, MEMBER_GROUP, str(m), LEARNER_RESULTS_CURR_KL_COEFF_KEY),

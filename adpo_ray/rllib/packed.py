@@ -168,7 +168,8 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
     unchanged; :meth:`member_states` / :meth:`pack_states` convert to and from solo states.
     Flat ``Box`` observations only. ``add_obs_column`` also puts the normalised observations, row
     ``i`` from ``episodes[i]``, in the batch's ``obs`` column (for a pipeline without RLlib's
-    default pieces, which would otherwise collect them from the episodes).
+    default pieces, which would otherwise collect them from the episodes). A frozen member
+    (:meth:`freeze_members`) is normalised by its statistics without updating them.
     """
 
     def __init__(self, *args, num_members: int, add_obs_column: bool = False, **kwargs):
@@ -177,6 +178,16 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
         super().__init__(*args, **kwargs)
         self.num_members = num_members
         self.add_obs_column = add_obs_column
+        self.frozen = np.zeros(num_members, dtype=bool)
+
+    def freeze_members(self, frozen: list[bool]) -> None:
+        """Member ``k``'s statistics stay as they are where ``frozen[k]`` (a pack member past its
+        budget), and update again where not. Raises ``ValueError`` for a length other than the
+        pack's members."""
+        frozen = np.asarray(frozen, dtype=bool)
+        if frozen.shape != (self.num_members,):
+            raise ValueError(f"frozen: need one flag per member ({self.num_members}), got {frozen.tolist()}")
+        self.frozen = frozen.copy()
 
     def get_ctor_args_and_kwargs(self):
         """RLlib's record of the constructor's keywords (``MeanStdFilter``'s), with this filter's
@@ -211,7 +222,7 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
             for m in range(k):
                 rows = order[bounds[m]:bounds[m + 1]]
                 if rows.size:
-                    out[rows] = self._filter_rows(filters[m], obs[rows])
+                    out[rows] = self._filter_rows(filters[m], obs[rows], update=not self.frozen[m])
         for episode, row in zip(sa_episodes, out, strict=True):
             episode.set_observations(at_indices=-1, new_data=row)
             episode.observation_space = self.observation_space
@@ -226,8 +237,11 @@ class PackedMeanStdFilter(BatchedMeanStdFilter):
         """:meth:`_filter_rows` for all members at once; ``x`` is ``(K, n, d)``, member k's rows ``x[k]``."""
         filters = [self._member_filters()[m] for m in range(self.num_members)]
         if rp.updates_filter_stats(self):
-            push_stacked([f.running_stats for f in filters], x)
-            push_stacked([f.buffer for f in filters], x)
+            live = np.flatnonzero(~self.frozen)  # every member, unless some are past their budget
+            rows = x if len(live) == self.num_members else x[live]
+            if len(live):
+                push_stacked([filters[m].running_stats for m in live], rows)
+                push_stacked([filters[m].buffer for m in live], rows)
         first = filters[0]
         out = x
         if first.demean:

@@ -11,6 +11,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from adpo_ray.envs.packed import PackedVectorEnv, make_packed_env
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter
 from adpo_ray.rllib.packed import MEMBER, PackedMeanStdFilter, configure_pack
 
@@ -149,6 +150,45 @@ def test_packed_filter_is_one_solo_filter_per_member(shuffled):
         np.testing.assert_equal(PackedMeanStdFilter.member_states(state)[m], solo.get_state())
     with pytest.raises(KeyError, match="has no custom_data\\['member'\\]"):
         filter_step(pack, rows[:1], [None], space)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_frozen_members_filter_keeps_its_statistics(shuffled):
+    """A frozen member (past its budget) is normalised by its statistics as they were, which no
+    longer move; the others go on as solo filters; thawed, it updates again."""
+    k, n, d = 3, 4, 5
+    space = gym.spaces.Box(-np.inf, np.inf, (d,), np.float64)
+    pack, solos = PackedMeanStdFilter(num_members=k), [BatchedMeanStdFilter() for _ in range(k)]
+    for filt in (pack, *solos):
+        filt.input_observation_space, filt.input_action_space = space, gym.spaces.Discrete(2)
+    rng = np.random.default_rng(3)
+    members = np.repeat(np.arange(k), n)
+
+    def rows_and_members():
+        rows = rng.normal(size=(k * n, d)) + members[:, None] * 10
+        order = rng.permutation(k * n) if shuffled else np.arange(k * n)
+        return rows[order], members[order]
+
+    rows, of = rows_and_members()
+    filter_step(pack, rows, of, space)
+    for m, solo in enumerate(solos):
+        filter_step(solo, rows[of == m], [None] * n, space)
+    frozen_state = PackedMeanStdFilter.member_states(pack.get_state())[1]
+    pack.freeze_members([False, True, False])
+    for _ in range(3):
+        rows, of = rows_and_members()
+        out = filter_step(pack, rows, of, space)
+        for m in (0, 2):
+            np.testing.assert_array_equal(out[of == m], filter_step(solos[m], rows[of == m], [None] * n, space))
+        # member 1: normalised by its frozen statistics (a filter that no longer updates)
+        np.testing.assert_array_equal(out[of == 1], solos[1]._filter_rows(
+            rp.built_filters(solos[1])[None], rows[of == 1], update=False))
+        np.testing.assert_equal(PackedMeanStdFilter.member_states(pack.get_state())[1], frozen_state)
+    pack.freeze_members([False, False, False])
+    filter_step(pack, *rows_and_members(), space)
+    assert PackedMeanStdFilter.member_states(pack.get_state())[1][None]["running_stats"] != frozen_state[None]["running_stats"]
+    with pytest.raises(ValueError, match=r"frozen: need one flag per member \(3\), got \[True\]"):
+        pack.freeze_members([True])
 
 
 def test_packed_filter_rebuilds_from_its_checkpoint(tmp_path):

@@ -514,6 +514,31 @@ def test_a_member_with_nan_everywhere_does_not_move():
     assert not torch.equal(net.theta[0], start[0])  # control: the others trained
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_a_member_with_no_minibatches_is_frozen_and_the_others_are_exact(with_mask):
+    """A count of 0 minibatches (a pack member past its budget): no step, its parameters and Adam
+    state bit for bit as before, zeros in its means; the others as in an update without it frozen."""
+    _, rows, plans, net, opt = build("ppo", torch.float32, with_mask=with_mask)
+    stacked = {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+    plans = torch.stack(plans)
+    live_net = StackedActorCritic.from_state_dicts(net.state_dicts(), "gaussian")
+    live_opt = StackedAdam(live_net.theta, KNOBS["lr"])
+    start = net.theta.clone()
+    knobs = Knobs.of(K, **{n: KNOBS[n] for n in ("vf_clip_param", "vf_loss_coeff", "entropy_coeff", "clip_param")})
+    clip = member_values("grad_clip", KNOBS["grad_clip"], K, off_is=math.inf)
+    m = plans.shape[1]
+    means, skipped = stacked_update(net, opt, ppo_terms, knobs, stacked, plans, clip,
+                                    num_minibatches=torch.tensor([m, 0, m]))
+    want, _ = stacked_update(live_net, live_opt, ppo_terms, knobs, stacked, plans, clip)
+    assert torch.equal(net.theta[1], start[1]) and float(opt.steps[1]) == 0 and not opt.exp_avg[1].any()
+    assert skipped.tolist() == [0, 0, 0] and not means[1].any()
+    for k in (0, 2):
+        assert torch.equal(net.theta[k], live_net.theta[k]) and torch.equal(opt.exp_avg_sq[k], live_opt.exp_avg_sq[k])
+        assert torch.equal(means[k], want[k])
+    with pytest.raises(ValueError, match=r"num_minibatches: need K=3 counts in 0\.\.\d+, got \[-1, 1, 1\]"):
+        stacked_update(net, opt, ppo_terms, knobs, stacked, plans, clip, num_minibatches=torch.tensor([-1, 1, 1]))
+
+
 def test_bad_knobs_are_refused_by_name_before_any_step():
     with pytest.raises(ValueError, match=r"tau_anc: every member's value must be > 0"):
         Knobs.of(K, vf_clip_param=1.0, vf_loss_coeff=1.0, entropy_coeff=0.0, tau_anc=[1.0, 0.0, 1.0], beta_q=1.0)
