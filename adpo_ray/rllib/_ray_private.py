@@ -29,7 +29,7 @@ __all__ = [
     "builds_own_filters", "built_filters",
     "has_lr_schedulers", "has_grad_scalers", "compiles_complete_update", "check_is_built",
     "next_weights_seq_no", "weights_seq_no", "multi_agent_batch", "learner_connector",
-    "seed_next_reset", "take_initial_reset_seed", "count_sampled",
+    "seed_next_reset", "take_initial_reset_seed", "count_sampled", "env_to_module_override",
 ]
 
 #: The Ray release every adapter here (and in :mod:`adpo_ray.orchestration._ray_private`) was
@@ -114,6 +114,14 @@ def count_sampled(env_runner, num_steps: int, num_episodes: int) -> None:
     per call and over the runner's lifetime, under RLlib's own names
     (``SingleAgentEnvRunner._increase_sampled_metrics``, Ray 2.60.0)."""
     env_runner._increase_sampled_metrics(num_steps, num_episodes)
+
+
+def env_to_module_override(factory) -> dict:
+    """Keywords of ``AlgorithmConfig.overrides`` (e.g. an ``evaluation_config``) that set the
+    env-to-module connector ``factory`` (``env, spaces, device -> connector(s)``): the config's
+    ``_env_to_module_connector`` (Ray 2.60.0), which ``env_runners(env_to_module_connector=...)``
+    sets and ``overrides`` can reach only by that name."""
+    return {"_env_to_module_connector": factory}
 
 
 def env_to_module(env_runner):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
+from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.algorithm import ADPOConfig
 from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
 from adpo_ray.rllib.connectors import BatchedMeanStdFilter
@@ -91,7 +92,9 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
     if knobs.kind == "mujoco":
         # Observation normalisation (running mean/std, batched per vector step); actions are
         # clipped to the box inside the env (NoisyMujoco), so RLlib's per-item action connector is
-        # off; and a clean, nominal evaluation env.
+        # off; and a clean, nominal evaluation env with no more envs than episodes it runs, whose
+        # filter normalises by the training runners' statistics (synced before each evaluation)
+        # without learning from the evaluation's own observations.
         config.env_runners(env_to_module_connector=lambda env, spaces=None, device=None: BatchedMeanStdFilter())
         config.environment(normalize_actions=False, clip_actions=False)
         config.evaluation(
@@ -100,10 +103,23 @@ def build_algo_config(knobs: TrialKnobs) -> AlgorithmConfig:
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
             evaluation_config=AlgorithmConfig.overrides(
-                env_config={**knobs.env_config, "scenario": "clean"}, explore=knobs.eval_explore
+                env_config={**knobs.env_config, "scenario": "clean"}, explore=knobs.eval_explore,
+                num_envs_per_env_runner=eval_envs(knobs),
+                **rp.env_to_module_override(
+                    lambda env, spaces=None, device=None: BatchedMeanStdFilter(update_stats=False)),
             ),
         )
     return config
+
+
+def eval_envs(knobs: TrialKnobs) -> int:
+    """Envs of a MuJoCo trial's evaluation env runner: its training envs per env runner, but no
+    more than the episodes one evaluation runs (``evaluation.episodes``). An evaluation takes
+    the first episodes to end from a reset of every env, so envs beyond that count only step
+    episodes that are thrown away (with 8 envs and 5 episodes, 3 of every 8 simulated steps); the
+    first ``n`` envs are seeded as before and the evaluation's filter does not update, so with
+    episodes of one length (HalfCheetah's 1,000 steps) the evaluation is the same."""
+    return max(1, min(knobs.num_envs_per_env_runner, knobs.eval_episodes or knobs.num_envs_per_env_runner))
 
 
 def build_distill_config(

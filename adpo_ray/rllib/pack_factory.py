@@ -37,10 +37,10 @@ from adpo_ray.metrics import EVAL_GROUP, MEMBER_GROUP, WINMASS_KEY
 from adpo_ray.rllib import _ray_private as rp
 from adpo_ray.rllib.bandit_runner import BanditPackEnvRunner
 from adpo_ray.rllib.callbacks import CleanMetricsCallbacks
-from adpo_ray.rllib.factory import build_algo_config, model_config
+from adpo_ray.rllib.factory import build_algo_config, eval_envs, model_config
 from adpo_ray.rllib.pack_learner import PACK_ALGORITHM, PACK_MEMBERS, PackedLearner, member_knobs
 from adpo_ray.rllib.pack_module import PackedTorchRLModule, pack_model_config
-from adpo_ray.rllib.packed import MEMBER, configure_pack
+from adpo_ray.rllib.packed import MEMBER, configure_pack, pack_env_to_module
 from adpo_ray.spec.packs import FUSED, SHAPE_KNOBS, check_pack  # noqa: F401 - re-exported: what a pack takes
 
 
@@ -78,10 +78,14 @@ def build_pack_config(knobs: list) -> AlgorithmConfig:
     if first.kind == "bandit":  # one-step episodes: sampled as columns (see bandit_runner)
         config.env_runners(env_runner_cls=BanditPackEnvRunner)
     if first.kind == "mujoco":
-        clean = {**config.env_config, "members": [{**m, "scenario": "clean"} for m in members]}
+        n = eval_envs(first)  # per member, as its solo trial's evaluation env runner
+        clean = {**config.env_config, "members": [{**m, "scenario": "clean"} for m in members],
+                 "num_envs_per_member": n}
         config.evaluation(
             custom_evaluation_function=evaluate_members,
-            evaluation_config=AlgorithmConfig.overrides(env_config=clean, explore=bool(first.eval_explore)),
+            evaluation_config=AlgorithmConfig.overrides(
+                env_config=clean, explore=bool(first.eval_explore), num_envs_per_env_runner=k * n,
+                **rp.env_to_module_override(pack_env_to_module(k, update_stats=False))),
         )
     return config
 

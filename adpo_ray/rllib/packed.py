@@ -93,13 +93,23 @@ def configure_pack(config: AlgorithmConfig, members: list[dict[str, Any]], num_e
         # and the actions go back to the env as one array, instead of RLlib's default pieces,
         # which move every row through per-episode lists and back.
         config.env_runners(
-            env_to_module_connector=lambda env, spaces=None, device=None: [
-                PackedMeanStdFilter(num_members=num_members, add_obs_column=True), NumpyToTensor(device=device)],
+            env_to_module_connector=pack_env_to_module(num_members),
             module_to_env_connector=lambda env, spaces=None: [GetActions(), TensorToNumpy()],
             add_default_connectors_to_env_to_module_pipeline=False,
             add_default_connectors_to_module_to_env_pipeline=False,
         )
     return config
+
+
+def pack_env_to_module(num_members: int, update_stats: bool = True):
+    """The env-to-module connector factory of a MuJoCo pack's env runners: its
+    :class:`PackedMeanStdFilter` (``update_stats=False`` on evaluation runners: their statistics
+    are the training runners', synced before each evaluation) then RLlib's ``NumpyToTensor``."""
+    def make(env=None, spaces=None, device=None):
+        return [PackedMeanStdFilter(num_members=num_members, add_obs_column=True, update_stats=update_stats),
+                NumpyToTensor(device=device)]
+
+    return make
 
 
 def _member(episode) -> int:

@@ -273,7 +273,8 @@ def test_mujoco_evaluation_is_each_members_solo_evaluation(ray_local):
     from adpo_ray.orchestration.pack_trainable import member_result
 
     spec = parse_spec({"name": "pack-eval", "environments": ["HalfCheetah-v5"], "scenarios": ["clean", "shift-high"],
-                       "budget": {"iterations": 1}, "evaluation": {"interval": 1, "episodes": 2}})
+                       "budget": {"iterations": 1}, "evaluation": {"interval": 1, "episodes": 2},
+                       "resources": {"num_envs_per_env_runner": 3}})
     knobs = [spec.knobs(TrialSpec("HalfCheetah-v5", s, "adpo", "dynamic", 16, seed))
              for s, seed in zip(("shift-high", "clean"), SEEDS[:2], strict=True)]
     pack = build_pack_config(knobs).build_algo()
@@ -295,6 +296,15 @@ def test_mujoco_evaluation_is_each_members_solo_evaluation(ray_local):
                 assert curate(member_result({"evaluation": got}, m))[EVAL_RETURN] == pytest.approx(want, rel=1e-9)
         returns = [curate(member_result({"evaluation": got}, m))[EVAL_RETURN] for m in range(2)]
         assert returns[0] != pytest.approx(returns[1], rel=1e-3)  # the members' own networks
+        # an evaluation runs as many envs as episodes (not the 3 training envs) and normalises
+        # by the training runner's statistics without learning from its own observations
+        for algo, envs in ((pack, 2 * 2), *((solo, 2) for solo in solos)):
+            training, evaluation = (g.local_env_runner for g in (algo.env_runner_group, algo.eval_env_runner_group))
+            assert (training.num_envs, evaluation.num_envs) == (envs // 2 * 3, envs)
+            (train_filter,), (eval_filter,) = ([c for c in rp.env_to_module(r).connectors if "Filter" in type(c).__name__]
+                                               for r in (training, evaluation))
+            assert not rp.updates_filter_stats(eval_filter)
+            np.testing.assert_equal(eval_filter.get_state(), train_filter.get_state())
     finally:
         for algo in (pack, *solos):
             algo.stop()
