@@ -267,10 +267,10 @@ def resolve_learner_gpus(spec: ExperimentSpec, capacity: Capacity) -> Experiment
 #: 64 and 256, measured by `python bench/throughput.py --config twelve_scenarios [--set
 #: 'hidden_sizes=[256]']` on a 2-core machine (docs/results/benchmarks.md, "Capacity plan"). Pass
 #: --steps-per-second to plan with a figure of your own.
-THROUGHPUT = {"PreferenceBandit": 1436.0, "HalfCheetah-v5": 1144.0, "Hopper-v5": 1215.0}
+THROUGHPUT = {"PreferenceBandit": 1436.0, "HalfCheetah-v5": 986.9, "Hopper-v5": 1221.4}
 #: Seconds from a trial's start to its first result (building the algorithm, its first
 #: iteration), same bench: the largest of a solo trial and a pack of 16 at either hidden size.
-STARTUP_S = {"PreferenceBandit": 1.4, "HalfCheetah-v5": 15.5, "Hopper-v5": 17.2}
+STARTUP_S = {"PreferenceBandit": 1.4, "HalfCheetah-v5": 14.8, "Hopper-v5": 17.7}
 THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial (1 CPU) on a 2-core machine"
 #: CPU seconds a launch spends outside its trials per result a trial reports (one training
 #: iteration of one trial; a pack of 16 reports 16): Tune's driver (its loop and loggers), the
@@ -315,11 +315,13 @@ def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, s
 #: evaluation on the spec's schedule), ``bench/throughput.py --packs 4 16`` on the
 #: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack, torch on one
 #: thread as Ray gives a 1-CPU actor) on a 2-core CPU machine (docs/results/benchmarks.md,
-#: "Capacity plan"), in the same run as :data:`THROUGHPUT`. A GPU learner was not measured.
+#: "Capacity plan"), each env's in the same run as its :data:`THROUGHPUT` (the MuJoCo envs' after
+#: evaluations ran no more envs than episodes, the bandit's before: its code did not change). A GPU
+#: learner was not measured.
 PACK_SPEEDUP = {
     "PreferenceBandit": {64: {4: 9.76, 16: 12.19}, 256: {4: 3.77, 16: 4.10}},
-    "HalfCheetah-v5": {64: {4: 2.62, 16: 2.70}, 256: {4: 1.40, 16: 1.53}},
-    "Hopper-v5": {64: {4: 1.97, 16: 2.45}, 256: {4: 1.18, 16: 1.28}},
+    "HalfCheetah-v5": {64: {4: 2.50, 16: 3.21}, 256: {4: 1.83, 16: 1.95}},
+    "Hopper-v5": {64: {4: 1.77, 16: 2.28}, 256: {4: 1.17, 16: 1.41}},
 }
 
 
