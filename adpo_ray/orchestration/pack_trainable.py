@@ -175,8 +175,8 @@ class PackTrainable(AlgorithmTrainable):
             members.append(result)
         unevaluated = [k for k in newly if EVAL_RETURN not in members[k]]
         if unevaluated and self.algo.config.evaluation_interval:
-            # each member ends with a clean evaluation; only theirs is logged (the others' windows
-            # of evaluation episodes stay their solo trials')
+            # each member ends with a clean evaluation; the evaluation waits for and logs only
+            # theirs (the others' evaluation metrics stay those of their solo trials' schedule)
             before = getattr(self.algo, EVALUATED_MEMBERS, None)
             setattr(self.algo, EVALUATED_MEMBERS, unevaluated)
             try:

@@ -174,8 +174,8 @@ def evaluate_members(algorithm, eval_env_runner_group) -> tuple[dict, int, int]:
     ``evaluation/env_runners/member/<k>/episode_return_mean`` comes from, as a solo trial's
     ``evaluation/env_runners/episode_return_mean`` does. Only the members listed in the
     algorithm's :data:`EVALUATED_MEMBERS` attribute (all when it is unset or None) are waited for
-    and logged: a member past its budget keeps its last evaluation and its window, as its solo
-    trial does. Returns ``(this evaluation's means, env_steps, agent_steps)``."""
+    and logged: a member past its budget keeps its last evaluation, as its solo trial ends
+    with it. Returns ``(this evaluation's means, env_steps, agent_steps)``."""
     runner = eval_env_runner_group.local_env_runner
     members = runner.config.env_config["members"]
     k, wanted = len(members), int(algorithm.config.evaluation_duration)

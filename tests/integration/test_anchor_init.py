@@ -16,12 +16,13 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
 from adpo_ray.core.packed import StackedActorCritic
+from adpo_ray.metrics import MEMBERS
 from adpo_ray.orchestration.launch import GridOptions, run_grid
 from adpo_ray.orchestration.policies import TEACHER_TAG
 from adpo_ray.orchestration.spool import RUN_KEY_TAG
-from adpo_ray.orchestration.tracking import PACK_TAG
+from adpo_ray.orchestration.tracking import PACK_MEMBER_TAG, PACK_TAG
 from adpo_ray.report.build import build_report
-from adpo_ray.report.data import load_mlflow
+from adpo_ray.report.data import load_mlflow, load_tune_folder
 from adpo_ray.rllib.factory import build_algo_config
 from adpo_ray.rllib.init import module_dir, policy_state, start_from_checkpoint
 from adpo_ray.rllib.learner import kl_from_logits
@@ -93,10 +94,18 @@ def test_grid_pretrains_once_and_every_method_starts_there(ray_local, tmp_path, 
     members = [r for r in client.search_runs([client.get_experiment_by_name("init_small").experiment_id])
                if r.data.tags.get("trial") and PACK_TAG in r.data.tags]
     assert sorted(k.data.tags["method"] for k in members) == ["adpo-dynamic", "adpo-ema", "adpo-fixed", "adpo-kl_triggered"]
+    last = packed[0].metrics[MEMBERS]
     for k in members:
         assert k.info.status == "FINISHED" and k.data.params["anchors.init.run_id"] == pretrained
+        # each member evaluated every iteration up to its own stop (the one its env steps reached
+        # the budget; members sample a few steps more or fewer, so they may stop apart)
+        mine = last[int(k.data.tags[PACK_MEMBER_TAG])]
+        assert mine["done"] is True and mine["env_steps"] >= 512
         history = client.get_metric_history(k.info.run_id, "eval/return_mean")
-        assert len(history) == packed[0].metrics["training_iteration"] and all(np.isfinite(m.value) for m in history)
+        assert len(history) == mine["training_iteration"] and all(np.isfinite(m.value) for m in history)
+    # read from Tune's folder too, each member finished, its last row at its own stop
+    trials = load_tune_folder(tmp_path / "ray_results" / "second").trials
+    assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
 
 
 def test_every_mode_starts_from_the_same_parameters(ray_local, tmp_path):
