@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adpo_ray.metrics import ENV_STEPS
+from adpo_ray.metrics import ENV_STEPS, MEMBERS
 from adpo_ray.orchestration.planning import trial_env_steps
 from adpo_ray.orchestration.run_folder import LOCK_FILE, load_grid_file, local_run_dir
 from adpo_ray.orchestration.spool import Spool
@@ -81,19 +81,48 @@ def _trial_state(folder: Path) -> tuple[str, int]:
     return ("started" if folder.exists() else "not started"), steps
 
 
+def member_progress(folder: Path, members: int, tail_bytes: int = 1 << 20) -> list[tuple[int, bool]] | None:
+    """Each member's (env steps, ended) in a trial pack's Tune ``folder``: from the last whole
+    result in its ``result.json`` (read from its last ``tail_bytes``, so a long run's file is not
+    read whole), a member ended once its own result or the pack's says ``done``. None before a
+    result of ``members`` members (no file, a torn line only, another pack size)."""
+    path = folder / "result.json"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill, or the first one cut by the tail
+        found = result.get(MEMBERS) if isinstance(result, dict) else None
+        if isinstance(found, list) and len(found) == members and all(isinstance(m, dict) for m in found):
+            return [(int(m.get(ENV_STEPS) or 0), bool(m.get("done") or result.get("done"))) for m in found]
+    return None
+
+
 def _trial_states(spec, root: Path, alive: bool) -> dict[str, tuple[TrialSpec, str, int, int]]:
     """Every trial of ``spec`` by its tag: (trial, state, env steps done, env steps budget), read
-    from its Tune folder in ``root`` (a trial pack's members share the pack's folder and state;
-    each member's env steps are the pack's divided among them)."""
+    from its Tune folder in ``root``. A trial pack's members share the pack's folder and state,
+    but each has its own env steps and ends at its own budget (:func:`member_progress`; before the
+    pack's first result, the pack's steps divided among them)."""
     out = {}
     for pack in (spec.packs() if packed(spec) else [[t] for t in spec.trials()]):
         folder = pack_dirname(pack) if len(pack) > 1 else pack[0].dirname
         state, steps = _trial_state(root / folder)
         if state == "started":
             state = "running" if alive else "stopped"
-        for trial in pack:
+        members = member_progress(root / folder, len(pack)) if len(pack) > 1 else None
+        for k, trial in enumerate(pack):
             budget = trial_env_steps(spec.knobs(trial))
-            out[trial.tag] = (trial, state, min(steps // len(pack), budget), budget)
+            own_state, own_steps = state, steps // len(pack)
+            if members is not None:
+                own_steps, ended = members[k]
+                own_state = "finished" if ended else state
+            out[trial.tag] = (trial, own_state, min(own_steps, budget), budget)
     return out
 
 
