@@ -158,6 +158,12 @@ def curate(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def member_ended(result: dict[str, Any], member: dict[str, Any]) -> bool:
+    """Whether a trial-pack member whose result is ``member`` (one of ``result[MEMBERS]``) has
+    ended: it reached its own budget (its ``done``) or the pack ended (the pack's ``done``)."""
+    return bool(member.get("done") or result.get("done"))
+
+
 def member_results(config: dict[str, Any], result: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The grid trials' results in a Tune trial's ``result``, in the order of its ``config``'s
     trials: a pack's members' (:data:`MEMBERS`; empty dicts before its first result), or the

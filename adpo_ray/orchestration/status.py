@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adpo_ray.metrics import ENV_STEPS, MEMBERS
+from adpo_ray.metrics import ENV_STEPS, MEMBERS, member_ended
 from adpo_ray.orchestration.planning import trial_env_steps
 from adpo_ray.orchestration.run_folder import LOCK_FILE, load_grid_file, local_run_dir
 from adpo_ray.orchestration.spool import Spool
@@ -81,18 +81,27 @@ def _trial_state(folder: Path) -> tuple[str, int]:
     return ("started" if folder.exists() else "not started"), steps
 
 
-def member_progress(folder: Path, members: int, tail_bytes: int = 1 << 20) -> list[tuple[int, bool]] | None:
-    """Each member's (env steps, ended) in a trial pack's Tune ``folder``: from the last whole
-    result in its ``result.json`` (read from its last ``tail_bytes``, so a long run's file is not
-    read whole), a member ended once its own result or the pack's says ``done``. None before a
-    result of ``members`` members (no file, a torn line only, another pack size)."""
+def member_progress(folder: Path, members: int, tail_bytes: int = 1 << 16) -> list[tuple[int, bool]] | None:
+    """Each member's (env steps, ended: :func:`~adpo_ray.metrics.member_ended`) in a trial pack's
+    Tune ``folder``, from the last whole result in its ``result.json``: read from the end,
+    ``tail_bytes`` first and twice as much while no whole result is found, so a long run's file
+    (about 14 KB an iteration for a pack of 16) is not read whole. None before a result of
+    ``members`` members (no file, a torn line only, another pack size)."""
     path = folder / "result.json"
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
+            size = f.seek(0, os.SEEK_END)
+            while True:
+                f.seek(max(0, size - tail_bytes))
+                found = _last_members(f.read().decode("utf-8", errors="replace").splitlines(), members)
+                if found is not None or tail_bytes >= size:
+                    return found
+                tail_bytes *= 2
     except OSError:
         return None
+
+
+def _last_members(lines: list[str], members: int) -> list[tuple[int, bool]] | None:
     for line in reversed(lines):
         try:
             result = json.loads(line)
@@ -100,7 +109,7 @@ def member_progress(folder: Path, members: int, tail_bytes: int = 1 << 20) -> li
             continue  # a line torn by a kill, or the first one cut by the tail
         found = result.get(MEMBERS) if isinstance(result, dict) else None
         if isinstance(found, list) and len(found) == members and all(isinstance(m, dict) for m in found):
-            return [(int(m.get(ENV_STEPS) or 0), bool(m.get("done") or result.get("done"))) for m in found]
+            return [(int(m.get(ENV_STEPS) or 0), member_ended(result, m)) for m in found]
     return None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from adpo_ray.core.noise import SCENARIOS, TWELVE
-from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, MEMBERS, is_metric_key
+from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, MEMBERS, is_metric_key, member_ended
 from adpo_ray.spec import method_name
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start",
@@ -173,7 +173,7 @@ def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFram
         except ValueError:  # a line torn by a killed driver (Tune appends the next one to it)
             continue
     return [(TrialSpec(**t).dirname,
-             pd.DataFrame([{**line[MEMBERS][k], "done": bool(line.get("done") or line[MEMBERS][k].get("done"))}
+             pd.DataFrame([{**line[MEMBERS][k], "done": member_ended(line, line[MEMBERS][k])}
                            for line in lines if MEMBERS in line]))
             for k, t in enumerate(config["trials"])]
 

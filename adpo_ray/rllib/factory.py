@@ -119,7 +119,7 @@ def eval_envs(knobs: TrialKnobs) -> int:
     episodes that are thrown away (with 8 envs and 5 episodes, 3 of every 8 simulated steps); the
     first ``n`` envs are seeded as before and the evaluation's filter does not update, so with
     episodes of one length (HalfCheetah's 1,000 steps) the evaluation is the same."""
-    return max(1, min(knobs.num_envs_per_env_runner, knobs.eval_episodes or knobs.num_envs_per_env_runner))
+    return min(knobs.num_envs_per_env_runner, knobs.eval_episodes or knobs.num_envs_per_env_runner)
 
 
 def build_distill_config(

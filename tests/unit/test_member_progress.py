@@ -35,6 +35,8 @@ def test_a_torn_last_line_reads_the_one_before_and_a_long_file_only_its_tail(tmp
                   + ['{"training_iteration": 3, "members": [{"env_st'])
     assert member_progress(folder, 2) == [(199_900, False), (199_901, False)]
     assert member_progress(folder, 2, tail_bytes=300) == [(199_900, False), (199_901, False)]
+    # a tail too short for one whole result grows until it holds one
+    assert member_progress(folder, 2, tail_bytes=10) == [(199_900, False), (199_901, False)]
 
 
 def test_no_result_yet_or_another_size_is_none(tmp_path):
