@@ -24,6 +24,7 @@ from adpo_ray.core.packed import (
     ppo_kl_terms,
     ppo_terms,
     stacked_update,
+    tanh,
 )
 
 K, OBS, HIDDEN, ACT, N_ACTIONS = 3, 5, 8, 2, 4
@@ -327,6 +328,37 @@ def test_state_dicts_round_trip_exactly_and_forward_is_the_solo_forward():
         torch.testing.assert_close(values[k], solo.value(obs[k]), rtol=0, atol=1e-6)
     # control: member 1's clamp of its log std (0.1) is its own
     assert (inputs[1, :, ACT:].abs() <= 0.1).all() and (inputs[0, :, ACT:].abs() > 0.1).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_is_torch_tanh_in_value_and_gradient(dtype):
+    special = [0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, math.inf, -math.inf, math.nan]
+    flat = torch.cat([torch.randn(4752, dtype=dtype) * 3, torch.tensor(special, dtype=dtype)])
+    x = flat.reshape(9, 529).t()  # not contiguous
+    got = tanh(x)
+    assert got.dtype == dtype and got.shape == x.shape and got.grad_fn is None
+    exact, ulp = torch.tanh(x.double()), torch.finfo(dtype).eps
+    finite = exact.isfinite()
+    assert ((got.double() - exact).abs()[finite] <= 2 * ulp * exact.abs()[finite].clamp_min(torch.finfo(dtype).tiny)).all()
+    tail = got.t().reshape(-1)[-len(special):].tolist()
+    assert tail[:2] == [0.0, 0.0] and math.copysign(1, tail[1]) == -1  # -0.0 stays -0.0
+    assert tail[4:8] == [1.0, -1.0, 1.0, -1.0] and math.isnan(tail[8])
+    # backward: torch's tanh backward, g * (1 - y^2), at the values it returned
+    leaf = x.detach().clone().requires_grad_(True)
+    weights = torch.randn_like(x)
+    (grad,) = torch.autograd.grad((tanh(leaf) * weights).nan_to_num().sum(), leaf)
+    assert torch.equal(grad.nan_to_num(), torch.ops.aten.tanh_backward(weights, got).nan_to_num())
+    # control: the gradient through torch.tanh agrees to rounding, and is not the incoming gradient
+    (torch_grad,) = torch.autograd.grad((torch.tanh(leaf) * weights).nan_to_num().sum(), leaf)
+    torch.testing.assert_close(grad.nan_to_num(), torch_grad.nan_to_num(), rtol=4 * ulp, atol=4 * ulp)
+    assert not torch.equal(grad.nan_to_num(), weights.nan_to_num())
+
+
+def test_tanh_off_the_numpy_path_is_torch_tanh():
+    half = torch.randn(4, 5, dtype=torch.bfloat16)
+    assert torch.equal(tanh(half), torch.tanh(half))
+    ints = torch.arange(-3, 4)
+    assert torch.equal(tanh(ints), torch.tanh(ints))
 
 
 def test_state_dicts_with_other_shapes_are_refused_by_name():
