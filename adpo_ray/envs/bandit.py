@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from adpo_ray.core.noise import CLEAN, Scenario, get_scenario
 
-__all__ = ["PreferenceBandit", "BanditProblem", "bandit_problem", "winmass"]
+__all__ = ["PreferenceBandit", "BanditProblem", "BanditSteps", "bandit_problem", "winmass"]
 
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -48,16 +49,30 @@ class BanditProblem:
         self._mean, self._std = float(ref.mean()), float(ref.std())
 
     def _raw(self, x: np.ndarray) -> np.ndarray:
-        return np.tanh(x @ self._w1 + self._b1) @ self._w2
+        # Products summed over the input axis in one fixed order, so that a row's utilities are
+        # the same numbers in any batch (a BLAS matrix product's are not: its kernels depend on
+        # the batch's shape), and a pack's envs stepped together equal each stepped alone.
+        hidden = np.tanh((x[..., :, None] * self._w1).sum(axis=-2) + self._b1)
+        return (hidden[..., :, None] * self._w2).sum(axis=-2)
 
     def utilities(self, x: np.ndarray) -> np.ndarray:
-        """Clean utilities, shape ``(..., K)`` for contexts of shape ``(..., d)``."""
+        """Clean utilities, shape ``(..., K)`` float64 for contexts of shape ``(..., d)``; each
+        row's the same numbers whatever the batch it is in."""
         return (self._raw(np.asarray(x, dtype=np.float64)) - self._mean) / self._std
 
     def eval_contexts(self, n: int = 1024) -> np.ndarray:
-        """Fixed held-out nominal contexts (independent of any training seed)."""
+        """Fixed held-out nominal contexts ``(n, d)`` float32 (independent of any training seed)."""
+        return self._eval(n)[0].copy()
+
+    def eval_best_items(self, n: int = 1024) -> np.ndarray:
+        """The truly best item of each of :meth:`eval_contexts`, ``(n,)`` int64."""
+        return self._eval(n)[1].copy()
+
+    @lru_cache(maxsize=32)  # noqa: B019 (problems are few, cached for the process's life by bandit_problem)
+    def _eval(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.problem_seed + _EVAL_SEED_OFFSET)
-        return rng.standard_normal((n, self.context_dim)).astype(np.float32)
+        x = rng.standard_normal((n, self.context_dim)).astype(np.float32)
+        return x, self.utilities(x).argmax(axis=-1)
 
 
 @lru_cache(maxsize=32)
@@ -86,12 +101,31 @@ def winmass(
     ``policy_probs_fn`` maps contexts ``(n, d)`` to action probabilities ``(n, K)``.
     A uniform policy scores ``1/K``; a perfect one scores 1.
     """
-    x = problem.eval_contexts(n)
-    probs = np.asarray(policy_probs_fn(x), dtype=np.float64)
+    probs = np.asarray(policy_probs_fn(problem.eval_contexts(n)), dtype=np.float64)
     if probs.shape != (n, problem.num_items):
         raise ValueError(f"policy_probs_fn returned shape {probs.shape}, expected {(n, problem.num_items)}")
-    best = problem.utilities(x).argmax(axis=-1)
-    return float(probs[np.arange(n), best].mean())
+    return float(probs[np.arange(n), problem.eval_best_items(n)].mean())
+
+
+@dataclass
+class BanditSteps:
+    """One step of each of ``n`` bandit envs (:meth:`PreferenceBandit.step_many`): row ``i`` is
+    ``envs[i].step(actions[i])``.
+
+    Attributes:
+        obs: ``(n, d)`` float32, the observation each step returned (its context).
+        rewards: ``(n,)`` float64, the chosen item's noisy utility.
+        utilities_noisy: ``(n, K)`` float64, every item's noisy utility (``info["utilities_noisy"]``
+            as float64).
+        utilities: ``(n, K)`` float64, the clean utilities.
+        clean_return: ``(n,)`` float64, the chosen item's clean utility.
+    """
+
+    obs: np.ndarray
+    rewards: np.ndarray
+    utilities_noisy: np.ndarray
+    utilities: np.ndarray
+    clean_return: np.ndarray
 
 
 class PreferenceBandit(gym.Env):
@@ -115,9 +149,11 @@ class PreferenceBandit(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        x = self._mean + self.np_random.standard_normal(self.problem.context_dim)
-        self._x = x.astype(np.float32)
-        return self._x.copy(), {}
+        return self._new_context().copy(), {}
+
+    def _new_context(self) -> np.ndarray:
+        self._x = (self._mean + self.np_random.standard_normal(self.problem.context_dim)).astype(np.float32)
+        return self._x
 
     def step(self, action):
         if not self.action_space.contains(action):
@@ -131,3 +167,37 @@ class PreferenceBandit(gym.Env):
             "clean_return": float(clean[int(action)]),  # one step: the episode's clean return
         }
         return self._x.copy(), float(noisy[int(action)]), True, False, info
+
+    @staticmethod
+    def reset_many(envs: Sequence[PreferenceBandit]) -> np.ndarray:
+        """``reset()`` (unseeded) of every env of ``envs``: their observations, ``(n, d)`` float32."""
+        return np.stack([env._new_context() for env in envs])
+
+    @staticmethod
+    def step_many(envs: Sequence[PreferenceBandit], actions: np.ndarray) -> BanditSteps:
+        """``envs[i].step(actions[i])`` for every ``i`` (each episode ends on its step), the
+        utilities of envs that share a problem computed together: the same numbers, each env's
+        noise drawn from its own generator, in a fraction of the time of ``n`` steps.
+
+        Args:
+            envs: ``n`` envs whose action spaces are one ``Discrete(K)``.
+            actions: ``(n,)`` ints in ``[0, K)``.
+
+        Raises:
+            ValueError: an action out of range, or action spaces that differ.
+        """
+        n, k = len(envs), envs[0].problem.num_items
+        actions = np.asarray(actions)
+        if any(env.problem.num_items != k for env in envs):
+            raise ValueError(f"step_many: every env must have {k} items, as envs[0]")
+        if actions.shape != (n,) or not np.issubdtype(actions.dtype, np.integer) or actions.min() < 0 or actions.max() >= k:
+            raise ValueError(f"step_many: actions must be {n} ints in [0, {k}), got {actions!r}")
+        x = np.stack([env._x for env in envs])
+        clean = np.empty((n, k))
+        for problem in {id(env.problem): env.problem for env in envs}.values():
+            rows = [i for i, env in enumerate(envs) if env.problem is problem]
+            clean[rows] = problem.utilities(x[rows])
+        noisy = np.stack([env.scenario.corrupt(c, env.np_random, list_axis=True) for env, c in zip(envs, clean, strict=True)])
+        rows = np.arange(n)
+        return BanditSteps(obs=x, rewards=noisy[rows, actions], utilities_noisy=noisy, utilities=clean,
+                           clean_return=clean[rows, actions])

@@ -8,7 +8,8 @@ after another (docs/results/benchmarks.md, "Capacity plan").
 
 :class:`BanditPackEnvRunner` is a ``SingleAgentEnvRunner`` (its env, module, spaces, state and
 checkpoints are RLlib's) whose :meth:`~BanditPackEnvRunner.sample` steps the pack's sub-envs
-directly and returns one :class:`BanditColumns`: every step of every sub-env, in the order
+together (:meth:`~adpo_ray.envs.bandit.PreferenceBandit.step_many`, each env's numbers as its own
+``step``) and returns one :class:`BanditColumns`: every step of every sub-env, in the order
 RLlib's runner returns its episodes (step ``t``, then sub-env ``i``). Each sub-env runs the
 stream of RLlib's: its first reset seeded as the runner seeds it, then one unseeded reset before
 each step, as gymnasium's next-step autoreset does. Actions come from the module's exploration
@@ -38,6 +39,7 @@ from ray.rllib.utils.metrics import (
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
 )
 
+from adpo_ray.envs.bandit import PreferenceBandit
 from adpo_ray.metrics import CLEAN_RETURN_KEY, MEMBER_GROUP
 from adpo_ray.rllib import _ray_private as rp
 
@@ -55,8 +57,7 @@ class BanditColumns:
         next_obs: ``(R, obs_dim)`` float32, the observation the step returned.
         actions: ``(R,)`` int64.
         rewards: ``(R,)`` float32, the (noisy) reward.
-        terminated: ``(R,)`` bool, True on every row of a one-step episode (False only if the
-            env truncated it).
+        terminated: ``(R,)`` bool, True on every row (a bandit episode ends on its step).
         action_logp: ``(R,)`` float32, the action's log-probability when it was sampled.
         action_dist_inputs: ``(R, n_actions)`` float32, the logits it was sampled from.
         list_signal: ``(R, n_actions)`` float32, ``info["utilities_noisy"]`` of the step.
@@ -102,7 +103,8 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
         ``force_reset`` changes nothing: every step starts from a reset (one-step episodes).
 
         Raises:
-            ValueError: both counts given, or an env step that did not end its episode."""
+            ValueError: both counts given, or sub-envs that are not
+                :class:`~adpo_ray.envs.bandit.PreferenceBandit`."""
         if num_timesteps is not None and num_episodes is not None:
             raise ValueError("sample: give num_timesteps or num_episodes, not both")
         vec = self.env.unwrapped
@@ -113,31 +115,31 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
         steps = max(1, math.ceil(wanted / n))
         explore = self.config.explore if explore is None else explore
         first, seed = rp.take_initial_reset_seed(self)
+        if not all(isinstance(e, PreferenceBandit) for e in subs):
+            raise ValueError("BanditPackEnvRunner samples PreferenceBandit envs (one-step episodes); use RLlib's "
+                             "SingleAgentEnvRunner for other envs")
         member = np.asarray([vec.member_of(i) for i in range(n)], dtype=np.int64)
-        cols: dict[str, list] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminated", "action_logp",
+        cols: dict[str, list] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "action_logp",
                                                   "action_dist_inputs", "list_signal")}
         clean = np.empty(steps * n, dtype=np.float64)
         for t in range(steps):
             if t == 0 and first:
                 obs, _ = vec.reset(seed=seed)
             else:  # the next-step autoreset of every sub-env (each episode ended on its one step)
-                obs = np.stack([e.reset()[0] for e in subs])
+                obs = PreferenceBandit.reset_many(subs)
             obs = np.asarray(obs, dtype=np.float32)
             inputs, actions, logp = self._act(obs, explore, random_actions)
-            outs = [e.step(a) for e, a in zip(subs, actions.tolist(), strict=True)]
+            out = PreferenceBandit.step_many(subs, actions)
             cols["obs"].append(obs)
-            cols["next_obs"].append(np.stack([o[0] for o in outs]).astype(np.float32))
+            cols["next_obs"].append(out.obs)
             cols["actions"].append(actions)
-            cols["rewards"].append(np.asarray([o[1] for o in outs], dtype=np.float32))
-            cols["terminated"].append(np.asarray([o[2] for o in outs], dtype=bool))
+            cols["rewards"].append(out.rewards.astype(np.float32))
             cols["action_logp"].append(logp)
             cols["action_dist_inputs"].append(inputs)
-            cols["list_signal"].append(np.stack([np.asarray(o[4]["utilities_noisy"], dtype=np.float32) for o in outs]))
-            clean[t * n:(t + 1) * n] = [o[4]["clean_return"] for o in outs]
-            if any(not (o[2] or o[3]) for o in outs):
-                raise ValueError("BanditPackEnvRunner samples one-step episodes; an env step did not end its "
-                                 "episode (use RLlib's SingleAgentEnvRunner for this env)")
-        columns = BanditColumns(**{k: np.concatenate(v) for k, v in cols.items()}, member=np.tile(member, steps))
+            cols["list_signal"].append(out.utilities_noisy.astype(np.float32))
+            clean[t * n:(t + 1) * n] = out.clean_return
+        columns = BanditColumns(**{k: np.concatenate(v) for k, v in cols.items()}, member=np.tile(member, steps),
+                                terminated=np.ones(steps * n, dtype=bool))
         self._log(columns, clean)
         return [columns]
 
