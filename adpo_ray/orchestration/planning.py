@@ -267,10 +267,10 @@ def resolve_learner_gpus(spec: ExperimentSpec, capacity: Capacity) -> Experiment
 #: 64 and 256, measured by `python bench/throughput.py --config twelve_scenarios [--set
 #: 'hidden_sizes=[256]']` on a 2-core machine (docs/results/benchmarks.md, "Capacity plan"). Pass
 #: --steps-per-second to plan with a figure of your own.
-THROUGHPUT = {"PreferenceBandit": 1436.0, "HalfCheetah-v5": 986.9, "Hopper-v5": 1221.4}
+THROUGHPUT = {"PreferenceBandit": 1381.0, "HalfCheetah-v5": 986.9, "Hopper-v5": 1221.4}
 #: Seconds from a trial's start to its first result (building the algorithm, its first
 #: iteration), same bench: the largest of a solo trial and a pack of 16 at either hidden size.
-STARTUP_S = {"PreferenceBandit": 1.4, "HalfCheetah-v5": 14.8, "Hopper-v5": 17.7}
+STARTUP_S = {"PreferenceBandit": 1.5, "HalfCheetah-v5": 14.8, "Hopper-v5": 17.7}
 THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial (1 CPU) on a 2-core machine"
 #: CPU seconds a launch spends outside its trials per result a trial reports (one training
 #: iteration of one trial; a pack of 16 reports 16): Tune's driver (its loop and loggers), the
@@ -316,10 +316,11 @@ def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, s
 #: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack, torch on one
 #: thread as Ray gives a 1-CPU actor) on a 2-core CPU machine (docs/results/benchmarks.md,
 #: "Capacity plan"), each env's in the same run as its :data:`THROUGHPUT` (the MuJoCo envs' after
-#: evaluations ran no more envs than episodes, the bandit's before: its code did not change). A GPU
-#: learner was not measured.
+#: evaluations ran no more envs than episodes; the bandit's after packs took their tanh from NumPy
+#: and stepped their envs together, with hidden 128 measured). A hidden size between two rows
+#: takes the larger's. A GPU learner was not measured.
 PACK_SPEEDUP = {
-    "PreferenceBandit": {64: {4: 9.76, 16: 12.19}, 256: {4: 3.77, 16: 4.10}},
+    "PreferenceBandit": {64: {4: 11.32, 16: 15.98}, 128: {4: 7.64, 16: 10.44}, 256: {4: 4.44, 16: 5.22}},
     "HalfCheetah-v5": {64: {4: 2.50, 16: 3.21}, 256: {4: 1.83, 16: 1.95}},
     "Hopper-v5": {64: {4: 1.77, 16: 2.28}, 256: {4: 1.17, 16: 1.41}},
 }
