@@ -1,6 +1,6 @@
 """MLflow's sqlite store: CPU per metric value when one ``log_batch`` carries one step of a run
-against several, side by side (what the tracker's sender sends when it drains after every result
-against once a second).
+against several, side by side (the tracker's sender drains after every trial result, so each of
+its calls carries one step of a run).
 
     python bench/mlflow_batch.py [--runs 16] [--metrics 14] [--steps 1 4] [--rounds 4]
 
