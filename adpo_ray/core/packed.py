@@ -83,12 +83,16 @@ def member_values(name: str, values, k: int, *, off_is: float | None = None, low
 
 
 # -- 1. the stacked network -------------------------------------------------------------------
+def _numpy_tanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.tanh(x.detach().contiguous().numpy()))
+
+
 class _NumpyTanh(torch.autograd.Function):
     """tanh through NumPy's SIMD kernel; backward ``g * (1 - y ** 2)`` as ``torch.tanh``'s."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = torch.from_numpy(np.tanh(x.detach().contiguous().numpy()))
+        y = _numpy_tanh(x)
         ctx.save_for_backward(y)
         return y
 
@@ -102,10 +106,10 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     """``torch.tanh(x)``, on CPU through NumPy.
 
     On CPU, ``torch.tanh`` calls MKL's vector math library, which on non-Intel CPUs (AMD EPYC,
-    as many cloud instances are) runs a generic kernel: 1.7 ms for a stacked hidden layer of
-    16 x 128 x 256 floats on one core, against 0.21 ms for NumPy's (both within one ulp or so of
-    a float64 tanh; ``bench/pack_learner.py`` prints both). A pack's tanh layers were a fifth of
-    a bandit pack's iteration at hidden 256. Other devices and dtypes use ``torch.tanh``.
+    as many cloud instances are) runs a generic kernel: 1.85 ms for a stacked hidden layer of
+    16 x 128 x 256 floats on one core, against 0.21 ms for NumPy's (both within about an ulp of
+    a float64 tanh; ``bench/tanh.py`` prints both). A pack's tanh layers were a fifth of a
+    bandit pack's iteration at hidden 256. Other devices and dtypes use ``torch.tanh``.
 
     Args:
         x: any shape; float32 or float64 on CPU takes NumPy's kernel.
@@ -115,9 +119,7 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return torch.tanh(x)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _NumpyTanh.apply(x)
-    return torch.from_numpy(np.tanh(x.detach().contiguous().numpy()))
+    return _NumpyTanh.apply(x) if x.requires_grad and torch.is_grad_enabled() else _numpy_tanh(x)
 
 
 def _layers(state_dict: dict[str, torch.Tensor], prefix: str) -> list[str]:
