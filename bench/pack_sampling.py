@@ -1,17 +1,20 @@
 """Trial-pack sampling throughput: a pack's env runner vs raw gymnasium stepping, side by side.
 
     python bench/pack_sampling.py [--env HalfCheetah-v5] [--sizes 16,64,128] [--per-member 8]
-                                  [--steps 20000] [--rounds 3] [--profile]
+                                  [--steps 20000] [--rounds 5] [--profile]
 
 "raw" steps ``K*N`` gymnasium envs (``gym.make``) in a plain loop with uniform-random actions (no
 policy, no noise wrapper). "pack" is RLlib's SingleAgentEnvRunner on a pack of ``K`` members x
 ``N`` envs (members alternate a reward-noise and a shift scenario, seeds 0..K-1): the scenario
 wrapper, the per-member observation filter, the policy forward pass of RLlib's default PPO module
 (hidden 64) batched over all ``K*N`` rows, the connectors, episode bookkeeping and per-member
-metrics. Everything runs in this process on one CPU thread; rounds alternate raw / pack and
-medians are compared. Per size, the env runner's own timers say where a vector step's time goes;
+metrics. Everything runs in this process on one CPU thread. Each round runs both, raw then pack
+or pack then raw by turns, and its ratio (pack over raw) is taken within the round: on a machine
+whose speed drifts (a shared cloud host), each ratio compares two measurements a few seconds
+apart. The median of the rounds' ratios is the result; their range shows the noise. Per size,
+the env runner's own timers say where a vector step's time goes;
 ``--profile`` adds a cProfile of the pack's sampling at 64 envs. The last line is
-``ratio=<pack / raw at 64 envs>``.
+``ratio=<median of the rounds' pack / raw at 64 envs>``.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="16,64,128", help="K*N values (each a multiple of --per-member)")
     parser.add_argument("--per-member", type=int, default=8, help="N, envs per member")
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -128,9 +131,14 @@ def main() -> None:
         pack_steps_per_s(runner, 2_000)  # warm-up
         raw, pack = [], []
         for i in range(args.rounds):
-            raw.append(raw_steps_per_s(args.env, size, args.steps))
-            pack.append(pack_steps_per_s(runner, args.steps))
-            print(f"{size} envs round {i}: raw {raw[-1]:,.0f} steps/s   pack {pack[-1]:,.0f} steps/s")
+            if i % 2:  # by turns, so that a drifting machine favours neither
+                pack.append(pack_steps_per_s(runner, args.steps))
+                raw.append(raw_steps_per_s(args.env, size, args.steps))
+            else:
+                raw.append(raw_steps_per_s(args.env, size, args.steps))
+                pack.append(pack_steps_per_s(runner, args.steps))
+            print(f"{size} envs round {i}: raw {raw[-1]:,.0f} steps/s   pack {pack[-1]:,.0f} steps/s   "
+                  f"ratio {pack[-1] / raw[-1]:.3f}")
         print(f"{size} envs, per vector step: {breakdown(runner, args.steps)}")
         if args.profile and size == 64:
             profiler = cProfile.Profile()
@@ -139,12 +147,13 @@ def main() -> None:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         runner.stop()
-        results[size] = (statistics.median(raw), statistics.median(pack))
-    for size, (r, p) in results.items():
+        results[size] = (raw, pack, [p / r for r, p in zip(raw, pack, strict=True)])
+    for size, (raw, pack, ratios) in results.items():
         print(f"env={args.env} envs={size} ({size // args.per_member} members x {args.per_member}) "
-              f"raw_median={r:,.0f} pack_median={p:,.0f} steps/s ratio={p / r:.3f}")
+              f"raw_median={statistics.median(raw):,.0f} pack_median={statistics.median(pack):,.0f} steps/s "
+              f"ratio={statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})")
     ref = 64 if 64 in results else sizes[-1]
-    print(f"ratio={results[ref][1] / results[ref][0]:.3f}")
+    print(f"ratio={statistics.median(results[ref][2]):.3f}")
 
 
 if __name__ == "__main__":
