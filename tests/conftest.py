@@ -1,4 +1,7 @@
+import json
 import os
+import resource
+import time
 
 import pytest
 
@@ -22,6 +25,30 @@ def pytest_collection_modifyitems(config, items):
     before the unit tests, as `make test` names them): a parallel run hands the long tests out
     while the short ones can still fill the other workers, instead of ending on one of them alone."""
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
+
+
+#: A file each test's CPU is appended to (one JSON line per test), where set: `bench/suite_cpu.py`.
+CPU_LOG = "ADPO_RAY_TEST_CPU_LOG"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``ADPO_RAY_TEST_CPU_LOG`` set, the CPU seconds of each test (setup, call and teardown):
+    of this process (``self``: in-process RLlib, Tune drivers, MLflow clients) and of the child
+    processes it waited for (``children``: subprocess launches and CLIs, with what they waited
+    for), beside its wall time. Ray workers of the shared Ray are the xdist controller's, not a
+    test's, and are not in either."""
+    log = os.environ.get(CPU_LOG)
+    if not log:
+        yield
+        return
+    own, kids, wall = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    yield
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log, "a") as f:
+        f.write(json.dumps({
+            "test": item.nodeid, "self": time.process_time() - own, "wall": time.monotonic() - wall,
+            "children": max(0.0, after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime)}) + "\n")
 
 
 #: The address of the Ray instance a pytest-xdist controller starts for its workers (`ray_local`).
