@@ -37,7 +37,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 #: (kind, substrings of a command line, any of which makes a process that kind), first match wins
 KINDS = [
-    ("pytest (controller and xdist workers)", ("pytest", "exec(eval(sys.stdin")),
+    ("pytest (controller and xdist workers)", ("-m pytest", "exec(eval(sys.stdin")),
     ("Ray workers (trials, actors, tasks)", ("ray::", "default_worker.py", "setup_worker.py")),
     ("Ray daemons (GCS, raylet, agents, monitors)", ("raylet", "gcs_server", "log_monitor.py", "dashboard",
                                                      "monitor.py", "runtime_env", "bin/ray ")),
