@@ -63,23 +63,27 @@ def kind_of(cmdline: str, name: str, new: bool) -> str:
 OLDER = "processes already running before"
 
 
-def read_procs() -> dict[tuple[str, str], tuple[int, str, str]]:
-    """``(pid, start time) -> (CPU ticks so far, command line, name)`` of every process now."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # ended meanwhile
-            continue
-        name = stat[stat.find("(") + 1:stat.rfind(")")]
-        fields = stat[stat.rfind(")") + 2:].split()
-        out[(pid, fields[19])] = (int(fields[11]) + int(fields[12]), cmdline, name)
-    return out
+def read_ticks(pid: str) -> tuple[str, int, str] | None:
+    """``(start time, CPU ticks so far, the kernel's name)`` of process ``pid``; None if it ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19], int(fields[11]) + int(fields[12]), stat[stat.find("(") + 1:stat.rfind(")")]
+
+
+def read_cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:  # ended meanwhile
+        return ""
+
+
+def pids() -> list[str]:
+    return [p for p in os.listdir("/proc") if p.isdigit()]
 
 
 def machine_busy_ticks() -> int:
@@ -94,25 +98,28 @@ class Watcher(threading.Thread):
     def __init__(self, interval: float):
         super().__init__(daemon=True)
         self.interval, self.stop = interval, threading.Event()
-        self.before = {key: ticks for key, (ticks, _, _) in read_procs().items()}
-        self.seen: dict[tuple[str, str], list] = {}
+        self.before = {(pid, r[0]): r[1] for pid in pids() if (r := read_ticks(pid))}
+        self.seen: dict[tuple[str, str], list] = {}  # (pid, start) -> [ticks, command line, name]
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for key, (ticks, cmdline, name) in read_procs().items():
-                if key in self.seen:
-                    self.seen[key][0] = ticks
-                else:  # the first command line seen: a Ray worker renames itself later
-                    self.seen[key] = [ticks, cmdline, name, key not in self.before]
+            for pid in pids():
+                if (r := read_ticks(pid)) is None:
+                    continue
+                start, ticks, name = r
+                if (pid, start) in self.seen:
+                    self.seen[(pid, start)][0] = ticks
+                else:  # the command line read once, when first seen: a Ray worker renames itself later
+                    self.seen[(pid, start)] = [ticks, read_cmdline(pid), name]
             self.stop.wait(self.interval)
 
     def by_kind(self) -> dict[str, tuple[int, float]]:
         """kind -> (processes, CPU seconds), the kernel threads under 1 % of the total together."""
         count, cpu = collections.Counter(), collections.Counter()
-        for key, (ticks, cmdline, name, new) in self.seen.items():
-            used = (ticks - (0 if new else self.before.get(key, 0))) / TICKS
+        for key, (ticks, cmdline, name) in self.seen.items():
+            used = (ticks - self.before.get(key, 0)) / TICKS
             if used > 0:
-                kind = kind_of(cmdline, name, new)
+                kind = kind_of(cmdline, name, key not in self.before)
                 count[kind] += 1
                 cpu[kind] += used
         total = sum(cpu.values())
