@@ -11,7 +11,10 @@ wrapper, the per-member observation filter, the policy forward pass of RLlib's d
 metrics. Everything runs in this process on one CPU thread. Each round runs both, raw then pack
 or pack then raw by turns, and its ratio (pack over raw) is taken within the round: on a machine
 whose speed drifts (a shared cloud host), each ratio compares two measurements a few seconds
-apart. The median of the rounds' ratios is the result; their range shows the noise. Per size,
+apart. The median of the rounds' ratios is the result; their range shows the noise. On MuJoCo
+each round also runs the pack with its sub-envs stepped one at a time through gymnasium's
+``SyncVectorEnv`` (as before the pack's columnar step, :class:`~adpo_ray.envs.mujoco_batch.MujocoBatch`),
+and reports the columnar runner's speed over that ("columns / one at a time"). Per size,
 the env runner's own timers say where a vector step's time goes;
 ``--profile`` adds a cProfile of the pack's sampling at 64 envs. The last line is
 ``ratio=<median of the rounds' pack / raw at 64 envs>``.
@@ -26,6 +29,7 @@ import pstats
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,7 +76,19 @@ def build_runner(env_name: str, num_members: int, per_member: int):
     return SingleAgentEnvRunner(config=configure_pack(config, members, per_member))
 
 
-def pack_steps_per_s(runner, steps: int) -> float:
+def pack_steps_per_s(runner, steps: int, columns: bool = True) -> float:
+    """Env steps/s of ``runner``'s sampling; ``columns=False``: its MuJoCo sub-envs stepped one at a
+    time by gymnasium's ``SyncVectorEnv`` instead of as columns."""
+    vec = runner.env.unwrapped
+    batch = vec.batch
+    vec.batch = batch if columns else None
+    try:
+        return _steps_per_s(runner, steps)
+    finally:
+        vec.batch = batch
+
+
+def _steps_per_s(runner, steps: int) -> float:
     start = time.perf_counter()
     done = 0
     while done < steps:
@@ -129,16 +145,23 @@ def main() -> None:
     for size in sizes:
         runner = build_runner(args.env, size // args.per_member, args.per_member)
         pack_steps_per_s(runner, 2_000)  # warm-up
-        raw, pack = [], []
+        has_columns = runner.env.unwrapped.batch is not None
+        arms = {"raw": partial(raw_steps_per_s, args.env, size, args.steps),
+                "pack": partial(pack_steps_per_s, runner, args.steps)}
+        if has_columns:
+            arms["one at a time"] = partial(pack_steps_per_s, runner, args.steps, columns=False)
+        measured: dict[str, list[float]] = {name: [] for name in arms}
         for i in range(args.rounds):
-            if i % 2:  # by turns, so that a drifting machine favours neither
-                pack.append(pack_steps_per_s(runner, args.steps))
-                raw.append(raw_steps_per_s(args.env, size, args.steps))
-            else:
-                raw.append(raw_steps_per_s(args.env, size, args.steps))
-                pack.append(pack_steps_per_s(runner, args.steps))
-            print(f"{size} envs round {i}: raw {raw[-1]:,.0f} steps/s   pack {pack[-1]:,.0f} steps/s   "
-                  f"ratio {pack[-1] / raw[-1]:.3f}")
+            names = list(arms)
+            for name in names[i % len(names):] + names[:i % len(names)]:  # by turns: drift favours none
+                measured[name].append(arms[name]())
+            line = "   ".join(f"{name} {v[-1]:,.0f} steps/s" for name, v in measured.items())
+            print(f"{size} envs round {i}: {line}   ratio {measured['pack'][-1] / measured['raw'][-1]:.3f}")
+        raw, pack = measured["raw"], measured["pack"]
+        if has_columns:
+            gains = [p / o for p, o in zip(pack, measured["one at a time"], strict=True)]
+            print(f"{size} envs: columns / one at a time {statistics.median(gains):.3f} "
+                  f"(rounds {min(gains):.3f}-{max(gains):.3f})")
         print(f"{size} envs, per vector step: {breakdown(runner, args.steps)}")
         if args.profile and size == 64:
             profiler = cProfile.Profile()

@@ -68,12 +68,17 @@ class NoisyMujoco(gym.Wrapper):
         self._clean_return += reward
         if terminated or truncated:
             info = dict(info, clean_return=self._clean_return)
+        return obs, self.corrupt(reward), terminated, truncated, info
+
+    def corrupt(self, reward: float) -> float:
+        """The training reward for the clean ``reward`` of one step: the scenario's noise drawn
+        from this env's generator (``shift`` and ``clean`` leave it as it is)."""
         kind = self.scenario.noise_type
         if kind == "gaussian":  # the scalar fast path of Scenario.corrupt, on the hot loop
             reward += self.reward_scale * self.scenario.params["sigma"] * self._rng.standard_normal()
         elif kind not in ("clean", "shift"):
             reward = float(self.scenario.corrupt(reward, self._rng, scale=self.reward_scale))
-        return obs, float(reward), terminated, truncated, info
+        return float(reward)
 
 
 class ObsNorm:

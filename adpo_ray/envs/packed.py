@@ -9,7 +9,8 @@ the solo trial's for the same seed and actions.
 
 Stepping is gymnasium's ``SyncVectorEnv`` (synchronous, in one process, next-step autoreset, the
 solo trial's vector env): only the seeds differ, one list of per-sub-env seeds from the one seed
-RLlib's env runner resets with.
+RLlib's env runner resets with. HalfCheetah-v5 and Hopper-v5 sub-envs step as columns
+(:class:`~adpo_ray.envs.mujoco_batch.MujocoBatch`), with the numbers ``SyncVectorEnv`` gives.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from adpo_ray.envs import make_env
+from adpo_ray.envs import ENVIRONMENTS, make_env
 
 __all__ = ["PackedVectorEnv", "check_members", "make_packed_env"]
 
@@ -88,6 +89,13 @@ class PackedVectorEnv(gym.vector.SyncVectorEnv):
                     f"{envs[0].action_space}"
                 )
         super().__init__([partial(_built, env) for env in envs])
+        #: the columnar step of MuJoCo sub-envs (None: gymnasium's one sub-env at a time)
+        self.batch = None
+        if ENVIRONMENTS[self.members[0].get("env", "PreferenceBandit")]["kind"] == "mujoco":
+            from adpo_ray.envs.mujoco_batch import MujocoBatch, batchable
+
+            if batchable(self.envs):
+                self.batch = MujocoBatch(self.envs)
 
     def member_of(self, env_index: int) -> int:
         """The member (``0 .. K-1``) that sub-env ``env_index`` belongs to."""
@@ -104,7 +112,15 @@ class PackedVectorEnv(gym.vector.SyncVectorEnv):
         return [int(m["seed"]) + offset + j for m in self.members for j in range(n)]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        return super().reset(seed=self.sub_env_seeds(seed), options=options)
+        out = super().reset(seed=self.sub_env_seeds(seed), options=options)
+        if self.batch is not None:
+            self.batch.reset_state()
+        return out
+
+    def step(self, actions):
+        if self.batch is None:
+            return super().step(actions)
+        return self.batch.step(actions)
 
 
 def _built(env: gym.Env) -> gym.Env:

@@ -39,6 +39,7 @@ def assert_same_infos(pack_infos, solo_infos):
         ("PreferenceBandit", ["flip-medium", "heavy_tailed-high"], 20, 2),  # a remote runner's offset
         # past HalfCheetah's 1000-step truncation: the autoreset redraws the shifted dynamics
         ("HalfCheetah-v5", ["gaussian-high", "shift-high"], 1003, 0),
+        ("Hopper-v5", ["flip-high", "shift-high"], 200, 1),  # early terminations, columnar step
     ],
 )
 def test_member_stream_equals_solo_trials(env_name, scenarios, steps, worker_index):
