@@ -82,17 +82,18 @@ def pack_steps_per_s(runner, steps: int, columns: bool = True) -> float:
     vec = runner.env.unwrapped
     batch = vec.batch
     vec.batch = batch if columns else None
-    try:
-        return _steps_per_s(runner, steps)
+    try:  # each way keeps its own episode state: start from a reset
+        return _steps_per_s(runner, steps, force_reset=True)
     finally:
         vec.batch = batch
 
 
-def _steps_per_s(runner, steps: int) -> float:
+def _steps_per_s(runner, steps: int, force_reset: bool = False) -> float:
     start = time.perf_counter()
     done = 0
     while done < steps:
-        episodes = runner.sample(num_timesteps=min(4096, steps - done), explore=True)
+        episodes = runner.sample(num_timesteps=min(4096, steps - done), explore=True,
+                                 force_reset=force_reset and not done)
         runner.get_metrics()  # as the training loop does after every sample
         done += sum(len(e) for e in episodes)
     return done / (time.perf_counter() - start)

@@ -160,14 +160,14 @@ class MujocoBatch:
         stepped = np.flatnonzero(~self.autoreset)
         models, datas, ctrls, qposs, qvels = self._models, self._datas, self._ctrl, self._qpos, self._qvel
         fs, mj_step, rne = self._frame_skip, mujoco.mj_step, mujoco.mj_rnePostConstraint
-        x_before = np.empty(len(stepped))
-        for row, i in enumerate(stepped.tolist()):
+        rows = stepped.tolist()
+        x_before = np.empty(len(rows))
+        for row, i in enumerate(rows):  # gymnasium's do_simulation, per sub-env
             model, data = models[i], datas[i]
             x_before[row] = qposs[i][0]
             ctrls[i][:] = actions[i]
             mj_step(model, data, nstep=fs)
             rne(model, data)
-        rows = stepped.tolist()
         qpos = np.stack([qposs[i] for i in rows]) if rows else None
         qvel = np.stack([qvels[i] for i in rows]) if rows else None
 

@@ -317,12 +317,15 @@ def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, s
 #: thread as Ray gives a 1-CPU actor) on a 2-core CPU machine (docs/results/benchmarks.md,
 #: "Capacity plan"), each env's in the same run as its :data:`THROUGHPUT` (the MuJoCo envs' after
 #: evaluations ran no more envs than episodes; the bandit's after packs took their tanh from NumPy
-#: and stepped their envs together, with hidden 128 measured). A hidden size between two rows
-#: takes the larger's. A GPU learner was not measured.
+#: and stepped their envs together, with hidden 128 measured). The MuJoCo figures are those
+#: times the speed-up of stepping a pack's sub-envs as columns, measured side by side for each
+#: env, hidden size and K (``bench/pack_columns.py``: 1.05-1.22x on HalfCheetah-v5, 1.03-1.54x
+#: on Hopper-v5). A hidden size between two rows takes the larger's. A GPU learner was not
+#: measured.
 PACK_SPEEDUP = {
     "PreferenceBandit": {64: {4: 11.32, 16: 15.98}, 128: {4: 7.64, 16: 10.44}, 256: {4: 4.44, 16: 5.22}},
-    "HalfCheetah-v5": {64: {4: 2.50, 16: 3.21}, 256: {4: 1.83, 16: 1.95}},
-    "Hopper-v5": {64: {4: 1.77, 16: 2.28}, 256: {4: 1.17, 16: 1.41}},
+    "HalfCheetah-v5": {64: {4: 3.04, 16: 3.82}, 256: {4: 1.93, 16: 2.16}},
+    "Hopper-v5": {64: {4: 2.06, 16: 3.52}, 256: {4: 1.21, 16: 1.92}},
 }
 
 
