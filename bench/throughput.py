@@ -11,7 +11,9 @@ embedded Ray with exactly the CPUs the trial asks for. The first iteration (buil
 algorithm, first sampling) is timed apart; the rest gives env steps per second. With `--packs
 K ...`, the first K trials of that trial's pack (`ExperimentSpec.packs`: same shape, members
 differing in scenario, anchor and seed) run the same way as one `PackTrainable`; its per-member
-env steps/s over the solo trial's, times K, is the pack's speed-up. `--set` overrides the spec as
+env steps/s over the solo trial's, times K, is the pack's speed-up. The solo trial and the packs
+train by turns, one iteration each (which first rotating), so that a machine whose speed drifts
+within minutes slows them alike and the speed-ups compare iterations seconds apart. `--set` overrides the spec as
 `run_grid.py --set` does (e.g. `--set 'hidden_sizes=[256]'`). Prints one JSON line per env (and
 pack), and `ratio=<slowest / fastest env throughput>` last.
 """
@@ -25,22 +27,33 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def timed(make, iterations: int) -> tuple[float, float]:
-    """``(seconds from building the trainable to its first result, env steps/s of the rest)``
-    for the trainable ``make()`` builds."""
-    start = time.perf_counter()
-    trainable = make()
-    first = trainable.train()
-    t0, s0 = time.perf_counter(), first["env_steps"]
-    for _ in range(iterations - 1):
-        last = trainable.train()
-    elapsed = time.perf_counter() - t0
-    trainable.stop()
-    return t0 - start, (last["env_steps"] - s0) / elapsed
+def timed_by_turns(makes: dict[str, Any], iterations: int) -> dict[str, tuple[float, float]]:
+    """``{name: (seconds from building the trainable to its first result, env steps/s of the
+    rest)}`` for the trainables ``makes[name]()`` builds; after their first results they train by
+    turns, one iteration each, the order rotating."""
+    trainables, setup, last = {}, {}, {}
+    for name, make in makes.items():
+        start = time.perf_counter()
+        trainables[name] = make()
+        last[name] = trainables[name].train()
+        setup[name] = time.perf_counter() - start
+    seconds, steps = dict.fromkeys(makes, 0.0), dict.fromkeys(makes, 0)
+    names = list(makes)
+    for i in range(iterations - 1):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            result = trainables[name].train()
+            seconds[name] += time.perf_counter() - start
+            steps[name] += result["env_steps"] - last[name]["env_steps"]
+            last[name] = result
+    for trainable in trainables.values():
+        trainable.stop()
+    return {name: (setup[name], steps[name] / seconds[name]) for name in makes}
 
 
 def main() -> None:
@@ -74,21 +87,21 @@ def main() -> None:
     rates = {}
     for env in spec.environments:
         trial = next(p.trial for p in plans if p.trial.env == env and p.trial.algorithm == "adpo")
-        config = {"spec": spec_dict, "trial": trial.as_dict()}
-        setup_s, rates[env] = timed(partial(GridTrainable, config), args.iterations)
-        print(json.dumps({"env": env, "trial": trial.tag, "cpus": plans[0].required.get("CPU"),
-                          "setup_and_first_iteration_s": round(setup_s, 2),
-                          "env_steps_per_s": round(rates[env], 1)}), flush=True)
+        makes = {"solo": partial(GridTrainable, {"spec": spec_dict, "trial": trial.as_dict()})}
         if args.packs:
             mates = next(p for p in spec.model_copy(update={"resources": spec.resources.model_copy(
                 update={"pack": max(args.packs)})}).packs() if trial in p)
         for k in args.packs:
-            members = mates[:k]
-            if len(members) < k:
+            if len(mates) < k:
                 print(json.dumps({"env": env, "K": k, "skipped": f"its pack has {len(mates)} members"}))
                 continue
-            config = {"spec": spec_dict, "trials": [t.as_dict() for t in members]}
-            setup_s, rate = timed(partial(PackTrainable, config), args.iterations)
+            makes[k] = partial(PackTrainable, {"spec": spec_dict, "trials": [t.as_dict() for t in mates[:k]]})
+        timings = timed_by_turns(makes, args.iterations)
+        setup_s, rates[env] = timings.pop("solo")
+        print(json.dumps({"env": env, "trial": trial.tag, "cpus": plans[0].required.get("CPU"),
+                          "setup_and_first_iteration_s": round(setup_s, 2),
+                          "env_steps_per_s": round(rates[env], 1)}), flush=True)
+        for k, (setup_s, rate) in timings.items():
             per_member = rate / k
             print(json.dumps({"env": env, "K": k, "hidden": trial.hidden_size,
                               "setup_and_first_iteration_s": round(setup_s, 2),

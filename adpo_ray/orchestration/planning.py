@@ -317,8 +317,8 @@ def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, s
 #: thread as Ray gives a 1-CPU actor) on a 2-core CPU machine (docs/results/benchmarks.md,
 #: "Capacity plan"), each env's in the same run as its :data:`THROUGHPUT` (the MuJoCo envs' after
 #: evaluations ran no more envs than episodes; the bandit's after packs took their tanh from NumPy
-#: and stepped their envs together, with hidden 128 measured). The MuJoCo figures are those
-#: times the speed-up of stepping a pack's sub-envs as columns, measured side by side for each
+#: and stepped their envs together, with hidden 128 measured). The MuJoCo figures are the ones so
+#: measured, each times the speed-up of stepping a pack's sub-envs as columns, measured side by side for each
 #: env, hidden size and K (``bench/pack_columns.py``: 1.05-1.22x on HalfCheetah-v5, 1.03-1.54x
 #: on Hopper-v5). A hidden size between two rows takes the larger's. A GPU learner was not
 #: measured.

@@ -11,8 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from adpo_ray.envs import make_env
-from adpo_ray.envs.mujoco_batch import MujocoBatch, batchable
+from adpo_ray.envs import NoisyMujoco, make_env
+from adpo_ray.envs.mujoco_batch import MujocoBatch, batchable, construction_args
 from adpo_ray.envs.packed import PackedVectorEnv
 
 #: One member per kind of scenario (reward noise of each type, the dynamics shift, none).
@@ -88,6 +88,11 @@ def test_envs_it_cannot_step_fall_back_to_gymnasium():
     assert PackedVectorEnv([{"env": "PreferenceBandit", "seed": 0}], 2).batch is None
     mixed = [make_env({"env": "HalfCheetah-v5"}), make_env({"env": "Hopper-v5"})]
     assert not batchable(mixed) and not batchable([])
+    # a step that reads other weights than its pack-mates' (gym.make's keyword arguments)
+    heavy = NoisyMujoco(gym.make("Hopper-v5", ctrl_cost_weight=0.5, disable_env_checker=True))
+    assert construction_args(heavy.unwrapped)["ctrl_cost_weight"] == 0.5
+    assert not batchable([make_env({"env": "Hopper-v5"}), heavy])
+    assert batchable([make_env({"env": "Hopper-v5"}), make_env({"env": "Hopper-v5", "scenario": "flip-high"})])
     with pytest.raises(ValueError, match="MujocoBatch steps"):
         MujocoBatch(mixed)
 
