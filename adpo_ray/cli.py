@@ -214,7 +214,7 @@ def print_plan(spec, plans, options, capacity, concurrency: int, steps_per_secon
         f"at once: {concurrency} {'Tune trial(s) (packs or trials)' if packs else 'trial(s)'}\n"
         f"estimated wall time: {took(seconds)} at {rates} {'dataset states' if spec.distill else 'env steps'}/s per trial and "
         f"{starts} s to start each ({sps_source})"
-        f"{'; packs at the speed-ups bench/throughput.py --packs (and bench/pack_columns.py, MuJoCo) measured (CPU)' if packs else ''}"
+        f"{'; packs at the speed-ups bench/throughput.py --packs measured (CPU)' if packs else ''}"
         + (f"; {took(own)} of it the launch's own CPU work ({results:,} trial results, "
            f"{DRIVER_CPU_S_PER_RESULT * 1000:g} ms of CPU each for Tune's driver, the MLflow tracker and Ray, "
            f"bench/driver.py), taken from the trials' CPUs" if own >= 30 else "") + "\n"

@@ -315,17 +315,15 @@ def env_figure(table: dict[str, float], env: str, slowest=min) -> tuple[float, s
 #: evaluation on the spec's schedule), ``bench/throughput.py --packs 4 16`` on the
 #: twelve_scenarios preset (``num_env_runners: 0``, 1 CPU per trial and per pack, torch on one
 #: thread as Ray gives a 1-CPU actor) on a 2-core CPU machine (docs/results/benchmarks.md,
-#: "Capacity plan"), each env's in the same run as its :data:`THROUGHPUT` (the MuJoCo envs' after
-#: evaluations ran no more envs than episodes; the bandit's after packs took their tanh from NumPy
-#: and stepped their envs together, with hidden 128 measured). The MuJoCo figures are the ones so
-#: measured, each times the speed-up of stepping a pack's sub-envs as columns, measured side by side for each
-#: env, hidden size and K (``bench/pack_columns.py``: 1.05-1.22x on HalfCheetah-v5, 1.03-1.54x
-#: on Hopper-v5). A hidden size between two rows takes the larger's. A GPU learner was not
-#: measured.
+#: "Capacity plan"). The bandit's figures are from the same run as its :data:`THROUGHPUT`, after
+#: packs took their tanh from NumPy and stepped their envs together. The MuJoCo figures are from
+#: a later run in which each pack and its solo trial trained by turns, an iteration each, after
+#: MuJoCo packs stepped their sub-envs as columns; being ratios, they multiply the earlier solo
+#: figure. A hidden size between two rows takes the larger's. A GPU learner was not measured.
 PACK_SPEEDUP = {
     "PreferenceBandit": {64: {4: 11.32, 16: 15.98}, 128: {4: 7.64, 16: 10.44}, 256: {4: 4.44, 16: 5.22}},
-    "HalfCheetah-v5": {64: {4: 3.04, 16: 3.82}, 256: {4: 1.93, 16: 2.16}},
-    "Hopper-v5": {64: {4: 2.06, 16: 3.52}, 256: {4: 1.21, 16: 1.92}},
+    "HalfCheetah-v5": {64: {4: 2.24, 16: 3.63}, 128: {4: 2.57, 16: 3.50}, 256: {4: 1.66, 16: 2.11}},
+    "Hopper-v5": {64: {4: 1.91, 16: 3.41}, 128: {4: 2.20, 16: 3.17}, 256: {4: 1.50, 16: 2.03}},
 }
 
 

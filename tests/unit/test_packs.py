@@ -190,10 +190,11 @@ def test_a_pack_is_priced_at_its_measured_speed_up_read_conservatively():
     from adpo_ray.orchestration.planning import PACK_SPEEDUP, THROUGHPUT, pack_speedup
 
     rows = PACK_SPEEDUP["HalfCheetah-v5"]
-    assert sorted(rows) == [64, 256] and all(sorted(r) == [4, 16] for r in rows.values())
+    assert sorted(rows) == [64, 128, 256] and all(sorted(r) == [4, 16] for r in rows.values())
     assert pack_speedup("HalfCheetah-v5", 64, 16) == rows[64][16]
     assert pack_speedup("HalfCheetah-v5", 64, 4) == rows[64][4]
-    assert pack_speedup("HalfCheetah-v5", 128, 16) == rows[256][16]  # priced as hidden 256
+    assert pack_speedup("HalfCheetah-v5", 128, 16) == rows[128][16]
+    assert pack_speedup("HalfCheetah-v5", 200, 16) == rows[256][16]  # priced as the next measured size up
     assert pack_speedup("HalfCheetah-v5", 32, 16) == rows[64][16]
     assert pack_speedup("HalfCheetah-v5", 1024, 70) == rows[256][16]  # above every measured size and K
     assert pack_speedup("HalfCheetah-v5", 64, 10) == pytest.approx(rows[64][4] + (rows[64][16] - rows[64][4]) * 6 / 12)
