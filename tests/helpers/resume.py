@@ -162,7 +162,12 @@ def assert_same_curves(tracking_uri: str, experiment: str, run_dir: Path) -> Non
     key = ["trial", "metric", "env_steps"]
     ca = a.curves.sort_values(key).reset_index(drop=True)
     cb = b.curves.sort_values(key).reset_index(drop=True)
-    assert ca[key].values.tolist() == cb[key].values.tolist()
+    rows_a, rows_b = ca[key].values.tolist(), cb[key].values.tolist()
+    if rows_a != rows_b:  # say which steps differ, not just that they do
+        only_a = sorted(set(map(tuple, rows_a)) - set(map(tuple, rows_b)))
+        only_b = sorted(set(map(tuple, rows_b)) - set(map(tuple, rows_a)))
+        raise AssertionError(f"curves differ: {len(rows_a)} steps in MLflow, {len(rows_b)} in Tune's folder; "
+                             f"only in MLflow {only_a[:20]}, only in Tune's folder {only_b[:20]}")
     np.testing.assert_allclose(ca["value"].to_numpy(), cb["value"].to_numpy(), rtol=1e-6)
 
 
