@@ -143,6 +143,7 @@ def resume_grid(run_dir: str | Path, *, address: str | None = None, trainable=No
     if not storage.is_uri(run_dir):
         try:
             repair_tune_state(run_dir)
+            repair_trial_logs(run_dir)
             follow_moved_folder(run_dir)
         except BaseException:
             release_folder(run_dir)
@@ -193,6 +194,55 @@ def repair_tune_state(run_dir: str) -> list[str]:
         replaced.append(str(newest))
         print(f"{newest.name} was cut short by the kill; restored from Tune's copy {copy}", flush=True)
     return replaced
+
+
+def repair_trial_logs(run_dir: str) -> list[str]:
+    """Make each trial's ``result.json`` and ``progress.csv`` in the local folder ``run_dir`` hold
+    every result its killed driver logged, each on a line of its own, before a restore.
+
+    Tune's driver appends each result to these files in its staging folder and copies them into
+    the results folder with each snapshot, several files at once and not atomically. A driver
+    killed during a copy can leave a trial's file cut short mid-line, or as of an earlier
+    snapshot than the one a restore reads. The restored trial appends only the results it trains
+    again after its checkpoint: the results between the file's end and that checkpoint would be
+    missing from the folder, and the first appended one joined to the cut line. So a file is
+    replaced by the same driver's copy on this machine (the staging folder that holds the same
+    snapshot file) where that copy extends it; with none, a cut last line is dropped, so the
+    next result starts a line of its own. A trial with no checkpoint starts over and rewrites
+    its files.
+
+    Returns:
+        The files rewritten (paths).
+    """
+    from adpo_ray.orchestration.tracking import PROGRESS_FILE, RESULT_FILE
+
+    folder = Path(run_dir)
+    snapshot = _newest(folder, "experiment_state-*.json")
+    if snapshot is None:
+        return []  # killed before Tune's first snapshot: the grid starts over
+    stagings = [Path(copy).parent for copy in _ray_private.driver_staging_copies(folder.name, snapshot.name)]
+    rewritten = []
+    for log in sorted(path for name in (RESULT_FILE, PROGRESS_FILE) for path in folder.glob(f"*/{name}")):
+        data = _read(log)
+        if data is None:
+            continue
+        kept, source = _whole_lines(data), None
+        for staging in stagings:
+            copy = _read(staging / log.parent.name / log.name)
+            if copy is not None and copy.startswith(kept) and len(_whole_lines(copy)) > len(kept):
+                kept, source = _whole_lines(copy), staging
+        if kept == data:
+            continue
+        _write_atomically(log, kept)
+        rewritten.append(str(log))
+        how = f"completed from Tune's copy in {source}" if source else "its cut last line dropped"
+        print(f"{log.parent.name}/{log.name} was cut short by the kill; {how}", flush=True)
+    return rewritten
+
+
+def _whole_lines(data: bytes) -> bytes:
+    """``data`` up to and including its last newline (a line cut short by a kill left out)."""
+    return data[:data.rfind(b"\n") + 1]
 
 
 def follow_moved_folder(run_dir: str) -> list[str]:

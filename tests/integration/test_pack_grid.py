@@ -285,9 +285,15 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     # (without it Tune would drop the pack and start a new one)
     (variants,) = run_dir.glob("basic-variant-state-*.json")
     variants.write_bytes(b"")
+    # so may the pack's result.json be, several results short of the checkpoint the pack restarts
+    # from: the resume completes it from the driver's copy (else those results would be missing)
+    results = run_dir / snapshot.dirname[pack] / "result.json"
+    data = results.read_bytes()
+    results.write_bytes(data[:data.index(b"\n") + 100])
     res = resume(run_dir, "--no-report", expect="restore", cwd=tmp_path, env=env)
     assert "report: " not in res.stdout and not (run_dir / "report").exists()  # as asked
     assert f"{variants.name} was cut short by the kill; restored from Tune's copy" in res.stdout, res.stdout[-2000:]
+    assert f"{snapshot.dirname[pack]}/result.json was cut short by the kill; completed from Tune's copy" in res.stdout
     assert set(tune_snapshot(run_dir).status) == {pack}  # the same pack went on
     # the pack went on from its checkpoint: Tune's folder holds the first attempt (at least as far
     # as the snapshot went), then the iterations from the checkpoint on again

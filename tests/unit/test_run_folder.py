@@ -196,6 +196,47 @@ def test_a_cut_short_tune_state_file_is_restored_from_tunes_copy_or_refused(tmp_
     assert repair_tune_state(str(run_dir)) == []  # whole now: left alone
 
 
+def test_trial_logs_a_kill_cut_short_are_completed_from_tunes_copy_or_cut_at_a_whole_line(tmp_path, monkeypatch):
+    """A resume makes each trial's result.json and progress.csv whole: a file the kill left older
+    or cut short is completed from the same driver's staging copy where that copy extends it
+    (results the restored trial would not log again), else its cut last line is dropped, so the
+    restored trial's next result starts a line of its own."""
+    from adpo_ray.orchestration.launch import repair_trial_logs
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    run_dir = tmp_path / "results" / "grid-xyz"
+    assert repair_trial_logs(str(run_dir)) == []  # no snapshot: the grid starts over, nothing to repair
+    snapshot = "experiment_state-2026-01-01_00-00-00.json"
+    (run_dir / "a").mkdir(parents=True)
+    (run_dir / "b").mkdir()
+    (run_dir / snapshot).write_text('{"trial_data": []}')
+    lines = [json.dumps({"training_iteration": i, "env_steps": 128 * i}).encode() + b"\n" for i in range(1, 6)]
+    (run_dir / "a" / "result.json").write_bytes(b"".join(lines[:2]))  # as of an earlier snapshot
+    (run_dir / "a" / "progress.csv").write_bytes(b"training_iteration\n1\n2\n")  # whole: left alone
+    (run_dir / "b" / "result.json").write_bytes(b"".join(lines[:3]) + lines[3][:7])  # cut mid-line
+    sessions = tmp_path / "tmp" / "ray"
+    same = sessions / "session_1" / "artifacts" / "2026-01-01_00-00-00" / "grid-xyz" / "driver_artifacts"
+    (same / "a").mkdir(parents=True)
+    (same / snapshot).write_text('{"trial_data": []}')
+    (same / "a" / "result.json").write_bytes(b"".join(lines[:4]) + lines[4][:9])  # its own last line cut too
+    (same / "a" / "progress.csv").write_bytes(b"training_iteration\n1\n2\n")
+    # another grid of the same name, launched at another time: its copies are never used
+    other = sessions / "session_2" / "artifacts" / "2026-02-02_00-00-00" / "grid-xyz" / "driver_artifacts"
+    (other / "b").mkdir(parents=True)
+    (other / "experiment_state-2026-02-02_00-00-00.json").write_text('{"trial_data": []}')
+    (other / "b" / "result.json").write_bytes(b"".join(lines))
+
+    assert repair_trial_logs(str(run_dir)) == [str(run_dir / "a" / "result.json"), str(run_dir / "b" / "result.json")]
+    assert (run_dir / "a" / "result.json").read_bytes() == b"".join(lines[:4])
+    assert (run_dir / "a" / "progress.csv").read_bytes() == b"training_iteration\n1\n2\n"
+    assert (run_dir / "b" / "result.json").read_bytes() == b"".join(lines[:3])
+    assert repair_trial_logs(str(run_dir)) == []  # whole now: left alone
+
+    # a copy that does not begin with the folder's results is another run's, whatever its name
+    (same / "a" / "result.json").write_bytes(lines[1] + lines[0] + b"".join(lines[2:]))
+    assert repair_trial_logs(str(run_dir)) == []
+
+
 def test_tunes_copies_are_found_once_and_a_vanished_one_is_passed_over(tmp_path, monkeypatch):
     """Tune's copies are listed per Ray session, not through ``session_latest`` (which every new
     Ray session on the machine moves), and a listed copy that is gone by the time it is read
