@@ -8,7 +8,8 @@
 Two `PackTrainable`s of the same K trials (the preset's first ADPO trial's pack, as
 `bench/throughput.py --packs` builds it) run in this process; one steps its training and
 evaluation envs one sub-env at a time. After one warm-up iteration each, they train by turns,
-one iteration each, which first alternating, so that a drifting machine favours neither; each
+one iteration each, which first alternating (`bench/throughput.py`'s `timed_by_turns`), so that a
+drifting machine favours neither; each
 iteration includes the spec's evaluation schedule. Prints each one's env steps/s and
 `ratio=<columns / one at a time>` last. (That both ways step the same numbers is tested in
 `tests/unit/test_mujoco_batch.py`; the two packs here share the process's global random state,
@@ -21,10 +22,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.throughput import timed_by_turns  # noqa: E402 - after the path above
 
 
 def one_at_a_time(trainable) -> None:
@@ -58,28 +60,24 @@ def main() -> None:
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     torch.set_num_threads(1)  # as Ray gives a 1-CPU pack's actor
     config = {"spec": spec.model_dump(mode="json", by_alias=True), "trials": [t.as_dict() for t in pack]}
-    packs = {"columns": PackTrainable(config), "one at a time": PackTrainable(config)}
-    one_at_a_time(packs["one at a time"])
-    if packs["columns"].algo.env_runner.env.unwrapped.batch is None:
-        parser.error(f"{args.env}'s pack does not step as columns here")
-    seconds = dict.fromkeys(packs, 0.0)
-    steps = dict.fromkeys(packs, 0)
-    last = {}
-    for name, trainable in packs.items():
-        last[name] = trainable.train()  # warm-up: building, first sampling
-    for i in range(args.iterations):
-        names = list(packs)[::1 if i % 2 == 0 else -1]
-        for name in names:
-            start = time.perf_counter()
-            result = packs[name].train()
-            seconds[name] += time.perf_counter() - start
-            steps[name] += result["env_steps"] - last[name]["env_steps"]
-            last[name] = result
-    rates = {name: steps[name] / seconds[name] for name in packs}
+
+    def columns_on():
+        trainable = PackTrainable(config)
+        if trainable.algo.env_runner.env.unwrapped.batch is None:
+            parser.error(f"{args.env}'s pack does not step as columns here")
+        return trainable
+
+    def columns_off():
+        trainable = PackTrainable(config)
+        one_at_a_time(trainable)
+        return trainable
+
+    # the first iteration of each (building, first sampling) is timed apart
+    timed = timed_by_turns({"columns": columns_on, "one at a time": columns_off},
+                           args.iterations + 1)
+    rates = {name: rate for name, (_, rate) in timed.items()}
     print(json.dumps({"env": args.env, "hidden": args.hidden, "K": len(pack), "iterations": args.iterations,
                       **{f"{name} env steps/s": round(rate, 1) for name, rate in rates.items()}}), flush=True)
-    for trainable in packs.values():
-        trainable.stop()
     ray.shutdown()
     print(f"ratio={rates['columns'] / rates['one at a time']:.3f}")
 
