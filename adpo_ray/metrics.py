@@ -15,7 +15,7 @@ RLlib result. A key that our RLlib parts log must be the source of a curated met
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, AnyStr
 
 #: RLlib's ``DEFAULT_MODULE_ID`` (the single-agent module), spelled here to keep this module
 #: Ray-free; a test checks it against RLlib's constant.
@@ -156,6 +156,14 @@ def curate(result: dict[str, Any]) -> dict[str, float]:
                 out[name] = value
                 break
     return out
+
+
+def whole_lines(data: AnyStr) -> AnyStr:
+    """A Tune trial log's text or bytes (``progress.csv``, ``result.json``: a result a line) up to
+    and including its last newline. What follows is a result still being written or copied into
+    the results folder, or cut short by a kill; a CSV reader would take its cut numbers as values
+    (``1.95`` of ``1.9786``) and its missing ``done`` as true."""
+    return data[:data.rfind(b"\n" if isinstance(data, bytes) else "\n") + 1]
 
 
 def member_ended(result: dict[str, Any], member: dict[str, Any]) -> bool:

@@ -214,6 +214,7 @@ def repair_trial_logs(run_dir: str) -> list[str]:
     Returns:
         The files rewritten (paths).
     """
+    from adpo_ray.metrics import whole_lines
     from adpo_ray.orchestration.tracking import PROGRESS_FILE, RESULT_FILE
 
     folder = Path(run_dir)
@@ -226,11 +227,11 @@ def repair_trial_logs(run_dir: str) -> list[str]:
         data = _read(log)
         if data is None:
             continue
-        kept, source = _whole_lines(data), None
+        kept, source = whole_lines(data), None
         for staging in stagings:
             copy = _read(staging / log.parent.name / log.name)
-            if copy is not None and copy.startswith(kept) and len(_whole_lines(copy)) > len(kept):
-                kept, source = _whole_lines(copy), staging
+            if copy is not None and copy.startswith(kept) and len(whole_lines(copy)) > len(kept):
+                kept, source = whole_lines(copy), staging
         if kept == data:
             continue
         _write_atomically(log, kept)
@@ -238,11 +239,6 @@ def repair_trial_logs(run_dir: str) -> list[str]:
         how = f"completed from Tune's copy in {source}" if source else "its cut last line dropped"
         print(f"{log.parent.name}/{log.name} was cut short by the kill; {how}", flush=True)
     return rewritten
-
-
-def _whole_lines(data: bytes) -> bytes:
-    """``data`` up to and including its last newline (a line cut short by a kill left out)."""
-    return data[:data.rfind(b"\n") + 1]
 
 
 def follow_moved_folder(run_dir: str) -> list[str]:

@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from adpo_ray.metrics import ENV_STEPS, MEMBERS, member_ended
 from adpo_ray.orchestration.planning import trial_env_steps
 from adpo_ray.orchestration.run_folder import LOCK_FILE, load_grid_file, local_run_dir
 from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.tracking import PARENT_FILE, spool_folder
 from adpo_ray.orchestration.tune_setup import packed
+from adpo_ray.report.data import read_progress
 from adpo_ray.spec import TrialSpec, pack_dirname
 
 #: Trial states: ``running`` while the launch is alive, ``stopped`` when it is not (resume it).
@@ -70,7 +69,7 @@ class GridStatus:
 
 def _trial_state(folder: Path) -> tuple[str, int]:
     progress = folder / "progress.csv"
-    rows = pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
+    rows = read_progress(folder)
     steps = int(rows[ENV_STEPS].max()) if ENV_STEPS in rows and len(rows) else 0
     if "done" in rows and len(rows) and bool(rows["done"].iloc[-1]):
         return "finished", steps

@@ -42,7 +42,13 @@ from typing import Any, NamedTuple
 
 from ray import tune
 
-from adpo_ray.metrics import ENV_STEPS, TRAINING_ITERATION, is_metric_key, member_results
+from adpo_ray.metrics import (
+    ENV_STEPS,
+    TRAINING_ITERATION,
+    is_metric_key,
+    member_results,
+    whole_lines,
+)
 from adpo_ray.orchestration import storage
 from adpo_ray.orchestration.mlflow_store import mlflow_key
 from adpo_ray.orchestration.spool import REJECTED, SPOOL_DIR, Sender, Spool
@@ -396,7 +402,7 @@ class MLflowTracker(tune.Callback):
         try:
             if len(children) == 1:
                 rows = [{k: _number(v) for k, v in row.items() if k}
-                        for row in csv.DictReader(storage.read_text(storage.join(folder, PROGRESS_FILE)).splitlines())]
+                        for row in csv.DictReader(whole_lines(storage.read_text(storage.join(folder, PROGRESS_FILE))).splitlines())]
                 members = [[row] for row in rows]
             else:
                 members = []

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from adpo_ray.core.noise import SCENARIOS, TWELVE
-from adpo_ray.metrics import CURVE_METRICS, ENV_STEPS, MEMBERS, is_metric_key, member_ended
+from adpo_ray.metrics import (
+    CURVE_METRICS,
+    ENV_STEPS,
+    MEMBERS,
+    is_metric_key,
+    member_ended,
+    whole_lines,
+)
 from adpo_ray.spec import method_name
 
 COORDS = ["env", "scenario", "noise_type", "severity", "algorithm", "anchor_mode", "method", "hidden_size", "seed", "start",
@@ -134,7 +142,7 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
         config = json.loads(params.read_text())
         if "trial" in config:
             # the trial's folder name (TrialSpec.dirname; a search's tag holds Tune's trial id)
-            members = [(TrialSpec.from_config(config), params.parent.name, _progress(params.parent))]
+            members = [(TrialSpec.from_config(config), params.parent.name, read_progress(params.parent))]
         elif "trials" in config:
             members = [(t, tag, history) for t, (tag, history)
                        in zip(trials_of(config), _member_histories(config, params.parent), strict=True)]
@@ -150,10 +158,12 @@ def load_tune_folder(run_dir: str | Path) -> GridData:
     return GridData(trials, curves, str(run_dir))
 
 
-def _progress(folder: Path) -> pd.DataFrame:
-    """A solo trial's results, from its folder's progress.csv (empty when there is none yet)."""
+def read_progress(folder: Path) -> pd.DataFrame:
+    """A solo trial's results, from its Tune folder's progress.csv, whole rows only (see
+    :func:`~adpo_ray.metrics.whole_lines`); empty when there is none yet."""
     progress = folder / "progress.csv"
-    return pd.read_csv(progress) if progress.exists() and progress.stat().st_size else pd.DataFrame()
+    text = whole_lines(progress.read_text()) if progress.exists() else ""
+    return pd.read_csv(io.StringIO(text)) if text else pd.DataFrame()
 
 
 def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFrame]]:
@@ -164,7 +174,7 @@ def _member_histories(config: dict, folder: Path) -> list[tuple[str, pd.DataFram
     from adpo_ray.spec import TrialSpec
 
     if len(config["trials"]) == 1:
-        return [(folder.name, _progress(folder))]
+        return [(folder.name, read_progress(folder))]
     lines = []
     result_file = folder / "result.json"
     for text in (result_file.read_text().splitlines() if result_file.exists() else []):
