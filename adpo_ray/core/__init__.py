@@ -1,55 +1,57 @@
 """Pure ADPO math and data: losses, targets, anchor schedules, noise scenarios.
 
-No Ray import anywhere under this package (checked by the tests)."""
+No Ray import anywhere under this package (checked by the tests). The names below load their
+module on first use (PEP 562): ``adpo_ray.core.choices`` and ``adpo_ray.core.noise`` import
+without torch, so the spec and the CLI do too."""
 
-from adpo_ray.core.anchors import (
-    SCHEDULES,
-    AnchorSchedule,
-    make_schedule,
-    polyak_,
-    register_schedule,
-    resolve_schedule,
-)
-from adpo_ray.core.distill import (
-    DISTILL_METHODS,
-    bc_loss,
-    diag_gaussian_kl,
-    diag_gaussian_logp,
-    kd_loss,
-    ndcg,
-    rank_grades,
-)
-from adpo_ray.core.losses import LOSSES, adpo_loss, dpo_loss, listwise_loss, pairwise_loss
-from adpo_ray.core.noise import CLEAN, SCENARIOS, SEVERITY_TABLE, TWELVE, Scenario, get_scenario
-from adpo_ray.core.targets import TARGETS, kde_logits, list_target, pair_target
+from __future__ import annotations
 
-__all__ = [
-    "SCHEDULES",
-    "AnchorSchedule",
-    "make_schedule",
-    "polyak_",
-    "register_schedule",
-    "resolve_schedule",
-    "DISTILL_METHODS",
-    "bc_loss",
-    "diag_gaussian_kl",
-    "diag_gaussian_logp",
-    "kd_loss",
-    "ndcg",
-    "rank_grades",
-    "LOSSES",
-    "adpo_loss",
-    "dpo_loss",
-    "listwise_loss",
-    "pairwise_loss",
-    "CLEAN",
-    "SCENARIOS",
-    "SEVERITY_TABLE",
-    "TWELVE",
-    "Scenario",
-    "get_scenario",
-    "TARGETS",
-    "kde_logits",
-    "list_target",
-    "pair_target",
-]
+import importlib
+from typing import Any
+
+#: Each public name and the module under this package that defines it.
+_HOMES = {
+    "SCHEDULES": "anchors",
+    "AnchorSchedule": "anchors",
+    "make_schedule": "anchors",
+    "polyak_": "anchors",
+    "register_schedule": "anchors",
+    "resolve_schedule": "anchors",
+    "DISTILL_METHODS": "choices",
+    "bc_loss": "distill",
+    "diag_gaussian_kl": "distill",
+    "diag_gaussian_logp": "distill",
+    "kd_loss": "distill",
+    "ndcg": "distill",
+    "rank_grades": "distill",
+    "LOSSES": "choices",
+    "TAU_MIN": "choices",
+    "adpo_loss": "losses",
+    "dpo_loss": "losses",
+    "listwise_loss": "losses",
+    "pairwise_loss": "losses",
+    "CLEAN": "noise",
+    "SCENARIOS": "noise",
+    "SEVERITY_TABLE": "noise",
+    "TWELVE": "noise",
+    "Scenario": "noise",
+    "get_scenario": "noise",
+    "TARGETS": "choices",
+    "kde_logits": "targets",
+    "list_target": "targets",
+    "pair_target": "targets",
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -26,9 +26,10 @@ from __future__ import annotations
 import importlib
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # the schedules are plain Python: a spec validates its anchors without torch
+    import torch
 
 __all__ = [
     "AnchorSchedule",
@@ -197,13 +198,15 @@ def make_schedule(name: str, **params: Any) -> AnchorSchedule:
         raise ValueError(f"bad parameters for anchor mode {name!r}: {e}") from None
 
 
-@torch.no_grad()
 def polyak_(anchor: Iterable[torch.Tensor], policy: Iterable[torch.Tensor], rate: float) -> None:
     """In place: ``anchor <- (1 - rate) * anchor + rate * policy`` for paired tensors."""
+    import torch
+
     if rate <= 0.0:
         return
-    for a, p in zip(anchor, policy, strict=True):
-        if rate >= 1.0:
-            a.copy_(p)
-        else:
-            a.lerp_(p, rate)
+    with torch.no_grad():
+        for a, p in zip(anchor, policy, strict=True):
+            if rate >= 1.0:
+                a.copy_(p)
+            else:
+                a.lerp_(p, rate)

@@ -13,10 +13,9 @@ import math
 
 import torch
 
-__all__ = ["DISTILL_METHODS", "diag_gaussian_kl", "diag_gaussian_logp", "kd_loss", "bc_loss", "rank_grades", "ndcg"]
+from adpo_ray.core.choices import DISTILL_METHODS
 
-#: Student methods of a distillation grid (``adpo`` comes with an anchor mode).
-DISTILL_METHODS: tuple[str, ...] = ("adpo", "kd", "bc")
+__all__ = ["DISTILL_METHODS", "diag_gaussian_kl", "diag_gaussian_logp", "kd_loss", "bc_loss", "rank_grades", "ndcg"]
 
 _LOG_2PI = math.log(2 * math.pi)
 

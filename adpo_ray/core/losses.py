@@ -49,14 +49,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from adpo_ray.core.choices import LOSSES, TAU_MIN
 from adpo_ray.core.targets import hard_pairwise_target, list_target, pair_target
 
 __all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask",
            "normalize_signal", "adaptive_tau", "plackett_luce_loss", "TAU_MIN"]
-
-#: The adaptive temperature's floor by default (``tau_min``): every layer that sets it reads this.
-TAU_MIN = 0.05
-
 
 def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float | torch.Tensor,
                     clip_log_ratio: float = 0.0, clip_score: float = 0.0) -> torch.Tensor:
@@ -222,9 +219,6 @@ def dpo_loss(
 ) -> torch.Tensor:
     """DPO: the pairwise loss with hard labels ``1[y_i > y_j]`` (ties count 1/2)."""
     return pairwise_loss(s, r, hard_pairwise_target(y), beta, mask)
-
-
-LOSSES: tuple[str, ...] = ("listwise", "plackett_luce", "pairwise", "dpo")
 
 
 def adpo_loss(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from adpo_ray.core.choices import TARGETS
+
 __all__ = [
     "TARGETS",
     "softmax_target",
@@ -25,8 +27,6 @@ __all__ = [
     "list_target",
     "pair_target",
 ]
-
-TARGETS: tuple[str, ...] = ("softmax", "kde", "hard")
 
 _KDE_EPS = 1e-6
 

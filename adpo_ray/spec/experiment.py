@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from adpo_ray.core.distill import DISTILL_METHODS
+from adpo_ray.core.choices import DISTILL_METHODS
 from adpo_ray.core.noise import TWELVE, get_scenario
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.spec.knobs import TrialKnobs, derive_knobs

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from adpo_ray.core.distill import DISTILL_METHODS
+from adpo_ray.core.choices import DISTILL_METHODS
 from adpo_ray.envs import ENVIRONMENTS
 from adpo_ray.spec.devices import learner_gpus
 from adpo_ray.spec.identity import dataset_key, pretrained_of, teacher_key

@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from adpo_ray.core.anchors import make_schedule
-from adpo_ray.core.losses import LOSSES, TAU_MIN
-from adpo_ray.core.targets import TARGETS
+from adpo_ray.core.choices import LOSSES, TARGETS, TAU_MIN
 from adpo_ray.envs import ENVIRONMENTS
 
 EnvName = Literal[tuple(ENVIRONMENTS)]  # every env of adpo_ray.envs.ENVIRONMENTS

@@ -123,6 +123,6 @@ def test_defaults_the_spec_and_the_configs_share_are_written_once():
     sources = {path: (PKG.parent / path).read_text() for path in TREES}
     lines = [(path, line) for path, text in sources.items() for line in text.splitlines()]
     assert [p for p, line in lines if "tau_min" in line and "0.05" in line] == []
-    assert [p for p, line in lines if "TAU_MIN = " in line] == ["adpo_ray/core/losses.py"]
+    assert [p for p, line in lines if "TAU_MIN = " in line] == ["adpo_ray/core/choices.py"]
     assert not [p for p, line in lines if "learner_update" in line and '"fused"' in line and "==" not in line]
     assert not [p for p, line in lines if "optimizer" in line and '"adam"' in line and "{" not in line]
