@@ -276,9 +276,9 @@ THROUGHPUT_SOURCE = "measured by bench/throughput.py: a twelve_scenarios trial (
 #: iteration of one trial; a pack of 16 reports 16): Tune's driver (its loop and loggers), the
 #: MLflow tracker and its sender (a sqlite store), Ray's own processes. On the bandit, whose
 #: iterations take a fraction of a second, this is a large part of a launch on a small machine.
-#: `python bench/driver.py` (a slope between two launches of the bandit_paper preset, hidden 64)
-#: on a 2-core machine (docs/results/benchmarks.md, "Capacity plan").
-DRIVER_CPU_S_PER_RESULT = 0.0029
+#: `python bench/driver.py --seeds 2 8` (the slope between launches of 216 and 864 trials of the
+#: bandit_paper preset, hidden 64) on a 2-core machine (docs/results/benchmarks.md, "Capacity plan").
+DRIVER_CPU_S_PER_RESULT = 0.0067
 #: Dataset states per second of one distillation student (2 at once on 2 cores, 2,048 states per
 #: iteration, a 5-episode clean evaluation every 20 iterations included): the distill_check
 #: students of the n-step check (README "Offline distillation"), on a 2-core machine otherwise quiet.
