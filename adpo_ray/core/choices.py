@@ -1,6 +1,7 @@
 """The names an experiment spec chooses among in the ADPO math, and the defaults every layer
-reads: no torch import, so that the spec and the CLI commands that train nothing load without
-torch (about 2.5 s of CPU per process; a grid's driver imports it anyway, through RLlib). The math modules re-export them.
+reads, without importing torch: the spec and the CLI commands that train nothing load without it
+(about 2.5 s of CPU per process; a grid's driver imports it anyway, through RLlib). The math
+modules re-export them.
 
 * :data:`LOSSES`: ``adpo.loss`` (:func:`adpo_ray.core.losses.adpo_loss`);
 * :data:`TARGETS`: ``adpo.target`` (:func:`adpo_ray.core.targets.list_target`);

@@ -55,6 +55,7 @@ from adpo_ray.core.targets import hard_pairwise_target, list_target, pair_target
 __all__ = ["LOSSES", "adpo_loss", "anchored_logits", "listwise_loss", "pairwise_loss", "dpo_loss", "pair_mask",
            "normalize_signal", "adaptive_tau", "plackett_luce_loss", "TAU_MIN"]
 
+
 def anchored_logits(s: torch.Tensor, r: torch.Tensor, tau_anc: float | torch.Tensor,
                     clip_log_ratio: float = 0.0, clip_score: float = 0.0) -> torch.Tensor:
     """``u = (s - r) / tau_anc``; the anchor scores are detached. ``tau_anc`` is a number or a

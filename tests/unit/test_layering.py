@@ -81,10 +81,10 @@ def test_lower_layers_import_no_ray():
 
 
 def test_the_spec_cli_status_and_report_load_without_torch():
-    """The commands that train nothing (`validate`, `scenarios`, `status`, `report`, `sync`) and a
-    spec's validation never import torch: it costs about 2.5 s of CPU per process (`adpo-ray
-    validate` of the bandit paper grid took 4.7 s with it, 1.3 s without). Checked in a fresh
-    interpreter, where imports inside functions count too; the math still loads on first use."""
+    """`adpo-ray validate` (a spec's whole validation) and `adpo-ray scenarios` run, and the
+    modules of `status`, the launch and the report import, without importing torch: it costs
+    about 2.5 s of CPU per process. Checked in a fresh interpreter, where imports inside the
+    commands' functions count too; the math still loads on first use."""
     import subprocess
     import sys
 
