@@ -19,6 +19,7 @@ preference bandit whose utilities are standardised; environments pass their own 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,74 @@ def corrupt(
             flip = flip[..., None]
         return np.where(flip, -y, y)
     raise ValueError(f"unknown noise type {kind!r}; allowed: clean, {', '.join(NOISE_TYPES)}")
+
+
+def corrupt_rows(
+    y: np.ndarray,
+    scenarios: Sequence[Scenario],
+    rngs: Sequence[np.random.Generator],
+    *,
+    list_axis: bool = False,
+) -> np.ndarray:
+    """:func:`corrupt` of every row of ``y``, each with its own scenario and generator: row ``i``
+    of the result is ``corrupt(y[i], scenarios[i], rngs[i], list_axis=list_axis)``, bit for bit,
+    and each generator is left where that call leaves it. The draws are made row by row in row
+    order (so generators shared between rows draw as the calls one after another would); the
+    arithmetic runs once per noise type over its rows, which makes a bandit pack's step several
+    times cheaper than one call per sub-env.
+
+    Args:
+        y: ``(n, ...)`` clean signals, row ``i`` one call's ``y``.
+        scenarios: ``n`` scenarios (:class:`Scenario`, not names).
+        rngs: ``n`` numpy generators (not seeds).
+        list_axis: as in :func:`corrupt`, for every row.
+
+    Returns:
+        ``(n, ...)`` float64.
+
+    Raises:
+        ValueError: ``scenarios`` or ``rngs`` not of ``n`` entries; an unknown noise type.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    if len(scenarios) != n or len(rngs) != n:
+        raise ValueError(f"corrupt_rows: {n} rows need {n} scenarios and {n} generators, "
+                         f"got {len(scenarios)} and {len(rngs)}")
+    shape = y.shape[1:]
+    lists = list_axis and len(shape) >= 1
+    event_shape = shape[:-1] if lists else shape
+    uniform = np.empty(y.shape)  # gaussian rows: N(0, 1); heavy-tailed rows: U(0, 1)
+    cauchy = np.empty(y.shape)  # heavy-tailed rows: Cauchy(0, 1)
+    events = np.empty((n, *event_shape))  # flip rows: U(0, 1) per event
+    rows: dict[str, list[int]] = {kind: [] for kind in ("clean", *NOISE_TYPES)}
+    for i, (scenario, rng) in enumerate(zip(scenarios, rngs, strict=True)):
+        kind = scenario.noise_type
+        if kind not in rows:
+            raise ValueError(f"unknown noise type {kind!r}; allowed: clean, {', '.join(NOISE_TYPES)}")
+        if kind == "gaussian":
+            rng.standard_normal(out=uniform[i:i + 1])
+        elif kind == "heavy_tailed":
+            rng.random(out=uniform[i:i + 1])
+            cauchy[i] = rng.standard_cauchy(shape)
+        elif kind == "flip":
+            events[i] = rng.random(event_shape)
+        rows[kind].append(i)
+
+    def column(at: list[int], name: str, ndim: int) -> np.ndarray:
+        """The rows' scenario parameter ``name``, broadcast over ``ndim`` axes of a row."""
+        return np.asarray([scenarios[i].params[name] for i in at]).reshape(len(at), *(1,) * ndim)
+
+    out = y.copy()  # clean and shift rows stay as they are
+    # each noise type's rows at once, with corrupt's operations in corrupt's order
+    if at := rows["gaussian"]:
+        out[at] = y[at] + column(at, "sigma", len(shape)) * uniform[at]
+    if at := rows["heavy_tailed"]:
+        hit = uniform[at] < column(at, "p", len(shape))
+        out[at] = y[at] + hit * (column(at, "cauchy_scale", len(shape)) * cauchy[at])
+    if at := rows["flip"]:
+        flip = events[at] < column(at, "p", len(event_shape))
+        out[at] = np.where(flip[..., None] if lists else flip, -y[at], y[at])
+    return out
 
 
 def scenario_rows() -> list[dict[str, str]]:

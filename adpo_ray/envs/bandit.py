@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from adpo_ray.core.noise import CLEAN, Scenario, get_scenario
+from adpo_ray.core.noise import CLEAN, Scenario, corrupt_rows, get_scenario
 
 __all__ = ["PreferenceBandit", "BanditProblem", "BanditSteps", "bandit_problem", "winmass"]
 
@@ -170,8 +170,21 @@ class PreferenceBandit(gym.Env):
 
     @staticmethod
     def reset_many(envs: Sequence[PreferenceBandit]) -> np.ndarray:
-        """``reset()`` (unseeded) of every env of ``envs``: their observations, ``(n, d)`` float32."""
-        return np.stack([env._new_context() for env in envs])
+        """``reset()`` (unseeded) of every env of ``envs``: their observations, ``(n, d)`` float32,
+        each env's context drawn from its own generator, the same numbers as ``n`` resets.
+
+        Raises:
+            ValueError: envs whose contexts differ in size."""
+        d = envs[0].problem.context_dim
+        if any(env.problem.context_dim != d for env in envs):
+            raise ValueError(f"reset_many: every env must have context_dim {d}, as envs[0]")
+        draws = np.empty((len(envs), d))
+        for i, env in enumerate(envs):
+            env.np_random.standard_normal(out=draws[i])
+        x = (np.stack([env._mean for env in envs]) + draws).astype(np.float32)
+        for env, row in zip(envs, x, strict=True):
+            env._x = row
+        return x.copy()
 
     @staticmethod
     def step_many(envs: Sequence[PreferenceBandit], actions: np.ndarray) -> BanditSteps:
@@ -197,7 +210,7 @@ class PreferenceBandit(gym.Env):
         for problem in {id(env.problem): env.problem for env in envs}.values():
             rows = [i for i, env in enumerate(envs) if env.problem is problem]
             clean[rows] = problem.utilities(x[rows])
-        noisy = np.stack([env.scenario.corrupt(c, env.np_random, list_axis=True) for env, c in zip(envs, clean, strict=True)])
+        noisy = corrupt_rows(clean, [env.scenario for env in envs], [env.np_random for env in envs], list_axis=True)
         rows = np.arange(n)
         return BanditSteps(obs=x, rewards=noisy[rows, actions], utilities_noisy=noisy, utilities=clean,
                            clean_return=clean[rows, actions])

@@ -11,6 +11,7 @@ from adpo_ray.core.noise import (
     SEVERITY_TABLE,
     TWELVE,
     corrupt,
+    corrupt_rows,
     get_scenario,
     scenario_rows,
 )
@@ -75,6 +76,36 @@ def test_flip_rate(sev):
     out = corrupt(y, f"flip-{sev}", 1)
     assert set(np.unique(out)) <= {-1.0, 1.0}
     assert _within((out < 0).mean(), p)
+
+
+@pytest.mark.parametrize(("row_shape", "list_axis"), [((8,), True), ((8,), False), ((), False), ((2, 5), True)])
+def test_corrupt_rows_is_corrupt_of_each_row_bit_for_bit(row_shape, list_axis):
+    """Rows of every scenario, mixed, some sharing one generator: each row and each generator's
+    state as after one corrupt call per row, in row order."""
+    names = [*SCENARIOS] * 3
+    y = np.random.default_rng(0).standard_normal((len(names), *row_shape)) * 3
+
+    def generators():
+        shared = np.random.default_rng(99)
+        return [shared if i % 5 == 0 else np.random.default_rng(i) for i in range(len(names))]
+
+    together, alone = generators(), generators()
+    out = corrupt_rows(y, [get_scenario(n) for n in names], together, list_axis=list_axis)
+    want = np.stack([corrupt(y[i], n, alone[i], list_axis=list_axis) for i, n in enumerate(names)])
+    assert out.shape == y.shape and out.dtype == np.float64
+    np.testing.assert_array_equal(out, want)
+    for a, b in zip(together, alone, strict=True):  # each generator drew what its calls drew
+        assert a.random() == b.random()
+    # control: the noisy rows did move, the clean and shift ones did not
+    moved = [not np.array_equal(out[i], y[i]) for i in range(len(names))]
+    assert not any(moved[i] for i, n in enumerate(names) if n == "clean" or n.startswith("shift"))
+    assert any(moved[i] for i, n in enumerate(names) if n.startswith("gaussian"))
+
+
+def test_corrupt_rows_refuses_mismatched_rows():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="3 rows need 3 scenarios and 3 generators, got 2 and 3"):
+        corrupt_rows(np.zeros((3, 4)), [CLEAN, CLEAN], [rng] * 3)
 
 
 def test_flip_reverses_whole_lists():
