@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
-from adpo_ray.orchestration.tracking import MLflowTracker
+from adpo_ray.orchestration.tracking import MLflowTracker, snapshot_trials
 from adpo_ray.spec import parse_spec
 
 from ..helpers.grid import new_store
@@ -140,3 +140,32 @@ def test_a_resume_lets_out_records_held_for_a_trial_the_snapshot_restored(tmp_pa
     again.get_state()
     assert again._sender.stop(flush_timeout=30) == 0
     assert history(uri, t) == [(100, 0.25), (200, 0.5)]
+
+
+def test_snapshot_trials_decodes_only_changed_trials_and_reads_as_without_its_cache(tmp_path, monkeypatch):
+    """With a cache kept between reads, a trial whose state text did not change is not decoded
+    again; what a read returns is what a read without the cache returns, and a trial gone from
+    the snapshot is gone from the cache."""
+    import adpo_ray.orchestration.tracking as tracking
+
+    decoded = []
+    real_loads = json.loads
+
+    def counting_loads(text, *args, **kwargs):
+        decoded.append(text)
+        return real_loads(text, *args, **kwargs)
+
+    cache: dict = {}
+    snapshot(tmp_path, {"a": ("RUNNING", 3), "b": ("PENDING", 0), "c": ("TERMINATED", 5)})
+    monkeypatch.setattr(tracking.json, "loads", counting_loads)
+    first = snapshot_trials(str(tmp_path), cache)
+    assert first == {"a": ("RUNNING", 3), "b": ("PENDING", 0), "c": ("TERMINATED", 5)}
+    assert len(decoded) == 1 + 3 * 2  # the file, then each trial's two texts
+    snapshot(tmp_path, {"a": ("RUNNING", 4), "b": ("PENDING", 0), "c": ("TERMINATED", 5)})
+    decoded.clear()
+    second = snapshot_trials(str(tmp_path), cache)
+    assert second == snapshot_trials(str(tmp_path)) == {"a": ("RUNNING", 4), "b": ("PENDING", 0), "c": ("TERMINATED", 5)}
+    assert len(decoded) == 1 + 2 + (1 + 3 * 2)  # the file and trial a's texts; then the read without the cache
+    snapshot(tmp_path, {"a": ("TERMINATED", 5)})
+    assert snapshot_trials(str(tmp_path), cache) == {"a": ("TERMINATED", 5)}
+    assert [entry for entry, _ in cache["entries"].values()] == ["a"]
