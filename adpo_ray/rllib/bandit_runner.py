@@ -166,15 +166,15 @@ class BanditPackEnvRunner(SingleAgentEnvRunner):
         key's last values, so only those are logged (the same means, a fraction of the calls)."""
         metrics, win = self.metrics, self._window
         rp.count_sampled(self, len(columns), len(columns))
-        for ret in columns.rewards[-win:].tolist():
-            metrics.log_value(EPISODE_RETURN_MEAN, ret, window=win)
-            metrics.log_value(EPISODE_LEN_MEAN, 1, window=win)
+        returns = columns.rewards[-win:].tolist()
+        rp.log_values(metrics, EPISODE_RETURN_MEAN, returns, window=win)
+        rp.log_values(metrics, EPISODE_LEN_MEAN, [1] * len(returns), window=win)
         for k in range(self._num_members):
             rows = np.flatnonzero(columns.member == k)
             key = (MEMBER_GROUP, str(k))
-            for ret in columns.rewards[rows[-win:]].tolist():
-                metrics.log_value((*key, EPISODE_RETURN_MEAN), ret, window=win)
-                metrics.log_value((*key, EPISODE_LEN_MEAN), 1, window=win)
-            for ret in clean[rows[-CLEAN_RETURN_WINDOW:]].tolist():
-                metrics.log_value((*key, CLEAN_RETURN_KEY), ret, reduce="mean", window=CLEAN_RETURN_WINDOW)
+            returns = columns.rewards[rows[-win:]].tolist()
+            rp.log_values(metrics, (*key, EPISODE_RETURN_MEAN), returns, window=win)
+            rp.log_values(metrics, (*key, EPISODE_LEN_MEAN), [1] * len(returns), window=win)
+            rp.log_values(metrics, (*key, CLEAN_RETURN_KEY), clean[rows[-CLEAN_RETURN_WINDOW:]].tolist(),
+                          reduce="mean", window=CLEAN_RETURN_WINDOW)
             metrics.log_value((*key, NUM_ENV_STEPS_SAMPLED_LIFETIME), len(rows), reduce="lifetime_sum")
