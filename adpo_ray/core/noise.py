@@ -154,8 +154,8 @@ def corrupt_rows(
     of the result is ``corrupt(y[i], scenarios[i], rngs[i], list_axis=list_axis)``, bit for bit,
     and each generator is left where that call leaves it. The draws are made row by row in row
     order (so generators shared between rows draw as the calls one after another would); the
-    arithmetic runs once per noise type over its rows, which makes a bandit pack's step several
-    times cheaper than one call per sub-env.
+    arithmetic runs once per noise type over its rows, not once per row (a bandit pack steps
+    128 sub-envs at a time).
 
     Args:
         y: ``(n, ...)`` clean signals, row ``i`` one call's ``y``.
