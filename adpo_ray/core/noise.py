@@ -177,22 +177,23 @@ def corrupt_rows(
     shape = y.shape[1:]
     lists = list_axis and len(shape) >= 1
     event_shape = shape[:-1] if lists else shape
-    uniform = np.empty(y.shape)  # gaussian rows: N(0, 1); heavy-tailed rows: U(0, 1)
+    draws = np.empty(y.shape)  # gaussian rows: N(0, 1); heavy-tailed rows: U(0, 1)
     cauchy = np.empty(y.shape)  # heavy-tailed rows: Cauchy(0, 1)
     events = np.empty((n, *event_shape))  # flip rows: U(0, 1) per event
-    rows: dict[str, list[int]] = {kind: [] for kind in ("clean", *NOISE_TYPES)}
+    rows: dict[str, list[int]] = {"gaussian": [], "heavy_tailed": [], "flip": []}
     for i, (scenario, rng) in enumerate(zip(scenarios, rngs, strict=True)):
         kind = scenario.noise_type
-        if kind not in rows:
+        if kind not in rows and kind not in ("clean", "shift"):
             raise ValueError(f"unknown noise type {kind!r}; allowed: clean, {', '.join(NOISE_TYPES)}")
         if kind == "gaussian":
-            rng.standard_normal(out=uniform[i:i + 1])
+            rng.standard_normal(out=draws[i:i + 1])
         elif kind == "heavy_tailed":
-            rng.random(out=uniform[i:i + 1])
+            rng.random(out=draws[i:i + 1])
             cauchy[i] = rng.standard_cauchy(shape)
         elif kind == "flip":
             events[i] = rng.random(event_shape)
-        rows[kind].append(i)
+        if kind in rows:
+            rows[kind].append(i)
 
     def column(at: list[int], name: str, ndim: int) -> np.ndarray:
         """The rows' scenario parameter ``name``, broadcast over ``ndim`` axes of a row."""
@@ -201,9 +202,9 @@ def corrupt_rows(
     out = y.copy()  # clean and shift rows stay as they are
     # each noise type's rows at once, with corrupt's operations in corrupt's order
     if at := rows["gaussian"]:
-        out[at] = y[at] + column(at, "sigma", len(shape)) * uniform[at]
+        out[at] = y[at] + column(at, "sigma", len(shape)) * draws[at]
     if at := rows["heavy_tailed"]:
-        hit = uniform[at] < column(at, "p", len(shape))
+        hit = draws[at] < column(at, "p", len(shape))
         out[at] = y[at] + hit * (column(at, "cauchy_scale", len(shape)) * cauchy[at])
     if at := rows["flip"]:
         flip = events[at] < column(at, "p", len(event_shape))

@@ -184,7 +184,7 @@ class MLflowTracker(tune.Callback):
         self._deferred: dict[str, tuple[str, list[dict[str, Any]], tuple[str, ...]]] = {}
         self._reconciled = False
         #: the experiment snapshot's trial entries last read (:func:`snapshot_trials`)
-        self._snapshot_cache: dict[str, Any] = {}
+        self._snapshot_cache: dict[tuple[str, str], Any] = {}
         #: set at the end: whether the launch stopped before every trial had ended (Ctrl-C)
         self.interrupted = False
 
@@ -510,8 +510,9 @@ def snapshot_trials(run_dir: str, cache: dict | None = None) -> dict[str, tuple[
     `Tuner.restore` reads); empty when there is none yet, or when it is being copied there right
     now (it is read again at the next snapshot).
 
-    ``cache``: a dict kept between calls (the tracker's), in which each trial's entry is kept by
-    its JSON text: only the trials whose state changed since the last call are decoded. Tune
+    ``cache``: a dict kept between calls (the tracker's), which this call fills with this
+    snapshot's trials keyed by their JSON text: only the trials whose state changed since the
+    last call are decoded. Tune
     writes every trial's state into each snapshot, about 100 KB per trial pack, so at a few
     hundred trials most of a read's CPU went into decoding states that had not changed."""
     from adpo_ray.orchestration._ray_private import newest_experiment_state
@@ -523,7 +524,7 @@ def snapshot_trials(run_dir: str, cache: dict | None = None) -> dict[str, tuple[
         filesystem, _ = storage._resolve(str(run_dir))
         with filesystem.open_input_stream(newest) as f:
             state = json.loads(f.read())
-        known = cache.get("entries", {}) if cache is not None else {}
+        known = cache if cache is not None else {}
         entries, out = {}, {}
         for trial_json, metadata_json in state["trial_data"]:
             key = (trial_json, metadata_json)
@@ -534,8 +535,9 @@ def snapshot_trials(run_dir: str, cache: dict | None = None) -> dict[str, tuple[
                 entry = (trial["trial_id"], (trial["status"], int(last.get(TRAINING_ITERATION) or 0)))
             entries[key] = entry
             out[entry[0]] = entry[1]
-        if cache is not None:
-            cache["entries"] = entries  # this snapshot's trials only: older states are let go
+        if cache is not None:  # this snapshot's trials only: older states are let go
+            cache.clear()
+            cache.update(entries)
         return out
     except (OSError, ValueError, KeyError, TypeError):
         return {}

@@ -168,4 +168,4 @@ def test_snapshot_trials_decodes_only_changed_trials_and_reads_as_without_its_ca
     assert len(decoded) == 1 + 2 + (1 + 3 * 2)  # the file and trial a's texts; then the read without the cache
     snapshot(tmp_path, {"a": ("TERMINATED", 5)})
     assert snapshot_trials(str(tmp_path), cache) == {"a": ("TERMINATED", 5)}
-    assert [entry for entry, _ in cache["entries"].values()] == ["a"]
+    assert [trial_id for trial_id, _ in cache.values()] == ["a"]
