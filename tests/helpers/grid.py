@@ -35,6 +35,9 @@ SMALL = {
     "budget": {"iterations": 3, "checkpoint_every": 2},
     "train": {"lr": 0.003, "train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
     "adpo": {"beta_q": 0.5},
+    # 8 contexts per sampling step, as the bandit presets: with one, RLlib's runner steps 128
+    # one-step episodes one at a time, about three quarters of a solo bandit trial's time
+    "resources": {"num_envs_per_env_runner": 8},
 }
 
 #: 15 knobs with one value each: a 331-character tag, more than a folder name may hold

@@ -180,6 +180,7 @@ BANDIT = {
     "budget": {"iterations": 1, "checkpoint_every": 1},
     "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
     "bandit": {"eval_contexts": 64},
+    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
 }
 
 
@@ -189,7 +190,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
     every method (ADPO modes, PPO, ppo_kl, DPO) recording it as its start, reused by a later
     launch; and each method built from that checkpoint holds its parameters, ADPO's and DPO's
     anchor at KL 0."""
-    spec = parse_spec({**BANDIT, "resources": {"pack": 1}})  # solo runs, the packed launch's reference
+    spec = parse_spec({**BANDIT, "resources": {**BANDIT["resources"], "pack": 1}})  # solo runs, the packed launch's reference
     uri = new_store(tmp_path)
     opts = options(tmp_path, "first")
     results = run_grid(spec, opts, verbose=0)
@@ -212,7 +213,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
 
     # a second launch, packed: the two ADPO trials as one pack (ppo_kl's one trial alone),
     # each member started from the same pretrained run and tracked as its solo trial was
-    second = run_grid(parse_spec({**BANDIT, "algorithms": ["adpo", "ppo_kl"], "resources": {"pack": "auto"}}),
+    second = run_grid(parse_spec({**BANDIT, "algorithms": ["adpo", "ppo_kl"], "resources": {**BANDIT["resources"], "pack": "auto"}}),
                       GridOptions(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"),
                                   storage_path=str(tmp_path / "ray_results"), name="second"), verbose=0)
     assert len(second) == 2 and not second.errors  # 2 Tune trials for 3 trials

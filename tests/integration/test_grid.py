@@ -87,7 +87,7 @@ def small_grid(ray_local, tmp_path_factory):
     store behind it, artifacts proxied to a folder), shared by the tests that read its records."""
     tmp_path = tmp_path_factory.mktemp("small_grid")
     # solo trials: each child run holds its checkpoint, which `evaluate` restores (packs: test_pack_grid)
-    spec = parse_spec({**SMALL, "resources": {"pack": 1}})
+    spec = parse_spec({**SMALL, "resources": {**SMALL["resources"], "pack": 1}})
     with mlflow_server(new_store(tmp_path, "server.db"), tmp_path / "server-artifacts") as uri:
         opts = options(tmp_path, "e2e", uri=uri)
         results = run_grid(spec, opts, verbose=0)
@@ -234,7 +234,7 @@ def make_flaky(marker_dir: Path):
 
 def test_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
     spec = parse_spec({**SMALL, "name": "flaky", "scenarios": ["clean"], "anchors": {"modes": ["dynamic"]},
-                       "budget": {"iterations": 5, "checkpoint_every": 2}, "resources": {"max_failures": 1, "pack": 1}})
+                       "budget": {"iterations": 5, "checkpoint_every": 2}, "resources": {**SMALL["resources"], "max_failures": 1, "pack": 1}})
     markers = tmp_path / "markers"
     markers.mkdir()
     new_store(tmp_path)
@@ -264,7 +264,7 @@ def test_trials_in_a_reused_process_train_as_in_new_ones(ray_local, tmp_path):
             "budget": {"iterations": 2}}
     finals = {}
     for reuse in (True, False):
-        spec = parse_spec({**base, "resources": {"pack": 1, "max_concurrent_trials": 1, "reuse_actors": reuse}})
+        spec = parse_spec({**base, "resources": {**SMALL["resources"], "pack": 1, "max_concurrent_trials": 1, "reuse_actors": reuse}})
         folder = tmp_path / f"reuse-{reuse}"
         folder.mkdir()
         new_store(folder)
@@ -347,7 +347,7 @@ def test_sigkill_driver_then_resume(tmp_path):
                  "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": iters, "checkpoint_every": 2},
                  "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128},
                  # trials that end one by one (a pack's kill: test_pack_grid)
-                 "resources": {"pack": 1, "max_concurrent_trials": 1}}
+                 "resources": {**SMALL["resources"], "pack": 1, "max_concurrent_trials": 1}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "k"
     # snapshots every 2 s, well within a trial's run (a trial that ends between two is held as
@@ -585,7 +585,7 @@ def test_embedded_grid_serves_its_dashboard(tmp_path):
 
     spec = {**SMALL, "name": "watched", "scenarios": ["clean"], "anchors": {"modes": ["fixed", "dynamic"]},
             # solo trials (GridTrainable actors); it runs until the test has seen the dashboard
-            "budget": {"iterations": 1000}, "resources": {"pack": 1}}
+            "budget": {"iterations": 1000}, "resources": {**SMALL["resources"], "pack": 1}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     home = tmp_path / "home"
     home.mkdir()

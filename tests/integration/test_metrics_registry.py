@@ -22,6 +22,7 @@ ONLINE = {
     "budget": {"iterations": 2},
     "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1},
     "evaluation": {"interval": 1, "episodes": 1},
+    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
 }
 #: Groups of an RLlib result where our parts log; RLlib's own keys elsewhere are not ours.
 OURS = (("learners", DEFAULT_MODULE_ID), ("env_runners",), (metrics.EVAL_GROUP,), (metrics.DISTILL_GROUP,))

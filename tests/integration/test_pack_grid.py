@@ -74,7 +74,7 @@ def launches(ray_local, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("launches")
     out = {}
     for pack in (1, "auto"):
-        spec = parse_spec({**SPEC, "resources": {"pack": pack}})
+        spec = parse_spec({**SPEC, "resources": {**SMALL["resources"], "pack": pack}})
         (tmp_path / str(pack)).mkdir()
         new_store(tmp_path / str(pack))
         opts = options(tmp_path / str(pack), "grid")
@@ -255,7 +255,7 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     checkpoint: `adpo-ray resume` restores the pack from that checkpoint, the steps it trains again
     are replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
     spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 4},
-                 "resources": {"pack": "auto"}}
+                 "resources": {**SMALL["resources"], "pack": "auto"}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "p"
     # a snapshot every 0.5 s: many land between two checkpoints (at iterations 4, 8 and 12)

@@ -18,6 +18,7 @@ BANDIT = {
     "adpo": {"beta_q": 0.5},
     "anchors": {"modes": ["fixed", "dynamic", "ema", "kl_triggered"],
                 "params": {"ema": {"rate": 0.2}, "kl_triggered": {"threshold": 0.02, "window": 1}}},
+    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
 }
 
 

@@ -116,7 +116,7 @@ def test_ctrl_c_then_resume(tmp_path):
     partial value final. The resume then finishes both, one child run each, every step once."""
     spec_dict = {**SMALL, "name": "interrupted", "anchors": {"modes": ["fixed"]},
                  "budget": {"iterations": 8, "checkpoint_every": 2},
-                 "resources": {"max_concurrent_trials": 1, "pack": 1}}
+                 "resources": {**SMALL["resources"], "max_concurrent_trials": 1, "pack": 1}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "c"
     with open(tmp_path / "out.txt", "w") as out:
