@@ -254,8 +254,10 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     """The driver is SIGKILLed while the pack trains, its snapshot holding a result past the pack's
     checkpoint: `adpo-ray resume` restores the pack from that checkpoint, the steps it trains again
     are replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
+    # one context per sampling step, not SMALL's 8: iterations long enough that several snapshots
+    # land between two checkpoints
     spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 4},
-                 "resources": {**SMALL["resources"], "pack": "auto"}}
+                 "resources": {"num_envs_per_env_runner": 1, "pack": "auto"}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "p"
     # a snapshot every 0.5 s: many land between two checkpoints (at iterations 4, 8 and 12)

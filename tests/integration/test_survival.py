@@ -42,11 +42,13 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
     """The server dies after the grid's first results and stays down: the grid still ends (exit
     0, no trial errors) and says what is pending; once the server is back, `adpo-ray sync`
     delivers every write exactly once."""
-    # 16 iterations, the first results flushed to the server within 1 s and looked for every
-    # 0.25 s: the server is down long before the grid ends, even on an idle machine (with 6
-    # iterations and a 5 s flush, a grid of 10 s had delivered everything before the server died)
+    # 16 iterations of one context per sampling step (not SMALL's 8), the first results flushed
+    # to the server within 1 s and looked for every 0.25 s: the server is down long before the
+    # grid ends, even on an idle machine (with 6 iterations and a 5 s flush, a grid of 10 s had
+    # delivered everything before the server died)
     iterations = 16
-    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": iterations, "checkpoint_every": 4}}
+    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": iterations, "checkpoint_every": 4},
+                 "resources": {"num_envs_per_env_runner": 1}}
     port = free_port()
     backend, artifacts = new_store(tmp_path, "server.db"), tmp_path / "server-artifacts"
     env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "1"}
@@ -115,7 +117,7 @@ def test_ctrl_c_then_resume(tmp_path):
     the stopped trial's child KILLED, the finished one's FINISHED; the end-of-grid table calls no
     partial value final. The resume then finishes both, one child run each, every step once."""
     spec_dict = {**SMALL, "name": "interrupted", "anchors": {"modes": ["fixed"]},
-                 "budget": {"iterations": 8, "checkpoint_every": 2},
+                 "budget": {"iterations": 16, "checkpoint_every": 4},
                  "resources": {**SMALL["resources"], "max_concurrent_trials": 1, "pack": 1}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "c"
@@ -123,9 +125,9 @@ def test_ctrl_c_then_resume(tmp_path):
         proc = launch(spec_dict, tmp_path, uri, "c", stdout=out, stderr=subprocess.STDOUT)
 
         def second_trial_past_two() -> bool:
-            # judged from the checkpoints (one every 2 iterations: 4 in a finished trial), which
-            # go into the folder as they are saved: the 2nd trial has checkpointed iteration 2
-            # (its driver had that result), the 1st has ended, the 2nd has 6 iterations to go
+            # judged from the checkpoints (one every 4 iterations: 4 in a finished trial), which
+            # go into the folder as they are saved: the 2nd trial has checkpointed iteration 4
+            # (its driver had that result), the 1st has ended, the 2nd has 12 iterations to go
             written = sorted(checkpoints_written(run_dir).values())
             return len(written) == 2 and written[0] < 4 == written[1]
 
@@ -152,14 +154,14 @@ def test_ctrl_c_then_resume(tmp_path):
     assert not [m for m in parents[0].data.metrics if m.startswith("summary/")]
     assert sorted(k.info.status for k in kids) == ["FINISHED", "KILLED"], [(k.data.tags["trial"], k.info.status) for k in kids]
     stopped = next(k for k in kids if k.info.status == "KILLED")
-    assert 2 <= len(steps(client, stopped.info.run_id)) < 8
+    assert 4 <= len(steps(client, stopped.info.run_id)) < 16
 
     resume(run_dir, "--no-report", expect="restore", cwd=tmp_path)  # its data, not its report
     parents, kids = children(client, "interrupted")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["summary/PreferenceBandit/adpo-fixed/winmass_n"] == 2
     assert stopped.info.run_id in {k.info.run_id for k in kids}  # the same child run goes on
-    check_complete(client, "interrupted", spec_dict, 8, SMALL["train"]["train_batch_size"])
+    check_complete(client, "interrupted", spec_dict, 16, SMALL["train"]["train_batch_size"])
 
 
 def test_two_launches_with_one_name(tmp_path):
