@@ -124,7 +124,7 @@ def test_ctrl_c_then_resume(tmp_path):
     with open(tmp_path / "out.txt", "w") as out:
         proc = launch(spec_dict, tmp_path, uri, "c", stdout=out, stderr=subprocess.STDOUT)
 
-        def second_trial_past_two() -> bool:
+        def second_trial_past_its_first_checkpoint() -> bool:
             # judged from the checkpoints (one every 4 iterations: 4 in a finished trial), which
             # go into the folder as they are saved: the 2nd trial has checkpointed iteration 4
             # (its driver had that result), the 1st has ended, the 2nd has 12 iterations to go
@@ -132,7 +132,7 @@ def test_ctrl_c_then_resume(tmp_path):
             return len(written) == 2 and written[0] < 4 == written[1]
 
         try:
-            kill_when(proc, second_trial_past_two, signal_=signal.SIGINT, group=False)
+            kill_when(proc, second_trial_past_its_first_checkpoint, signal_=signal.SIGINT, group=False)
             code = proc.wait(timeout=300)
         finally:
             if proc.poll() is None:
