@@ -183,7 +183,7 @@ def corrupt_rows(
     rows: dict[str, list[int]] = {"gaussian": [], "heavy_tailed": [], "flip": []}
     for i, (scenario, rng) in enumerate(zip(scenarios, rngs, strict=True)):
         kind = scenario.noise_type
-        if kind not in rows and kind not in ("clean", "shift"):
+        if kind not in ("clean", *NOISE_TYPES):
             raise ValueError(f"unknown noise type {kind!r}; allowed: clean, {', '.join(NOISE_TYPES)}")
         if kind == "gaussian":
             rng.standard_normal(out=draws[i:i + 1])

@@ -29,7 +29,7 @@ from adpo_ray.rllib.learner import kl_from_logits
 from adpo_ray.rllib.module import ANCHOR_DIST_INPUTS
 from adpo_ray.spec import TrialSpec, parse_spec, pretrained_of
 
-from ..helpers.grid import new_store, options
+from ..helpers.grid import BANDIT_ENVS, new_store, options
 from ..helpers.packs import RUNNER_TAGS
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,7 @@ BANDIT = {
     "budget": {"iterations": 1, "checkpoint_every": 1},
     "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
     "bandit": {"eval_contexts": 64},
-    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
+    "resources": {**BANDIT_ENVS},
 }
 
 

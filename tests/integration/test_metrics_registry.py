@@ -12,6 +12,7 @@ from adpo_ray.rllib.factory import build_algo_config, build_distill_config
 from adpo_ray.spec import TrialSpec, parse_spec
 
 from ..helpers.distill import DISTILL, synthetic_dataset
+from ..helpers.grid import BANDIT_ENVS
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ ONLINE = {
     "budget": {"iterations": 2},
     "train": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1},
     "evaluation": {"interval": 1, "episodes": 1},
-    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
+    "resources": {**BANDIT_ENVS},
 }
 #: Groups of an RLlib result where our parts log; RLlib's own keys elsewhere are not ours.
 OURS = (("learners", DEFAULT_MODULE_ID), ("env_runners",), (metrics.EVAL_GROUP,), (metrics.DISTILL_GROUP,))

@@ -8,6 +8,8 @@ from adpo_ray.rllib.algorithm import ADPO, ADPOConfig
 from adpo_ray.rllib.factory import build_algo_config
 from adpo_ray.spec import TrialSpec, parse_spec
 
+from ..helpers.grid import BANDIT_ENVS
+
 pytestmark = pytest.mark.slow
 
 BANDIT = {
@@ -18,7 +20,7 @@ BANDIT = {
     "adpo": {"beta_q": 0.5},
     "anchors": {"modes": ["fixed", "dynamic", "ema", "kl_triggered"],
                 "params": {"ema": {"rate": 0.2}, "kl_triggered": {"threshold": 0.02, "window": 1}}},
-    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
+    "resources": {**BANDIT_ENVS},
 }
 
 

@@ -13,7 +13,7 @@ from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.report.data import load_mlflow, load_tune_folder
 from adpo_ray.spec import parse_spec
 
-from ..helpers.grid import LONG, children, new_store, options, steps
+from ..helpers.grid import BANDIT_ENVS, LONG, children, new_store, options, steps
 from ..helpers.resume import (
     assert_same_curves,
     kill_when,
@@ -32,7 +32,7 @@ BANDIT = {
     "anchors": {"modes": ["dynamic"]},
     "budget": {"iterations": 2},
     "train": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
-    "resources": {"num_envs_per_env_runner": 8},  # as tests/helpers/grid.py's SMALL
+    "resources": {**BANDIT_ENVS},
 }
 
 
