@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/unit/test_conftest.py
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The grids the tests launch (in this process or as subprocesses) start Ray without its dashboard:
@@ -27,21 +29,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
 
 
-def pytest_runtest_logreport(report):
-    """A failure is named on its own line the moment it is reported (setup, call or teardown),
-    not only in pytest's summary at the end: a run cut short (a CI time limit, a killed machine)
-    still says which test failed. Under pytest-xdist, the controller prints it."""
-    config = _CONFIG.get("config")
-    if not report.failed or config is None or hasattr(config, "workerinput"):
-        return
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        terminal.write("\n")  # after the progress dots, which do not end their line
-        terminal.write_line(f"FAILED {report.nodeid} ({report.when}); details in the summary at the end")
+class FailuresAsTheyHappen:
+    """Names a failure on its own line the moment it is reported (setup, call or teardown), not
+    only in pytest's summary at the end: a run cut short (a CI time limit, a killed machine) still
+    says which test failed. Registered where the terminal is (under pytest-xdist, the controller)."""
 
+    def __init__(self, config):
+        self.config = config
 
-#: The session's config, for the hooks pytest calls without it (`pytest_runtest_logreport`).
-_CONFIG: dict = {}
+    def pytest_runtest_logreport(self, report):
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if report.failed and terminal is not None:
+            terminal.write("\n")  # after the progress dots, which do not end their line
+            terminal.write_line(f"FAILED {report.nodeid} ({report.when}); details in the summary at the end")
 
 
 #: A file each test's CPU is appended to (one JSON line per test), where set: `bench/suite_cpu.py`.
@@ -78,7 +78,8 @@ def pytest_configure(config):
     cost about 2 CPU-s a minute while it lives and about 4 to start. 2 CPUs, as each worker's own
     Ray had: with 6, a grid ran more trials at once, each in a new process (the suite measured
     757 s against 679 s)."""
-    _CONFIG["config"] = config
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(FailuresAsTheyHappen(config), "failures-as-they-happen")
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None) or SHARED_RAY in os.environ:
         return
     import ray

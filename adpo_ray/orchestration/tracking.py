@@ -512,8 +512,9 @@ def snapshot_trials(run_dir: str, cache: dict | None = None) -> dict[str, tuple[
 
     ``cache``: a dict kept between calls (the tracker's), which this call fills with this
     snapshot's trials keyed by their JSON text: only the trials whose state changed since the
-    last call are decoded. Tune writes every trial's state into each snapshot, about 100 KB per trial pack, so at a few
-    hundred trials most of a read's CPU went into decoding states that had not changed."""
+    last call are decoded. Tune writes every trial's state into each snapshot, about 100 KB per
+    trial pack, so at a few hundred trials most of a read's CPU went into decoding states that had
+    not changed."""
     from adpo_ray.orchestration._ray_private import newest_experiment_state
 
     try:
