@@ -346,8 +346,10 @@ def test_sigkill_driver_then_resume(tmp_path):
     spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high", "shift-low"],
                  "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": iters, "checkpoint_every": 2},
                  "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128},
-                 # trials that end one by one (a pack's kill: test_pack_grid)
-                 "resources": {**SMALL["resources"], "pack": 1, "max_concurrent_trials": 1}}
+                 # trials that end one by one (a pack's kill: test_pack_grid), at one context per
+                 # step: at 8 the other two trials could end during the `status` call below, and
+                 # the grid with them, before the kill
+                 "resources": {"num_envs_per_env_runner": 1, "pack": 1, "max_concurrent_trials": 1}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "k"
     # snapshots every 2 s, well within a trial's run (a trial that ends between two is held as
