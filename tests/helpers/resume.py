@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -132,6 +134,65 @@ def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: 
     wait_until(proc, holds_while_stopped, timeout=timeout, poll=poll, what=what)
     os.killpg(proc.pid, signal_)
     proc.wait()
+
+
+#: A trial's process: Ray names an actor's process after its class (``ray::GridTrainable``, and
+#: ``ray::GridTrainable.train`` while a call runs); Ray's own processes and idle workers differ.
+TRIAL_PROCESS = re.compile(r"ray::\w*Trainable\b")
+
+
+def trial_processes(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The processes of the grid ``proc`` (a driver this test started) that run a trial. Ray
+    starts them under its raylet, in process groups of their own: a kill of the driver's group
+    does not reach them (they end once they notice their raylet gone)."""
+    try:
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in below:
+        with contextlib.suppress(psutil.Error):
+            if TRIAL_PROCESS.match(" ".join(p.cmdline())):
+                out.append(p)
+    return out
+
+
+def _signal(processes: list[psutil.Process], signal_: int) -> None:
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal_)
+
+
+@contextlib.contextmanager
+def trials_held(proc: subprocess.Popen, reached, *, timeout: float = 400, poll: float = 0.1,
+                what: str = "the hold point"):
+    """Hold the grid's trials still at a point, however fast they run, while its driver goes on.
+
+    Once ``reached()`` holds (polled as :func:`wait_until` does), every trial process of the grid
+    is stopped (SIGSTOP) and ``reached()`` judged again: if a trial moved past the point in
+    between, or no trial process was found, they go on (SIGCONT) and so does the polling. Inside the block no trial trains,
+    reports or ends, so the grid cannot end either, while Tune's driver still takes in the results
+    it had, writes its snapshots and the tracker its MLflow writes: the test waits for those, then
+    kills the grid (:func:`kill_when`) or lets the trials go on. On leaving the block the trials
+    go on (SIGCONT), or are killed (SIGKILL) if the grid has ended: a stopped process would never
+    notice its raylet gone."""
+    held: list[psutil.Process] = []
+
+    def stop() -> bool:
+        held[:] = trial_processes(proc)
+        if not held:  # between two trials' processes (or none started yet): a hold would hold nothing
+            return False
+        _signal(held, signal.SIGSTOP)
+        if reached():
+            return True
+        _signal(held, signal.SIGCONT)
+        return False
+
+    try:
+        wait_until(proc, lambda: reached() and stop(), timeout=timeout, poll=poll, what=what)
+        yield held
+    finally:
+        _signal(held, signal.SIGKILL if proc.poll() is not None else signal.SIGCONT)
 
 
 def resume(run_dir: Path, *args: str, expect: str, cwd: Path, env=None, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -37,10 +37,12 @@ from ..helpers.grid import (
 )
 from ..helpers.resume import (
     assert_same_curves,
+    checkpoints_written,
     done_in_folder,
     kill_when,
     launch,
     resume,
+    trials_held,
     tune_snapshot,
     wait_until,
 )
@@ -346,22 +348,18 @@ def test_sigkill_driver_then_resume(tmp_path):
     spec_dict = {**SMALL, "name": "killed", "scenarios": ["clean", "flip-high", "shift-low"],
                  "anchors": {"modes": ["dynamic"]}, "budget": {"iterations": iters, "checkpoint_every": 2},
                  "train": {**SMALL["train"], "train_batch_size": 512, "minibatch_size": 128},
-                 # trials that end one by one (a pack's kill: test_pack_grid), at one context per
-                 # step: at 8 the other two trials could end during the `status` call below, and
-                 # the grid with them, before the kill
-                 "resources": {"num_envs_per_env_runner": 1, "pack": 1, "max_concurrent_trials": 1}}
+                 "resources": {**SMALL["resources"], "pack": 1, "max_concurrent_trials": 1}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "k"
-    # snapshots every 2 s, well within a trial's run (a trial that ends between two is held as
-    # running by the snapshot)
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
     proc = launch(spec_dict, tmp_path, uri, "k", env=env)
     client = MlflowClient(uri)
-    wait_until(proc, lambda: len(done_in_folder(run_dir)) >= 1, timeout=300, what="a finished trial")
-    # `adpo-ray status` while the grid runs: trials by state, env steps, an ETA, the parent run
-    live = run_py("-m", "adpo_ray.cli", "status", str(run_dir), cwd=tmp_path)
-    assert live.returncode == 0 and "k: running" in live.stdout, live.stdout + live.stderr
-    assert "finished" in live.stdout and "ETA:" in live.stdout and "MLflow parent run:" in live.stdout
+
+    def first_trial_trained() -> bool:
+        # its last checkpoint is in the folder (checkpoints go there as they are saved, Tune's
+        # logs only with its snapshots), so its last result is with the driver; not all three
+        saved = checkpoints_written(run_dir).values()
+        return 1 <= sum(n == iters // 2 for n in saved) < 3
 
     def some_ended() -> bool:
         # one trial ended per MLflow or Tune's snapshot, another not
@@ -373,7 +371,14 @@ def test_sigkill_driver_then_resume(tmp_path):
         return snapshot is not None and len(snapshot.finished) < 3 and (
             bool(snapshot.finished) or any(k.info.status == "FINISHED" for k in kids))
 
-    kill_when(proc, some_ended, timeout=300)
+    # the trials held from then on: the grid cannot end before the kill, however fast they run
+    with trials_held(proc, first_trial_trained, timeout=300, what="a trained trial"):
+        wait_until(proc, lambda: len(done_in_folder(run_dir)) >= 1, timeout=300, what="a finished trial")
+        # `adpo-ray status` while the grid runs: trials by state, env steps, an ETA, the parent run
+        live = run_py("-m", "adpo_ray.cli", "status", str(run_dir), cwd=tmp_path)
+        assert live.returncode == 0 and "k: running" in live.stdout, live.stdout + live.stderr
+        assert "finished" in live.stdout and "ETA:" in live.stdout and "MLflow parent run:" in live.stdout
+        kill_when(proc, some_ended, timeout=300)
     snapshot = tune_snapshot(run_dir)
     _, kids = children(client, "killed")
     finished_before = {k.data.tags["tune_trial_id"]: k.info.end_time for k in kids if k.info.status == "FINISHED"}

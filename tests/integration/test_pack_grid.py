@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from adpo_ray.cli import main
 from adpo_ray.metrics import CURATED, PPO_KL_BETA
 from adpo_ray.orchestration.evaluate import checkpoint_of, evaluate
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
-from adpo_ray.orchestration.spool import Spool
+from adpo_ray.orchestration.spool import HELD, Spool
 from adpo_ray.orchestration.status import grid_status
 from adpo_ray.orchestration.tracking import (
     PACK_CHECKPOINT_TAG,
@@ -37,9 +38,11 @@ from ..helpers.grid import SMALL, children, new_store, options, run_py, steps
 from ..helpers.packs import RUNNER_TAGS
 from ..helpers.resume import (
     assert_same_curves,
+    checkpoints_written,
     kill_when,
     launch,
     resume,
+    trials_held,
     tune_snapshot,
 )
 
@@ -254,15 +257,27 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     """The driver is SIGKILLed while the pack trains, its snapshot holding a result past the pack's
     checkpoint: `adpo-ray resume` restores the pack from that checkpoint, the steps it trains again
     are replayed, and each member's MLflow run holds every step once, as Tune's folder reads."""
-    # one context per sampling step, not SMALL's 8: iterations long enough that several snapshots
-    # land between two checkpoints
     spec_dict = {**SMALL, "name": "packkill", "budget": {"iterations": 12, "checkpoint_every": 4},
-                 "resources": {"num_envs_per_env_runner": 1, "pack": "auto"}}
+                 "resources": {**SMALL["resources"], "pack": "auto"}}
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "p"
-    # a snapshot every 0.5 s: many land between two checkpoints (at iterations 4, 8 and 12)
+    # a snapshot every 0.5 s: the one that holds the held pack's newest result comes soon
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
     proc = launch(spec_dict, tmp_path, uri, "p", env=env)
+    held_records = Path(spool_folder(str(run_dir), "p")) / HELD
+
+    def driver_past_the_first_checkpoint() -> bool:
+        # the pack has saved its first checkpoint (iteration 4: checkpoints go into the folder as
+        # they are saved), not its second, and the driver has a result past it (the tracker
+        # writes each result's records to the spool's held file as it comes)
+        if sorted(checkpoints_written(run_dir).values()) != [1]:
+            return False
+        with contextlib.suppress(OSError):
+            for line in held_records.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    if (json.loads(line).get("iteration") or 0) > 4:
+                        return True
+        return False
 
     def past_a_checkpoint(snapshot) -> bool:
         (pack,) = snapshot.status  # one trial: the pack
@@ -270,15 +285,16 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
                 and snapshot.last_result[pack].get("training_iteration", 0) > snapshot.checkpoint_iteration[pack] > 0)
 
     def snapshot_past_a_checkpoint() -> bool:
-        # judged from Tune's snapshot in the folder, what a resume restores (the pack's checkpoint
-        # folders are written as they are saved, the snapshot copied there every 0.5 s)
+        # judged from Tune's snapshot in the folder, what a resume restores
         try:
             snapshot = tune_snapshot(run_dir)
         except ValueError:  # being copied there right now
             return False
         return snapshot is not None and past_a_checkpoint(snapshot)
 
-    kill_when(proc, snapshot_past_a_checkpoint)
+    # the pack held from then on, until the snapshot holds that result and the grid is killed
+    with trials_held(proc, driver_past_the_first_checkpoint, what="a result past the first checkpoint"):
+        kill_when(proc, snapshot_past_a_checkpoint, timeout=120)
     snapshot = tune_snapshot(run_dir)
     assert past_a_checkpoint(snapshot), snapshot  # no newer snapshot came before the kill
     (pack,) = snapshot.status

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,7 +16,7 @@ from adpo_ray.orchestration.spool import RUN_KEY_TAG
 from adpo_ray.spec import parse_spec
 
 from ..helpers.grid import SMALL, check_complete, children, mlflow_server, new_store, options
-from ..helpers.resume import launch
+from ..helpers.resume import checkpoints_written, launch, trials_held, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +70,10 @@ def test_sweep_summary_under_valid_names(ray_local, tmp_path, capsys):
 #: process reused for trial after trial, every trial could end before its run was seen.
 DELETED_ITERATIONS = 12
 DELETED = {**SMALL, "name": "deletedchild", "scenarios": ["clean", "flip-high", "flip-low"],
-           "anchors": {"modes": ["dynamic"]}, "hidden_sizes": [16], "budget": {"iterations": DELETED_ITERATIONS},
+           "anchors": {"modes": ["dynamic"]}, "hidden_sizes": [16],
+           "budget": {"iterations": DELETED_ITERATIONS, "checkpoint_every": 4},
            # solo trials, one at a time: each run's writes end at its own time (a pack ends all at once)
-           "resources": {"max_concurrent_trials": 1, "pack": 1}}
+           "resources": {**SMALL["resources"], "max_concurrent_trials": 1, "pack": 1}}
 
 
 def _finished_in_spool(spool_records, key: str) -> bool:
@@ -95,35 +95,34 @@ def test_child_deleted_while_grid_runs_is_restored(tmp_path):
     """A child run deleted in the UI while its trial still has writes to come (a real `mlflow
     server`): the run is restored under its id, every trial ends up in MLflow with its full
     history, the parent FINISHED, nothing refused, nothing pending."""
-    env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "120"}
-    records = tmp_path / "ray_results" / "d" / "mlflow_spool" / "records.jsonl"
+    env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "120", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    run_dir = tmp_path / "ray_results" / "d"
+    records = run_dir / "mlflow_spool" / "records.jsonl"
     with mlflow_server(new_store(tmp_path, "server.db"), tmp_path / "server-artifacts") as uri:
         proc = launch(DELETED, tmp_path, uri, "d", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = MlflowClient(uri)
-        seen: set[str] = set()
-        deleted: str | None = None
-        deadline = time.time() + 600
-        while deleted is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
+
+        def running_child() -> str | None:
+            # a child run in MLflow whose FINISHED status, its trial's last write, is not yet
+            # in the spool (append-only, written before anything is sent)
             try:
                 _, kids = children(client, "deletedchild")
             except Exception:  # noqa: BLE001 - the experiment is not there yet
-                continue
-            for kid in kids:
-                run_id = kid.info.run_id
-                if run_id in seen:
-                    continue
-                seen.add(run_id)
-                client.delete_run(run_id)
-                # The spool is append-only and written before anything is sent: with no FINISHED
-                # record for the run now, after the deletion, its last writes are still to come.
-                if _finished_in_spool(records, kid.data.tags[RUN_KEY_TAG]):
-                    client.restore_run(run_id)  # its trial ended first: this run proves nothing
-                    continue
-                deleted = run_id
-                break
+                return None
+            return next((k.info.run_id for k in kids
+                         if not _finished_in_spool(records, k.data.tags[RUN_KEY_TAG])), None)
+
+        def a_trial_midway() -> bool:
+            # it has saved a checkpoint, not its last (checkpoints go into the folder as saved)
+            return any(n < DELETED_ITERATIONS // 4 for n in checkpoints_written(run_dir).values())
+
+        # the trials held from then on: the run deleted has writes to come, however fast they run
+        with trials_held(proc, a_trial_midway, timeout=600, what="a trial midway"):
+            wait_until(proc, lambda: running_child() is not None, timeout=300, poll=0.2,
+                       what="a child run of a running trial in MLflow")
+            deleted = running_child()
+            client.delete_run(deleted)
         out, _ = proc.communicate(timeout=900)
-        assert deleted is not None, "no child run was caught while its trial ran:\n" + out[-3000:]
         assert proc.returncode == 0, out[-4000:]
         assert "not delivered" not in out and "refused" not in out, out[-3000:]
         client = MlflowClient(uri)

@@ -4,12 +4,12 @@ trial restored from its final checkpoint, two launches needing one teacher."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,15 @@ from ..helpers.grid import (
     new_store,
     steps,
 )
-from ..helpers.resume import checkpoints_written, kill_when, launch, resume, tune_snapshot
+from ..helpers.resume import (
+    checkpoints_written,
+    kill_when,
+    launch,
+    resume,
+    trials_held,
+    tune_snapshot,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,33 +50,31 @@ def test_tracking_server_dies_mid_grid_then_sync(tmp_path):
     """The server dies after the grid's first results and stays down: the grid still ends (exit
     0, no trial errors) and says what is pending; once the server is back, `adpo-ray sync`
     delivers every write exactly once."""
-    # 16 iterations of one context per sampling step (not SMALL's 8), the first results flushed
-    # to the server within 1 s and looked for every 0.25 s: the server is down long before the
-    # grid ends, even on an idle machine (with 6 iterations and a 5 s flush, a grid of 10 s had
-    # delivered everything before the server died)
-    iterations = 16
-    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": iterations, "checkpoint_every": 4},
-                 "resources": {"num_envs_per_env_runner": 1}}
+    iterations = 6
+    spec_dict = {**SMALL, "name": "outage", "budget": {"iterations": iterations, "checkpoint_every": 3}}
     port = free_port()
     backend, artifacts = new_store(tmp_path, "server.db"), tmp_path / "server-artifacts"
     env = {**os.environ, "ADPO_RAY_MLFLOW_FLUSH_S": "1"}
-    with mlflow_server(backend, artifacts, port=port) as uri:
-        proc = launch(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        client = MlflowClient(uri)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            time.sleep(0.25)
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            try:
-                _, kids = children(client, "outage")
-            except Exception:  # noqa: BLE001 - the experiment is not there yet
-                continue
-            if any("env_steps" in k.data.metrics for k in kids):
-                break
-        else:
-            pytest.fail("no result reached MLflow")
-    # the server is gone now, and stays gone until the grid has ended
-    assert proc.poll() is None, "the grid ended before the server died: " + proc.stdout.read()[-3000:]
+    run_dir = tmp_path / "ray_results" / "o"
+
+    def a_result_in_mlflow() -> bool:
+        try:
+            _, kids = children(client, "outage")
+        except Exception:  # noqa: BLE001 - the experiment is not there yet
+            return False
+        return any("env_steps" in k.data.metrics for k in kids)
+
+    with contextlib.ExitStack() as held:
+        with mlflow_server(backend, artifacts, port=port) as uri:
+            proc = launch(spec_dict, tmp_path, uri, "o", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            client = MlflowClient(uri)
+            # the trials held from their first checkpoint until the server has died: their first
+            # results reach it (once Tune's snapshot holds them), the rest cannot before it dies
+            held.enter_context(trials_held(proc, lambda: bool(checkpoints_written(run_dir)), timeout=300,
+                                           what="a checkpoint"))
+            wait_until(proc, a_result_in_mlflow, timeout=300, poll=0.25, what="a result in MLflow")
+        # the server is gone now, and stays gone until the grid has ended
+        assert proc.poll() is None, "the grid ended before the server died: " + proc.stdout.read()[-3000:]
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "write(s) not delivered" in out and "adpo-ray sync" in out, out[-3000:]

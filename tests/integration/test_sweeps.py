@@ -19,6 +19,7 @@ from ..helpers.resume import (
     kill_when,
     launch,
     resume,
+    trials_held,
     tune_progress,
     tune_snapshot,
 )
@@ -157,31 +158,35 @@ def test_optuna_search_with_asha_killed_and_resumed(ray_local, tmp_path):
 
     uri = new_store(tmp_path)
     run_dir = tmp_path / "ray_results" / "s"
-    # snapshots every second: a sample is in one before ASHA's decision at its last rung (t=4, about
-    # two seconds into it), and the four iterations after that rung leave the kill over a second
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # the held sample is in a snapshot soon
     proc = launch(SEARCH, tmp_path, uri, "s", env=env)
 
-    def past_last_rung_after_two() -> bool:
-        # two samples ended and a third is under way past its last rung (t=4: ASHA's decision for
-        # it is recorded), in Tune's snapshot (a sample Tune never snapshotted is drawn again under
-        # a new id). Past its last rung, because a sample resumed from an older checkpoint need not
-        # repeat its values bit for bit: a rung value it had not reached before the kill could
-        # move the cutoffs of later samples, and no uninterrupted run is then the reference. The
-        # resume replays its iterations with the decisions recorded for them.
+    def past_last_rung_after_two() -> set[str]:
+        # two samples ended and a third under way past its last rung (t=4: ASHA's decision for it
+        # is recorded; the driver writes the record as it decides). Past its last rung, because a
+        # sample resumed from an older checkpoint need not repeat its values bit for bit: a rung
+        # value it had not reached before the kill could move the cutoffs of later samples, and no
+        # uninterrupted run is then the reference. The resume replays its iterations with the
+        # decisions recorded for them.
         record = asha_record(run_dir)
         ended = {t for t, entries in record.items() if any(e.get("action") in ("STOP", "COMPLETE") for e in entries)}
         if len(ended) < 2:
-            return False
+            return set()
+        return {t for t, entries in record.items()
+                if t not in ended and any(e.get("t") == 4 and e.get("action") == "CONTINUE" for e in entries)}
+
+    def in_snapshot() -> bool:
+        # that sample is in Tune's snapshot (a sample Tune never snapshotted is drawn again under
+        # a new id)
         try:
             snapshot = tune_snapshot(run_dir)
         except ValueError:  # being copied there right now
             return False
-        return snapshot is not None and any(
-            trial_id not in ended and any(e.get("t") == 4 and e.get("action") == "CONTINUE" for e in record[trial_id])
-            for trial_id in set(snapshot.status) & set(record))
+        return snapshot is not None and bool(past_last_rung_after_two() & set(snapshot.status))
 
-    kill_when(proc, past_last_rung_after_two, timeout=400)
+    # the samples held from there on: the one past its last rung cannot end before the kill
+    with trials_held(proc, lambda: bool(past_last_rung_after_two()), timeout=400):
+        kill_when(proc, in_snapshot, timeout=120)
     snapshot = tune_snapshot(run_dir)
     client = MlflowClient(uri)
     _, kids = children(client, "search")
