@@ -136,6 +136,25 @@ def kill_when(proc: subprocess.Popen, condition, *, timeout: float = 400, poll: 
     proc.wait()
 
 
+def results_seen(run_dir: Path, name: str) -> dict[str, int]:
+    """Per Tune trial id, the newest training iteration its driver has taken in, as the
+    launch's tracker records it (each result's metric records go to its spool's held file as
+    they come, before Tune's snapshot lets them out): ahead of Tune's snapshot and logs in the
+    results folder, which are copied there only with each snapshot."""
+    from adpo_ray.orchestration.spool import HELD
+    from adpo_ray.orchestration.tracking import spool_folder
+
+    seen: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in (Path(spool_folder(str(run_dir), name)) / HELD).read_text().splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(line)
+                if entry.get("iteration") is not None:
+                    trial_id = entry["trial_id"]
+                    seen[trial_id] = max(seen.get(trial_id, 0), int(entry["iteration"]))
+    return seen
+
+
 #: A trial's process: Ray names an actor's process after its class (``ray::GridTrainable``, and
 #: ``ray::GridTrainable.train`` while a call runs); Ray's own processes and idle workers differ.
 TRIAL_PROCESS = re.compile(r"ray::\w*Trainable\b")
@@ -170,12 +189,17 @@ def trials_held(proc: subprocess.Popen, reached, *, timeout: float = 400, poll: 
 
     Once ``reached()`` holds (polled as :func:`wait_until` does), every trial process of the grid
     is stopped (SIGSTOP) and ``reached()`` judged again: if a trial moved past the point in
-    between, or no trial process was found, they go on (SIGCONT) and so does the polling. Inside the block no trial trains,
-    reports or ends, so the grid cannot end either, while Tune's driver still takes in the results
-    it had, writes its snapshots and the tracker its MLflow writes: the test waits for those, then
-    kills the grid (:func:`kill_when`) or lets the trials go on. On leaving the block the trials
-    go on (SIGCONT), or are killed (SIGKILL) if the grid has ended: a stopped process would never
-    notice its raylet gone."""
+    between, or no trial process was found, they go on (SIGCONT) and so does the polling. Inside
+    the block no trial trains, reports or ends, so the grid cannot end either, while Tune's driver
+    still takes in the results it had, writes its snapshots and the tracker its MLflow writes: the
+    test waits for those, then kills the grid (:func:`kill_when`) or lets the trials go on. On
+    leaving the block the trials go on (SIGCONT), or are killed (SIGKILL) if the grid has ended: a
+    stopped process would never notice its raylet gone.
+
+    A trial may be stopped in the middle of anything, a checkpoint's save included (Tune then
+    waits for the save, and does not end the trial, until the trial goes on): a point that needs
+    a trial to have ended is judged by what comes after its end, e.g. the next trial's first
+    result (:func:`results_seen`)."""
     held: list[psutil.Process] = []
 
     def stop() -> bool:

@@ -37,10 +37,10 @@ from ..helpers.grid import (
 )
 from ..helpers.resume import (
     assert_same_curves,
-    checkpoints_written,
     done_in_folder,
     kill_when,
     launch,
+    results_seen,
     resume,
     trials_held,
     tune_snapshot,
@@ -355,11 +355,10 @@ def test_sigkill_driver_then_resume(tmp_path):
     proc = launch(spec_dict, tmp_path, uri, "k", env=env)
     client = MlflowClient(uri)
 
-    def first_trial_trained() -> bool:
-        # its last checkpoint is in the folder (checkpoints go there as they are saved, Tune's
-        # logs only with its snapshots), so its last result is with the driver; not all three
-        saved = checkpoints_written(run_dir).values()
-        return 1 <= sum(n == iters // 2 for n in saved) < 3
+    def second_trial_reported() -> bool:
+        # the first trial has ended (saved and stopped: they run one at a time), the second has
+        # reported a result, the third has not
+        return len(results_seen(run_dir, "k")) == 2
 
     def some_ended() -> bool:
         # one trial ended per MLflow or Tune's snapshot, another not
@@ -372,7 +371,7 @@ def test_sigkill_driver_then_resume(tmp_path):
             bool(snapshot.finished) or any(k.info.status == "FINISHED" for k in kids))
 
     # the trials held from then on: the grid cannot end before the kill, however fast they run
-    with trials_held(proc, first_trial_trained, timeout=300, what="a trained trial"):
+    with trials_held(proc, second_trial_reported, timeout=300, what="the second trial's first result"):
         wait_until(proc, lambda: len(done_in_folder(run_dir)) >= 1, timeout=300, what="a finished trial")
         # `adpo-ray status` while the grid runs: trials by state, env steps, an ETA, the parent run
         live = run_py("-m", "adpo_ray.cli", "status", str(run_dir), cwd=tmp_path)

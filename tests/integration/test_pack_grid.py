@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from adpo_ray.cli import main
 from adpo_ray.metrics import CURATED, PPO_KL_BETA
 from adpo_ray.orchestration.evaluate import checkpoint_of, evaluate
 from adpo_ray.orchestration.launch import SUMMARY_FILE, resume_grid, run_grid
-from adpo_ray.orchestration.spool import HELD, Spool
+from adpo_ray.orchestration.spool import Spool
 from adpo_ray.orchestration.status import grid_status
 from adpo_ray.orchestration.tracking import (
     PACK_CHECKPOINT_TAG,
@@ -41,6 +40,7 @@ from ..helpers.resume import (
     checkpoints_written,
     kill_when,
     launch,
+    results_seen,
     resume,
     trials_held,
     tune_snapshot,
@@ -264,20 +264,12 @@ def test_a_pack_killed_mid_run_resumes_with_every_member_step_once(tmp_path):
     # a snapshot every 0.5 s: the one that holds the held pack's newest result comes soon
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
     proc = launch(spec_dict, tmp_path, uri, "p", env=env)
-    held_records = Path(spool_folder(str(run_dir), "p")) / HELD
 
     def driver_past_the_first_checkpoint() -> bool:
         # the pack has saved its first checkpoint (iteration 4: checkpoints go into the folder as
-        # they are saved), not its second, and the driver has a result past it (the tracker
-        # writes each result's records to the spool's held file as it comes)
-        if sorted(checkpoints_written(run_dir).values()) != [1]:
-            return False
-        with contextlib.suppress(OSError):
-            for line in held_records.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    if (json.loads(line).get("iteration") or 0) > 4:
-                        return True
-        return False
+        # they are saved), not its second, and the driver has a result past it
+        return (sorted(checkpoints_written(run_dir).values()) == [1]
+                and max(results_seen(run_dir, "p").values(), default=0) > 4)
 
     def past_a_checkpoint(snapshot) -> bool:
         (pack,) = snapshot.status  # one trial: the pack
