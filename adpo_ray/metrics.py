@@ -31,6 +31,9 @@ KL_TEACHER = "distill/kl_teacher"
 #: NDCG of a student's ranking of each held-out state's candidates (by its log-probability)
 #: against their clean signal's ranking (:func:`adpo_ray.core.distill.ndcg`).
 NDCG = "distill/ndcg"
+#: The NDCG a uniformly random order of the same held-out lists scores in expectation
+#: (:func:`adpo_ray.core.distill.random_order_ndcg`): the level :data:`NDCG` must beat.
+NDCG_RANDOM = "distill/ndcg_random"
 TRAIN_KL_TEACHER = "distill/train_kl_teacher"
 LOSS_DISTILL = "loss/distill"
 TRAIN_RETURN = "train/return_mean"
@@ -70,6 +73,7 @@ DISTILL_GROUP = "distill"
 DISTILL_STATES_KEY = "states_trained"
 DISTILL_KL_KEY = "kl_teacher"
 DISTILL_NDCG_KEY = "ndcg"
+DISTILL_NDCG_RANDOM_KEY = "ndcg_random"
 DISTILL_EVAL_RETURN_KEY = "eval_return_mean"
 DISTILL_EVAL_OVER_TEACHER_KEY = "eval_return_over_teacher"
 #: RLlib's own learner keys that the curated losses read (``ray.rllib.core.learner.learner``).
@@ -88,6 +92,7 @@ CURATED: dict[str, tuple[tuple[str, ...], ...]] = {
     EVAL_OVER_TEACHER: ((DISTILL_GROUP, DISTILL_EVAL_OVER_TEACHER_KEY),),
     KL_TEACHER: ((DISTILL_GROUP, DISTILL_KL_KEY),),
     NDCG: ((DISTILL_GROUP, DISTILL_NDCG_KEY),),
+    NDCG_RANDOM: ((DISTILL_GROUP, DISTILL_NDCG_RANDOM_KEY),),
     TRAIN_KL_TEACHER: ((*_L, TRAIN_KL_TEACHER),),
     LOSS_DISTILL: ((*_L, LOSS_DISTILL),),
     TRAIN_RETURN: (("env_runners", CLEAN_RETURN_KEY),),
@@ -114,7 +119,7 @@ EXCLUDED: dict[tuple[str, ...], str] = {
 PLAIN_METRICS = (ENV_STEPS, TRAINING_ITERATION)
 
 #: Metrics the report's tables show, and the ones it draws as curves over env steps.
-REPORT_COLUMNS = (EVAL_WINMASS, EVAL_RETURN, EVAL_OVER_TEACHER, KL_TEACHER, NDCG, TRAIN_RETURN,
+REPORT_COLUMNS = (EVAL_WINMASS, EVAL_RETURN, EVAL_OVER_TEACHER, KL_TEACHER, NDCG, NDCG_RANDOM, TRAIN_RETURN,
                   ANCHOR_KL, ANCHOR_REFRESHES, ENV_STEPS)
 CURVE_METRICS = (EVAL_WINMASS, EVAL_RETURN, KL_TEACHER)
 #: Metrics that only a fresh evaluation produces (RLlib repeats the last one in between).

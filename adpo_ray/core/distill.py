@@ -15,7 +15,7 @@ import torch
 
 from adpo_ray.core.choices import DISTILL_METHODS
 
-__all__ = ["DISTILL_METHODS", "diag_gaussian_kl", "diag_gaussian_logp", "kd_loss", "bc_loss", "rank_grades", "ndcg"]
+__all__ = ["DISTILL_METHODS", "diag_gaussian_kl", "diag_gaussian_logp", "kd_loss", "bc_loss", "rank_grades", "ndcg", "random_order_ndcg"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -87,3 +87,16 @@ def ndcg(scores: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
     dcg = (gains * discount).sum(dim=-1)
     ideal = (torch.sort(gains, dim=-1, descending=True).values / torch.log2(positions + 1)).sum(dim=-1)
     return torch.where(ideal > 0, dcg / torch.where(ideal > 0, ideal, 1.0), torch.nan)
+
+
+def random_order_ndcg(signal: torch.Tensor) -> torch.Tensor:
+    """The expected :func:`ndcg` of a uniformly random order of each list's ``K`` candidates: the
+    level a ranking must beat to carry information about ``signal``. Every candidate is equally
+    likely at every position, so each gets the mean discount of the ``K`` positions, which is
+    :func:`ndcg` with all scores tied. For ``K`` distinct signals it is
+    ``((K - 1) / 2 * sum_p 1 / log2(p + 1)) / sum_p (K - p) / log2(p + 1)`` (0.8038 at ``K = 8``,
+    0.8069 at ``K = 4``): high, because the rank grades leave little room between orders.
+
+    ``signal``: ``(..., K)``; returns ``(...)`` (float64); NaN for a list whose signal is constant.
+    """
+    return ndcg(torch.zeros_like(signal), signal)

@@ -15,6 +15,7 @@ from adpo_ray.metrics import (
     HEADLINE,
     KL_TEACHER,
     NDCG,
+    NDCG_RANDOM,
 )
 from adpo_ray.report import stats
 from adpo_ray.spec import method_name
@@ -132,7 +133,8 @@ def is_distill(trials: pd.DataFrame) -> bool:
 def distill_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Students per env x scenario x hidden size x method: final clean return, return as a
     fraction of the teacher's, KL(teacher ‖ student) and the NDCG of the student's candidate
-    ranking on held-out states, each as the mean over seeds with a 95% bootstrap CI."""
+    ranking on held-out states, each as the mean over seeds with a 95% bootstrap CI, and
+    ``ndcg_random``: the NDCG a random order of the same held-out lists scores in expectation."""
     rows = []
     done = finished(trials)
     if not is_distill(done):
@@ -143,6 +145,8 @@ def distill_table(trials: pd.DataFrame) -> pd.DataFrame:
             if metric in g and g[metric].notna().any():
                 s = stats.summarize(g[metric].dropna().to_numpy())
                 row.update({name: s.mean, f"{name}_std": s.std, f"{name}_ci_low": s.ci_low, f"{name}_ci_high": s.ci_high})
+        if NDCG_RANDOM in g and g[NDCG_RANDOM].notna().any():
+            row["ndcg_random"] = float(g[NDCG_RANDOM].mean())  # a constant of the group's dataset
         rows.append(row)
     frame = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(STUDENT_ORDER)}

@@ -42,6 +42,8 @@ def _distill_view(table: pd.DataFrame) -> pd.DataFrame:
     v["% of teacher"] = col("of_teacher", "{:.0f}", 100.0)
     v["KL(teacher ‖ student)"] = col("kl_teacher", "{:.3g}")
     v["NDCG"] = col("ndcg", "{:.3f}")
+    v["NDCG, random order"] = (table["ndcg_random"].map(lambda x: "-" if pd.isna(x) else f"{x:.3f}")
+                               if "ndcg_random" in table else ["-"] * len(table))
     return v
 
 
@@ -162,7 +164,9 @@ def build_report(data: GridData, out_dir: str | Path, reference: str = FIXED) ->
             "Gaussians averaged over held-out dataset states, and the NDCG of the student's ranking of each "
             "held-out state's candidates (by its log-probability) against their clean signal's ranking "
             "(gain = the candidate's rank under the signal; Järvelin & Kekäläinen 2002); mean ± std over "
-            "seeds with a 95% bootstrap CI of the mean. adpo-fixed: the anchor is the teacher; other "
+            "seeds with a 95% bootstrap CI of the mean. `NDCG, random order`: what a uniformly random "
+            "order of the same lists scores in expectation (0.804 for 8 distinct candidates), the level "
+            "a student's ranking must beat to carry information. adpo-fixed: the anchor is the teacher; other "
             "ADPO modes: self-anchored.")] if not distill.empty else []),
         ("Ranking of every method", _ci_view(ranks, "mean_rank", "mean rank [95% CI]", "{:.2f}"),
          "Mean rank of each method over the tasks (scenario x hidden size) where every method of the env "

@@ -18,7 +18,8 @@ Every iteration the learner takes ``states_per_iteration`` dataset states in min
 ``minibatch_states``; then ``distill/kl_teacher`` (mean KL(teacher ‖ student) over the held-out
 states) and ``distill/ndcg`` (the mean NDCG of the student's ranking of each held-out state's
 candidates, by its log-probability, against their clean signal's: :func:`adpo_ray.core.distill.ndcg`)
-are measured, and every ``evaluation_interval`` iterations (and at the last one) the
+are measured, beside ``distill/ndcg_random`` (what a random order of the same lists scores in
+expectation, a constant of the dataset: :func:`adpo_ray.core.distill.random_order_ndcg`), and every ``evaluation_interval`` iterations (and at the last one) the
 student's mean action is evaluated on the clean env: ``eval/return_mean`` and its ratio to the
 teacher's return measured the same way.
 """
@@ -46,6 +47,7 @@ from adpo_ray.core.distill import (
     diag_gaussian_logp,
     kd_loss,
     ndcg,
+    random_order_ndcg,
 )
 from adpo_ray.core.losses import LOSSES, TAU_MIN, adpo_loss
 from adpo_ray.core.targets import TARGETS
@@ -56,6 +58,7 @@ from adpo_ray.metrics import (
     DISTILL_GROUP,
     DISTILL_KL_KEY,
     DISTILL_NDCG_KEY,
+    DISTILL_NDCG_RANDOM_KEY,
     DISTILL_STATES_KEY,
     ENTROPY,
     LOSS_DISTILL,
@@ -296,6 +299,8 @@ class Distill(Algorithm):
         self._heldout = {k: data[k][heldout] for k in HELDOUT_COLUMNS}
         if not len(self._train["obs"]) or not len(self._heldout["obs"]):
             raise ValueError("the dataset needs training and held-out states (dataset.heldout_fraction)")
+        # what a random order of the same held-out lists scores: the level distill/ndcg must beat
+        self._ndcg_random = float(torch.nanmean(random_order_ndcg(torch.as_tensor(self._heldout["rewards_clean"]))))
         self.last_eval_iteration: int | None = None
 
     def training_step(self) -> None:
@@ -319,6 +324,7 @@ class Distill(Algorithm):
         measured = [v.get() for v in self.learner_group.foreach_learner(lambda lr: lr.heldout_metrics(heldout))]
         self.metrics.log_value((DISTILL_GROUP, DISTILL_KL_KEY), float(np.mean([kl for kl, _ in measured])), window=1)
         self.metrics.log_value((DISTILL_GROUP, DISTILL_NDCG_KEY), float(np.mean([n for _, n in measured])), window=1)
+        self.metrics.log_value((DISTILL_GROUP, DISTILL_NDCG_RANDOM_KEY), self._ndcg_random, window=1)
         self.metrics.log_value((DISTILL_GROUP, DISTILL_STATES_KEY), states_trained, window=1)
         if it % cfg.eval_interval == 0 or (cfg.total_iterations and it >= cfg.total_iterations):
             env_name, obs_norm, episodes, explore = cfg.env_config["env"], cfg.obs_norm, cfg.eval_episodes, cfg.eval_explore

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from adpo_ray.core.distill import random_order_ndcg
 from adpo_ray.metrics import curate
 from adpo_ray.orchestration.datasets import DATASET_TAG_PREFIX
 from adpo_ray.orchestration.launch import run_grid
@@ -25,7 +27,6 @@ pytestmark = pytest.mark.slow
 def heldout_ndcg(algo, data) -> float:
     """The mean NDCG of the student's ranking of the held-out candidates against their clean
     signal, from its module's Gaussian and the core functions."""
-    import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.core.columns import Columns
 
@@ -51,6 +52,10 @@ def test_student_trains_and_logs(ray_local, algorithm, anchor):
         results = [curate(algo.train()) for _ in range(3)]
         # every student logs the NDCG of its own ranking of the held-out candidates (clean signal)
         assert results[-1]["distill/ndcg"] == pytest.approx(heldout_ndcg(algo, data), abs=1e-6)
+        # beside it, what a random order of the same held-out lists scores, every iteration
+        rewards = torch.as_tensor(data["rewards_clean"][data["heldout"]])
+        level = float(random_order_ndcg(rewards).nanmean())
+        assert 0.5 < level < 1.0 and all(r["distill/ndcg_random"] == pytest.approx(level, abs=1e-12) for r in results)
     finally:
         algo.stop()
     for i, r in enumerate(results):
@@ -79,7 +84,6 @@ def test_student_trains_and_logs(ray_local, algorithm, anchor):
 def test_self_anchored_student_moves_its_anchor_by_its_schedule(ray_local, mode, params, moves):
     """A self-anchored student's anchor starts as a copy of the student and, after each
     iteration, is where its mode's schedule puts it."""
-    import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     spec = parse_spec({**DISTILL, "anchors": {"modes": [mode], "params": {mode: params}},
@@ -112,7 +116,6 @@ def test_self_anchored_student_moves_its_anchor_by_its_schedule(ray_local, mode,
 def test_fixed_anchor_student_is_anchored_to_the_teacher(ray_local):
     """``fixed``: no anchor copy and no schedule; the anchor scores are the teacher's stored
     log-probs, before and after training."""
-    import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     spec = parse_spec({**DISTILL, "anchors": {"modes": ["fixed"]}, "budget": {"iterations": 2}})
@@ -165,6 +168,7 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
         assert len(kl) == 4  # every iteration
         evals = client.get_metric_history(k.info.run_id, "eval/return_mean")
         assert len(evals) == 2  # iterations 2 and 4
+        assert 0.5 < k.data.metrics["distill/ndcg_random"] < 1.0
         ratio = k.data.metrics["eval/return_over_teacher"]
         assert ratio == pytest.approx(k.data.metrics["eval/return_mean"] / teacher.data.metrics["teacher/return_mean"])
         assert k.data.params["distill.teacher_key"] == teacher.data.tags[TEACHER_TAG]
@@ -173,7 +177,7 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
     # the report's distillation table and claim
     report = build_report(load_mlflow(uri, "distill_small"), tmp_path / "report")
     text = report["report.md"].read_text()
-    assert "## Distillation students" in text and "KL(teacher ‖ KD student) / KL(teacher ‖ fixed-anchor student)" in text
+    assert "## Distillation students" in text and "NDCG, random order" in text and "KL(teacher ‖ KD student) / KL(teacher ‖ fixed-anchor student)" in text
 
     # a second launch (another grid of the same teacher) trains nothing new
     before = {a.path for a in client.list_artifacts(teacher.info.run_id, "datasets")}
@@ -190,7 +194,6 @@ def test_distill_grid_logs_and_reuses_teacher(ray_local, tmp_path, capsys):
 def test_teacher_value_from_a_checkpoint_scores_q_lookahead(ray_local, tmp_path):
     """The teacher's value function, loaded from a real PPO checkpoint, is the one RLlib computes,
     and a q_lookahead dataset scores each candidate with it."""
-    import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.core.columns import Columns
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import permutations
 from math import log2
 
 import pytest
 import torch
 
-from adpo_ray.core.distill import ndcg, rank_grades
+from adpo_ray.core.distill import ndcg, random_order_ndcg, rank_grades
 
 
 def d(p: int) -> float:
@@ -60,3 +61,17 @@ def test_ndcg_batched_and_undefined_lists():
     assert torch.isnan(out[2])  # a constant signal ranks nothing
     with pytest.raises(ValueError, match="same shape"):
         ndcg(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_random_order_ndcg_is_the_mean_over_every_order():
+    # ties in the signal included: the mean of ndcg over all 24 orders of the 4 candidates
+    signal = torch.tensor([3.0, 1.0, 2.0, 2.0])
+    orders = [ndcg(torch.tensor(p, dtype=torch.float64), signal).item() for p in permutations([3.0, 2.0, 1.0, 0.0])]
+    assert random_order_ndcg(signal).item() == pytest.approx(sum(orders) / len(orders), abs=1e-12)
+    # K distinct signals: ((K - 1) / 2 * sum of discounts) / ideal DCG
+    k = 8
+    expected = (k - 1) / 2 * sum(d(p) for p in range(1, k + 1)) / sum((k - p) * d(p) for p in range(1, k + 1))
+    got = random_order_ndcg(torch.randn(5, k, generator=torch.Generator().manual_seed(0)))
+    assert got.shape == (5,) and torch.allclose(got, torch.full((5,), expected, dtype=torch.float64))
+    assert expected == pytest.approx(0.803802, abs=1e-6)
+    assert torch.isnan(random_order_ndcg(torch.ones(3)))  # a constant signal ranks nothing
