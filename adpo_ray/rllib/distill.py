@@ -19,9 +19,9 @@ Every iteration the learner takes ``states_per_iteration`` dataset states in min
 states) and ``distill/ndcg`` (the mean NDCG of the student's ranking of each held-out state's
 candidates, by its log-probability, against their clean signal's: :func:`adpo_ray.core.distill.ndcg`)
 are measured, beside ``distill/ndcg_random`` (what a random order of the same lists scores in
-expectation, a constant of the dataset: :func:`adpo_ray.core.distill.random_order_ndcg`), and every ``evaluation_interval`` iterations (and at the last one) the
-student's mean action is evaluated on the clean env: ``eval/return_mean`` and its ratio to the
-teacher's return measured the same way.
+expectation, a constant of the dataset: :func:`adpo_ray.core.distill.random_order_ndcg`); every
+``evaluation_interval`` iterations (and at the last one) the student's mean action is evaluated on
+the clean env: ``eval/return_mean`` and its ratio to the teacher's return measured the same way.
 """
 
 from __future__ import annotations
