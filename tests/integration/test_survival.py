@@ -108,9 +108,14 @@ def test_driver_killed_before_its_first_snapshot_then_while_its_resume_reports(t
     proc = launch(KILLED, tmp_path, uri, "k", env=env)
     kill_when(proc, lambda: (run_dir / "adpo_grid.json").exists(), poll=0.02)
     assert tune_snapshot(run_dir) is None and not (run_dir / "summary.csv").exists()  # so it starts over
-    proc = subprocess.Popen([sys.executable, "-m", "adpo_ray.cli", "resume", str(run_dir)], cwd=tmp_path, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: (run_dir / "summary.csv").exists(), what="the resumed grid's summary")
+    log = tmp_path / "resume.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "adpo_ray.cli", "resume", str(run_dir)], cwd=tmp_path, env=env,
+                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        kill_when(proc, lambda: (run_dir / "summary.csv").exists(), what="the resumed grid's summary")
+    except AssertionError as e:  # the resume's own words say why it ended (exit code included)
+        raise AssertionError(f"{e}; resume exited {proc.poll()}:\n{log.read_text()[-3000:]}") from e
     resume(run_dir, expect="restore", cwd=tmp_path, env=env)
     assert (run_dir / "report" / "report.html").exists()
     check_complete(MlflowClient(uri), "killpoint", KILLED, 6, SMALL["train"]["train_batch_size"])
