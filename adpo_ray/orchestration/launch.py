@@ -349,7 +349,9 @@ def _run(spec: ExperimentSpec, options: GridOptions, prepared: dict, *, address:
 
     if resume:
         _start(address)
-    if resume and tune.Tuner.can_restore(options.run_dir):
+    # tuner.pkl is Tune's mark of a snapshot; a driver killed while Tune wrote it leaves it empty,
+    # which counts as none (Tuner.restore could not read it)
+    if resume and tune.Tuner.can_restore(options.run_dir) and storage.size(storage.join(options.run_dir, "tuner.pkl")):
         tuner, tracker = _restored_tuner(spec, options, prepared, trainable)
     else:  # a launch, or a resume killed before Tune's first snapshot: starts over in its folder
         concurrency = prepared.get("concurrency") or max_concurrent(

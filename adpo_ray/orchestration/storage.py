@@ -31,6 +31,13 @@ def exists(path: str) -> bool:
     return filesystem.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def size(path: str) -> int:
+    """The size of the file at ``path`` (local or URI) in bytes; 0 when there is none."""
+    fs, p = _resolve(path)
+    info = fs.get_file_info(p)
+    return (info.size or 0) if info.type == pafs.FileType.File else 0
+
+
 def write_text(path: str, text: str) -> None:
     """Write a small state file whole: on a local folder to a temporary name, then renamed over
     (a crash never leaves it half-written); on object storage objects are written whole anyway."""
