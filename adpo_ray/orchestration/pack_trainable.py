@@ -115,7 +115,8 @@ class PackTrainable(AlgorithmTrainable):
         envs = {t.env for t in self.trials}
         if len(envs) != 1:
             raise ValueError(f"trials: every member of a pack must share its env, got {sorted(envs)}")
-        self.budget = self.spec.budget_for(self.trials[0].env)
+        # budget and checkpoint interval are pack keys: every member's knobs hold the same
+        self.knobs = self.spec.knobs(self.trials[0])
         self.algo = pack_algo_config(config).build_algo()
         from adpo_ray.orchestration.policies import init_checkpoint
 
@@ -132,9 +133,9 @@ class PackTrainable(AlgorithmTrainable):
         return len(self.trials)
 
     def _budget_reached(self, member_steps: float) -> bool:
-        b = self.budget
-        return bool((b.iterations and self.algo.iteration >= b.iterations)
-                    or (b.env_steps and member_steps >= b.env_steps))
+        k = self.knobs
+        return bool((k.iterations and self.algo.iteration >= k.iterations)
+                    or (k.env_steps and member_steps >= k.env_steps))
 
     def step(self) -> dict[str, Any]:
         """One iteration of every member not past its budget. A member that reaches its budget
@@ -189,7 +190,7 @@ class PackTrainable(AlgorithmTrainable):
         out: dict[str, Any] = {}
         if all(m.get("done") for m in members):
             out["done"] = True
-        elif self.algo.iteration % self.budget.checkpoint_every == 0:
+        elif self.algo.iteration % self.knobs.checkpoint_every == 0:
             out["should_checkpoint"] = True
         pack_steps = curate(raw).get(ENV_STEPS, 0)
         out.update({MEMBERS: members, ENV_STEPS: pack_steps, "timesteps_total": int(pack_steps)})
