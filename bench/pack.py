@@ -43,7 +43,7 @@ def member_knobs(env: str, k: int, hidden: int, batch: int, per_member: int) -> 
 
     spec = parse_spec({
         "name": "bench-pack", "environments": [env], "scenarios": list(SCENARIOS), "budget": {"iterations": 1000},
-        "adpo": {"train_batch_size": batch},
+        "train": {"train_batch_size": batch},
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": per_member},
     })
     return [dataclasses.replace(spec.knobs(TrialSpec(env, SCENARIOS[m % 2], "adpo", "dynamic", hidden, m)),

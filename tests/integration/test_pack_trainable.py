@@ -22,7 +22,7 @@ SPEC = {
     "seeds": [0, 1],
     "anchors": {"modes": ["fixed", "dynamic"]},
     "budget": {"iterations": 2, "checkpoint_every": 1},
-    "adpo": {"train_batch_size": 128, "minibatch_size": 32, "num_epochs": 1},
+    "train": {"train_batch_size": 128, "minibatch_size": 32, "num_epochs": 1},
     # an env runner of its own: RLlib places it in bundle 1 of the trial's placement group
     "resources": {"num_env_runners": 1, "num_envs_per_env_runner": 2},
 }
