@@ -4,6 +4,7 @@ scaling. Every function writes one PNG and returns its path."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,10 @@ from adpo_ray.metrics import EVAL_OVER_TEACHER, EVAL_RETURN, KL_TEACHER  # noqa:
 from adpo_ray.report.analysis import headline  # noqa: E402
 
 DPI = 100
+#: Legend labels wrap at this many characters: a sweep point's method label names every swept knob
+#: (``adpo-dynamic (train.lr=0.003, adpo.beta_q=0.5, ...)``) and would otherwise be wider than
+#: the figure.
+LEGEND_WIDTH = 40
 
 
 def _save(fig, path: Path) -> Path:
@@ -26,6 +31,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _legend(ax) -> None:
+    """The axes' legend, each label wrapped at :data:`LEGEND_WIDTH` characters."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [textwrap.fill(label, LEGEND_WIDTH) for label in labels], fontsize=8)
+
+
 def _finish(fig, ax, path: Path, *, title: str, ylabel: str, xlabel: str | None = None,
             grid_axis: str = "both") -> Path:
     """Labels, legend and grid of a single-axes chart, then save it."""
@@ -33,7 +44,7 @@ def _finish(fig, ax, path: Path, *, title: str, ylabel: str, xlabel: str | None 
         ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax.grid(axis=grid_axis, alpha=0.3)
     return _save(fig, path)
 
@@ -77,7 +88,7 @@ def learning_curves(trials: pd.DataFrame, curves: pd.DataFrame, env: str, out: P
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(metric)
-    axes.flat[0].legend(fontsize=8)
+    _legend(axes.flat[0])
     fig.suptitle(f"{env}: learning curves, hidden {hidden} (mean over seeds, 95% band)")
     return _save(fig, out / f"curves_{env}.png")
 

@@ -318,3 +318,25 @@ def test_a_grid_left_with_an_unfinished_trial_exits_1_and_names_the_resume(tmp_p
         assert code == 0 and "adpo-ray resume" not in out
     else:
         assert code == 1 and f"adpo-ray resume {tmp_path}/u" in out and "1 trial(s) ended before their budget" in out
+
+
+def test_plots_fit_a_long_sweeps_method_labels(tmp_path):
+    """A sweep point's method label names every swept knob (hundreds of characters for a long
+    sweep): the plots' legends wrap it, so every figure keeps its size and its layout (matplotlib
+    warned "Tight layout not applied" and drew a legend wider than the figure)."""
+    import warnings
+
+    knobs = ", ".join(f"train.knob_{i}={0.001 * i}" for i in range(14))
+    trials = synthetic_trials()
+    trials["method"] = trials["method"] + f" ({knobs})"
+    assert trials["method"].str.len().min() > 300
+    curves = pd.DataFrame([
+        {"trial": t, "env_steps": s, "metric": "eval/winmass", "value": v * s / 1000}
+        for t, v in zip(trials["trial"], trials["eval/winmass"], strict=True) for s in (250, 500, 1000)
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        files = build_report(GridData(trials, curves, "synthetic"), tmp_path)
+    assert _png_size(files["scenarios_PreferenceBandit.png"]) == (1200, 500)
+    assert _png_size(files["hidden_PreferenceBandit.png"]) == (600, 400)
+    assert _png_size(files["curves_PreferenceBandit.png"]) == (1200, 300)
