@@ -9,12 +9,13 @@ from __future__ import annotations
 from adpo_ray.rllib._ray_private import RAY_VERSION  # noqa: F401 - the import checks the running Ray
 
 __all__ = ["PRIVATE_NAMES", "autoscaling_status", "tuner_run_config", "tuner_scheduler",
-           "newest_experiment_state", "driver_staging_copies", "follow_moved_folder", "AshaState"]
+           "newest_experiment_state", "driver_staging_copies", "follow_moved_folder", "AshaState",
+           "prepared_cluster_config"]
 
 #: The private Ray names reached here (see :data:`adpo_ray.rllib._ray_private.PRIVATE_NAMES`).
 PRIVATE_NAMES = frozenset({"_internal_kv_get", "_local_tuner", "_tune_config",
                            "_find_newest_experiment_checkpoint", "_brackets", "_trial_info",
-                           "_time_attr", "_metric", "_metric_op"})
+                           "_time_attr", "_metric", "_metric_op", "_rungs", "_private"})
 
 
 def autoscaling_status() -> bytes | None:
@@ -24,6 +25,21 @@ def autoscaling_status() -> bytes | None:
     from ray.experimental import internal_kv
 
     return internal_kv._internal_kv_get("__autoscaling_status")
+
+
+def prepared_cluster_config(config: dict) -> dict:
+    """A cluster launcher config (the parsed ``cluster/*.yaml``) as ``ray up`` would use it: Ray's
+    own defaults filled in and validated, offline, no cloud call
+    (``ray.autoscaler._private.util.prepare_config`` then ``validate_config``, Ray 2.60.0).
+    ``config`` is not modified. Raises ``jsonschema.ValidationError`` or ``ValueError`` where Ray
+    would refuse it."""
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    full = prepare_config(copy.deepcopy(config))
+    validate_config(full)
+    return full
 
 
 def tuner_run_config(tuner):
@@ -112,6 +128,11 @@ class AshaState:
     @property
     def brackets(self) -> list:
         return self.scheduler._brackets
+
+    def rungs(self, bracket: int = 0) -> list[tuple[float, dict]]:
+        """The rungs of bracket ``bracket``, as ``(milestone, {trial id: metric value})`` from
+        the last milestone to the first (``_Bracket._rungs``)."""
+        return self.brackets[bracket]._rungs
 
     @property
     def trial_bracket(self) -> dict:

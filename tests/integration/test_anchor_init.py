@@ -23,6 +23,7 @@ from adpo_ray.orchestration.spool import RUN_KEY_TAG
 from adpo_ray.orchestration.tracking import PACK_MEMBER_TAG, PACK_TAG
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow, load_tune_folder
+from adpo_ray.rllib._ray_private import env_to_module, local_learner
 from adpo_ray.rllib.factory import build_algo_config
 from adpo_ray.rllib.init import module_dir, policy_state, start_from_checkpoint
 from adpo_ray.rllib.learner import kl_from_logits
@@ -50,7 +51,7 @@ INIT = {
 
 
 def _module_params(algo) -> dict[str, np.ndarray]:
-    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+    module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
@@ -116,7 +117,7 @@ def test_every_mode_starts_from_the_same_parameters(ray_local, tmp_path):
     try:
         source.train()
         source.save_to_path(str(tmp_path / "src"))
-        saved_filter = source.env_runner._env_to_module.get_state()
+        saved_filter = env_to_module(source.env_runner).get_state()
     finally:
         source.stop()
     saved = policy_state(tmp_path / "src")
@@ -134,9 +135,9 @@ def test_every_mode_starts_from_the_same_parameters(ray_local, tmp_path):
             runner = algo.env_runner.module.state_dict()
             for k, v in runner.items():
                 np.testing.assert_array_equal(v.detach().cpu().numpy(), saved[k])
-            assert _filter_equal(algo.env_runner._env_to_module.get_state(), saved_filter)
+            assert _filter_equal(env_to_module(algo.env_runner).get_state(), saved_filter)
             if algorithm == "adpo":
-                module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+                module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
                 for a, p in zip(module.anchor_parameters(), module.policy_parameters(), strict=True):
                     assert torch.equal(a, p)  # the anchor is the pretrained policy
                 with torch.no_grad():
@@ -258,7 +259,7 @@ def test_bandit_pretrains_once_and_every_method_starts_there(ray_local, tmp_path
             for k, v in saved.items():
                 np.testing.assert_array_equal(after[k], v)
             if algorithm in ("adpo", "dpo"):
-                module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+                module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
                 with torch.no_grad():
                     pi = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
                     anchor = module.forward_target({Columns.OBS: obs})[ANCHOR_DIST_INPUTS]

@@ -15,6 +15,7 @@ from adpo_ray.orchestration.launch import run_grid
 from adpo_ray.orchestration.policies import TEACHER_TAG
 from adpo_ray.report.build import build_report
 from adpo_ray.report.data import load_mlflow
+from adpo_ray.rllib._ray_private import local_learner
 from adpo_ray.rllib.factory import build_distill_config
 from adpo_ray.spec import TrialSpec, dataset_key, parse_spec, teacher_key
 
@@ -33,7 +34,7 @@ def heldout_ndcg(algo, data) -> float:
     from adpo_ray.core.distill import diag_gaussian_logp, ndcg
 
     held = data["heldout"]
-    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+    module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID]
     with torch.no_grad():
         out = module.forward_inference({Columns.OBS: torch.as_tensor(data["obs"][held])})[Columns.ACTION_DIST_INPUTS]
         mean, log_std = out.chunk(2, dim=-1)
@@ -93,7 +94,7 @@ def test_self_anchored_student_moves_its_anchor_by_its_schedule(ray_local, mode,
     norm = {"mean": [0.0] * 11, "std": [1.0] * 11, "clip": 10.0}
     algo = build_distill_config(spec.knobs(trial), dataset=synthetic_dataset(), obs_norm=norm).build_algo()
     try:
-        module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+        module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID]
 
         def params_of(ps):
             return torch.cat([p.detach().flatten() for p in ps]).clone()
@@ -124,7 +125,7 @@ def test_fixed_anchor_student_is_anchored_to_the_teacher(ray_local):
     data = synthetic_dataset()
     algo = build_distill_config(spec.knobs(trial), dataset=data, obs_norm=norm).build_algo()
     try:
-        learner = algo.learner_group._learner
+        learner = local_learner(algo.learner_group)
         batch = {"teacher_logp": torch.as_tensor(data["teacher_logp"][:4]), "actions": torch.as_tensor(data["actions"][:4])}
         for _ in range(2):
             r = curate(algo.train())
@@ -208,7 +209,7 @@ def test_teacher_value_from_a_checkpoint_scores_q_lookahead(ray_local, tmp_path)
     try:
         algo.train()
         algo.save_to_path(str(tmp_path / "ckpt"))
-        module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]  # the env runner's has no value head
+        module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID]  # the env runner's has no value head
         obs = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
         with torch.no_grad():
             expected = module.compute_values({Columns.OBS: torch.as_tensor(obs)}).numpy()

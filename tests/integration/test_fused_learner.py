@@ -14,6 +14,7 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from adpo_ray.core.kl_penalty import adapt_kl_beta
 from adpo_ray.metrics import ANCHOR_KL, PPO_KL_BETA, curate
+from adpo_ray.rllib._ray_private import local_learner
 from adpo_ray.rllib.factory import build_algo_config
 from adpo_ray.spec import TrialSpec, parse_spec
 
@@ -49,7 +50,7 @@ def update(algo, episodes, seed):
 
 
 def state(algo):
-    return {k: v.detach().clone() for k, v in algo.learner_group._learner.module[DEFAULT_MODULE_ID].state_dict().items()}
+    return {k: v.detach().clone() for k, v in local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].state_dict().items()}
 
 
 CASES = [
@@ -70,8 +71,8 @@ CASES = [
 def test_fused_update_equals_rllibs(ray_local, env, algorithm, mode, adpo):
     stock, fused = build(env, algorithm, mode, "rllib", **adpo), build(env, algorithm, mode, "fused", **adpo)
     try:
-        learner = fused.learner_group._learner
-        assert learner.fused_applies() and not stock.learner_group._learner.fused_applies()
+        learner = local_learner(fused.learner_group)
+        assert learner.fused_applies() and not local_learner(stock.learner_group).fused_applies()
         assert learner.get_optimizers_for_module(DEFAULT_MODULE_ID)[0][1].param_groups[0]["fused"]
         start = state(stock)
         assert all(torch.equal(start[k], v) for k, v in state(fused).items())  # same seed, same init
@@ -87,8 +88,8 @@ def test_fused_update_equals_rllibs(ray_local, env, algorithm, mode, adpo):
             kl_stock, kl_fused = r_stock[ANCHOR_KL].peek(), r_fused[ANCHOR_KL].peek()
             assert kl_fused == pytest.approx(kl_stock, rel=1e-4, abs=1e-9)
         if algorithm == "ppo_kl":  # beta followed the same update means on both paths
-            beta_stock, beta_fused = stock.learner_group._learner.kl_beta(DEFAULT_MODULE_ID), \
-                fused.learner_group._learner.kl_beta(DEFAULT_MODULE_ID)
+            beta_stock, beta_fused = local_learner(stock.learner_group).kl_beta(DEFAULT_MODULE_ID), \
+                local_learner(fused.learner_group).kl_beta(DEFAULT_MODULE_ID)
             assert beta_fused == beta_stock and beta_fused != 1.0
     finally:
         stock.stop()
@@ -100,7 +101,7 @@ def test_compiled_fused_update_equals_rllibs(ray_local):
     stock = build("HalfCheetah-v5", "adpo", "dynamic", "rllib")
     fused = build("HalfCheetah-v5", "adpo", "dynamic", "fused", compile=True)
     try:
-        assert fused.learner_group._learner._fused_loss_fn is not fused.learner_group._learner.fused_loss
+        assert local_learner(fused.learner_group)._fused_loss_fn is not local_learner(fused.learner_group).fused_loss
         episodes = stock.env_runner.sample(num_timesteps=BATCH, explore=True)
         for seed in (1, 2):
             r_stock, r_fused = update(stock, episodes, seed), update(fused, episodes, seed)
@@ -223,7 +224,7 @@ def test_ppo_kl_minibatch_loss_and_gradient_by_hand(ray_local, env):
                  train={"entropy_coeff": 0.03, "vf_coeff": 0.4})
     ppo = build(env, "ppo", "none", "fused", hidden=8, train={"entropy_coeff": 0.03, "vf_coeff": 0.4})
     try:
-        learner = algo.learner_group._learner
+        learner = local_learner(algo.learner_group)
         module = learner.module[DEFAULT_MODULE_ID].unwrapped()
         config = learner.config.get_config_for_module(DEFAULT_MODULE_ID)
         assert learner.kl_beta(DEFAULT_MODULE_ID) == pytest.approx(0.7)  # a float32 tensor
@@ -238,7 +239,7 @@ def test_ppo_kl_minibatch_loss_and_gradient_by_hand(ray_local, env):
         kl = dict(zip(learner.fused_terms, stats.tolist(), strict=True))["kl"]
         assert kl > 0.05  # the old policy is far: the penalty term matters
         # the control: PPO's clipped loss on its own outputs is the clipped hand value, not the unclipped one
-        p_learner = ppo.learner_group._learner
+        p_learner = local_learner(ppo.learner_group)
         p_module = p_learner.module[DEFAULT_MODULE_ID].unwrapped()
         p_batch, p_z, p_v = _hand_minibatch(p_module, env)
         p_total = float(p_learner.fused_loss(DEFAULT_MODULE_ID, p_learner.config.get_config_for_module(DEFAULT_MODULE_ID),
@@ -266,19 +267,19 @@ def test_ppo_kl_beta_follows_the_papers_rule_and_survives_a_checkpoint(ray_local
             result = update(algo, episodes, seed)
             kl = result["mean_kl_loss"].peek()
             beta = adapt_kl_beta(beta, kl, target) if adaptive else beta
-            assert algo.learner_group._learner.kl_beta(DEFAULT_MODULE_ID) == pytest.approx(beta, rel=1e-6)
+            assert local_learner(algo.learner_group).kl_beta(DEFAULT_MODULE_ID) == pytest.approx(beta, rel=1e-6)
         assert beta == {"halves": 0.075, "doubles": 1.2, "fixed": 0.3}[
             "fixed" if not adaptive else ("halves" if target > 1 else "doubles")]
         assert curate(algo.train())[PPO_KL_BETA] == pytest.approx(beta * (2 if target < 1 and adaptive else
                                                                            0.5 if adaptive else 1))
-        beta = algo.learner_group._learner.kl_beta(DEFAULT_MODULE_ID)
+        beta = local_learner(algo.learner_group).kl_beta(DEFAULT_MODULE_ID)
         algo.save_to_path(str(tmp_path / "ckpt"))
     finally:
         algo.stop()
     restored = build("PreferenceBandit", "ppo_kl", "none", "fused", **kw)
     try:
-        assert restored.learner_group._learner.kl_beta(DEFAULT_MODULE_ID) == pytest.approx(0.3)
+        assert local_learner(restored.learner_group).kl_beta(DEFAULT_MODULE_ID) == pytest.approx(0.3)
         restored.restore_from_path(str(tmp_path / "ckpt"))
-        assert restored.learner_group._learner.kl_beta(DEFAULT_MODULE_ID) == pytest.approx(beta, rel=1e-6)
+        assert local_learner(restored.learner_group).kl_beta(DEFAULT_MODULE_ID) == pytest.approx(beta, rel=1e-6)
     finally:
         restored.stop()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from ray.rllib.core import DEFAULT_MODULE_ID
 
+from adpo_ray.rllib._ray_private import local_learner
 from adpo_ray.rllib.algorithm import ADPO, ADPOConfig
 from adpo_ray.rllib.factory import build_algo_config
 from adpo_ray.spec import TrialSpec, parse_spec
@@ -30,7 +31,7 @@ def make_algo(mode="dynamic", algorithm="adpo", env="PreferenceBandit", scenario
 
 
 def learner(algo):
-    return algo.learner_group._learner
+    return local_learner(algo.learner_group)
 
 
 def anchor_and_policy(algo):
@@ -133,7 +134,7 @@ def test_anchor_not_on_env_runner_module(ray_local):
         # the anchor is frozen: no gradients, not among the optimiser's parameters
         m_ = learner(algo).module[DEFAULT_MODULE_ID].unwrapped()
         assert all(not p.requires_grad for p in m_.anchor_parameters())
-        opt_params = {id(p) for opt in learner(algo)._named_optimizers.values() for g in opt.param_groups for p in g["params"]}
+        opt_params = {id(p) for _, opt in learner(algo).get_optimizers_for_module(DEFAULT_MODULE_ID) for g in opt.param_groups for p in g["params"]}
         assert not opt_params & {id(p) for p in m_.anchor_parameters()}
     finally:
         algo.stop()

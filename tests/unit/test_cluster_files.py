@@ -3,7 +3,6 @@ clean, and `run_grid.py` copied alone explains what is missing. Starts no Ray.""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -14,7 +13,8 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+
+from adpo_ray.orchestration._ray_private import prepared_cluster_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_FILES = sorted((ROOT / "cluster").glob("*.yaml"))
@@ -29,8 +29,7 @@ def test_cluster_yaml_validates_offline(path):
     config = yaml.safe_load(path.read_text())
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(config, schema)
-    full = prepare_config(copy.deepcopy(config))  # Ray's own preparation and validation, no cloud calls
-    validate_config(full)
+    prepared_cluster_config(config)  # Ray's own preparation and validation, no cloud calls
     # the project reaches every node, and nothing is opened to the world
     assert any("adpo-ray" in target for target in config["file_mounts"])
     assert any("pip install" in c and "/home/ray/adpo-ray" in c for c in config["setup_commands"])

@@ -51,7 +51,7 @@ def _online_attrs(config) -> dict:
     """RLlib config attribute behind each logged param of an online trial."""
     return {
         "env": config.env_config["env"], "scenario": config.env_config["scenario"],
-        "hidden_size": config._model_config.fcnet_hiddens[0], "seed": config.seed,
+        "hidden_size": config.model_config["fcnet_hiddens"][0], "seed": config.seed,
         "lr": config.lr, "optimizer": config.torch_optimizer, "weight_decay": config.weight_decay,
         "grad_clip": config.grad_clip, "gamma": config.gamma, "lambda": config.lambda_,
         "num_epochs": config.num_epochs, "train_batch_size": config.train_batch_size_per_learner,
@@ -140,7 +140,7 @@ def test_student_params_equal_the_rllib_config(trial):
     assert isinstance(config, DistillConfig)
     params = knobs.params()
     attrs = {
-        "env": config.env_config["env"], "hidden_size": config._model_config.fcnet_hiddens[0],
+        "env": config.env_config["env"], "hidden_size": config.model_config["fcnet_hiddens"][0],
         "seed": config.seed, "lr": config.lr, "grad_clip": config.grad_clip,
         "optimizer": config.torch_optimizer, "weight_decay": config.weight_decay,
         "distill.states_per_iteration": config.states_per_iteration,

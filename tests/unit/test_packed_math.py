@@ -378,6 +378,7 @@ def test_layout_is_rllibs_default_ppo_module():
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+    from adpo_ray.rllib._ray_private import forward_train
     from adpo_ray.rllib.factory import model_config
     from adpo_ray.rllib.module import ADPOTorchRLModule
 
@@ -397,7 +398,7 @@ def test_layout_is_rllibs_default_ppo_module():
         obs = torch.randn(2, 9, OBS)
         inputs, values = net.policy(obs), net.value(obs)
         for k, m in enumerate(modules):
-            fwd = m._forward_train({Columns.OBS: obs[k]})
+            fwd = forward_train(m, {Columns.OBS: obs[k]})
             torch.testing.assert_close(inputs[k], fwd[Columns.ACTION_DIST_INPUTS], rtol=0, atol=1e-6)
             torch.testing.assert_close(values[k], m.compute_values({Columns.OBS: obs[k]}), rtol=0, atol=1e-6)
             rl_dist = m.get_train_action_dist_cls().from_logits(inputs[k])

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
+from adpo_ray.orchestration._ray_private import AshaState
 from adpo_ray.orchestration.scheduling import RecordedASHA
 
 
@@ -37,13 +38,13 @@ def test_restored_asha_keeps_rungs_and_repeats_recorded_decisions(tmp_path):
     again = asha(record)
     for t in (t0, t1, t2):
         again.on_trial_add(None, t)
-    assert [sorted(r.items()) for _, r in again._brackets[0]._rungs] == \
-        [sorted(r.items()) for _, r in first._brackets[0]._rungs]
+    assert [sorted(r.items()) for _, r in AshaState(again).rungs(0)] == \
+        [sorted(r.items()) for _, r in AshaState(first).rungs(0)]
     # t2's iterations 1 and 2 again, with other values (RLlib need not replay bit for bit): the
     # decisions taken the first time, the rungs untouched
     assert again.on_trial_result(None, t2, result(1, 0.0)) == TrialScheduler.CONTINUE
     assert again.on_trial_result(None, t2, result(2, -1.0)) == TrialScheduler.CONTINUE
-    assert again._brackets[0]._rungs[-1][1] == {"t0": 0.9, "t1": 0.1, "t2": 0.5}
+    assert AshaState(again).rungs(0)[-1][1] == {"t0": 0.9, "t1": 0.1, "t2": 0.5}
     # a new sample meets the first attempt's cutoff (0.5 at iteration 1): Tune's own ASHA, restored
     # with empty rungs, would let it go on
     again.on_trial_add(None, t3)
@@ -63,8 +64,8 @@ def test_a_torn_last_line_is_a_decision_never_taken(tmp_path):
         f.write('{"trial": "t0", "t": 2, "val')  # the driver died mid-write
     again = asha(record)
     again.on_trial_add(None, t0)
-    assert again._brackets[0]._rungs[-1][1] == {"t0": 0.9}
+    assert AshaState(again).rungs(0)[-1][1] == {"t0": 0.9}
     assert again.on_trial_result(None, t0, result(2, 0.4)) == TrialScheduler.CONTINUE
     third = asha(record)  # the decision after the torn line is read back whole
     third.on_trial_add(None, t0)
-    assert third._brackets[0]._rungs[-2][1] == {"t0": 0.4}
+    assert AshaState(third).rungs(0)[-2][1] == {"t0": 0.4}
