@@ -234,7 +234,7 @@ def test_ppo_kl_minibatch_loss_and_gradient_by_hand(ray_local, env):
         module.zero_grad()
         total, stats, _ = learner.fused_loss(DEFAULT_MODULE_ID, config, batch)
         total.backward()
-        assert float(total) == pytest.approx(loss_hand, rel=1e-5, abs=1e-6)
+        assert total.item() == pytest.approx(loss_hand, rel=1e-5, abs=1e-6)
         torch.testing.assert_close(_head_bias(module).grad, grad_hand, rtol=1e-4, atol=1e-6)
         kl = dict(zip(learner.fused_terms, stats.tolist(), strict=True))["kl"]
         assert kl > 0.05  # the old policy is far: the penalty term matters
@@ -242,8 +242,8 @@ def test_ppo_kl_minibatch_loss_and_gradient_by_hand(ray_local, env):
         p_learner = local_learner(ppo.learner_group)
         p_module = p_learner.module[DEFAULT_MODULE_ID].unwrapped()
         p_batch, p_z, p_v = _hand_minibatch(p_module, env)
-        p_total = float(p_learner.fused_loss(DEFAULT_MODULE_ID, p_learner.config.get_config_for_module(DEFAULT_MODULE_ID),
-                                             p_batch)[0])
+        p_total = p_learner.fused_loss(DEFAULT_MODULE_ID, p_learner.config.get_config_for_module(DEFAULT_MODULE_ID),
+                                       p_batch)[0].item()
         clipped, _ = _by_hand(env, p_batch, p_z, p_v, 0.0, *args[1:], clip=0.2)
         unclipped, _ = _by_hand(env, p_batch, p_z, p_v, 0.0, *args[1:])
         assert p_total == pytest.approx(clipped, rel=1e-5, abs=1e-6) and abs(p_total - unclipped) > 1e-3
