@@ -281,7 +281,7 @@ def write_report(args_out: str | None, data, tracking_uri: str | None, reference
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from adpo_ray.orchestration.mlflow_store import default_tracking_uri
+    from adpo_ray.orchestration.mlflow_store import default_tracking_uri, existing_store
     from adpo_ray.orchestration.run_folder import local_run_dir
     from adpo_ray.report.data import load_mlflow, load_tune_folder
 
@@ -294,8 +294,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                 print("error: give --experiment NAME (MLflow) or --results DIR (Tune folder)", file=sys.stderr)
                 return 2
             uri = args.tracking_uri or default_tracking_uri()
-            data = load_mlflow(uri, args.experiment, args.run)
-    except (LookupError, ValueError) as e:
+            data = load_mlflow(existing_store(uri), args.experiment, args.run)
+    except (LookupError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_report(args.out, data, uri if not args.no_log else None, reference=args.reference)

@@ -53,11 +53,15 @@ def checkpoint_of(source: str, tracking_uri: str, member: int | None = None) -> 
     """
     if storage.is_uri(source) or os.path.isdir(source):
         return Path(local_run_dir(source, "CHECKPOINT", "adpo-ray evaluate")), None, member
-    from adpo_ray.orchestration.mlflow_store import client, download
+    from adpo_ray.orchestration.mlflow_store import client, download, existing_store
     from adpo_ray.orchestration.tracking import PACK_CHECKPOINT_TAG, PACK_MEMBER_TAG, PACK_TAG
 
     try:
-        run = client(tracking_uri).get_run(source)
+        store = client(existing_store(tracking_uri))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{source!r} is not a checkpoint folder, nor a run id to look up: {e}") from None
+    try:
+        run = store.get_run(source)
     except Exception as e:  # noqa: BLE001 - no such run, or the store is away: say which
         raise FileNotFoundError(f"{source!r} is neither a checkpoint folder nor a run at {tracking_uri} ({e})") from None
     tags = run.data.tags

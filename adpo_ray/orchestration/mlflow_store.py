@@ -77,6 +77,25 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def existing_store(tracking_uri: str) -> str:
+    """``tracking_uri``, for a command that only reads: an ``sqlite:///`` store must already be a
+    file, since MLflow would otherwise create an empty database (tables and all) where none was,
+    typically an ``mlflow.db`` in whatever folder the command ran from. Other stores (a server)
+    are returned as they are: reaching them says whether they hold anything.
+
+    Raises:
+        FileNotFoundError: an ``sqlite:///`` store whose file does not exist.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no MLflow store at {tracking_uri}: {path} does not exist. Run the command from the folder "
+                "the grid was launched in (its default store is ./mlflow.db), or pass --tracking-uri"
+            )
+    return tracking_uri
+
+
 def check_tracking(uri: str) -> None:
     """Reach the tracking store once, quickly, before anything starts; raise :class:`TrackingError`."""
     from unittest import mock

@@ -218,10 +218,10 @@ def run_status(run_id: str, tracking_uri: str) -> RunStatus:
         FileNotFoundError: no run ``run_id`` at ``tracking_uri`` (or the store does not answer).
         ValueError: the run is not a grid's (a stored teacher or pretrained policy, say).
     """
-    from adpo_ray.orchestration.mlflow_store import client
+    from adpo_ray.orchestration.mlflow_store import client, existing_store
     from adpo_ray.orchestration.tracking import PACK_MEMBER_TAG, PACK_TAG
 
-    store = client(tracking_uri)
+    store = client(existing_store(tracking_uri))
     try:
         run = store.get_run(run_id)
     except Exception as e:  # noqa: BLE001 - no such run, or the store is away: say which

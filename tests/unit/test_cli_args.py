@@ -70,3 +70,18 @@ def test_sync_and_resume_of_a_folder_that_is_no_grid(tmp_path, capsys):
     for command in ("sync", "resume"):
         assert main([command, str(tmp_path)]) == 2
         assert "is not an adpo-ray grid folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["report", "--experiment", "smoke", "--out", "rep"],
+    ["status", "0123456789abcdef0123456789abcdef"],
+    ["evaluate", "0123456789abcdef0123456789abcdef"],
+])
+def test_readers_of_a_missing_store_create_none(command, tmp_path, capsys, monkeypatch):
+    """Run from a folder without the default store (``./mlflow.db``), the commands that only
+    read MLflow say so and exit 2; MLflow would otherwise create an empty database there."""
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow store at sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in err and "--tracking-uri" in err
+    assert list(tmp_path.iterdir()) == []
