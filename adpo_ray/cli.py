@@ -248,12 +248,10 @@ def print_summary(run) -> None:
     errored = frame[frame["status"] == "ERROR"] if len(frame) else frame
     if len(errored):
         console.print(f"[red]{len(errored)} trial(s) errored[/red]: {', '.join(errored['env'] + ':' + errored['scenario'] + ':' + errored['method'])}")
-    ui = f"mlflow ui --backend-store-uri {options.tracking_uri} --host 127.0.0.1 --port 5000"
-    if options.tracking_uri.startswith("sqlite:") and options.artifact_location:
-        ui += f" --default-artifact-root {options.artifact_location}"
+    ui = ui_command(options.tracking_uri, options.artifact_location)
     print(
         f"\nMLflow experiment '{spec.experiment_name}' at {options.tracking_uri}\n"
-        f"  open the UI:  {ui}   (or `make mlflow-ui`), then http://127.0.0.1:5000\n"
+        f"  open the UI:  {ui}, then http://127.0.0.1:5000\n"
         f"  Tune results: {options.run_dir}   (TensorBoard: tensorboard --logdir {options.run_dir})\n"
         f"  summary CSV:  {options.run_dir}/summary.csv"
     )
@@ -261,6 +259,21 @@ def print_summary(run) -> None:
         print(note)
     if run.report:
         print(report_line(run.report))
+
+
+def ui_command(tracking_uri: str, artifact_location: str | None = None) -> str:
+    """How to open the MLflow UI over ``tracking_uri``: ``mlflow ui ...``, and ``make mlflow-ui``
+    where that is the same store (the repository's own ``./mlflow.db``; elsewhere it would show
+    another one)."""
+    from adpo_ray.orchestration.mlflow_store import default_tracking_uri
+
+    ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    if tracking_uri.startswith("sqlite:") and artifact_location:
+        ui += f" --default-artifact-root {artifact_location}"
+    root = Path(__file__).resolve().parents[1]
+    if (root / "Makefile").is_file() and tracking_uri == default_tracking_uri(root):
+        ui += "   (or `make mlflow-ui`)"
+    return ui
 
 
 def report_line(files: dict[str, Path]) -> str:
@@ -468,7 +481,7 @@ def _print_grid_status(st) -> None:
     if st.parent_run_id:
         lines.append(f"MLflow parent run: {st.parent_run_id} (experiment {st.experiment_id}) at {st.tracking_uri}")
         if st.ui_link:
-            hint = "" if st.tracking_uri.startswith("http") else "  (after `make mlflow-ui` or `mlflow ui ...`)"
+            hint = "" if st.tracking_uri.startswith("http") else f"  (after `{ui_command(st.tracking_uri)}`)"
             lines.append(f"  {st.ui_link}{hint}")
     if st.mlflow_pending:
         lines.append(f"MLflow writes pending: {st.mlflow_pending} (`adpo-ray sync {run_dir}` delivers them)")
