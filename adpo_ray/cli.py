@@ -249,6 +249,8 @@ def print_summary(run) -> None:
     if len(errored):
         console.print(f"[red]{len(errored)} trial(s) errored[/red]: {', '.join(errored['env'] + ':' + errored['scenario'] + ':' + errored['method'])}")
     ui = ui_command(options.tracking_uri, options.artifact_location)
+    if make_ui_serves(options.tracking_uri):
+        ui += "   (or `make mlflow-ui`)"
     print(
         f"\nMLflow experiment '{spec.experiment_name}' at {options.tracking_uri}\n"
         f"  open the UI:  {ui}, then http://127.0.0.1:5000\n"
@@ -262,18 +264,20 @@ def print_summary(run) -> None:
 
 
 def ui_command(tracking_uri: str, artifact_location: str | None = None) -> str:
-    """How to open the MLflow UI over ``tracking_uri``: ``mlflow ui ...``, and ``make mlflow-ui``
-    where that is the same store (the repository's own ``./mlflow.db``; elsewhere it would show
-    another one)."""
-    from adpo_ray.orchestration.mlflow_store import default_tracking_uri
-
+    """The ``mlflow ui`` command that serves ``tracking_uri`` on http://127.0.0.1:5000."""
     ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
     if tracking_uri.startswith("sqlite:") and artifact_location:
         ui += f" --default-artifact-root {artifact_location}"
-    root = Path(__file__).resolve().parents[1]
-    if (root / "Makefile").is_file() and tracking_uri == default_tracking_uri(root):
-        ui += "   (or `make mlflow-ui`)"
     return ui
+
+
+def make_ui_serves(tracking_uri: str) -> bool:
+    """Whether ``make mlflow-ui`` serves ``tracking_uri``: the repository's own ``./mlflow.db``
+    (from anywhere else it would show another store)."""
+    from adpo_ray.orchestration.mlflow_store import default_tracking_uri
+
+    root = Path(__file__).resolve().parents[1]
+    return (root / "Makefile").is_file() and tracking_uri == default_tracking_uri(root)
 
 
 def report_line(files: dict[str, Path]) -> str:
@@ -481,7 +485,8 @@ def _print_grid_status(st) -> None:
     if st.parent_run_id:
         lines.append(f"MLflow parent run: {st.parent_run_id} (experiment {st.experiment_id}) at {st.tracking_uri}")
         if st.ui_link:
-            hint = "" if st.tracking_uri.startswith("http") else f"  (after `{ui_command(st.tracking_uri)}`)"
+            hint = "" if st.tracking_uri.startswith("http") else \
+                f"  (after `{ui_command(st.tracking_uri)}`{' or `make mlflow-ui`' if make_ui_serves(st.tracking_uri) else ''})"
             lines.append(f"  {st.ui_link}{hint}")
     if st.mlflow_pending:
         lines.append(f"MLflow writes pending: {st.mlflow_pending} (`adpo-ray sync {run_dir}` delivers them)")

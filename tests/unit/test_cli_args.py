@@ -90,12 +90,12 @@ def test_readers_of_a_missing_store_create_none(command, tmp_path, capsys, monke
 def test_make_mlflow_ui_is_offered_only_for_the_store_it_serves(tmp_path):
     """`make mlflow-ui` serves the repository's ./mlflow.db: a launch from another folder is told
     the `mlflow ui` command for its own store, not a make target that would show another one."""
-    from adpo_ray.cli import ui_command
+    from adpo_ray.cli import make_ui_serves, ui_command
     from adpo_ray.orchestration.mlflow_store import default_tracking_uri
 
-    here = ui_command(default_tracking_uri(ROOT), str(ROOT / "mlartifacts"))
-    assert here.startswith(f"mlflow ui --backend-store-uri sqlite:///{ROOT}/mlflow.db --host 127.0.0.1 --port 5000 "
-                           f"--default-artifact-root {ROOT}/mlartifacts") and here.endswith("(or `make mlflow-ui`)")
-    elsewhere = ui_command(default_tracking_uri(tmp_path), str(tmp_path / "mlartifacts"))
-    assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in elsewhere and "make mlflow-ui" not in elsewhere
+    assert make_ui_serves(default_tracking_uri(ROOT))
+    assert not make_ui_serves(default_tracking_uri(tmp_path)) and not make_ui_serves("http://127.0.0.1:5000")
+    assert ui_command(default_tracking_uri(tmp_path), str(tmp_path / "mlartifacts")) == (
+        f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db --host 127.0.0.1 --port 5000 "
+        f"--default-artifact-root {tmp_path}/mlartifacts")
     assert ui_command("http://127.0.0.1:5000") == "mlflow ui --backend-store-uri http://127.0.0.1:5000 --host 127.0.0.1 --port 5000"
