@@ -49,17 +49,31 @@ def _policy_runs(client, stage: CleanPPO, status: str) -> list:
     )
 
 
+def _claims(client, stage: CleanPPO) -> list:
+    """Every run of ``stage`` that is training or trained (RUNNING or FINISHED), earliest first
+    (by start time, then run id: every launch orders them alike), read in one query, so that a
+    claim which finishes between two queries cannot be missed by both."""
+    exp = client.get_experiment_by_name(stage.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TEACHER_TAG}` = '{stage.key}'",
+                              max_results=1000)
+    return sorted((r for r in runs if r.info.status in ("RUNNING", "FINISHED")),
+                  key=lambda r: (r.info.start_time, r.info.run_id))
+
+
 def claim_policy(client, stage: CleanPPO, artifact_location: str | None) -> tuple[str, bool]:
     """The run this launch uses for ``stage``: ``(run id, True)`` when this launch must train
     it (its run is created now, RUNNING: the claim), ``(run id, False)`` when another launch is
-    training it (wait for it). Two launches racing for one key both create a claim; the earlier
-    claim wins, the later one is marked KILLED and waits."""
+    training it or has just trained it (wait for it; a FINISHED one is ready). Two launches
+    racing for one key both create a claim; the earliest claim wins, whether it is still
+    training or already done, and the later one is marked KILLED and waits."""
     exp_id = experiment_id(client, stage.experiment, artifact_location)
     running = _policy_runs(client, stage, "RUNNING")
     if running:
         return running[-1].info.run_id, False  # the earliest claim
     mine = client.create_run(exp_id, run_name=stage.key, tags={TEACHER_TAG: stage.key, "env": stage.env})
-    claims = sorted(_policy_runs(client, stage, "RUNNING"), key=lambda r: (r.info.start_time, r.info.run_id))
+    claims = _claims(client, stage)
     if claims and claims[0].info.run_id != mine.info.run_id:
         client.set_terminated(mine.info.run_id, "KILLED")
         return claims[0].info.run_id, False
@@ -68,14 +82,16 @@ def claim_policy(client, stage: CleanPPO, artifact_location: str | None) -> tupl
 
 def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0, timeout_s: float = 24 * 3600) -> str:
     """Wait until another launch's training of this policy ends; its id if it FINISHED, else RuntimeError."""
-    log(f"PPO run {run_id}: being trained by another launch; waiting for it")
-    deadline = time.time() + timeout_s
+    deadline, told = time.time() + timeout_s, False
     while time.time() < deadline:
         status = client.get_run(run_id).info.status
         if status == "FINISHED":
             return run_id
         if status in ("FAILED", "KILLED"):
             raise RuntimeError(f"PPO run {run_id} ended {status} in the launch that trained it; launch again")
+        if not told:  # a run already FINISHED is used without a word of waiting
+            log(f"PPO run {run_id}: being trained by another launch; waiting for it")
+            told = True
         time.sleep(poll_s)
     raise TimeoutError(f"PPO run {run_id} did not finish within {timeout_s:.0f} s")
 
