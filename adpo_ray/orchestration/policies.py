@@ -6,7 +6,10 @@ A policy is RLlib PPO trained on the clean env (as a Ray task), one MLflow run i
 budget, seed, network, optimisation knobs: :func:`adpo_ray.spec.clean_ppo`): the RLlib checkpoint
 under ``checkpoint/``, its frozen observation normalisation in ``teacher.json`` and its clean
 return as ``teacher/return_mean`` (on the bandit: no normalisation, its clean ``eval/winmass``). Only FINISHED runs count, so an interrupted training is redone,
-never half-used; a key another launch is training is waited for, never trained twice.
+never half-used; a key another launch is training is waited for, never trained twice. The launch
+that claimed a key marks its run alive every :data:`HEARTBEAT_S` while the policy trains; a
+RUNNING claim silent for :data:`STALE_S` (its launch was killed mid-training) is marked FAILED,
+and the key is claimed and trained again.
 
 A teacher and a pretrained start with equal settings are one run. Pretrained starts
 (``anchors.init.pretrain``, :func:`prepare_init`) are one per env and network size, pinned at
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,6 +33,14 @@ from adpo_ray.spec import CleanPPO, ExperimentSpec, TrialSpec, init_slot, pretra
 
 TEACHER_TAG = "adpo_ray.teacher_key"
 TEACHER_FILE = "teacher.json"
+#: The tag the launch training a policy refreshes: when it last said it was alive (seconds since
+#: the epoch, the driver's clock).
+HEARTBEAT_TAG = "adpo_ray.heartbeat"
+#: Seconds between two heartbeats of a training policy.
+HEARTBEAT_S = 30.0
+#: Seconds without a heartbeat (or, before the first, since the claim) after which a RUNNING claim
+#: counts as abandoned: ten missed heartbeats, far above a store's hiccup or the nodes' clock skew.
+STALE_S = 300.0
 
 
 # -- MLflow lookups (a clean-env PPO policy: a teacher, or a pretrained starting policy) ----------
@@ -49,16 +62,37 @@ def _policy_runs(client, stage: CleanPPO, status: str) -> list:
     )
 
 
+def last_alive(run) -> float:
+    """When a policy's claim last showed life (seconds since the epoch): its latest heartbeat, or
+    its creation before the first."""
+    beat = run.data.tags.get(HEARTBEAT_TAG)
+    return max(float(beat) if beat else 0.0, run.info.start_time / 1000)
+
+
+def release_if_abandoned(client, run, now: float | None = None) -> bool:
+    """Whether ``run`` is a RUNNING claim silent for over :data:`STALE_S` seconds (:func:`heartbeat`);
+    such a claim is marked FAILED (with an ``adpo_ray.abandoned`` tag saying why), so that the key is claimed
+    and trained again instead of waited for. Two launches may both release it: the same end."""
+    silent = (time.time() if now is None else now) - last_alive(run)
+    if run.info.status != "RUNNING" or silent <= STALE_S:
+        return False
+    client.set_tag(run.info.run_id, "adpo_ray.abandoned",
+                   f"no heartbeat for {silent:.0f} s: the launch training it was killed")
+    client.set_terminated(run.info.run_id, "FAILED")
+    return True
+
+
 def _claims(client, stage: CleanPPO) -> list:
     """Every run of ``stage`` that is training or trained (RUNNING or FINISHED), earliest first
     (by start time, then run id: every launch orders them alike), read in one query, so that a
-    claim which finishes between two queries cannot be missed by both."""
+    claim which finishes between two queries cannot be missed by both. An abandoned claim
+    (:func:`release_if_abandoned`) is released, not counted."""
     exp = client.get_experiment_by_name(stage.experiment)
     if exp is None:
         return []
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TEACHER_TAG}` = '{stage.key}'",
                               max_results=1000)
-    return sorted((r for r in runs if r.info.status in ("RUNNING", "FINISHED")),
+    return sorted((r for r in runs if r.info.status in ("RUNNING", "FINISHED") and not release_if_abandoned(client, r)),
                   key=lambda r: (r.info.start_time, r.info.run_id))
 
 
@@ -67,9 +101,10 @@ def claim_policy(client, stage: CleanPPO, artifact_location: str | None) -> tupl
     it (its run is created now, RUNNING: the claim), ``(run id, False)`` when another launch is
     training it or has just trained it (wait for it; a FINISHED one is ready). Two launches
     racing for one key both create a claim; the earliest claim wins, whether it is still
-    training or already done, and the later one is marked KILLED and waits."""
+    training or already done, and the later one is marked KILLED and waits. An abandoned claim
+    is released (:func:`release_if_abandoned`) and does not count."""
     exp_id = experiment_id(client, stage.experiment, artifact_location)
-    running = _policy_runs(client, stage, "RUNNING")
+    running = [r for r in _policy_runs(client, stage, "RUNNING") if not release_if_abandoned(client, r)]
     if running:
         return running[-1].info.run_id, False  # the earliest claim
     mine = client.create_run(exp_id, run_name=stage.key, tags={TEACHER_TAG: stage.key, "env": stage.env})
@@ -80,13 +115,47 @@ def claim_policy(client, stage: CleanPPO, artifact_location: str | None) -> tupl
     return mine.info.run_id, True
 
 
-def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0, timeout_s: float = 24 * 3600) -> str:
-    """Wait until another launch's training of this policy ends; its id if it FINISHED, else RuntimeError."""
+@contextmanager
+def heartbeat(client, run_ids: list[str], period_s: float = HEARTBEAT_S):
+    """Refresh each of ``run_ids``' :data:`HEARTBEAT_TAG` every ``period_s`` seconds (from a
+    daemon thread) while the block runs. The launch that claimed the runs beats for them while it
+    waits on their training: they stay alive as long as it does, however long a training task
+    waits for a node or an iteration takes, and fall silent when it is killed. A beat the store
+    refuses is skipped (the next one tries again)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(period_s):
+            for run_id in run_ids:
+                try:
+                    client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+                except Exception:  # noqa: BLE001 - the store away for a while: the next beat tries again
+                    pass
+
+    thread = threading.Thread(target=beat, name="policy-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=period_s)
+
+
+def wait_for_teacher(client, run_id: str, log=print, poll_s: float = 5.0,
+                     timeout_s: float = 24 * 3600) -> str | None:
+    """Wait until another launch's training of this policy ends: its id if it FINISHED, None if
+    the claim was abandoned (:func:`release_if_abandoned`: claim the key again), RuntimeError if
+    it FAILED or was KILLED, TimeoutError after ``timeout_s``."""
     deadline, told = time.time() + timeout_s, False
     while time.time() < deadline:
-        status = client.get_run(run_id).info.status
+        run = client.get_run(run_id)
+        status = run.info.status
         if status == "FINISHED":
             return run_id
+        if release_if_abandoned(client, run):
+            log(f"PPO run {run_id}: abandoned by the launch training it (no heartbeat for {STALE_S:.0f} s); "
+                "marked FAILED, claiming it again")
+            return None
         if status in ("FAILED", "KILLED"):
             raise RuntimeError(f"PPO run {run_id} ended {status} in the launch that trained it; launch again")
         if not told:  # a run already FINISHED is used without a word of waiting
@@ -211,7 +280,7 @@ def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: 
 
     client = _client(tracking_uri)
     out: dict[str, dict] = {}
-    pending, elsewhere = {}, {}
+    pending, elsewhere, claimed = {}, {}, {}
     for stage in {s.key: s for s in stages}.values():
         run = find_policy(client, stage)
         if run is not None:
@@ -222,18 +291,27 @@ def ensure_policies(spec: ExperimentSpec, stages: list[CleanPPO], tracking_uri: 
         if not mine:  # another launch trains this very policy: never a second one
             elsewhere[stage.key] = run_id
             continue
+        claimed[stage.key] = run_id
         log(f"{what} {stage.key}: training RLlib PPO for {stage.budget}")
         knobs = spec.knobs(stage.trial)  # a local learner on a GPU needs it reserved here
         gpus = knobs.num_gpus_per_learner if knobs.num_learners == 0 else 0
         pending[stage.key] = ray.remote(num_cpus=1, num_gpus=gpus)(train_teacher).remote(
             spec.model_dump_json(by_alias=True), json.dumps(asdict(stage)), tracking_uri, run_id
         )
-    for key, ref in pending.items():
-        out[key] = {"run_id": ray.get(ref), "trained": True}
-        info = teacher_info(tracking_uri, out[key]["run_id"])
-        log(f"{what} {key}: trained, {_clean_score({TEACHER_RETURN: info.get('return_mean'), EVAL_WINMASS: info.get('winmass')})}")
+    with heartbeat(client, list(claimed.values())):
+        for key, ref in pending.items():
+            out[key] = {"run_id": ray.get(ref), "trained": True}
+            info = teacher_info(tracking_uri, out[key]["run_id"])
+            log(f"{what} {key}: trained, {_clean_score({TEACHER_RETURN: info.get('return_mean'), EVAL_WINMASS: info.get('winmass')})}")
+    again = []
     for key, run_id in elsewhere.items():
-        out[key] = {"run_id": wait_for_teacher(client, run_id, log), "trained": False}
+        done = wait_for_teacher(client, run_id, log)
+        if done is None:
+            again.append(next(s for s in stages if s.key == key))
+        else:
+            out[key] = {"run_id": done, "trained": False}
+    if again:  # their claims were abandoned: claimed (and, by the earliest, trained) again
+        out.update(ensure_policies(spec, again, tracking_uri, artifact_location, what, log))
     return out
 
 
