@@ -13,8 +13,10 @@ try:
 except ImportError as e:  # pragma: no cover - the message is the point
     sys.exit(
         f"adpo-ray is not installed in this Python ({sys.executable}): {e}\n"
-        "Install it on every node from the repo (`pip install -e .`: the presets in tune_configs/ "
-        "are read from there; see cluster/*.yaml setup_commands) or use the project's Docker image."
+        "In a checkout where `make run` or `make install` has run: `.venv/bin/python run_grid.py ...` "
+        "(or `source .venv/bin/activate` first). On a cluster: install it on every node from the repo "
+        "(`pip install -e .`: the presets in tune_configs/ are read from there; see cluster/*.yaml "
+        "setup_commands) or use the project's Docker image."
     )
 
 if __name__ == "__main__":

@@ -248,13 +248,17 @@ def print_summary(run) -> None:
     errored = frame[frame["status"] == "ERROR"] if len(frame) else frame
     if len(errored):
         console.print(f"[red]{len(errored)} trial(s) errored[/red]: {', '.join(errored['env'] + ':' + errored['scenario'] + ':' + errored['method'])}")
+    from adpo_ray.orchestration.cluster import console_script
+
+    board = console_script("tensorboard")
+    tensorboard = f"   (TensorBoard: {board} --logdir {options.run_dir})" if board else ""
     ui = ui_command(options.tracking_uri, options.artifact_location)
     if make_ui_serves(options.tracking_uri):
         ui += "   (or `make mlflow-ui`)"
     print(
         f"\nMLflow experiment '{spec.experiment_name}' at {options.tracking_uri}\n"
         f"  open the UI:  {ui}, then http://127.0.0.1:5000\n"
-        f"  Tune results: {options.run_dir}   (TensorBoard: tensorboard --logdir {options.run_dir})\n"
+        f"  Tune results: {options.run_dir}{tensorboard}\n"
         f"  summary CSV:  {options.run_dir}/summary.csv"
     )
     for note in run.notes:
@@ -265,7 +269,9 @@ def print_summary(run) -> None:
 
 def ui_command(tracking_uri: str, artifact_location: str | None = None) -> str:
     """The ``mlflow ui`` command that serves ``tracking_uri`` on http://127.0.0.1:5000."""
-    ui = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    from adpo_ray.orchestration.cluster import console_script
+
+    ui = f"{console_script('mlflow') or 'mlflow'} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
     if tracking_uri.startswith("sqlite:") and artifact_location:
         ui += f" --default-artifact-root {artifact_location}"
     return ui
@@ -607,7 +613,7 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_set_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a spec field by its dotted path, e.g. --set adpo.lr=0.001 or "
+                   help="override a spec field by its dotted path, e.g. --set train.lr=0.001 or "
                         "--set 'sweep.adpo.beta_q=[0.5, 1, 2]' (VALUE is YAML; repeatable; validated like the file)")
 
 

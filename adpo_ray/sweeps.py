@@ -84,10 +84,10 @@ class Search(_Strict):
 
 def set_path(data: dict, path: str, value: Any, *, where: str = "--set") -> None:
     """Set ``data[a][b][c] = value`` for ``path`` ``a.b.c``, creating sections as needed; the
-    keys of ``sweep`` are dotted paths themselves (``sweep.adpo.lr`` sets ``sweep['adpo.lr']``)."""
+    keys of ``sweep`` are dotted paths themselves (``sweep.train.lr`` sets ``sweep['train.lr']``)."""
     parts = path.split(".")
     if not path or any(not p for p in parts):
-        raise ValueError(f"{where} {path!r}: not a dotted path such as adpo.lr")
+        raise ValueError(f"{where} {path!r}: not a dotted path such as train.lr")
     if parts[0] == "sweep" and len(parts) > 1:
         parts = ["sweep", ".".join(parts[1:])]
     node = data
@@ -107,7 +107,7 @@ def apply_sets(data: dict, sets: list[str]) -> dict:
     for item in sets:
         path, eq, raw = item.partition("=")
         if not eq:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set adpo.lr=0.001")
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.001")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
@@ -117,7 +117,7 @@ def apply_sets(data: dict, sets: list[str]) -> dict:
 
 
 def sweep_label(values: dict[str, Any] | tuple) -> str:
-    """``adpo.lr=0.001,adpo.beta_q=2``: a sweep point, compact and exact (every value written so
+    """``train.lr=0.001,adpo.beta_q=2``: a sweep point, compact and exact (every value written so
     that it reads back as itself: distinct points never share a label)."""
     items = values.items() if isinstance(values, dict) else values
     return ",".join(f"{k}={format_value(v)}" for k, v in items)

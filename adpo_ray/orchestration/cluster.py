@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+from pathlib import Path
 
 from adpo_ray.orchestration import _ray_private
 from adpo_ray.orchestration.planning import (
@@ -37,8 +40,21 @@ def connect(address: str | None) -> None:
         url = getattr(context, "dashboard_url", None)
         if url:
             token = "" if os.environ.get("RAY_AUTH_MODE") == "disabled" else \
-                " (sign in with the token `ray get-auth-token` prints)"
+                f" (sign in with the token `{console_script('ray') or 'ray'} get-auth-token` prints)"
             print(f"Ray dashboard: http://{url}{token}", flush=True)
+
+
+def console_script(name: str) -> str | None:
+    """How to call the console script ``name`` (``mlflow``, ``ray``, ``tensorboard``) in a
+    command printed for the user: the one installed beside this Python (a venv that need not be
+    activated: ``make run`` runs ``.venv/bin/python``), by its bare name where the shell finds that
+    very one, else by its path; another one on the shell's path where none is beside this Python;
+    None where neither is installed."""
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if beside.exists():
+        return name if found == str(beside) else str(beside)
+    return name if found else None
 
 
 def _read_autoscaling_config(monitor_pid: int | None) -> dict | None:

@@ -91,11 +91,32 @@ def test_make_mlflow_ui_is_offered_only_for_the_store_it_serves(tmp_path):
     """`make mlflow-ui` serves the repository's ./mlflow.db: a launch from another folder is told
     the `mlflow ui` command for its own store, not a make target that would show another one."""
     from adpo_ray.cli import make_ui_serves, ui_command
+    from adpo_ray.orchestration.cluster import console_script
     from adpo_ray.orchestration.mlflow_store import default_tracking_uri
 
     assert make_ui_serves(default_tracking_uri(ROOT))
     assert not make_ui_serves(default_tracking_uri(tmp_path)) and not make_ui_serves("http://127.0.0.1:5000")
+    mlflow = console_script("mlflow")
     assert ui_command(default_tracking_uri(tmp_path), str(tmp_path / "mlartifacts")) == (
-        f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db --host 127.0.0.1 --port 5000 "
+        f"{mlflow} ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db --host 127.0.0.1 --port 5000 "
         f"--default-artifact-root {tmp_path}/mlartifacts")
-    assert ui_command("http://127.0.0.1:5000") == "mlflow ui --backend-store-uri http://127.0.0.1:5000 --host 127.0.0.1 --port 5000"
+    assert ui_command("http://127.0.0.1:5000") == f"{mlflow} ui --backend-store-uri http://127.0.0.1:5000 --host 127.0.0.1 --port 5000"
+
+
+def test_printed_commands_name_the_tools_beside_this_python(monkeypatch, tmp_path):
+    """A command printed for the user (`mlflow ui`, `ray get-auth-token`) names the script of
+    this Python's environment: by its bare name where the shell finds that very one (an
+    activated venv), else by its path (`make run` runs .venv/bin/python without activating it);
+    None for a tool that is not installed."""
+    import os
+    import sys
+
+    from adpo_ray.orchestration.cluster import console_script
+
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "mlflow").exists()  # installed with the package
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin")
+    assert console_script("mlflow") == "mlflow"
+    monkeypatch.setenv("PATH", str(tmp_path))  # not activated: nothing named mlflow on the path
+    assert console_script("mlflow") == str(bin_dir / "mlflow")
+    assert console_script("no-such-tool-here") is None
